@@ -1,0 +1,150 @@
+"""One client connection: bytes in, messages to the server, framed replies out.
+
+A session knows the wire (framing, decoding, the handshake) and nothing of queues: every decoded
+message goes to the server's ``handle``. Replies are appended to one buffer that the server flushes
+once per loop pass, so everything a connection is owed leaves in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Final, cast
+
+from protocol import (
+    PROTOCOL_VERSION,
+    ClientMessage,
+    Error,
+    ErrorCode,
+    FrameEncoder,
+    FrameReader,
+    Hello,
+    MessageDecoder,
+    ProtocolError,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+__all__ = ["SERVER_NAME", "Session"]
+
+SERVER_NAME: Final = "conveyor/0.1"
+
+log = logging.getLogger("broker")
+
+_decoder: Final[MessageDecoder[ClientMessage]] = MessageDecoder(ClientMessage)
+_encoder: Final = FrameEncoder()
+
+
+class Session(asyncio.Protocol):
+    """The broker's side of one connection."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.reader = FrameReader(broker.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.greeted = False
+        self.closing = False
+        self.out = bytearray()
+        self.waits: set[int] = set()
+        """Job ids this session has a ``wait`` pending on."""
+
+    def __repr__(self) -> str:
+        return f"<Session {self.peer}>"
+
+    # asyncio callbacks.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.broker.connected(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.broker.disconnected(self)
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its replies: stop reading its requests until it catches up.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as exc:
+            frames = []
+            self.abort(exc)
+        for body in frames:
+            if self.closing:
+                return
+            try:
+                message = _decoder.decode(body)
+            except ProtocolError as exc:
+                self.refuse(exc)
+                continue
+            if not self.greeted:
+                self.greet(message)
+            else:
+                self.broker.handle(self, message)
+
+    # Called by the server.
+
+    def send(self, message: object) -> None:
+        """Queue ``message`` for this pass's write."""
+        if not self.out:
+            self.broker.dirty.append(self)
+            self.broker.schedule_flush()
+        _encoder.append(self.out, message)
+
+    def flush(self) -> None:
+        """Write everything queued, in one write."""
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes(self.out))
+        self.out.clear()
+
+    def refuse(self, error: ProtocolError) -> None:
+        """Reply with an error; the connection stays open."""
+        log.warning("%s: %s: %s", self.peer, error.code.name, error.message)
+        self.send(Error(req=error.req, code=error.code, message=error.message))
+
+    def abort(self, error: ProtocolError) -> None:
+        """Reply with an error and close the connection after the write."""
+        log.warning("closing %s: %s: %s", self.peer, error.code.name, error.message)
+        self.send(Error(req=error.req, code=error.code, message=error.message))
+        self.flush()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def greet(self, message: ClientMessage) -> None:
+        """Handle the first message of the connection, which must be ``hello``."""
+        if not isinstance(message, Hello):
+            self.abort(ProtocolError(
+                ErrorCode.HANDSHAKE_REQUIRED,
+                f"the first message must be 'hello', got '{message.__struct_config__.tag}'",
+                req=getattr(message, "req", 0),
+            ))
+        elif message.version != PROTOCOL_VERSION:
+            self.abort(ProtocolError(
+                ErrorCode.VERSION_MISMATCH,
+                f"client speaks protocol version {message.version}; "
+                f"this broker speaks version {PROTOCOL_VERSION}",
+            ))
+        else:
+            self.greeted = True
+            self.send(Welcome(version=PROTOCOL_VERSION, server=SERVER_NAME,
+                              max_frame=self.broker.max_frame))

@@ -1,0 +1,246 @@
+"""One TCP connection to the broker: framing, the handshake, request ids and pushed messages.
+
+``Connection`` knows the wire and nothing of jobs: callers send messages and get replies through
+``request``; messages the broker pushes unasked (deliveries) go to the ``on_push`` callback. Writes
+made in one loop pass are coalesced into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from typing import Final, cast
+
+from protocol import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    BrokerMessage,
+    Deliver,
+    Error,
+    FrameEncoder,
+    FrameReader,
+    Hello,
+    MessageDecoder,
+    ProtocolError,
+    Welcome,
+)
+
+from .errors import ConnectionLost, ConveyorError, ProtocolViolation, RequestRefused, error_for
+from .urls import parse_url
+
+__all__ = ["Connection", "ConnectionStatus", "Reply"]
+
+log = logging.getLogger("client")
+
+_decoder: Final[MessageDecoder[BrokerMessage]] = MessageDecoder(BrokerMessage)
+_encoder: Final = FrameEncoder()
+_REPLY_FRAME_LIMIT: Final = 1 << 30
+"""Replies are trusted more than requests; this only guards against a corrupt stream (bytes)."""
+
+Reply = BrokerMessage
+
+
+class ConnectionStatus(enum.Enum):
+    """Lifecycle of a ``Connection``."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection(asyncio.Protocol):
+    """The client's side of one broker connection."""
+
+    def __init__(self, on_push: Callable[[Deliver], None] | None = None) -> None:
+        self.status = ConnectionStatus.CONNECTING
+        self.max_frame = DEFAULT_MAX_FRAME
+        """The broker's frame limit, learned from its ``welcome`` (bytes)."""
+        self.server = ""
+        self._on_push = on_push
+        self._reader = FrameReader(_REPLY_FRAME_LIMIT)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+        self._flush_handle: asyncio.Handle | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._welcome: asyncio.Future[Welcome] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._write_ready = asyncio.Event()
+        self._write_ready.set()
+        self._failure: ConveyorError | None = None
+        self._said: RequestRefused | None = None
+        """The last error the broker sent outside any request (it usually closes next)."""
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | None = None,
+        *,
+        name: str = "",
+        on_push: Callable[[Deliver], None] | None = None,
+        timeout: float = 10.0,
+    ) -> Connection:
+        """Connect to the broker at ``url`` and complete the handshake."""
+        host, port = parse_url(url)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(lambda: cls(on_push), host, port)
+        except TimeoutError:
+            raise ConnectionLost(f"no answer from broker at {host}:{port} within {timeout} s")\
+                from None
+        except OSError as exc:
+            raise ConnectionLost(
+                f"cannot connect to broker at {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        try:
+            async with asyncio.timeout(timeout):
+                connection.send(Hello(version=PROTOCOL_VERSION, client=name))
+                welcome = await connection._welcome
+        except BaseException as exc:
+            if connection._transport is not None:
+                connection._transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise ConnectionLost(
+                    f"broker at {host}:{port} did not answer the handshake within {timeout} s"
+                ) from None
+            raise
+        connection.max_frame = welcome.max_frame
+        connection.server = welcome.server
+        connection.status = ConnectionStatus.OPEN
+        return connection
+
+    # Sending.
+
+    def send(self, message: object) -> None:
+        """Queue ``message``; it leaves with everything else queued in this loop pass."""
+        if self._failure is not None:
+            raise self._failure
+        _encoder.append(self._out, message)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def request(self, build: Callable[[int], object]) -> asyncio.Future[Reply]:
+        """Send ``build(req)`` with a fresh request id; the future gets the reply."""
+        if self._failure is not None:
+            raise self._failure
+        req = next(self._ids)
+        future: asyncio.Future[Reply] = self._loop.create_future()
+        self._pending[req] = future
+        future.add_done_callback(lambda _: self._pending.pop(req, None))
+        self.send(build(req))
+        return future
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is over its high-water mark."""
+        self._flush()
+        await self._write_ready.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def close(self) -> None:
+        """Send what is queued and close. Idempotent."""
+        if self.status in (ConnectionStatus.OPEN, ConnectionStatus.CONNECTING):
+            self.status = ConnectionStatus.CLOSING
+            self._flush()
+            if self._transport is not None:
+                self._transport.close()
+        await asyncio.shield(self._closed)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone."""
+        await asyncio.shield(self._closed)
+
+    @property
+    def failure(self) -> ConveyorError | None:
+        """Why the connection failed, once it has."""
+        return self._failure
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(bytes(self._out))
+        self._out.clear()
+
+    # asyncio callbacks.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def pause_writing(self) -> None:
+        self._write_ready.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ready.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for body in self._reader.feed(data):
+                self._receive(_decoder.decode(body))
+        except ProtocolError as exc:
+            self._fail(ProtocolViolation(exc.code, f"broker sent an unreadable frame: {exc}"))
+            if self._transport is not None:
+                self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.status is ConnectionStatus.CLOSING:
+            self._fail(ConnectionLost("connection closed"))
+        else:
+            reason = f": {exc}" if exc is not None else ""
+            self._fail(ConnectionLost(f"connection to broker lost{reason}"))
+        self.status = ConnectionStatus.CLOSED
+        self._write_ready.set()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # Receiving.
+
+    def _receive(self, message: Reply) -> None:
+        if isinstance(message, Deliver):
+            if self._on_push is not None:
+                self._on_push(message)
+            return
+        if isinstance(message, Welcome):
+            if not self._welcome.done():
+                self._welcome.set_result(message)
+            return
+        req = message.req
+        if isinstance(message, Error):
+            error = error_for(message.code, message.message)
+            if req == 0:
+                log.warning("broker: %s", error)
+                self._said = error
+                return
+            result: RequestRefused | None = error
+        else:
+            result = None
+        future = self._pending.get(req)
+        if future is None or future.done():
+            return
+        if result is not None:
+            future.set_exception(result)
+        else:
+            future.set_result(message)
+
+    def _fail(self, error: ConveyorError) -> None:
+        """Fail every pending call, and every later one, with ``error``."""
+        if self._said is not None and not isinstance(error, RequestRefused):
+            error = type(error)(f"{error} (the broker said: {self._said})")
+        self._failure = self._failure or error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._failure)
+        self._pending.clear()
+        if not self._welcome.done():
+            # A refused handshake reports what the broker said, not just the closed socket.
+            self._welcome.set_exception(self._said or self._failure)

@@ -1,0 +1,86 @@
+"""The client's exceptions. ``ConveyorError`` is the root; wire error codes map to subclasses."""
+
+from __future__ import annotations
+
+from protocol import ErrorCode
+
+from .jobs import JobInfo
+
+__all__ = [
+    "ConnectionLost",
+    "ConveyorError",
+    "InvalidQueue",
+    "JobFailed",
+    "ProtocolViolation",
+    "RequestRefused",
+    "UnknownJob",
+    "VersionMismatch",
+    "error_for",
+]
+
+
+class ConveyorError(Exception):
+    """Root of every exception the client raises on purpose."""
+
+
+class ConnectionLost(ConveyorError):
+    """The connection to the broker closed; every call in flight on it fails with this."""
+
+
+class RequestRefused(ConveyorError):
+    """The broker refused a request; ``code`` is the wire error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProtocolViolation(RequestRefused):
+    """The broker could not read what was sent (malformed, oversize, unknown or invalid)."""
+
+
+class InvalidQueue(RequestRefused):
+    """The queue name was refused."""
+
+
+class UnknownJob(RequestRefused):
+    """No such job is retained by the broker."""
+
+
+class VersionMismatch(RequestRefused):
+    """The broker speaks another protocol version."""
+
+
+class JobFailed(ConveyorError):
+    """The awaited job ended as failed. ``job.error`` carries the type, message and traceback."""
+
+    def __init__(self, job: JobInfo) -> None:
+        error = job.error
+        detail = f"{error.type}: {error.message}" if error is not None else "failed"
+        super().__init__(f"job {job.id} failed: {detail}")
+        self.job = job
+        self.error_type = error.type if error is not None else ""
+        self.error_message = error.message if error is not None else ""
+        self.traceback = error.traceback if error is not None else ""
+
+
+_BY_CODE: dict[int, type[RequestRefused]] = {
+    ErrorCode.MALFORMED_FRAME: ProtocolViolation,
+    ErrorCode.FRAME_TOO_LARGE: ProtocolViolation,
+    ErrorCode.UNKNOWN_MESSAGE: ProtocolViolation,
+    ErrorCode.INVALID_FIELD: ProtocolViolation,
+    ErrorCode.HANDSHAKE_REQUIRED: ProtocolViolation,
+    ErrorCode.INVALID_QUEUE: InvalidQueue,
+    ErrorCode.UNKNOWN_JOB: UnknownJob,
+    ErrorCode.VERSION_MISMATCH: VersionMismatch,
+}
+
+
+def error_for(code: int, message: str) -> RequestRefused:
+    """The exception for a wire error code."""
+    try:
+        name = ErrorCode(code).name
+    except ValueError:
+        name = f"error {code}"
+    return _BY_CODE.get(code, RequestRefused)(code, f"{name}: {message}")

@@ -1,0 +1,58 @@
+"""Job records as the client sees them, with payloads decoded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from protocol import JobError, JobState
+from protocol import JobInfo as WireJobInfo
+
+__all__ = ["JobInfo", "decode_job", "decode_value", "encode_value"]
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+class JobInfo(msgspec.Struct, frozen=True):
+    """A job's record: its payload, state and (once finished) result or error."""
+
+    id: int
+    queue: str
+    state: JobState
+    attempt: int
+    data: Any
+    created_at: float
+    finished_at: float | None = None
+    result: Any = None
+    error: JobError | None = None
+    progress: Any = None
+
+
+def encode_value(value: object, what: str) -> msgspec.Raw:
+    """Encode a payload or result; raise ``TypeError`` naming ``what`` when it cannot be."""
+    try:
+        return msgspec.Raw(_encoder.encode(value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} cannot be serialized to MessagePack: {exc}") from None
+
+
+def decode_value(raw: msgspec.Raw) -> Any:
+    """Decode a payload, result or progress value."""
+    return msgspec.msgpack.decode(raw)
+
+
+def decode_job(job: WireJobInfo) -> JobInfo:
+    """The wire record with its values decoded."""
+    return JobInfo(
+        id=job.id,
+        queue=job.queue,
+        state=job.state,
+        attempt=job.attempt,
+        data=decode_value(job.data),
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        result=decode_value(job.result),
+        error=job.error,
+        progress=decode_value(job.progress),
+    )

@@ -1,0 +1,48 @@
+"""Error codes carried by ``Error`` replies, and the protocol's own exception."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ErrorCode", "ProtocolError"]
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a request was refused. Values are pinned: they are part of the wire format."""
+
+    MALFORMED_FRAME = 1
+    """The frame body is not valid MessagePack."""
+    FRAME_TOO_LARGE = 2
+    """The length prefix exceeds the receiver's frame limit; the connection is closed."""
+    UNKNOWN_MESSAGE = 3
+    """The message tag is missing or names no message this peer accepts."""
+    INVALID_FIELD = 4
+    """A field is missing, has the wrong type or is out of range."""
+    INVALID_QUEUE = 5
+    """The queue name is empty, longer than 255 bytes or contains control characters."""
+    VERSION_MISMATCH = 6
+    """The peer speaks a protocol version this broker does not support."""
+    HANDSHAKE_REQUIRED = 7
+    """The first message on a connection must be ``hello``."""
+    UNKNOWN_JOB = 8
+    """No job with that id exists (or it is no longer retained)."""
+    TOO_MANY_CONNECTIONS = 9
+    """The broker's connection limit is reached; the connection is closed."""
+    SHUTTING_DOWN = 10
+    """The broker is stopping and takes no new work."""
+    INTERNAL = 11
+    """A bug in the broker; the request had no effect."""
+
+
+class ProtocolError(Exception):
+    """A peer broke the wire rules; ``code`` says how."""
+
+    def __init__(self, code: ErrorCode, message: str, *, req: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.req = req
+        """The id of the request that caused the error, or 0 when it could not be read."""
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code.name}, {self.message!r})"

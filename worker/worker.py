@@ -1,0 +1,198 @@
+"""``Worker``: subscribe to a queue with a credit window and run its jobs.
+
+The credit window is the worker's concurrency: the broker pushes at most that many jobs at a time,
+and every ack, failure or release frees a slot for the next push. Async handlers run as tasks on the
+worker's loop; plain functions run in a thread pool of the same size so they cannot block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import functools
+import inspect
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+
+from client import Connection, ConveyorError
+from client.jobs import encode_value
+from protocol import Ack, Deliver, Fail, JobError, Release, SetWindow, Subscribe, check_queue_name
+
+from .job import Job
+
+__all__ = ["DEFAULT_GRACE", "Handler", "Worker", "WorkerStatus"]
+
+DEFAULT_GRACE: Final = 10.0
+"""Seconds ``close()`` lets running jobs finish before handing them back."""
+
+Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
+
+log = logging.getLogger("worker")
+
+
+class WorkerStatus(enum.Enum):
+    """Lifecycle of a ``Worker``."""
+
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Worker:
+    """Runs ``handler`` for each job of ``queue``, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        url: str | None = None,
+        concurrency: int = 1,
+        grace: float = DEFAULT_GRACE,
+        name: str = "worker",
+    ) -> None:
+        problem = check_queue_name(queue)
+        if problem is not None:
+            raise ValueError(problem)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.queue = queue
+        self.handler = handler
+        self.url = url
+        self.concurrency = concurrency
+        self.grace = grace
+        self.name = name
+        self.status = WorkerStatus.NEW
+        self.processed = 0
+        """Jobs whose outcome (result or failure) this worker reported."""
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__
+        )
+        self._connection: Connection | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._running: dict[asyncio.Task[None], Job] = {}
+        self._stop = asyncio.Event()
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def run(self) -> None:
+        """Connect, take jobs until ``close()``, then shut down gracefully.
+
+        Raises ``ConnectionLost`` when the broker goes away (the broker then re-queues every job
+        this worker held).
+        """
+        if self.status is not WorkerStatus.NEW:
+            raise RuntimeError(f"worker is {self.status.value}")
+        self.status = WorkerStatus.RUNNING
+        if not self._is_async:
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix=f"{self.name}-job"
+            )
+        try:
+            connection = await Connection.open(self.url, name=self.name, on_push=self._deliver)
+            self._connection = connection
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                await connection.request(
+                    lambda req: Subscribe(req=req, queue=self.queue, window=self.concurrency)
+                )
+                lost = asyncio.ensure_future(connection.wait_closed())
+                stop = asyncio.ensure_future(self._stop.wait())
+                try:
+                    await asyncio.wait([lost, stop], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+                    stop.cancel()
+                await self._shut_down(connection)
+            failure = connection.failure
+            if failure is not None and self.status is not WorkerStatus.CLOSING:
+                raise failure
+        finally:
+            self.status = WorkerStatus.CLOSED
+            if self._connection is not None:
+                await self._connection.close()
+            if self._threads is not None:
+                self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        """Stop taking jobs, let running ones finish within the grace period, release the rest.
+
+        Idempotent; ``run()`` returns once the shutdown is done.
+        """
+        if self.status in (WorkerStatus.RUNNING, WorkerStatus.NEW):
+            self.status = WorkerStatus.CLOSING
+        self._stop.set()
+
+    async def _shut_down(self, connection: Connection) -> None:
+        if connection.failure is not None:
+            # The broker is gone and has re-queued our jobs: nothing to report to.
+            for task in self._running:
+                task.cancel()
+            return
+        self.status = WorkerStatus.CLOSING
+        # 1. Stop credit: the broker pushes nothing more.
+        with contextlib.suppress(ConveyorError):
+            await connection.request(
+                lambda req: SetWindow(req=req, queue=self.queue, window=0)
+            )
+        # 2. Let running jobs finish within the grace period.
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=self.grace)
+        # 3. Cancel what is left; each cancelled job is released back to the queue.
+        for task in self._running:
+            task.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running))
+        await connection.drain()
+
+    def _deliver(self, message: Deliver) -> None:
+        connection = self._connection
+        tasks = self._tasks
+        if connection is None or tasks is None:
+            return
+        for delivery in message.jobs:
+            try:
+                data = msgspec.msgpack.decode(delivery.data)
+            except msgspec.DecodeError as exc:
+                connection.send(Fail(job=delivery.job, lease=delivery.lease, error=JobError(
+                    type="DecodeError", message=f"payload is not valid MessagePack: {exc}")))
+                continue
+            job = Job(connection, message.queue, delivery.job, delivery.lease, delivery.attempt,
+                      data)
+            task = tasks.create_task(self._run_job(connection, job))
+            self._running[task] = job
+            task.add_done_callback(self._running.pop)
+
+    async def _run_job(self, connection: Connection, job: Job) -> None:
+        try:
+            if self._is_async:
+                result = await self.handler(job)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self._threads, functools.partial(self.handler, job)
+                )
+            outcome: Ack | Fail = Ack(job=job.id, lease=job.lease,
+                                      result=encode_value(result, "job result"))
+        except asyncio.CancelledError:
+            # The one place a cancellation is caught: the job is handed back, then we stop.
+            if connection.failure is None:
+                connection.send(Release(job=job.id, lease=job.lease))
+            raise
+        except Exception as exc:
+            outcome = Fail(job=job.id, lease=job.lease, error=JobError(
+                type=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+            ))
+        if connection.failure is None:
+            connection.send(outcome)
+            self.processed += 1
+
+
