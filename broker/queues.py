@@ -310,12 +310,20 @@ class Queues:
 
     # Reading.
 
-    def counts(self, queue_name: str) -> tuple[int, int, int, int, int]:
-        """(waiting, active, delayed, completed, failed) for a queue."""
+    def counts(self, queue_name: str) -> dict[str, int]:
+        """Jobs waiting, active and delayed now, completed and failed in all, and subscribers."""
         queue = self.queues.get(queue_name)
         if queue is None:
-            return (0, 0, 0, 0, 0)
-        return (len(queue.waiting), queue.active, 0, queue.completed, queue.failed)
+            return dict.fromkeys(("waiting", "active", "delayed", "completed", "failed",
+                                  "workers"), 0)
+        return {
+            "waiting": len(queue.waiting),
+            "active": queue.active,
+            "delayed": 0,
+            "completed": queue.completed,
+            "failed": queue.failed,
+            "workers": len(queue.consumers),
+        }
 
     # Internals.
 

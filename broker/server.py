@@ -199,9 +199,7 @@ class Broker:
                 self._wait(session, req, job_id)
             case GetCounts(req=req, queue=queue):
                 if self._valid_queue(session, req, queue):
-                    waiting, active, delayed, completed, failed = queues.counts(queue)
-                    session.send(Counts(req=req, waiting=waiting, active=active, delayed=delayed,
-                                        completed=completed, failed=failed))
+                    session.send(Counts(req=req, **queues.counts(queue)))
             case Hello():
                 session.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
         self.schedule_flush()

@@ -138,7 +138,8 @@ class Client:
         return decode_value(job.result)
 
     async def counts(self, queue: str) -> dict[str, int]:
-        """Jobs waiting, active and delayed now, and completed and failed since creation."""
+        """Jobs waiting, active and delayed now, completed and failed since the queue was created,
+        and the workers subscribed now."""
         _check_queue(queue)
         reply = await self.connection.request(lambda req: GetCounts(req=req, queue=queue))
         assert isinstance(reply, Counts)
@@ -148,6 +149,7 @@ class Client:
             "delayed": reply.delayed,
             "completed": reply.completed,
             "failed": reply.failed,
+            "workers": reply.workers,
         }
 
 

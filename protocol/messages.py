@@ -257,6 +257,8 @@ class Counts(_Message, tag="counts", frozen=True):
     delayed: int
     completed: int
     failed: int
+    workers: int = 0
+    """Subscriptions to the queue right now (connected workers)."""
 
 
 ClientMessage = (
