@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Final
 
 import msgspec
 
 from protocol import NIL, JobError, JobInfo, JobState
+
+from .records import JobFinished, JobRequeued, JobsAdded, Record
 
 __all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_REDELIVERIES", "Consumer", "Job", "Queue", "Queues"]
 
@@ -26,6 +28,8 @@ DEFAULT_MAX_REDELIVERIES: Final = 5
 """How many times a job may go back to its queue because its worker's connection dropped."""
 DEFAULT_KEEP: Final = 10_000
 """How many completed (and, separately, failed) jobs each queue retains."""
+JOB_OVERHEAD: Final = 64
+"""Bytes a job's record takes in a snapshot beyond its payload and result (an estimate)."""
 
 WAITING: Final = JobState.WAITING
 ACTIVE: Final = JobState.ACTIVE
@@ -133,7 +137,12 @@ class Queues:
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
         keep_completed: int = DEFAULT_KEEP,
         keep_failed: int = DEFAULT_KEEP,
+        logged: bool = False,
     ) -> None:
+        self.records: list[Record] | None = [] if logged else None
+        """Log records of the changes made since the caller last cleared it (None: no log)."""
+        self.live_bytes = 0
+        """Estimated size of the live state as a snapshot (bytes): what compaction would keep."""
         self.max_redeliveries = max_redeliveries
         self.keep_completed = keep_completed
         self.keep_failed = keep_failed
@@ -156,23 +165,46 @@ class Queues:
 
     # Producers.
 
-    def add(self, queue_name: str, payloads: Iterable[msgspec.Raw], now: float) -> list[int]:
+    def add(self, queue_name: str, payloads: Sequence[msgspec.Raw], now: float) -> list[int]:
         """Append jobs to a queue; return their new ids in order."""
-        queue = self.queue(queue_name)
+        jobs = self.create(queue_name, payloads, now)
+        self.enqueue(jobs)
+        return [job.id for job in jobs]
+
+    def create(self, queue_name: str, payloads: Sequence[msgspec.Raw], now: float) -> list[Job]:
+        """Create jobs (ids given, record made) without putting them in line yet.
+
+        The server calls ``enqueue`` once their record is durable, so nothing is dispatched
+        before it would survive a crash.
+        """
+        self.queue(queue_name)
         jobs = self.jobs
-        waiting = queue.waiting
-        ids = []
-        job_id = self.last_id
-        for data in payloads:
-            job_id += 1
-            job = Job(job_id, queue_name, data, now)
-            jobs[job_id] = job
-            waiting.append(job)
-            ids.append(job_id)
-        self.last_id = job_id
-        if ids and queue.consumers:
+        first_id = self.last_id + 1
+        created = [Job(job_id, queue_name, data, now)
+                   for job_id, data in enumerate(payloads, first_id)]
+        for job in created:
+            jobs[job.id] = job
+        self.last_id += len(created)
+        self.live_bytes += sum(len(data) for data in payloads) + JOB_OVERHEAD * len(created)
+        if self.records is not None and created:
+            self.records.append(JobsAdded(queue=queue_name, first_id=first_id, created_at=now,
+                                          jobs=list(payloads)))
+        return created
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Put jobs made by ``create`` at the tail of their queue."""
+        if not jobs:
+            return
+        queue = self.queues[jobs[0].queue]
+        queue.waiting.extend(jobs)
+        if queue.consumers:
             self._ready.add(queue)
-        return ids
+
+    def discard(self, jobs: Sequence[Job]) -> None:
+        """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""
+        for job in jobs:
+            del self.jobs[job.id]
+            self.live_bytes -= len(job.data) + JOB_OVERHEAD
 
     # Subscribers.
 
@@ -202,7 +234,7 @@ class Queues:
         if job is None:
             return None
         job.result = result
-        self._finish(job, COMPLETED, now)
+        self.finish(job, COMPLETED, now)
         return job
 
     def fail(self, owner: Hashable, job_id: int, lease: int, error: JobError,
@@ -212,7 +244,7 @@ class Queues:
         if job is None:
             return None
         job.error = error
-        self._finish(job, FAILED, now)
+        self.finish(job, FAILED, now)
         return job
 
     def release(self, owner: Hashable, job_id: int, lease: int) -> Job | None:
@@ -257,7 +289,7 @@ class Queues:
                         message=f"the connection of the worker running it dropped {job.drops} "
                         f"times (limit {self.max_redeliveries} redeliveries)",
                     )
-                    self._finish(job, FAILED, now)
+                    self.finish(job, FAILED, now)
                 else:
                     job.attempt -= 1
                     back.append(job)
@@ -347,15 +379,23 @@ class Queues:
         if not jobs:
             return
         queue = self.queues[jobs[0].queue]
+        records = self.records
         for job in reversed(jobs):
             job.state = WAITING
             queue.waiting.appendleft(job)
+            if records is not None:
+                records.append(JobRequeued(id=job.id, drops=job.drops))
         if queue.consumers:
             self._ready.add(queue)
 
-    def _finish(self, job: Job, state: JobState, now: float) -> None:
+    def finish(self, job: Job, state: JobState, now: float, *, record: bool = True) -> None:
+        """Move ``job`` to completed or failed (its result or error already set)."""
         job.state = state
         job.finished_at = now
+        self.live_bytes += len(job.result)
+        if record and self.records is not None:
+            self.records.append(JobFinished(id=job.id, attempt=job.attempt, at=now,
+                                            result=job.result, error=job.error))
         queue = self.queues[job.queue]
         if state is COMPLETED:
             queue.completed += 1
@@ -365,5 +405,6 @@ class Queues:
             kept, limit = queue.kept_failed, self.keep_failed
         kept.append(job.id)
         while len(kept) > limit:
-            del self.jobs[kept.popleft()]
+            gone = self.jobs.pop(kept.popleft())
+            self.live_bytes -= len(gone.data) + len(gone.result) + JOB_OVERHEAD
         self.finished.append(job)

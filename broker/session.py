@@ -100,6 +100,9 @@ class Session(asyncio.Protocol):
                 self.greet(message)
             else:
                 self.broker.handle(self, message)
+        if frames and self.reader.buffered and not self.closing:
+            # A bad length prefix that followed whole frames is reported after them.
+            self.data_received(b"")
 
     # Called by the server.
 

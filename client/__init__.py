@@ -7,10 +7,12 @@ from .connection import Connection, ConnectionStatus
 from .errors import (
     ConnectionLost,
     ConveyorError,
+    DiskFull,
     InvalidQueue,
     JobFailed,
     ProtocolViolation,
     RequestRefused,
+    ShuttingDown,
     UnknownJob,
     VersionMismatch,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "ConnectionLost",
     "ConnectionStatus",
     "ConveyorError",
+    "DiskFull",
     "InvalidQueue",
     "JobError",
     "JobFailed",
@@ -32,6 +35,7 @@ __all__ = [
     "JobState",
     "ProtocolViolation",
     "RequestRefused",
+    "ShuttingDown",
     "UnknownJob",
     "VersionMismatch",
     "connect",

@@ -80,6 +80,9 @@ class Client:
         """Add one job; return its id once the broker has accepted it."""
         _check_queue(queue)
         raw = encode_value(data, "job payload")
+        if len(raw) + _JOB_OVERHEAD + _FRAME_SLACK > self.connection.max_frame:
+            raise ValueError(f"payload is {len(raw)} bytes encoded; the broker's frame limit is "
+                             f"{self.connection.max_frame} bytes")
         reply = await self.connection.request(functools.partial(_add, queue, [JobDef(raw)]))
         assert isinstance(reply, Added)
         return reply.ids[0]
@@ -95,9 +98,13 @@ class Client:
         connection = self.connection
         jobs = [JobDef(encode_value(data, f"payload {index}"))
                 for index, data in enumerate(payloads)]
-        limit = min(BULK_FRAME_BYTES, connection.max_frame - _FRAME_SLACK)
+        limit = connection.max_frame - _FRAME_SLACK
+        for index, job in enumerate(jobs):
+            if len(job.data) + _JOB_OVERHEAD > limit:
+                raise ValueError(f"payload {index} is {len(job.data)} bytes encoded; the "
+                                 f"broker's frame limit is {connection.max_frame} bytes")
         futures: list[asyncio.Future[Reply]] = []
-        for chunk in _chunks(jobs, limit, connection.max_frame - _FRAME_SLACK):
+        for chunk in _chunks(jobs, min(BULK_FRAME_BYTES, limit)):
             futures.append(connection.request(functools.partial(_add, queue, chunk)))
             await connection.drain()
         ids: list[int] = []
@@ -169,17 +176,12 @@ def _check_queue(queue: str) -> None:
         raise ValueError(problem)
 
 
-def _chunks(jobs: list[JobDef], target: int, limit: int) -> Iterable[list[JobDef]]:
+def _chunks(jobs: list[JobDef], target: int) -> Iterable[list[JobDef]]:
     """Split ``jobs`` into runs of at most ``target`` bytes and ``BULK_FRAME_JOBS`` jobs."""
     chunk: list[JobDef] = []
     size = 0
-    for index, job in enumerate(jobs):
+    for job in jobs:
         job_size = len(job.data) + _JOB_OVERHEAD
-        if job_size > limit:
-            raise ValueError(
-                f"payload {index} is {len(job.data)} bytes encoded; "
-                f"the broker's frame limit is {limit + _FRAME_SLACK} bytes"
-            )
         if chunk and (size + job_size > target or len(chunk) >= BULK_FRAME_JOBS):
             yield chunk
             chunk, size = [], 0
@@ -187,5 +189,3 @@ def _chunks(jobs: list[JobDef], target: int, limit: int) -> Iterable[list[JobDef
         size += job_size
     if chunk:
         yield chunk
-
-

@@ -19,8 +19,10 @@ from protocol import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
     BrokerMessage,
+    Closing,
     Deliver,
     Error,
+    ErrorCode,
     FrameEncoder,
     FrameReader,
     Hello,
@@ -29,10 +31,17 @@ from protocol import (
     Welcome,
 )
 
-from .errors import ConnectionLost, ConveyorError, ProtocolViolation, RequestRefused, error_for
+from .errors import (
+    ConnectionLost,
+    ConveyorError,
+    ProtocolViolation,
+    RequestRefused,
+    VersionMismatch,
+    error_for,
+)
 from .urls import parse_url
 
-__all__ = ["Connection", "ConnectionStatus", "Reply"]
+__all__ = ["Connection", "ConnectionStatus", "Push", "Reply"]
 
 log = logging.getLogger("client")
 
@@ -42,6 +51,8 @@ _REPLY_FRAME_LIMIT: Final = 1 << 30
 """Replies are trusted more than requests; this only guards against a corrupt stream (bytes)."""
 
 Reply = BrokerMessage
+Push = Deliver | Closing
+"""Messages the broker sends unasked."""
 
 
 class ConnectionStatus(enum.Enum):
@@ -56,7 +67,7 @@ class ConnectionStatus(enum.Enum):
 class Connection(asyncio.Protocol):
     """The client's side of one broker connection."""
 
-    def __init__(self, on_push: Callable[[Deliver], None] | None = None) -> None:
+    def __init__(self, on_push: Callable[[Push], None] | None = None) -> None:
         self.status = ConnectionStatus.CONNECTING
         self.max_frame = DEFAULT_MAX_FRAME
         """The broker's frame limit, learned from its ``welcome`` (bytes)."""
@@ -83,7 +94,7 @@ class Connection(asyncio.Protocol):
         url: str | None = None,
         *,
         name: str = "",
-        on_push: Callable[[Deliver], None] | None = None,
+        on_push: Callable[[Push], None] | None = None,
         timeout: float = 10.0,
     ) -> Connection:
         """Connect to the broker at ``url`` and complete the handshake."""
@@ -111,6 +122,12 @@ class Connection(asyncio.Protocol):
                     f"broker at {host}:{port} did not answer the handshake within {timeout} s"
                 ) from None
             raise
+        if welcome.version != PROTOCOL_VERSION:
+            if connection._transport is not None:
+                connection._transport.abort()
+            raise VersionMismatch(ErrorCode.VERSION_MISMATCH,
+                                  f"broker speaks protocol version {welcome.version}; this "
+                                  f"client speaks version {PROTOCOL_VERSION}")
         connection.max_frame = welcome.max_frame
         connection.server = welcome.server
         connection.status = ConnectionStatus.OPEN
@@ -206,7 +223,9 @@ class Connection(asyncio.Protocol):
     # Receiving.
 
     def _receive(self, message: Reply) -> None:
-        if isinstance(message, Deliver):
+        if isinstance(message, Deliver | Closing):
+            if isinstance(message, Closing):
+                log.info("broker: %s", message.reason)
             if self._on_push is not None:
                 self._on_push(message)
             return

@@ -9,10 +9,12 @@ from .jobs import JobInfo
 __all__ = [
     "ConnectionLost",
     "ConveyorError",
+    "DiskFull",
     "InvalidQueue",
     "JobFailed",
     "ProtocolViolation",
     "RequestRefused",
+    "ShuttingDown",
     "UnknownJob",
     "VersionMismatch",
     "error_for",
@@ -52,6 +54,14 @@ class VersionMismatch(RequestRefused):
     """The broker speaks another protocol version."""
 
 
+class DiskFull(RequestRefused):
+    """The broker's disk had no room for the jobs' log record; none of them was added."""
+
+
+class ShuttingDown(RequestRefused):
+    """The broker is shutting down and takes no new jobs."""
+
+
 class JobFailed(ConveyorError):
     """The awaited job ended as failed. ``job.error`` carries the type, message and traceback."""
 
@@ -74,6 +84,8 @@ _BY_CODE: dict[int, type[RequestRefused]] = {
     ErrorCode.INVALID_QUEUE: InvalidQueue,
     ErrorCode.UNKNOWN_JOB: UnknownJob,
     ErrorCode.VERSION_MISMATCH: VersionMismatch,
+    ErrorCode.DISK_FULL: DiskFull,
+    ErrorCode.SHUTTING_DOWN: ShuttingDown,
 }
 
 

@@ -32,6 +32,8 @@ class ErrorCode(enum.IntEnum):
     """The broker is stopping and takes no new work."""
     INTERNAL = 11
     """A bug in the broker; the request had no effect."""
+    DISK_FULL = 12
+    """The broker's disk has no room for the job's log record; nothing was added."""
 
 
 class ProtocolError(Exception):

@@ -53,8 +53,10 @@ class FrameReader:
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data`` and return every frame body it completes, in order.
 
-        Raises ``ProtocolError(FRAME_TOO_LARGE)`` as soon as a length prefix exceeds the limit; the
-        stream cannot be resynchronised after that, so the caller should close the connection.
+        Raises ``ProtocolError(FRAME_TOO_LARGE)`` when a length prefix exceeds the limit, before
+        any of that body is buffered; the stream cannot be resynchronised after that, so the
+        caller should close the connection. Whole frames that came before the bad prefix are
+        returned first, and the next call raises.
         """
         buffer = self._buffer
         buffer += data
@@ -64,6 +66,8 @@ class FrameReader:
         while end - pos >= HEADER_SIZE:
             (length,) = _HEADER.unpack_from(buffer, pos)
             if length > self.max_frame:
+                if frames:
+                    break
                 raise ProtocolError(
                     ErrorCode.FRAME_TOO_LARGE,
                     f"frame of {length} bytes exceeds the limit of {self.max_frame} bytes",
@@ -85,6 +89,7 @@ class MessageDecoder(Generic[M]):
         # ``Any``: a union of structs is not a ``type`` to mypy; annotate the instance instead.
         self._decoder: msgspec.msgpack.Decoder[M] = msgspec.msgpack.Decoder(message_type)
         self._envelope = msgspec.msgpack.Decoder(_Envelope)
+        self._structure = msgspec.msgpack.Decoder(msgspec.Raw)
 
     def decode(self, body: bytes) -> M:
         """Return the message in ``body`` or raise ``ProtocolError`` naming what is wrong.
@@ -95,6 +100,14 @@ class MessageDecoder(Generic[M]):
         try:
             return self._decoder.decode(body)
         except msgspec.ValidationError as exc:
+            # The typed decoder reports the first type mismatch even in a truncated body or one
+            # with trailing bytes; those are malformed frames, not bad fields.
+            try:
+                self._structure.decode(body)
+            except msgspec.DecodeError as malformed:
+                raise ProtocolError(
+                    ErrorCode.MALFORMED_FRAME, f"malformed MessagePack: {malformed}"
+                ) from None
             text = str(exc)
             if "`$.t`" in text or "field `t`" in text:
                 code = ErrorCode.UNKNOWN_MESSAGE
@@ -106,6 +119,11 @@ class MessageDecoder(Generic[M]):
             raise ProtocolError(
                 ErrorCode.MALFORMED_FRAME, f"malformed MessagePack: {exc}"
             ) from None
+        except UnicodeDecodeError as exc:
+            # msgspec raises this, not DecodeError, for a str that is not valid UTF-8.
+            raise ProtocolError(
+                ErrorCode.MALFORMED_FRAME, f"malformed MessagePack: string is not UTF-8 ({exc})"
+            ) from None
 
     def _request_id(self, body: bytes) -> int:
         try:
@@ -116,7 +134,8 @@ class MessageDecoder(Generic[M]):
 
 
 class _Envelope(msgspec.Struct):
-    req: object = 0
+    # ``int``, not ``object``: a bool is no request id, and other fields are skipped undecoded.
+    req: int = 0
 
 
 class FrameEncoder:
@@ -145,7 +164,10 @@ def check_queue_name(name: object) -> str | None:
         return f"queue name must be a string, got {type(name).__name__}"
     if not name:
         return "queue name is empty"
-    size = len(name.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        return f"queue name is not valid Unicode text ({exc.reason} at index {exc.start})"
     if size > MAX_QUEUE_NAME:
         return f"queue name is {size} bytes, over the limit of {MAX_QUEUE_NAME}"
     bad = _CONTROL.search(name)

@@ -21,6 +21,7 @@ __all__ = [
     "Added",
     "BrokerMessage",
     "ClientMessage",
+    "Closing",
     "Counts",
     "Deliver",
     "Delivery",
@@ -51,8 +52,10 @@ NIL: Final = msgspec.Raw(b"\xc0")
 """MessagePack nil as a raw value: the result or progress of a job that has none."""
 
 
-RequestId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+RequestId = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
 """Chosen by the client, echoed in the reply; 0 is reserved for "no request"."""
+ErrorRequestId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+"""The request an error answers, or 0 when it answers none (or its id could not be read)."""
 Window = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 """A credit window: the most jobs a subscriber may hold unacknowledged."""
 
@@ -215,7 +218,7 @@ class Ok(_Message, tag="ok", frozen=True):
 class Error(_Message, tag="error", frozen=True):
     """The request ``req`` was refused (``req`` is 0 when it could not be read)."""
 
-    req: RequestId
+    req: ErrorRequestId
     code: int
     message: str
 
@@ -261,11 +264,17 @@ class Counts(_Message, tag="counts", frozen=True):
     """Subscriptions to the queue right now (connected workers)."""
 
 
+class Closing(_Message, tag="closing", frozen=True):
+    """The broker is shutting down: it pushes nothing more and closes the connection soon."""
+
+    reason: str
+
+
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts
 )
 """Everything a client or worker may send."""
 
-BrokerMessage = Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts
+BrokerMessage = Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing
 """Everything the broker may send."""

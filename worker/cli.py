@@ -10,10 +10,12 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, Final
 
-from client import ConveyorError, parse_url
+from client import Connection, ConveyorError, parse_url
 from protocol import check_queue_name
 
 from .worker import DEFAULT_GRACE, Handler, Worker
@@ -21,6 +23,9 @@ from .worker import DEFAULT_GRACE, Handler, Worker
 __all__ = ["load_handler", "main"]
 
 log = logging.getLogger("worker")
+
+_THREAD_EXIT_WAIT: Final = 0.5
+"""Seconds handler threads get to end after the shutdown before the process exits without them."""
 
 
 class UsageError(Exception):
@@ -94,7 +99,30 @@ def _process(args: argparse.Namespace) -> int:
     except (ConveyorError, UsageError) as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 1
+    _exit_if_handlers_outlive_grace()
     return 0
+
+
+def _exit_if_handlers_outlive_grace() -> None:
+    """Exit now when plain handlers are still running in their threads after the shutdown.
+
+    Their jobs were released already, but Python cannot stop a thread and the interpreter joins
+    the handler threads at exit: without this, SIGTERM would take as long as the longest job.
+    """
+    deadline = time.monotonic() + _THREAD_EXIT_WAIT
+    threads = [thread for thread in threading.enumerate()
+               if thread is not threading.main_thread() and not thread.daemon]
+    for thread in threads:
+        # Idle pool threads end at once after the pool's shutdown; busy ones do not.
+        thread.join(max(0.0, deadline - time.monotonic()))
+    busy = sum(thread.is_alive() for thread in threads)
+    if busy:
+        log.warning("%d handler thread(s) still running after the grace period; exiting anyway",
+                    busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -106,22 +134,37 @@ def _supervise(args: argparse.Namespace) -> int:
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_child, args=(args,), name=f"worker-{n}")
                 for n in range(args.processes)]
+    stopping = False
 
-    def forward(signum: int, frame: object) -> None:
+    def forward(signum: int = signal.SIGTERM, frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.pid is not None and child.exitcode is None:
                 os.kill(child.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    started = []
     for child in children:
+        if stopping:
+            break
         child.start()
+        started.append(child)
+    if stopping:
+        # A signal that came while a child was being started did not reach it.
+        forward()
     status = 0
-    for child in children:
+    for child in started:
         child.join()
         code = child.exitcode or 0
         status = max(status, code if code >= 0 else 128 - code)
     return status
+
+
+async def _check_broker(url: str | None) -> None:
+    connection = await Connection.open(url, name="worker-check")
+    await connection.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,4 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.processes == 1:
         return _process(args)
+    try:
+        # Once here rather than once per process, so an unreachable broker is one line.
+        asyncio.run(_check_broker(args.url))
+    except ConveyorError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 1
     return _supervise(args)

@@ -20,16 +20,20 @@ from typing import Any, Final
 
 import msgspec
 
-from client import Connection, ConveyorError
+from client import Connection, ConnectionLost, ConveyorError
+from client.connection import Push
 from client.jobs import encode_value
-from protocol import Ack, Deliver, Fail, JobError, Release, SetWindow, Subscribe, check_queue_name
+from protocol import Ack, Closing, Fail, JobError, Release, SetWindow, Subscribe, check_queue_name
 
 from .job import Job
 
-__all__ = ["DEFAULT_GRACE", "Handler", "Worker", "WorkerStatus"]
+__all__ = ["DEFAULT_GRACE", "MAX_BACKOFF", "MIN_BACKOFF", "Handler", "Worker", "WorkerStatus"]
 
 DEFAULT_GRACE: Final = 10.0
 """Seconds ``close()`` lets running jobs finish before handing them back."""
+MIN_BACKOFF: Final = 0.05
+MAX_BACKOFF: Final = 2.0
+"""Seconds between attempts to reconnect to a broker that went away: doubling, up to this."""
 
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
@@ -56,6 +60,7 @@ class Worker:
         url: str | None = None,
         concurrency: int = 1,
         grace: float = DEFAULT_GRACE,
+        reconnect: bool = True,
         name: str = "worker",
     ) -> None:
         problem = check_queue_name(queue)
@@ -68,6 +73,7 @@ class Worker:
         self.url = url
         self.concurrency = concurrency
         self.grace = grace
+        self.reconnect = reconnect
         self.name = name
         self.status = WorkerStatus.NEW
         self.processed = 0
@@ -84,8 +90,9 @@ class Worker:
     async def run(self) -> None:
         """Connect, take jobs until ``close()``, then shut down gracefully.
 
-        Raises ``ConnectionLost`` when the broker goes away (the broker then re-queues every job
-        this worker held).
+        Raises ``ConnectionLost`` when the first connection cannot be made. A connection lost
+        later is made again (with ``reconnect``), backing off up to ``MAX_BACKOFF`` seconds; the
+        broker has re-queued every job this worker held, so running handlers are cancelled.
         """
         if self.status is not WorkerStatus.NEW:
             raise RuntimeError(f"worker is {self.status.value}")
@@ -95,30 +102,68 @@ class Worker:
                 self.concurrency, thread_name_prefix=f"{self.name}-job"
             )
         try:
-            connection = await Connection.open(self.url, name=self.name, on_push=self._deliver)
-            self._connection = connection
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                await connection.request(
-                    lambda req: Subscribe(req=req, queue=self.queue, window=self.concurrency)
-                )
-                lost = asyncio.ensure_future(connection.wait_closed())
-                stop = asyncio.ensure_future(self._stop.wait())
-                try:
-                    await asyncio.wait([lost, stop], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    lost.cancel()
-                    stop.cancel()
-                await self._shut_down(connection)
-            failure = connection.failure
-            if failure is not None and self.status is not WorkerStatus.CLOSING:
-                raise failure
+            connection: Connection | None = await self._connect()
+            while connection is not None and await self._serve(connection):
+                if not self.reconnect:
+                    failure = connection.failure
+                    raise failure if failure is not None else ConnectionLost("connection lost")
+                log.warning("%s; reconnecting", connection.failure)
+                connection = await self._reconnect()
         finally:
             self.status = WorkerStatus.CLOSED
             if self._connection is not None:
                 await self._connection.close()
             if self._threads is not None:
                 self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _connect(self) -> Connection:
+        connection = await Connection.open(self.url, name=self.name, on_push=self._push)
+        self._connection = connection
+        return connection
+
+    async def _reconnect(self) -> Connection | None:
+        """Connect again, backing off; None once ``close()`` was called."""
+        delay = MIN_BACKOFF
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                break
+            try:
+                return await self._connect()
+            except ConnectionLost as exc:
+                log.debug("reconnect failed: %s", exc)
+                delay = min(delay * 2, MAX_BACKOFF)
+        return None
+
+    async def _serve(self, connection: Connection) -> bool:
+        """Take jobs on ``connection``; True when it was lost, False after a graceful stop."""
+        lost = False
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            try:
+                await connection.request(
+                    lambda req: Subscribe(req=req, queue=self.queue, window=self.concurrency)
+                )
+            except ConnectionLost:
+                return True
+            closed = asyncio.ensure_future(connection.wait_closed())
+            stop = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                stop.cancel()
+            lost = connection.failure is not None
+            if lost:
+                # The broker has re-queued our jobs: nothing to report them to.
+                for task in self._running:
+                    task.cancel()
+            else:
+                await self._shut_down(connection)
+        self._tasks = None
+        return lost and not self._stop.is_set()
 
     async def close(self) -> None:
         """Stop taking jobs, let running ones finish within the grace period, release the rest.
@@ -130,11 +175,6 @@ class Worker:
         self._stop.set()
 
     async def _shut_down(self, connection: Connection) -> None:
-        if connection.failure is not None:
-            # The broker is gone and has re-queued our jobs: nothing to report to.
-            for task in self._running:
-                task.cancel()
-            return
         self.status = WorkerStatus.CLOSING
         # 1. Stop credit: the broker pushes nothing more.
         with contextlib.suppress(ConveyorError):
@@ -151,10 +191,11 @@ class Worker:
             await asyncio.wait(list(self._running))
         await connection.drain()
 
-    def _deliver(self, message: Deliver) -> None:
+    def _push(self, message: Push) -> None:
         connection = self._connection
         tasks = self._tasks
-        if connection is None or tasks is None:
+        if isinstance(message, Closing) or connection is None or tasks is None:
+            # A closing broker pushes nothing more; running jobs still report their outcome.
             return
         for delivery in message.jobs:
             try:
