@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy protocol broker client worker
+	$(BIN)/mypy protocol broker client worker examples bench
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest

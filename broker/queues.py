@@ -1,131 +1,78 @@
-"""The queue state machine: jobs, subscriptions, credit and dispatch.
+"""The queue state machine: jobs, subscriptions, credit, dispatch, retries and deadlines.
 
-Plain synchronous code with no I/O; the current time is passed in. The server feeds it requests and
-calls ``dispatch`` once per loop pass (after the log write, once durability lands) to learn which
-jobs go to which subscriber.
+Plain synchronous code with no I/O; the current time is passed in. The server feeds it requests,
+calls ``dispatch`` once per loop pass (after the log write) to learn which jobs go to which
+subscriber, and calls ``tick`` when ``next_deadline`` comes.
 
 Dispatch rule: work-conserving and spreading. No job waits while a subscriber of its queue has a
 free slot, and each job goes to the subscriber with the most free slots, ties broken round-robin
-(the one served least recently first).
+(the one served least recently first). Within a queue, higher priority first, then first in
+first out.
+
+Deadlines (delayed jobs coming due, subscribers' leases, per-job retention) live in one heap,
+served by ``tick``; an entry that no longer applies is skipped when it comes up.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Hashable, Sequence
+import random
+from collections.abc import Hashable, Iterable, Sequence
+from itertools import islice
 from typing import Final
 
 import msgspec
 
-from protocol import NIL, JobError, JobInfo, JobState
+from protocol import NIL, Event, JobDef, JobError, JobState
 
-from .records import JobFinished, JobRequeued, JobsAdded, Record
+from .jobs import (
+    ACTIVE,
+    COMPLETED,
+    DEFAULT_KEEP,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_REDELIVERIES,
+    DELAYED,
+    FAILED,
+    JOB_OVERHEAD,
+    WAITING,
+    Consumer,
+    Job,
+    Queue,
+    StateError,
+    backoff_delay,
+    job_options,
+    with_run_at,
+)
+from .records import (
+    DEFAULT_OPTIONS,
+    JobFinished,
+    JobOptions,
+    JobPromoted,
+    JobRequeued,
+    JobRetrying,
+    JobsAdded,
+    JobsAddedWithOptions,
+    JobsRemoved,
+    JobsRetried,
+    QueuePaused,
+    Record,
+)
 
-__all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_REDELIVERIES", "Consumer", "Job", "Queue", "Queues"]
+__all__ = [
+    "DEFAULT_KEEP",
+    "DEFAULT_LEASE",
+    "DEFAULT_MAX_REDELIVERIES",
+    "Consumer",
+    "Job",
+    "Queue",
+    "Queues",
+    "StateError",
+]
 
-DEFAULT_MAX_REDELIVERIES: Final = 5
-"""How many times a job may go back to its queue because its worker's connection dropped."""
-DEFAULT_KEEP: Final = 10_000
-"""How many completed (and, separately, failed) jobs each queue retains."""
-JOB_OVERHEAD: Final = 64
-"""Bytes a job's record takes in a snapshot beyond its payload and result (an estimate)."""
-
-WAITING: Final = JobState.WAITING
-ACTIVE: Final = JobState.ACTIVE
-COMPLETED: Final = JobState.COMPLETED
-FAILED: Final = JobState.FAILED
-
-
-class Job:
-    """A job's record."""
-
-    __slots__ = (
-        "attempt",
-        "created_at",
-        "data",
-        "drops",
-        "error",
-        "finished_at",
-        "holder",
-        "id",
-        "lease",
-        "progress",
-        "queue",
-        "result",
-        "state",
-    )
-
-    def __init__(self, job_id: int, queue: str, data: msgspec.Raw, created_at: float) -> None:
-        self.id = job_id
-        self.queue = queue
-        self.data = data
-        self.created_at = created_at
-        self.state = WAITING
-        self.attempt = 0
-        """The number of the current (or last) try; a release or a dropped worker gives it back."""
-        self.drops = 0
-        """Times the job was active on a worker whose connection dropped."""
-        self.lease = 0
-        self.holder: Consumer | None = None
-        self.result = NIL
-        self.error: JobError | None = None
-        self.progress = NIL
-        self.finished_at: float | None = None
-
-    def info(self) -> JobInfo:
-        """The job as the wire describes it."""
-        return JobInfo(
-            id=self.id,
-            queue=self.queue,
-            state=self.state,
-            attempt=self.attempt,
-            data=self.data,
-            created_at=self.created_at,
-            finished_at=self.finished_at,
-            result=self.result,
-            error=self.error,
-            progress=self.progress,
-        )
-
-
-class Consumer:
-    """One owner's (a connection's) subscription to one queue."""
-
-    __slots__ = ("held", "owner", "queue", "served", "window")
-
-    def __init__(self, owner: Hashable, queue: Queue, window: int, served: int) -> None:
-        self.owner = owner
-        self.queue = queue
-        self.window = window
-        self.held: dict[int, Job] = {}
-        """Jobs leased to this consumer, in delivery order."""
-        self.served = served
-        """Sequence number of the last job given to it: the round-robin tie-break."""
-
-    @property
-    def free(self) -> int:
-        """Slots open for more jobs."""
-        return self.window - len(self.held)
-
-
-class Queue:
-    """One named queue: its waiting line, subscribers and counters."""
-
-    __slots__ = ("active", "completed", "consumers", "failed", "kept_completed", "kept_failed",
-                 "name", "waiting")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.waiting: deque[Job] = deque()
-        self.consumers: dict[Hashable, Consumer] = {}
-        self.active = 0
-        self.completed = 0
-        """Jobs completed since the queue was created."""
-        self.failed = 0
-        """Jobs failed since the queue was created."""
-        self.kept_completed: deque[int] = deque()
-        self.kept_failed: deque[int] = deque()
+_DUE: Final = 0
+_LEASE: Final = 1
+_EXPIRE: Final = 2
+_AGE: Final = 3
 
 
 class Queues:
@@ -137,22 +84,36 @@ class Queues:
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
         keep_completed: int = DEFAULT_KEEP,
         keep_failed: int = DEFAULT_KEEP,
+        keep_age: float | None = None,
         logged: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         self.records: list[Record] | None = [] if logged else None
         """Log records of the changes made since the caller last cleared it (None: no log)."""
+        self.events: list[tuple[str, Event]] = []
+        """Events of watched queues since the caller last cleared it."""
+        self.watched: set[str] = set()
+        """Queues whose events are collected."""
         self.live_bytes = 0
         """Estimated size of the live state as a snapshot (bytes): what compaction would keep."""
         self.max_redeliveries = max_redeliveries
         self.keep_completed = keep_completed
         self.keep_failed = keep_failed
+        self.keep_age = keep_age
+        """Seconds finished jobs are retained (None: no age limit)."""
+        self.rng = rng or random.Random()
         self.queues: dict[str, Queue] = {}
         self.jobs: dict[int, Job] = {}
+        self.keys: dict[str, int] = {}
+        """Idempotency keys of retained jobs."""
         self.last_id = 0
         self._last_lease = 0
         self._served = 0
         self._owners: dict[Hashable, list[Consumer]] = {}
         self._ready: set[Queue] = set()
+        self._deadlines: list[tuple[float, int, int, object]] = []
+        """(when, kind, sequence, subject): the sequence keeps entries from comparing subjects."""
+        self._deadline_seq = 0
         self.finished: list[Job] = []
         """Jobs that reached completed or failed since the caller last cleared this list."""
 
@@ -166,60 +127,109 @@ class Queues:
     # Producers.
 
     def add(self, queue_name: str, payloads: Sequence[msgspec.Raw], now: float) -> list[int]:
-        """Append jobs to a queue; return their new ids in order."""
+        """Append plain jobs to a queue; return their new ids in order."""
         jobs = self.create(queue_name, payloads, now)
         self.enqueue(jobs)
         return [job.id for job in jobs]
 
-    def create(self, queue_name: str, payloads: Sequence[msgspec.Raw], now: float) -> list[Job]:
-        """Create jobs (ids given, record made) without putting them in line yet.
+    def create(self, queue_name: str, payloads: Sequence[msgspec.Raw | JobDef],
+               now: float) -> list[Job]:
+        """Create jobs without putting them in line yet; return one job per payload.
 
-        The server calls ``enqueue`` once their record is durable, so nothing is dispatched
-        before it would survive a crash.
+        A payload whose idempotency key a retained job already has gets that job (nothing is
+        created for it). The server calls ``enqueue`` once the record is durable, so nothing is
+        dispatched before it would survive a crash.
         """
         self.queue(queue_name)
         jobs = self.jobs
-        first_id = self.last_id + 1
-        created = [Job(job_id, queue_name, data, now)
-                   for job_id, data in enumerate(payloads, first_id)]
-        for job in created:
-            jobs[job.id] = job
-        self.last_id += len(created)
-        self.live_bytes += sum(len(data) for data in payloads) + JOB_OVERHEAD * len(created)
-        if self.records is not None and created:
-            self.records.append(JobsAdded(queue=queue_name, first_id=first_id, created_at=now,
-                                          jobs=list(payloads)))
-        return created
+        out: list[Job] = []
+        created: list[Job] = []
+        options: list[JobOptions] = []
+        plain = True
+        job_id = self.last_id
+        for payload in payloads:
+            if isinstance(payload, JobDef):
+                data = payload.data
+                option = job_options(payload, now)
+                if option.key is not None:
+                    existing = self.keys.get(option.key)
+                    if existing is not None:
+                        out.append(jobs[existing])
+                        continue
+                plain = plain and option is DEFAULT_OPTIONS
+            else:
+                data = payload
+                option = DEFAULT_OPTIONS
+            job_id += 1
+            job = Job(job_id, queue_name, data, now, option)
+            job.pending = True
+            jobs[job_id] = job
+            if option.key is not None:
+                self.keys[option.key] = job_id
+            out.append(job)
+            created.append(job)
+            options.append(option)
+            self.live_bytes += len(data) + JOB_OVERHEAD
+        if not created:
+            return out
+        self.last_id = job_id
+        if self.records is not None:
+            first_id = created[0].id
+            datas = [job.data for job in created]
+            self.records.append(
+                JobsAdded(queue=queue_name, first_id=first_id, created_at=now, jobs=datas)
+                if plain else
+                JobsAddedWithOptions(queue=queue_name, first_id=first_id, created_at=now,
+                                     jobs=datas, options=options))
+        return out
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
-        """Put jobs made by ``create`` at the tail of their queue."""
-        if not jobs:
+        """Put jobs made by ``create`` in line (the delayed ones in the deadline heap)."""
+        fresh = []
+        for job in jobs:
+            # A job appears more than once when one bulk add repeats its idempotency key.
+            if job.pending:
+                job.pending = False
+                fresh.append(job)
+        if not fresh:
             return
-        queue = self.queues[jobs[0].queue]
-        queue.waiting.extend(jobs)
-        if queue.consumers:
-            self._ready.add(queue)
+        queue = self.queues[fresh[0].queue]
+        watched = queue.name in self.watched
+        waiting = []
+        for job in fresh:
+            if job.state is DELAYED:
+                self.delay_job(queue, job)
+            else:
+                waiting.append(job)
+            if watched:
+                self._event(queue, "added", job, job.created_at)
+                if job.state is DELAYED:
+                    self._event(queue, "delayed", job, job.created_at, run_at=job.run_at)
+        if waiting:
+            queue.waiting.extend(waiting)
+            self._wake(queue)
 
     def discard(self, jobs: Sequence[Job]) -> None:
         """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""
         for job in jobs:
-            del self.jobs[job.id]
-            self.live_bytes -= len(job.data) + JOB_OVERHEAD
+            if job.pending:
+                self.forget(job)
 
     # Subscribers.
 
-    def subscribe(self, owner: Hashable, queue_name: str, window: int) -> Consumer:
+    def subscribe(self, owner: Hashable, queue_name: str, window: int,
+                  lease: float = DEFAULT_LEASE) -> Consumer:
         """Subscribe ``owner`` to a queue with a credit window (or change the window)."""
         queue = self.queue(queue_name)
         consumer = queue.consumers.get(owner)
         if consumer is None:
             self._served += 1
-            consumer = Consumer(owner, queue, window, self._served)
+            consumer = Consumer(owner, queue, window, self._served, lease)
             queue.consumers[owner] = consumer
             self._owners.setdefault(owner, []).append(consumer)
         consumer.window = window
-        if consumer.free > 0 and queue.waiting:
-            self._ready.add(queue)
+        if consumer.free > 0:
+            self._wake(queue)
         return consumer
 
     def consumer(self, owner: Hashable, queue_name: str) -> Consumer | None:
@@ -227,86 +237,86 @@ class Queues:
         queue = self.queues.get(queue_name)
         return None if queue is None else queue.consumers.get(owner)
 
+    def extend(self, owner: Hashable, queue_name: str, now: float) -> None:
+        """``owner`` is alive: its subscription's leases run for another lease period."""
+        consumer = self.consumer(owner, queue_name)
+        if consumer is not None:
+            self._heard(consumer, now)
+
     def ack(self, owner: Hashable, job_id: int, lease: int, result: msgspec.Raw,
             now: float) -> Job | None:
         """Complete the job under ``lease``; None (and no change) if the lease is not held."""
-        job = self._take(owner, job_id, lease)
+        job = self._take(owner, job_id, lease, now)
         if job is None:
             return None
         job.result = result
+        job.error = None
         self.finish(job, COMPLETED, now)
         return job
 
-    def fail(self, owner: Hashable, job_id: int, lease: int, error: JobError,
-             now: float) -> Job | None:
-        """Fail the try under ``lease``; None (and no change) if the lease is not held."""
-        job = self._take(owner, job_id, lease)
+    def fail(self, owner: Hashable, job_id: int, lease: int, error: JobError, now: float, *,
+             retry: bool = True, delay: float | None = None) -> Job | None:
+        """Fail the try under ``lease``: retry while attempts are left (and ``retry``), after
+        ``delay`` or the job's backoff; else the job fails. None if the lease is not held."""
+        job = self._take(owner, job_id, lease, now)
         if job is None:
             return None
         job.error = error
-        self.finish(job, FAILED, now)
+        if retry and job.attempt < job.options.attempts:
+            wait = delay if delay is not None else backoff_delay(job.options.backoff, job.attempt,
+                                                            self.rng)
+            self._retry(job, error, now, wait)
+        else:
+            self.finish(job, FAILED, now)
         return job
 
-    def release(self, owner: Hashable, job_id: int, lease: int) -> Job | None:
+    def release(self, owner: Hashable, job_id: int, lease: int, now: float = 0.0) -> Job | None:
         """Put the job under ``lease`` back at the head of its queue, its try given back."""
-        job = self._take(owner, job_id, lease)
+        job = self._take(owner, job_id, lease, now)
         if job is None:
             return None
         job.attempt -= 1
         self._requeue([job])
         return job
 
-    def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw) -> bool:
+    def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw,
+                 now: float = 0.0) -> bool:
         """Record progress for the job under ``lease``; False if the lease is not held."""
         job = self.jobs.get(job_id)
         if job is None or job.lease != lease or job.holder is None or job.holder.owner != owner:
             return False
         job.progress = value
+        self._heard(job.holder, now)
+        if job.queue in self.watched:
+            self._event(job.holder.queue, "progress", job, now, value=value)
         return True
 
     def drop(self, owner: Hashable, now: float) -> list[Job]:
         """Forget every subscription of ``owner`` (its connection is gone).
 
-        Its jobs go back to the head of their queues, in delivery order. A job dropped more than
-        ``max_redeliveries`` times fails instead, so a job that kills its workers cannot loop
-        forever. Returns the jobs that went back.
+        Its jobs go back to the head of their queues, in delivery order. A job lost with its
+        worker more than ``max_redeliveries`` times fails instead, so a job that kills its
+        workers cannot loop forever. Returns the jobs that went back.
         """
         requeued: list[Job] = []
         for consumer in self._owners.pop(owner, ()):
-            queue = consumer.queue
-            del queue.consumers[owner]
-            jobs = list(consumer.held.values())
-            consumer.held.clear()
-            queue.active -= len(jobs)
-            back = []
-            for job in jobs:
-                job.holder = None
-                job.lease = 0
-                job.drops += 1
-                if job.drops > self.max_redeliveries:
-                    job.error = JobError(
-                        type="WorkerLost",
-                        message=f"the connection of the worker running it dropped {job.drops} "
-                        f"times (limit {self.max_redeliveries} redeliveries)",
-                    )
-                    self.finish(job, FAILED, now)
-                else:
-                    job.attempt -= 1
-                    back.append(job)
-            self._requeue(back)
-            requeued += back
+            del consumer.queue.consumers[owner]
+            requeued += self._take_back(consumer, now)
         return requeued
 
     # Dispatch.
 
-    def dispatch(self) -> list[tuple[Consumer, list[Job]]]:
-        """Lease waiting jobs to subscribers with free slots; return who gets what."""
+    def dispatch(self, now: float = 0.0) -> list[tuple[Consumer, list[Job]]]:
+        """Lease waiting jobs to subscribers with free slots; return who gets what.
+
+        ``now`` starts the lease of a subscriber that held nothing.
+        """
         out: list[tuple[Consumer, list[Job]]] = []
         ready = self._ready
         while ready:
             queue = ready.pop()
             waiting = queue.waiting
-            if not waiting:
+            if not waiting or queue.paused:
                 continue
             heap = [(-c.free, c.served, c) for c in queue.consumers.values() if c.free > 0]
             if not heap:
@@ -315,9 +325,18 @@ class Queues:
             given: dict[Consumer, list[Job]] = {}
             served = self._served
             lease = self._last_lease
-            while heap and waiting:
+            line = waiting.first()
+            taken = 0
+            while heap:
+                if not line:
+                    waiting.taken(line, taken)
+                    taken = 0
+                    if not waiting:
+                        break
+                    line = waiting.first()
                 negative_free, _, consumer = heap[0]
-                job = waiting.popleft()
+                job = line.popleft()
+                taken += 1
                 lease += 1
                 served += 1
                 job.state = ACTIVE
@@ -334,11 +353,124 @@ class Queues:
                     heapq.heapreplace(heap, (negative_free + 1, served, consumer))
                 else:
                     heapq.heappop(heap)
+            if taken:
+                waiting.taken(line, taken)
             self._served = served
             self._last_lease = lease
             queue.active += sum(len(jobs) for jobs in given.values())
+            watched = queue.name in self.watched
+            for consumer, jobs in given.items():
+                if len(consumer.held) == len(jobs):
+                    # It held nothing: its lease starts now.
+                    self._heard(consumer, now)
+                if watched:
+                    for job in jobs:
+                        self._event(queue, "active", job, now)
             out += given.items()
         return out
+
+    # Deadlines.
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has something to do (Unix seconds), or None."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def tick(self, now: float) -> None:
+        """Do what is due by ``now``: delayed jobs join their queues, silent subscribers lose
+        their jobs, finished jobs past their retention are forgotten."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            due, kind, _, subject = heapq.heappop(deadlines)
+            if kind == _DUE:
+                assert isinstance(subject, Job)
+                if (subject.state is DELAYED and subject.run_at == due and not subject.pending
+                        and self.jobs.get(subject.id) is subject):
+                    self._promote(subject)
+            elif kind == _LEASE:
+                assert isinstance(subject, Consumer)
+                self._lease_due(subject, now)
+            elif kind == _EXPIRE:
+                assert isinstance(subject, Job)
+                if subject.finished_at is not None and self.jobs.get(subject.id) is subject:
+                    self._remove([subject])
+            else:
+                assert isinstance(subject, Queue)
+                self._age_out(subject, now)
+
+    # Queue control.
+
+    def promote(self, job_id: int) -> Job | None:
+        """Make a delayed job waiting now; None when there is no such job."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state is not DELAYED or job.pending:
+            raise StateError(f"job {job_id} is {job.state.value}, not delayed")
+        self._promote(job)
+        return job
+
+    def remove(self, job_id: int) -> Job | None:
+        """Remove a job that is not active; None when there is no such job."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state is ACTIVE or job.pending:
+            raise StateError(f"job {job_id} is active and cannot be removed")
+        self._remove([job])
+        return job
+
+    def pause(self, queue_name: str, paused: bool) -> None:
+        """Stop (or restart) deliveries from a queue; it accepts jobs either way."""
+        queue = self.queue(queue_name)
+        if queue.paused != paused:
+            queue.paused = paused
+            if self.records is not None:
+                self.records.append(QueuePaused(queue=queue_name, paused=paused))
+            self._wake(queue)
+
+    def retry_failed(self, queue_name: str | None = None, job_id: int | None = None) -> int:
+        """Put failed jobs (one, or every retained one of a queue) back at the tail of their
+        queues with their attempts renewed; return how many."""
+        if job_id is not None:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return 0
+            if job.state is not FAILED:
+                raise StateError(f"job {job_id} is {job.state.value}, not failed")
+            jobs = [job]
+        else:
+            queue = self.queues.get(queue_name or "")
+            if queue is None:
+                return 0
+            jobs = [self.jobs[i] for i in queue.kept_failed]
+            jobs += [job for job in queue.kept_own.values() if job.state is FAILED]
+        self._retry_failed(jobs)
+        return len(jobs)
+
+    def drain(self, queue_name: str) -> int:
+        """Remove every waiting and delayed job of a queue; return how many."""
+        queue = self.queues.get(queue_name)
+        if queue is None:
+            return 0
+        jobs = queue.waiting.clear()
+        jobs += queue.delayed.values()
+        queue.delayed.clear()
+        self._remove(jobs, unlined=True)
+        return len(jobs)
+
+    def clean(self, queue_name: str, state: JobState, older_than: float, now: float) -> int:
+        """Remove a queue's completed or failed jobs finished at least ``older_than`` seconds
+        ago; return how many."""
+        if state not in (COMPLETED, FAILED):
+            raise StateError(f"clean removes completed or failed jobs, not {state.value} ones")
+        queue = self.queues.get(queue_name)
+        if queue is None:
+            return 0
+        cutoff = now - older_than
+        jobs = [job for job in self.finished_jobs(queue, state) if job.finished_at is not None
+                and job.finished_at <= cutoff]
+        self._remove(jobs)
+        return len(jobs)
 
     # Reading.
 
@@ -351,15 +483,44 @@ class Queues:
         return {
             "waiting": len(queue.waiting),
             "active": queue.active,
-            "delayed": 0,
+            "delayed": len(queue.delayed),
             "completed": queue.completed,
             "failed": queue.failed,
             "workers": len(queue.consumers),
         }
 
-    # Internals.
+    def list_jobs(self, queue_name: str, state: JobState, offset: int,
+                  limit: int) -> tuple[list[Job], int]:
+        """A page of a queue's jobs in ``state``, in order, and how many there are in all."""
+        queue = self.queues.get(queue_name)
+        if queue is None:
+            return [], 0
+        jobs: Iterable[Job]
+        if state is WAITING:
+            jobs, total = queue.waiting, len(queue.waiting)
+        elif state is DELAYED:
+            jobs = sorted(queue.delayed.values(), key=lambda job: (job.options.run_at, job.id))
+            total = len(queue.delayed)
+        elif state is ACTIVE:
+            jobs = [job for c in queue.consumers.values() for job in c.held.values()]
+            total = queue.active
+        else:
+            jobs = self.finished_jobs(queue, state)[::-1]
+            total = len(jobs)
+        return list(islice(jobs, offset, offset + limit)), total
 
-    def _take(self, owner: Hashable, job_id: int, lease: int) -> Job | None:
+    def finished_jobs(self, queue: Queue, state: JobState) -> list[Job]:
+        """A queue's retained completed (or failed) jobs, oldest first."""
+        kept = queue.kept_completed if state is COMPLETED else queue.kept_failed
+        jobs = [self.jobs[i] for i in kept]
+        own = [job for job in queue.kept_own.values() if job.state is state]
+        if own:
+            jobs = sorted(jobs + own, key=lambda job: (job.finished_at, job.id))
+        return jobs
+
+    # Internals: moving jobs.
+
+    def _take(self, owner: Hashable, job_id: int, lease: int, now: float) -> Job | None:
         job = self.jobs.get(job_id)
         if job is None or job.lease != lease or lease == 0:
             return None
@@ -371,11 +532,12 @@ class Queues:
         job.lease = 0
         queue = consumer.queue
         queue.active -= 1
-        if queue.waiting:
-            self._ready.add(queue)
+        self._heard(consumer, now)
+        self._wake(queue)
         return job
 
     def _requeue(self, jobs: Sequence[Job]) -> None:
+        """Put active jobs back at the head of their queue, in order."""
         if not jobs:
             return
         queue = self.queues[jobs[0].queue]
@@ -385,26 +547,210 @@ class Queues:
             queue.waiting.appendleft(job)
             if records is not None:
                 records.append(JobRequeued(id=job.id, drops=job.drops))
-        if queue.consumers:
-            self._ready.add(queue)
+        self._wake(queue)
+
+    def _take_back(self, consumer: Consumer, now: float) -> list[Job]:
+        """The consumer's worker is lost: its jobs go back, or fail after too many losses."""
+        queue = consumer.queue
+        jobs = list(consumer.held.values())
+        consumer.held.clear()
+        queue.active -= len(jobs)
+        back = []
+        for job in jobs:
+            job.holder = None
+            job.lease = 0
+            job.drops += 1
+            if job.drops > self.max_redeliveries:
+                job.error = JobError(
+                    type="WorkerLost",
+                    message=f"the worker running it was lost {job.drops} times "
+                            f"(limit {self.max_redeliveries} redeliveries)",
+                )
+                self.finish(job, FAILED, now)
+            else:
+                job.attempt -= 1
+                back.append(job)
+        self._requeue(back)
+        return back
+
+    def _retry(self, job: Job, error: JobError, now: float, wait: float) -> None:
+        queue = self.queues[job.queue]
+        run_at = now + wait if wait > 0 else None
+        if self.records is not None:
+            self.records.append(JobRetrying(id=job.id, attempt=job.attempt, at=now, error=error,
+                                            run_at=run_at))
+        if queue.name in self.watched:
+            self._event(queue, "retrying", job, now, error=error, run_at=run_at)
+        if run_at is None:
+            job.state = WAITING
+            queue.waiting.append(job)
+            self._wake(queue)
+        else:
+            job.options = with_run_at(job.options, run_at=run_at)
+            job.state = DELAYED
+            self.delay_job(queue, job)
+            if queue.name in self.watched:
+                self._event(queue, "delayed", job, now, run_at=run_at)
+
+    def delay_job(self, queue: Queue, job: Job) -> None:
+        """Hold a delayed job until its ``run_at``."""
+        run_at = job.options.run_at
+        assert run_at is not None
+        queue.delayed[job.id] = job
+        self.schedule(run_at, _DUE, job)
+
+    def _promote(self, job: Job) -> None:
+        queue = self.queues[job.queue]
+        del queue.delayed[job.id]
+        job.options = with_run_at(job.options, run_at=None)
+        job.state = WAITING
+        queue.waiting.append(job)
+        if self.records is not None:
+            self.records.append(JobPromoted(id=job.id))
+        self._wake(queue)
+
+    def _retry_failed(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        for job in jobs:
+            queue = self.queues[job.queue]
+            self._unkeep(queue, job)
+            job.state = WAITING
+            job.attempt = 0
+            job.error = None
+            job.result = NIL
+            job.finished_at = None
+            queue.waiting.append(job)
+            self._wake(queue)
+        if self.records is not None:
+            self.records.append(JobsRetried(ids=[job.id for job in jobs]))
 
     def finish(self, job: Job, state: JobState, now: float, *, record: bool = True) -> None:
         """Move ``job`` to completed or failed (its result or error already set)."""
         job.state = state
         job.finished_at = now
         self.live_bytes += len(job.result)
+        queue = self.queues[job.queue]
         if record and self.records is not None:
             self.records.append(JobFinished(id=job.id, attempt=job.attempt, at=now,
                                             result=job.result, error=job.error))
-        queue = self.queues[job.queue]
+        if queue.name in self.watched:
+            if state is COMPLETED:
+                self._event(queue, "completed", job, now, value=job.result)
+            else:
+                self._event(queue, "failed", job, now, error=job.error)
         if state is COMPLETED:
             queue.completed += 1
-            kept, limit = queue.kept_completed, self.keep_completed
         else:
             queue.failed += 1
-            kept, limit = queue.kept_failed, self.keep_failed
+        self.finished.append(job)
+        keep = job.options.keep_result
+        if keep is not None:
+            if keep <= 0:
+                self.forget(job)
+                return
+            queue.kept_own[job.id] = job
+            self.expire_at(job, now + keep)
+            return
+        kept, limit = ((queue.kept_completed, self.keep_completed) if state is COMPLETED
+                       else (queue.kept_failed, self.keep_failed))
+        if self.keep_age is not None and not queue.kept_completed and not queue.kept_failed:
+            self.schedule(now + self.keep_age, _AGE, queue)
         kept.append(job.id)
         while len(kept) > limit:
-            gone = self.jobs.pop(kept.popleft())
-            self.live_bytes -= len(gone.data) + len(gone.result) + JOB_OVERHEAD
-        self.finished.append(job)
+            self.forget(self.jobs[kept.popleft()])
+
+    def _remove(self, jobs: Sequence[Job], *, unlined: bool = False) -> None:
+        """Remove jobs that are not active (``unlined``: already out of their lines)."""
+        if not jobs:
+            return
+        for job in jobs:
+            queue = self.queues[job.queue]
+            if not unlined:
+                if job.state is WAITING:
+                    queue.waiting.remove(job)
+                elif job.state is DELAYED:
+                    del queue.delayed[job.id]
+                else:
+                    self._unkeep(queue, job)
+            self.forget(job)
+        if self.records is not None:
+            self.records.append(JobsRemoved(ids=[job.id for job in jobs]))
+
+    def _unkeep(self, queue: Queue, job: Job) -> None:
+        if queue.kept_own.pop(job.id, None) is None:
+            (queue.kept_completed if job.state is COMPLETED else queue.kept_failed).remove(job.id)
+
+    def forget(self, job: Job) -> None:
+        """Drop every trace of ``job`` (it is in no line and no retention list)."""
+        del self.jobs[job.id]
+        key = job.options.key
+        if key is not None and self.keys.get(key) == job.id:
+            del self.keys[key]
+        self.live_bytes -= len(job.data) + len(job.result) + JOB_OVERHEAD
+
+    def _age_out(self, queue: Queue, now: float) -> None:
+        keep_age = self.keep_age
+        if keep_age is None:
+            return
+        cutoff = now - keep_age
+        gone: list[Job] = []
+        oldest: float | None = None
+        for kept in (queue.kept_completed, queue.kept_failed):
+            while kept:
+                job = self.jobs[kept[0]]
+                assert job.finished_at is not None
+                if job.finished_at > cutoff:
+                    oldest = job.finished_at if oldest is None else min(oldest, job.finished_at)
+                    break
+                kept.popleft()
+                gone.append(job)
+        for job in gone:
+            self.forget(job)
+        if gone and self.records is not None:
+            self.records.append(JobsRemoved(ids=[job.id for job in gone]))
+        if oldest is not None:
+            self.schedule(oldest + keep_age, _AGE, queue)
+
+    # Internals: subscribers.
+
+    def _heard(self, consumer: Consumer, now: float) -> None:
+        consumer.deadline = now + consumer.lease
+        if consumer.silent:
+            consumer.silent = False
+            self._wake(consumer.queue)
+        if not consumer.armed and consumer.held:
+            consumer.armed = True
+            self.schedule(consumer.deadline, _LEASE, consumer)
+
+    def _lease_due(self, consumer: Consumer, now: float) -> None:
+        consumer.armed = False
+        if not consumer.held or consumer.queue.consumers.get(consumer.owner) is not consumer:
+            return
+        if consumer.deadline > now:
+            consumer.armed = True
+            self.schedule(consumer.deadline, _LEASE, consumer)
+            return
+        # Silent for a whole lease (a blocked loop, a stopped process): its jobs go elsewhere,
+        # and it gets no more until it is heard from.
+        consumer.silent = True
+        self._take_back(consumer, now)
+
+    def expire_at(self, job: Job, when: float) -> None:
+        """Forget finished ``job`` at ``when`` (its own ``keep_result``)."""
+        self.schedule(when, _EXPIRE, job)
+
+    def schedule(self, when: float, kind: int, subject: object) -> None:
+        """Add a deadline entry."""
+        self._deadline_seq += 1
+        heapq.heappush(self._deadlines, (when, kind, self._deadline_seq, subject))
+
+    def _wake(self, queue: Queue) -> None:
+        if queue.waiting and queue.consumers:
+            self._ready.add(queue)
+
+    def _event(self, queue: Queue, kind: str, job: Job, now: float, *,
+               value: msgspec.Raw = NIL, error: JobError | None = None,
+               run_at: float | None = None) -> None:
+        self.events.append((queue.name, Event(kind=kind, job=job.id, at=now, attempt=job.attempt,
+                                              value=value, error=error, run_at=run_at)))

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol import NIL, JobError
+from protocol import NIL, Backoff, JobError
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "JobFinished",
+    "JobOptions",
+    "JobPromoted",
     "JobRequeued",
+    "JobRetrying",
     "JobSnapshot",
     "JobsAdded",
+    "JobsAddedWithOptions",
+    "JobsRemoved",
+    "JobsRetried",
     "LastId",
+    "QueuePaused",
     "QueueSnapshot",
     "Record",
 ]
@@ -55,12 +63,74 @@ class JobRequeued(_Record, tag=3, frozen=True):
     drops: int
 
 
+class JobOptions(msgspec.Struct, frozen=True, array_like=True):
+    """A job's options, as logged (``run_at`` is absolute: the delay already applied)."""
+
+    key: str | None = None
+    priority: int = 0
+    attempts: int = 1
+    backoff: Backoff | None = None
+    timeout: float | None = None
+    run_at: float | None = None
+    keep_result: float | None = None
+
+
+DEFAULT_OPTIONS = JobOptions()
+
+
+class JobsAddedWithOptions(_Record, tag=4, frozen=True):
+    """Like ``JobsAdded``, for jobs of which at least one has options."""
+
+    queue: str
+    first_id: int
+    created_at: float
+    jobs: list[msgspec.Raw]
+    options: list[JobOptions]
+
+
+class JobRetrying(_Record, tag=5, frozen=True):
+    """Try ``attempt`` failed with ``error`` and the job will be tried again: at ``run_at``
+    (it is delayed), or at once (it is at the tail of its queue) when ``run_at`` is None."""
+
+    id: int
+    attempt: int
+    at: float
+    error: JobError
+    run_at: float | None = None
+
+
+class JobPromoted(_Record, tag=6, frozen=True):
+    """A delayed job became waiting (it was due, or was promoted), at the tail of its queue."""
+
+    id: int
+
+
+class JobsRemoved(_Record, tag=7, frozen=True):
+    """Jobs removed (``remove``, ``drain``, ``clean``, or retention by age)."""
+
+    ids: list[int]
+
+
+class QueuePaused(_Record, tag=8, frozen=True):
+    """A queue was paused (``paused`` true) or resumed."""
+
+    queue: str
+    paused: bool
+
+
+class JobsRetried(_Record, tag=9, frozen=True):
+    """Failed jobs put back at the tail of their queues with their attempts renewed."""
+
+    ids: list[int]
+
+
 class QueueSnapshot(_Record, tag=10, frozen=True):
     """A queue and its lifetime counters, as of a snapshot."""
 
     name: str
     completed: int
     failed: int
+    paused: bool = False
 
 
 class JobSnapshot(_Record, tag=11, frozen=True):
@@ -76,6 +146,7 @@ class JobSnapshot(_Record, tag=11, frozen=True):
     finished_at: float | None = None
     result: msgspec.Raw = NIL
     error: JobError | None = None
+    options: JobOptions = DEFAULT_OPTIONS
 
 
 class LastId(_Record, tag=12, frozen=True):
@@ -84,4 +155,7 @@ class LastId(_Record, tag=12, frozen=True):
     id: int
 
 
-Record = JobsAdded | JobFinished | JobRequeued | QueueSnapshot | JobSnapshot | LastId
+Record = (
+    JobsAdded | JobFinished | JobRequeued | JobsAddedWithOptions | JobRetrying | JobPromoted
+    | JobsRemoved | QueuePaused | JobsRetried | QueueSnapshot | JobSnapshot | LastId
+)

@@ -51,6 +51,8 @@ class Session(asyncio.Protocol):
         self.out = bytearray()
         self.waits: set[int] = set()
         """Job ids this session has a ``wait`` pending on."""
+        self.watching: set[str] = set()
+        """Queues whose events this session receives."""
 
     def __repr__(self) -> str:
         return f"<Session {self.peer}>"

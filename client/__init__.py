@@ -1,6 +1,6 @@
 """The Conveyor client: add jobs to a broker, read them and wait for their results."""
 
-from protocol import JobError, JobState
+from protocol import Backoff, JobError, JobState
 
 from .client import Client, connect
 from .connection import Connection, ConnectionStatus
@@ -9,6 +9,7 @@ from .errors import (
     ConveyorError,
     DiskFull,
     InvalidQueue,
+    InvalidState,
     JobFailed,
     ProtocolViolation,
     RequestRefused,
@@ -16,22 +17,30 @@ from .errors import (
     UnknownJob,
     VersionMismatch,
 )
+from .events import EventsLost, EventStream, JobEvent
 from .jobs import JobInfo
+from .options import JobSpec, exponential, fixed
 from .urls import DEFAULT_URL, URL_ENV, parse_url
 
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
+    "Backoff",
     "Client",
     "Connection",
     "ConnectionLost",
     "ConnectionStatus",
     "ConveyorError",
     "DiskFull",
+    "EventStream",
+    "EventsLost",
     "InvalidQueue",
+    "InvalidState",
     "JobError",
+    "JobEvent",
     "JobFailed",
     "JobInfo",
+    "JobSpec",
     "JobState",
     "ProtocolViolation",
     "RequestRefused",
@@ -39,5 +48,7 @@ __all__ = [
     "UnknownJob",
     "VersionMismatch",
     "connect",
+    "exponential",
+    "fixed",
     "parse_url",
 ]

@@ -11,20 +11,35 @@ from typing import Any, Final
 from protocol import (
     Add,
     Added,
+    Backoff,
+    Clean,
+    Count,
     Counts,
+    Drain,
+    Events,
     Finished,
     GetCounts,
     GetJob,
+    GetJobs,
     JobDef,
     JobReply,
+    Jobs,
     JobState,
+    Ok,
+    Pause,
+    Promote,
+    Remove,
+    RetryFailed,
     Wait,
+    Watch,
     check_queue_name,
 )
 
-from .connection import Connection, Reply
-from .errors import ConveyorError, JobFailed
+from .connection import Connection, Push, Reply
+from .errors import ConnectionLost, ConveyorError, JobFailed
+from .events import EventStream
 from .jobs import JobInfo, decode_job, decode_value, encode_value
+from .options import JobSpec, job_def
 
 __all__ = ["Client", "connect"]
 
@@ -47,12 +62,14 @@ class Client:
         self.name = name
         self.timeout = timeout
         self._connection: Connection | None = None
+        self._streams: dict[str, list[EventStream]] = {}
 
     async def connect(self) -> Client:
         """Open the connection (done by ``async with`` and ``client.connect()``)."""
         if self._connection is None:
             self._connection = await Connection.open(self.url, name=self.name,
-                                                     timeout=self.timeout)
+                                                     timeout=self.timeout, on_push=self._push)
+            self._connection.on_lost(self._lost)
         return self
 
     async def __aenter__(self) -> Client:
@@ -76,28 +93,51 @@ class Client:
 
     # Producing.
 
-    async def add(self, queue: str, data: Any) -> int:
-        """Add one job; return its id once the broker has accepted it."""
+    async def add(
+        self,
+        queue: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        priority: int = 0,
+        attempts: int = 1,
+        backoff: float | Backoff | None = None,
+        timeout: float | None = None,
+        delay: float = 0.0,
+        run_at: float | None = None,
+        keep_result: float | None = None,
+    ) -> int:
+        """Add one job; return its id once the broker has accepted it.
+
+        ``id`` is an idempotency key: adding a key a retained job already has adds nothing and
+        returns that job's id. ``priority``: higher runs first. ``attempts``: tries in all.
+        ``backoff``: seconds between tries, or ``exponential(...)``. ``timeout``: seconds one
+        try may run. ``delay`` / ``run_at``: not before then. ``keep_result``: seconds the
+        finished job is retained.
+        """
         _check_queue(queue)
         raw = encode_value(data, "job payload")
         if len(raw) + _JOB_OVERHEAD + _FRAME_SLACK > self.connection.max_frame:
             raise ValueError(f"payload is {len(raw)} bytes encoded; the broker's frame limit is "
                              f"{self.connection.max_frame} bytes")
-        reply = await self.connection.request(functools.partial(_add, queue, [JobDef(raw)]))
+        job = job_def(raw, id=id, priority=priority, attempts=attempts, backoff=backoff,
+                      timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result)
+        reply = await self.connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]
 
-    async def add_bulk(self, queue: str, payloads: Iterable[Any]) -> list[int]:
+    async def add_bulk(self, queue: str, payloads: Iterable[Any], **options: Any) -> list[int]:
         """Add many jobs; return their ids in input order.
 
-        Payloads are all encoded before anything is sent (an unserializable one raises
-        ``TypeError`` naming its index), then split into frames under the broker's frame limit and
-        pipelined. Workers start on the first frame's jobs while later frames are still in flight.
+        ``options`` (those of ``add``) apply to every payload; a ``JobSpec`` carries its own.
+        Payloads are all encoded and checked before anything is sent (an unserializable one
+        raises ``TypeError`` naming its index), then split into frames under the broker's frame
+        limit and pipelined. Workers start on the first frame's jobs while later frames are still
+        in flight.
         """
         _check_queue(queue)
         connection = self.connection
-        jobs = [JobDef(encode_value(data, f"payload {index}"))
-                for index, data in enumerate(payloads)]
+        jobs = [_bulk_job(index, item, options) for index, item in enumerate(payloads)]
         limit = connection.max_frame - _FRAME_SLACK
         for index, job in enumerate(jobs):
             if len(job.data) + _JOB_OVERHEAD > limit:
@@ -117,6 +157,92 @@ class Client:
             for future in futures:
                 future.cancel()
         return ids
+
+    # Queue control.
+
+    async def promote(self, job_id: int) -> None:
+        """Make a delayed job waiting now (``InvalidState`` when it is not delayed)."""
+        await self._ok(functools.partial(_message, Promote, job=job_id))
+
+    async def remove(self, job_id: int) -> None:
+        """Remove a job that is not active (``InvalidState`` when it is)."""
+        await self._ok(functools.partial(_message, Remove, job=job_id))
+
+    async def pause(self, queue: str) -> None:
+        """Stop deliveries from ``queue``; it still accepts jobs. Survives a broker restart."""
+        _check_queue(queue)
+        await self._ok(functools.partial(_message, Pause, queue=queue, paused=True))
+
+    async def resume(self, queue: str) -> None:
+        """Restart deliveries from a paused queue."""
+        _check_queue(queue)
+        await self._ok(functools.partial(_message, Pause, queue=queue, paused=False))
+
+    async def retry_failed(self, queue: str | None = None, *, job_id: int | None = None) -> int:
+        """Put failed jobs (every retained one of ``queue``, or one job) back in line, with
+        their attempts renewed; return how many."""
+        if (queue is None) == (job_id is None):
+            raise ValueError("give either a queue or a job_id")
+        if queue is not None:
+            _check_queue(queue)
+        return await self._count(functools.partial(_message, RetryFailed, queue=queue,
+                                                   job=job_id))
+
+    async def drain(self, queue: str) -> int:
+        """Remove every waiting and delayed job of ``queue``; return how many."""
+        _check_queue(queue)
+        return await self._count(functools.partial(_message, Drain, queue=queue))
+
+    async def clean(self, queue: str, state: JobState | str, older_than: float = 0.0) -> int:
+        """Remove ``queue``'s completed or failed jobs finished over ``older_than`` seconds ago."""
+        _check_queue(queue)
+        return await self._count(functools.partial(
+            _message, Clean, queue=queue, state=JobState(state), older_than=older_than))
+
+    def events(self, queue: str) -> EventStream:
+        """Follow ``queue``'s events live: ``async for event in client.events(queue)``.
+
+        Events are buffered from the moment this is called; ``aclose()`` (or ``async with``)
+        stops the watch. A reader that falls too far behind gets ``EventsLost``.
+        """
+        _check_queue(queue)
+        stream = EventStream(queue, self._unwatch)
+        streams = self._streams.setdefault(queue, [])
+        streams.append(stream)
+        if len(streams) == 1:
+            future = self.connection.request(functools.partial(_message, Watch, queue=queue))
+            future.add_done_callback(functools.partial(_watch_refused, stream))
+        return stream
+
+    async def _unwatch(self, stream: EventStream) -> None:
+        streams = self._streams.get(stream.queue, [])
+        if stream in streams:
+            streams.remove(stream)
+        if not streams:
+            self._streams.pop(stream.queue, None)
+            connection = self._connection
+            if connection is not None and connection.failure is None:
+                await connection.request(functools.partial(
+                    _message, Watch, queue=stream.queue, watching=False))
+
+    def _push(self, message: Push) -> None:
+        if isinstance(message, Events):
+            for stream in self._streams.get(message.queue, ()):
+                stream.feed(message.events)
+
+    def _lost(self, error: ConveyorError) -> None:
+        for streams in self._streams.values():
+            for stream in streams:
+                stream.fail(error)
+
+    async def _ok(self, build: functools.partial[Any]) -> None:
+        reply = await self.connection.request(build)
+        assert isinstance(reply, Ok)
+
+    async def _count(self, build: functools.partial[Any]) -> int:
+        reply = await self.connection.request(build)
+        assert isinstance(reply, Count)
+        return reply.count
 
     # Reading.
 
@@ -144,6 +270,16 @@ class Client:
             raise JobFailed(decode_job(job))
         return decode_value(job.result)
 
+    async def get_jobs(self, queue: str, state: JobState | str, *, offset: int = 0,
+                       limit: int = 100) -> list[JobInfo]:
+        """``queue``'s jobs in ``state``, in order: waiting in the order they will run, delayed
+        by due time, active in delivery order, completed and failed most recent first."""
+        _check_queue(queue)
+        reply = await self.connection.request(functools.partial(
+            _message, GetJobs, queue=queue, state=JobState(state), offset=offset, limit=limit))
+        assert isinstance(reply, Jobs)
+        return [decode_job(job) for job in reply.jobs]
+
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,
         and the workers subscribed now."""
@@ -168,6 +304,21 @@ async def connect(url: str | None = None, *, name: str = "client",
 
 def _add(queue: str, jobs: list[JobDef], req: int) -> Add:
     return Add(req=req, queue=queue, jobs=jobs)
+
+
+def _message(kind: type[Any], req: int, **fields: Any) -> Any:
+    return kind(req=req, **fields)
+
+
+def _bulk_job(index: int, item: Any, options: dict[str, Any]) -> JobDef:
+    if isinstance(item, JobSpec):
+        return job_def(encode_value(item.data, f"payload {index}"), **item.options())
+    return job_def(encode_value(item, f"payload {index}"), **options)
+
+
+def _watch_refused(stream: EventStream, future: asyncio.Future[Reply]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        stream.fail(future.exception() or ConnectionLost("watch refused"))
 
 
 def _check_queue(queue: str) -> None:

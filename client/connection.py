@@ -23,6 +23,7 @@ from protocol import (
     Deliver,
     Error,
     ErrorCode,
+    Events,
     FrameEncoder,
     FrameReader,
     Hello,
@@ -51,7 +52,7 @@ _REPLY_FRAME_LIMIT: Final = 1 << 30
 """Replies are trusted more than requests; this only guards against a corrupt stream (bytes)."""
 
 Reply = BrokerMessage
-Push = Deliver | Closing
+Push = Deliver | Closing | Events
 """Messages the broker sends unasked."""
 
 
@@ -85,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._failure: ConveyorError | None = None
+        self._lost_callbacks: list[Callable[[ConveyorError], None]] = []
         self._said: RequestRefused | None = None
         """The last error the broker sent outside any request (it usually closes next)."""
 
@@ -174,6 +176,10 @@ class Connection(asyncio.Protocol):
         """Wait until the connection is gone."""
         await asyncio.shield(self._closed)
 
+    def on_lost(self, callback: Callable[[ConveyorError], None]) -> None:
+        """Call ``callback`` with the reason once the connection is gone."""
+        self._lost_callbacks.append(callback)
+
     @property
     def failure(self) -> ConveyorError | None:
         """Why the connection failed, once it has."""
@@ -217,13 +223,16 @@ class Connection(asyncio.Protocol):
             self._fail(ConnectionLost(f"connection to broker lost{reason}"))
         self.status = ConnectionStatus.CLOSED
         self._write_ready.set()
+        assert self._failure is not None
+        for callback in self._lost_callbacks:
+            callback(self._failure)
         if not self._closed.done():
             self._closed.set_result(None)
 
     # Receiving.
 
     def _receive(self, message: Reply) -> None:
-        if isinstance(message, Deliver | Closing):
+        if isinstance(message, Deliver | Closing | Events):
             if isinstance(message, Closing):
                 log.info("broker: %s", message.reason)
             if self._on_push is not None:

@@ -11,6 +11,7 @@ __all__ = [
     "ConveyorError",
     "DiskFull",
     "InvalidQueue",
+    "InvalidState",
     "JobFailed",
     "ProtocolViolation",
     "RequestRefused",
@@ -58,6 +59,10 @@ class DiskFull(RequestRefused):
     """The broker's disk had no room for the jobs' log record; none of them was added."""
 
 
+class InvalidState(RequestRefused):
+    """The job is not in a state the request applies to (removing an active job, say)."""
+
+
 class ShuttingDown(RequestRefused):
     """The broker is shutting down and takes no new jobs."""
 
@@ -86,6 +91,7 @@ _BY_CODE: dict[int, type[RequestRefused]] = {
     ErrorCode.VERSION_MISMATCH: VersionMismatch,
     ErrorCode.DISK_FULL: DiskFull,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
+    ErrorCode.INVALID_STATE: InvalidState,
 }
 
 

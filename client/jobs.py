@@ -27,6 +27,12 @@ class JobInfo(msgspec.Struct, frozen=True):
     result: Any = None
     error: JobError | None = None
     progress: Any = None
+    key: str | None = None
+    """The idempotency key the job was added with."""
+    priority: int = 0
+    attempts: int = 1
+    run_at: float | None = None
+    """When a delayed job becomes waiting."""
 
 
 def encode_value(value: object, what: str) -> msgspec.Raw:
@@ -55,4 +61,8 @@ def decode_job(job: WireJobInfo) -> JobInfo:
         result=decode_value(job.result),
         error=job.error,
         progress=decode_value(job.progress),
+        key=job.key,
+        priority=job.priority,
+        attempts=job.attempts,
+        run_at=job.run_at,
     )

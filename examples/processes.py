@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,8 +19,10 @@ class BrokerProcess:
     """``python -m broker --port 0`` as a child process."""
 
     def __init__(self, *args: str) -> None:
+        self.data_dir = tempfile.TemporaryDirectory(prefix="conveyor-")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--port", "0", "--log-level", "warning", *args],
+            [sys.executable, "-m", "broker", "--port", "0", "--log-level", "warning",
+             "--data-dir", self.data_dir.name, *args],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout is not None
@@ -30,8 +33,11 @@ class BrokerProcess:
         self.url = line.removeprefix("listening on ")
 
     def stop(self) -> int:
-        """SIGTERM, then wait; return the exit status."""
-        return _stop(self.process)
+        """SIGTERM, then wait; return the exit status. The log is removed."""
+        try:
+            return _stop(self.process)
+        finally:
+            self.data_dir.cleanup()
 
 
 class WorkerProcesses:
@@ -42,7 +48,7 @@ class WorkerProcesses:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
              "--processes", str(processes), "--concurrency", str(concurrency)],
-            cwd=ROOT,
+            cwd=ROOT, text=True,
         )
 
     def stop(self) -> int:

@@ -34,6 +34,10 @@ class ErrorCode(enum.IntEnum):
     """A bug in the broker; the request had no effect."""
     DISK_FULL = 12
     """The broker's disk has no room for the job's log record; nothing was added."""
+    INVALID_STATE = 13
+    """The job is not in a state the request applies to (removing an active job, say)."""
+    SLOW_CONSUMER = 14
+    """An event watcher fell too far behind; its connection is closed."""
 
 
 class ProtocolError(Exception):

@@ -9,7 +9,7 @@ broker stores and forwards without decoding.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -19,29 +19,43 @@ __all__ = [
     "Ack",
     "Add",
     "Added",
+    "Backoff",
     "BrokerMessage",
+    "Clean",
     "ClientMessage",
     "Closing",
+    "Count",
     "Counts",
     "Deliver",
     "Delivery",
+    "Drain",
     "Error",
+    "Event",
+    "Events",
+    "Extend",
     "Fail",
     "Finished",
     "GetCounts",
     "GetJob",
+    "GetJobs",
     "Hello",
     "JobDef",
     "JobError",
     "JobInfo",
     "JobReply",
     "JobState",
+    "Jobs",
     "Ok",
+    "Pause",
     "Progress",
+    "Promote",
     "Release",
+    "Remove",
+    "RetryFailed",
     "SetWindow",
     "Subscribe",
     "Wait",
+    "Watch",
     "Welcome",
 ]
 
@@ -70,10 +84,45 @@ class JobState(enum.Enum):
     FAILED = "failed"
 
 
-class JobDef(msgspec.Struct, frozen=True):
-    """One job as a producer submits it."""
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+"""A duration in seconds."""
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+"""A duration in seconds, above zero."""
+
+
+class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How long a failed try waits before the next one.
+
+    ``fixed``: ``delay`` seconds every time. ``exponential``: ``delay * 2 ** (attempt - 1)``
+    seconds, at most ``cap``; ``jitter`` (0 to 1) takes up to that fraction off at random.
+    """
+
+    type: Literal["fixed", "exponential"]
+    delay: Seconds
+    cap: Seconds | None = None
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One job as a producer submits it, with its options (all optional)."""
 
     data: msgspec.Raw
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    """Idempotency key: adding a key that a retained job has returns that job's id."""
+    priority: int = 0
+    """Higher runs first; equal priorities run in the order added."""
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    """Tries in all, the first included."""
+    backoff: Backoff | None = None
+    """Wait between tries; none means at once."""
+    timeout: Positive | None = None
+    """Seconds one try may run before the worker cancels it."""
+    delay: Seconds = 0.0
+    """Seconds from now before the job may run."""
+    run_at: float | None = None
+    """Unix time before which the job may not run (the later of this and ``delay`` wins)."""
+    keep_result: Seconds | None = None
+    """Seconds the finished job is retained, instead of the broker's retention."""
 
 
 class JobError(msgspec.Struct, frozen=True):
@@ -84,13 +133,17 @@ class JobError(msgspec.Struct, frozen=True):
     traceback: str = ""
 
 
-class Delivery(msgspec.Struct, frozen=True):
+class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
     """One job pushed to a worker under a lease."""
 
     job: int
     lease: int
     attempt: int
     data: msgspec.Raw
+    timeout: float | None = None
+    """Seconds this try may run (the job's ``timeout``)."""
+    attempts: int = 1
+    """Tries the job has in all."""
 
 
 class JobInfo(msgspec.Struct, frozen=True):
@@ -106,6 +159,27 @@ class JobInfo(msgspec.Struct, frozen=True):
     result: msgspec.Raw = NIL
     error: JobError | None = None
     progress: msgspec.Raw = NIL
+    key: str | None = None
+    priority: int = 0
+    attempts: int = 1
+    run_at: float | None = None
+    """When a delayed job becomes waiting."""
+
+
+class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Something that happened to a job: ``added``, ``active``, ``progress``, ``completed``,
+    ``failed``, ``retrying`` or ``delayed``."""
+
+    kind: str
+    job: int
+    at: float
+    attempt: int = 0
+    value: msgspec.Raw = NIL
+    """The progress value (``progress``) or the result (``completed``)."""
+    error: JobError | None = None
+    """Why the try failed (``failed``, ``retrying``)."""
+    run_at: float | None = None
+    """When the job runs next (``delayed``, ``retrying``)."""
 
 
 class _Message(msgspec.Struct, frozen=True, tag_field="t"):
@@ -136,6 +210,8 @@ class Subscribe(_Message, tag="subscribe", frozen=True):
     req: RequestId
     queue: str
     window: Window
+    lease: Positive = 30.0
+    """Seconds the broker waits without hearing from the subscriber before taking its jobs."""
 
 
 class SetWindow(_Message, tag="window", frozen=True):
@@ -155,11 +231,23 @@ class Ack(_Message, tag="ack", frozen=True):
 
 
 class Fail(_Message, tag="fail", frozen=True):
-    """The try under ``lease`` failed. No reply."""
+    """The try under ``lease`` failed. No reply.
+
+    The job is tried again while it has attempts left, unless ``retry`` is false; ``delay``
+    overrides its backoff for this retry.
+    """
 
     job: int
     lease: int
     error: JobError
+    retry: bool = True
+    delay: Seconds | None = None
+
+
+class Extend(_Message, tag="extend", frozen=True):
+    """The subscriber to ``queue`` is alive: its leases run for another lease period. No reply."""
+
+    queue: str
 
 
 class Release(_Message, tag="release", frozen=True):
@@ -196,6 +284,70 @@ class GetCounts(_Message, tag="get_counts", frozen=True):
 
     req: RequestId
     queue: str
+
+
+class GetJobs(_Message, tag="get_jobs", frozen=True):
+    """List a queue's jobs in one state, in order; replied to with ``jobs``."""
+
+    req: RequestId
+    queue: str
+    state: JobState
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+
+
+class Promote(_Message, tag="promote", frozen=True):
+    """Make a delayed job waiting now; replied to with ``ok``."""
+
+    req: RequestId
+    job: int
+
+
+class Remove(_Message, tag="remove", frozen=True):
+    """Remove a job that is not active; replied to with ``ok``."""
+
+    req: RequestId
+    job: int
+
+
+class Pause(_Message, tag="pause", frozen=True):
+    """Stop (``paused`` true) or restart deliveries from a queue; replied to with ``ok``."""
+
+    req: RequestId
+    queue: str
+    paused: bool = True
+
+
+class RetryFailed(_Message, tag="retry_failed", frozen=True):
+    """Put failed jobs back in line (one job, or every retained one of a queue); ``count``."""
+
+    req: RequestId
+    queue: str | None = None
+    job: int | None = None
+
+
+class Drain(_Message, tag="drain", frozen=True):
+    """Remove every waiting and delayed job of a queue; replied to with ``count``."""
+
+    req: RequestId
+    queue: str
+
+
+class Clean(_Message, tag="clean", frozen=True):
+    """Remove a queue's completed or failed jobs finished over ``older_than`` seconds ago."""
+
+    req: RequestId
+    queue: str
+    state: JobState
+    older_than: Seconds = 0.0
+
+
+class Watch(_Message, tag="watch", frozen=True):
+    """Receive a queue's events (``watching`` false: stop); replied to with ``ok``."""
+
+    req: RequestId
+    queue: str
+    watching: bool = True
 
 
 # Broker to client.
@@ -264,6 +416,28 @@ class Counts(_Message, tag="counts", frozen=True):
     """Subscriptions to the queue right now (connected workers)."""
 
 
+class Jobs(_Message, tag="jobs", frozen=True):
+    """Reply to ``get_jobs``: a page of jobs and how many are in that state in all."""
+
+    req: RequestId
+    jobs: list[JobInfo]
+    total: int
+
+
+class Count(_Message, tag="count", frozen=True):
+    """Reply to ``retry_failed``, ``drain`` and ``clean``: how many jobs it affected."""
+
+    req: RequestId
+    count: int
+
+
+class Events(_Message, tag="events", frozen=True):
+    """Events of a watched queue, in the order they happened."""
+
+    queue: str
+    events: list[Event]
+
+
 class Closing(_Message, tag="closing", frozen=True):
     """The broker is shutting down: it pushes nothing more and closes the connection soon."""
 
@@ -272,9 +446,12 @@ class Closing(_Message, tag="closing", frozen=True):
 
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
-    | GetCounts
+    | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
 )
 """Everything a client or worker may send."""
 
-BrokerMessage = Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing
+BrokerMessage = (
+    Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing | Jobs | Count
+    | Events
+)
 """Everything the broker may send."""

@@ -16,16 +16,20 @@ __all__ = ["Job"]
 class Job:
     """One delivered job: its id, queue, decoded payload and try number."""
 
-    __slots__ = ("_connection", "attempt", "data", "id", "lease", "queue")
+    __slots__ = ("_connection", "attempt", "attempts", "data", "id", "lease", "queue", "timeout")
 
     def __init__(self, connection: Connection, queue: str, job_id: int, lease: int, attempt: int,
-                 data: Any) -> None:
+                 data: Any, *, attempts: int = 1, timeout: float | None = None) -> None:
         self._connection = connection
         self.id = job_id
         self.queue = queue
         self.lease = lease
         self.attempt = attempt
         """1 on the first try, 2 on the second, and so on."""
+        self.attempts = attempts
+        """Tries the job has in all."""
+        self.timeout = timeout
+        """Seconds this try may run before it is cancelled, or None."""
         self.data = data
 
     def __repr__(self) -> str:

@@ -23,14 +23,36 @@ import msgspec
 from client import Connection, ConnectionLost, ConveyorError
 from client.connection import Push
 from client.jobs import encode_value
-from protocol import Ack, Closing, Fail, JobError, Release, SetWindow, Subscribe, check_queue_name
+from protocol import (
+    Ack,
+    Deliver,
+    Extend,
+    Fail,
+    JobError,
+    Release,
+    SetWindow,
+    Subscribe,
+    check_queue_name,
+)
 
+from .errors import Retry, Unrecoverable
 from .job import Job
 
-__all__ = ["DEFAULT_GRACE", "MAX_BACKOFF", "MIN_BACKOFF", "Handler", "Worker", "WorkerStatus"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_LEASE",
+    "MAX_BACKOFF",
+    "MIN_BACKOFF",
+    "Handler",
+    "Worker",
+    "WorkerStatus",
+]
 
 DEFAULT_GRACE: Final = 10.0
 """Seconds ``close()`` lets running jobs finish before handing them back."""
+DEFAULT_LEASE: Final = 30.0
+"""Seconds the broker waits without hearing from a worker before taking its jobs back; the
+worker speaks up every third of that while it runs jobs."""
 MIN_BACKOFF: Final = 0.05
 MAX_BACKOFF: Final = 2.0
 """Seconds between attempts to reconnect to a broker that went away: doubling, up to this."""
@@ -60,6 +82,7 @@ class Worker:
         url: str | None = None,
         concurrency: int = 1,
         grace: float = DEFAULT_GRACE,
+        lease: float = DEFAULT_LEASE,
         reconnect: bool = True,
         name: str = "worker",
     ) -> None:
@@ -73,6 +96,7 @@ class Worker:
         self.url = url
         self.concurrency = concurrency
         self.grace = grace
+        self.lease = lease
         self.reconnect = reconnect
         self.name = name
         self.status = WorkerStatus.NEW
@@ -132,7 +156,8 @@ class Worker:
                 break
             try:
                 return await self._connect()
-            except ConnectionLost as exc:
+            except ConveyorError as exc:
+                # Lost again, or refused (connection limit, shutting down): try later.
                 log.debug("reconnect failed: %s", exc)
                 delay = min(delay * 2, MAX_BACKOFF)
         return None
@@ -143,11 +168,11 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
-                await connection.request(
-                    lambda req: Subscribe(req=req, queue=self.queue, window=self.concurrency)
-                )
+                await connection.request(lambda req: Subscribe(
+                    req=req, queue=self.queue, window=self.concurrency, lease=self.lease))
             except ConnectionLost:
                 return True
+            heartbeat = tasks.create_task(self._extend_leases(connection))
             closed = asyncio.ensure_future(connection.wait_closed())
             stop = asyncio.ensure_future(self._stop.wait())
             try:
@@ -162,6 +187,7 @@ class Worker:
                     task.cancel()
             else:
                 await self._shut_down(connection)
+            heartbeat.cancel()
         self._tasks = None
         return lost and not self._stop.is_set()
 
@@ -173,6 +199,13 @@ class Worker:
         if self.status in (WorkerStatus.RUNNING, WorkerStatus.NEW):
             self.status = WorkerStatus.CLOSING
         self._stop.set()
+
+    async def _extend_leases(self, connection: Connection) -> None:
+        """While jobs run, tell the broker every third of a lease that this worker is alive."""
+        while connection.failure is None:
+            await asyncio.sleep(self.lease / 3)
+            if self._running and connection.failure is None:
+                connection.send(Extend(queue=self.queue))
 
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
@@ -194,31 +227,33 @@ class Worker:
     def _push(self, message: Push) -> None:
         connection = self._connection
         tasks = self._tasks
-        if isinstance(message, Closing) or connection is None or tasks is None:
+        if not isinstance(message, Deliver) or connection is None or tasks is None:
             # A closing broker pushes nothing more; running jobs still report their outcome.
             return
         for delivery in message.jobs:
             try:
                 data = msgspec.msgpack.decode(delivery.data)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 connection.send(Fail(job=delivery.job, lease=delivery.lease, error=JobError(
                     type="DecodeError", message=f"payload is not valid MessagePack: {exc}")))
                 continue
             job = Job(connection, message.queue, delivery.job, delivery.lease, delivery.attempt,
-                      data)
+                      data, attempts=delivery.attempts, timeout=delivery.timeout)
             task = tasks.create_task(self._run_job(connection, job))
             self._running[task] = job
             task.add_done_callback(self._running.pop)
 
     async def _run_job(self, connection: Connection, job: Job) -> None:
+        timer = asyncio.timeout(job.timeout)
         try:
-            if self._is_async:
-                result = await self.handler(job)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self._threads, functools.partial(self.handler, job)
-                )
+            async with timer:
+                if self._is_async:
+                    result = await self.handler(job)
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        self._threads, functools.partial(self.handler, job)
+                    )
             outcome: Ack | Fail = Ack(job=job.id, lease=job.lease,
                                       result=encode_value(result, "job result"))
         except asyncio.CancelledError:
@@ -226,14 +261,30 @@ class Worker:
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
             raise
+        except TimeoutError as exc:
+            if timer.expired():
+                outcome = _failure(job, exc, message=f"job {job.id} ran over its timeout of "
+                                                     f"{job.timeout:g} s and was cancelled")
+            else:
+                outcome = _failure(job, exc)
         except Exception as exc:
-            outcome = Fail(job=job.id, lease=job.lease, error=JobError(
-                type=type(exc).__name__,
-                message=str(exc),
-                traceback="".join(traceback.format_exception(exc)),
-            ))
+            outcome = _failure(job, exc)
         if connection.failure is None:
             connection.send(outcome)
             self.processed += 1
 
 
+
+
+def _failure(job: Job, exc: BaseException, *, message: str | None = None) -> Fail:
+    """The ``fail`` report of ``exc``; ``Unrecoverable`` and ``Retry`` steer the retry."""
+    error = JobError(
+        type=type(exc).__name__,
+        message=message if message is not None else str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    if isinstance(exc, Unrecoverable):
+        return Fail(job=job.id, lease=job.lease, error=error, retry=False)
+    if isinstance(exc, Retry):
+        return Fail(job=job.id, lease=job.lease, error=error, delay=max(0.0, exc.delay))
+    return Fail(job=job.id, lease=job.lease, error=error)

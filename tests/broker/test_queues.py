@@ -598,7 +598,7 @@ class QueuesMachine(RuleBasedStateMachine):
             assert self.queues.release(owner, job_id, lease) is job
             self.attempt[job_id] -= 1
             assert job.state is WAITING and job.attempt == self.attempt[job_id]
-            assert consumer.queue.waiting[0] is job
+            assert next(iter(consumer.queue.waiting)) is job
             assert self.queues.finished == []
         assert job_id not in consumer.held and job.holder is None
         self._dispatch()

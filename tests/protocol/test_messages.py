@@ -49,6 +49,18 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.Finished: "finished",
     protocol.Counts: "counts",
     protocol.Closing: "closing",
+    protocol.Extend: "extend",
+    protocol.GetJobs: "get_jobs",
+    protocol.Promote: "promote",
+    protocol.Remove: "remove",
+    protocol.Pause: "pause",
+    protocol.RetryFailed: "retry_failed",
+    protocol.Drain: "drain",
+    protocol.Clean: "clean",
+    protocol.Watch: "watch",
+    protocol.Jobs: "jobs",
+    protocol.Count: "count",
+    protocol.Events: "events",
 }
 
 EXPECTED_ERROR_CODES = {
@@ -64,6 +76,8 @@ EXPECTED_ERROR_CODES = {
     "SHUTTING_DOWN": 10,
     "INTERNAL": 11,
     "DISK_FULL": 12,
+    "INVALID_STATE": 13,
+    "SLOW_CONSUMER": 14,
 }
 
 EXPECTED_JOB_STATES = {
@@ -119,8 +133,17 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
     match t:
         case mi.IntType():
             return _int_strategy(t)
-        case mi.FloatType(gt=None, ge=None, lt=None, le=None, multiple_of=None):
-            return st.floats(allow_nan=False)  # NaN != NaN would fail equality, not the wire
+        case mi.FloatType(multiple_of=None):
+            # NaN != NaN would fail equality, not the wire.
+            return st.floats(
+                allow_nan=False,
+                min_value=t.ge if t.ge is not None else t.gt,
+                max_value=t.le if t.le is not None else t.lt,
+                exclude_min=t.gt is not None,
+                exclude_max=t.lt is not None,
+            )
+        case mi.LiteralType():
+            return st.sampled_from(list(t.values))
         case mi.StrType(pattern=None):
             return st.text(min_size=t.min_length or 0, max_size=t.max_length or 20)
         case mi.BoolType():

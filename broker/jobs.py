@@ -1,0 +1,208 @@
+"""The broker's records of jobs, subscriptions and queues (state only; ``Queues`` moves them)."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Hashable
+from typing import Final
+
+import msgspec
+
+from protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
+
+from .records import DEFAULT_OPTIONS, JobOptions
+from .waiting import WaitingLine
+
+__all__ = [
+    "ACTIVE",
+    "COMPLETED",
+    "DEFAULT_KEEP",
+    "DEFAULT_LEASE",
+    "DEFAULT_MAX_REDELIVERIES",
+    "DELAYED",
+    "FAILED",
+    "JOB_OVERHEAD",
+    "WAITING",
+    "Consumer",
+    "Job",
+    "Queue",
+    "StateError",
+    "backoff_delay",
+    "job_options",
+    "with_run_at",
+]
+
+DEFAULT_MAX_REDELIVERIES: Final = 5
+"""How many times a job may go back to its queue because its worker was lost."""
+DEFAULT_KEEP: Final = 10_000
+"""How many completed (and, separately, failed) jobs each queue retains."""
+DEFAULT_LEASE: Final = 30.0
+"""Seconds a subscriber may stay silent while holding jobs before they are taken back."""
+JOB_OVERHEAD: Final = 64
+"""Bytes a job's record takes in a snapshot beyond its payload and result (an estimate)."""
+
+WAITING: Final = JobState.WAITING
+DELAYED: Final = JobState.DELAYED
+ACTIVE: Final = JobState.ACTIVE
+COMPLETED: Final = JobState.COMPLETED
+FAILED: Final = JobState.FAILED
+
+class StateError(Exception):
+    """The job is not in a state the request applies to."""
+
+
+class Job:
+    """A job's record."""
+
+    __slots__ = (
+        "attempt",
+        "created_at",
+        "data",
+        "drops",
+        "error",
+        "finished_at",
+        "holder",
+        "id",
+        "lease",
+        "options",
+        "pending",
+        "priority",
+        "progress",
+        "queue",
+        "result",
+        "state",
+    )
+
+    def __init__(self, job_id: int, queue: str, data: msgspec.Raw, created_at: float,
+                 options: JobOptions = DEFAULT_OPTIONS) -> None:
+        self.id = job_id
+        self.queue = queue
+        self.data = data
+        self.created_at = created_at
+        self.options = options
+        self.priority = options.priority
+        self.state = DELAYED if options.run_at is not None else WAITING
+        self.pending = False
+        """Created but not yet in line (its record is not durable yet)."""
+        self.attempt = 0
+        """The number of the current (or last) try; a release or a lost worker gives it back."""
+        self.drops = 0
+        """Times the job was active on a worker that was lost (dropped or silent)."""
+        self.lease = 0
+        self.holder: Consumer | None = None
+        self.result = NIL
+        self.error: JobError | None = None
+        self.progress = NIL
+        self.finished_at: float | None = None
+
+    @property
+    def run_at(self) -> float | None:
+        """When a delayed job becomes waiting."""
+        return self.options.run_at if self.state is DELAYED else None
+
+    def info(self) -> JobInfo:
+        """The job as the wire describes it."""
+        options = self.options
+        return JobInfo(
+            id=self.id,
+            queue=self.queue,
+            state=self.state,
+            attempt=self.attempt,
+            data=self.data,
+            created_at=self.created_at,
+            finished_at=self.finished_at,
+            result=self.result,
+            error=self.error,
+            progress=self.progress,
+            key=options.key,
+            priority=options.priority,
+            attempts=options.attempts,
+            run_at=self.run_at,
+        )
+
+
+class Consumer:
+    """One owner's (a connection's) subscription to one queue."""
+
+    __slots__ = ("armed", "deadline", "held", "lease", "owner", "queue", "served", "silent",
+                 "window")
+
+    def __init__(self, owner: Hashable, queue: Queue, window: int, served: int,
+                 lease: float = DEFAULT_LEASE) -> None:
+        self.owner = owner
+        self.queue = queue
+        self.window = window
+        self.lease = lease
+        self.held: dict[int, Job] = {}
+        """Jobs leased to this consumer, in delivery order."""
+        self.served = served
+        """Sequence number of the last job given to it: the round-robin tie-break."""
+        self.deadline = 0.0
+        """When its jobs are taken back unless it is heard from."""
+        self.armed = False
+        """Whether a lease entry for it is in the deadline heap."""
+        self.silent = False
+        """Its lease ran out: it gets nothing more until it is heard from."""
+
+    @property
+    def free(self) -> int:
+        """Slots open for more jobs."""
+        return 0 if self.silent else self.window - len(self.held)
+
+
+class Queue:
+    """One named queue: its waiting line, delayed jobs, subscribers and counters."""
+
+    __slots__ = ("active", "completed", "consumers", "delayed", "failed", "kept_completed",
+                 "kept_failed", "kept_own", "name", "paused", "waiting")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.waiting = WaitingLine()
+        self.delayed: dict[int, Job] = {}
+        self.consumers: dict[Hashable, Consumer] = {}
+        self.paused = False
+        self.active = 0
+        self.completed = 0
+        """Jobs completed since the queue was created."""
+        self.failed = 0
+        """Jobs failed since the queue was created."""
+        self.kept_completed: deque[int] = deque()
+        self.kept_failed: deque[int] = deque()
+        """Retained finished jobs, oldest first (within the count and age limits)."""
+        self.kept_own: dict[int, Job] = {}
+        """Retained finished jobs with a ``keep_result`` of their own."""
+
+
+def job_options(job: JobDef, now: float) -> JobOptions:
+    """A job's options as kept and logged: the delay turned into an absolute ``run_at``."""
+    run_at = max(now + job.delay, job.run_at or 0.0)
+    due = run_at if run_at > now else None
+    if (job.id is None and job.priority == 0 and job.attempts == 1 and job.backoff is None
+            and job.timeout is None and due is None and job.keep_result is None):
+        return DEFAULT_OPTIONS
+    return JobOptions(key=job.id, priority=job.priority, attempts=job.attempts,
+                      backoff=job.backoff, timeout=job.timeout, run_at=due,
+                      keep_result=job.keep_result)
+
+
+def with_run_at(options: JobOptions, *, run_at: float | None) -> JobOptions:
+    if options.run_at == run_at:
+        return options
+    return msgspec.structs.replace(options, run_at=run_at)
+
+
+def backoff_delay(backoff: Backoff | None, attempt: int, rng: random.Random) -> float:
+    """Seconds to wait before the try after ``attempt``."""
+    if backoff is None:
+        return 0.0
+    if backoff.type == "fixed":
+        wait = backoff.delay
+    else:
+        wait = backoff.delay * 2.0 ** (attempt - 1)
+        if backoff.cap is not None:
+            wait = min(wait, backoff.cap)
+    if backoff.jitter:
+        wait *= 1.0 - backoff.jitter * rng.random()
+    return wait

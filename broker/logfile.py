@@ -1,0 +1,149 @@
+"""The log's file format: a file header, then records framed with a length and two checksums.
+
+    file    = header record*
+    header  = magic "CNVYLOG\\0" (8 bytes) | version u16 | kind u16 | generation u32
+    record  = length u32 | body_crc u32 | head_crc u32 | body (length bytes, MessagePack)
+
+All integers are big-endian. ``body_crc`` is the CRC-32 of the body; ``head_crc`` is the CRC-32 of
+the first 8 bytes of the record (length and body_crc), so a damaged length is told apart from a
+record cut short by a crash. ``scan`` walks a file and says where its valid records end and
+whether anything valid follows the damage (damage before the tail) or not (a torn tail).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "FILE_HEADER_SIZE",
+    "LOG_VERSION",
+    "MAGIC",
+    "MAX_RECORD",
+    "RECORD_HEADER_SIZE",
+    "Damage",
+    "FileKind",
+    "FormatError",
+    "append_record",
+    "file_header",
+    "read_header",
+    "scan",
+]
+
+MAGIC: Final = b"CNVYLOG\0"
+LOG_VERSION: Final = 1
+MAX_RECORD: Final = 1 << 30
+"""Largest record body accepted on replay (bytes); a larger length is damage."""
+
+_FILE_HEADER: Final = struct.Struct(">8sHHI")
+_RECORD_HEADER: Final = struct.Struct(">III")
+_LENGTH_CRC: Final = struct.Struct(">II")
+FILE_HEADER_SIZE: Final = _FILE_HEADER.size
+RECORD_HEADER_SIZE: Final = _RECORD_HEADER.size
+
+
+class FileKind(enum.IntEnum):
+    """What a log file holds."""
+
+    BASE = 1
+    """A snapshot of the live state, written by compaction."""
+    INCREMENT = 2
+    """Records appended as changes happen."""
+
+
+class FormatError(Exception):
+    """A file is not a Conveyor log file of a version this broker reads."""
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Where a file stops being valid, and whether valid records follow."""
+
+    offset: int
+    """First byte that is not part of a valid record."""
+    resumes_at: int | None
+    """Offset of the next valid record after the damage, or None when nothing valid follows."""
+    size: int
+    """Total size of the file (bytes)."""
+
+    @property
+    def at_tail(self) -> bool:
+        """True when nothing valid follows: a torn or garbage tail that can be cut off."""
+        return self.resumes_at is None
+
+
+def file_header(kind: FileKind, generation: int) -> bytes:
+    """The header that starts a new log file."""
+    return _FILE_HEADER.pack(MAGIC, LOG_VERSION, kind, generation)
+
+
+def read_header(data: bytes | memoryview) -> tuple[FileKind, int]:
+    """Return (kind, generation) from a file's first bytes, or raise ``FormatError``."""
+    if len(data) < FILE_HEADER_SIZE:
+        raise FormatError(f"file is {len(data)} bytes, shorter than the log header")
+    magic, version, kind, generation = _FILE_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError("not a Conveyor log file (bad magic)")
+    if version != LOG_VERSION:
+        raise FormatError(f"log format version {version}; this broker reads version {LOG_VERSION}")
+    try:
+        return FileKind(kind), generation
+    except ValueError:
+        raise FormatError(f"unknown log file kind {kind}") from None
+
+
+def append_record(buffer: bytearray, body: bytes) -> None:
+    """Frame ``body`` onto the end of ``buffer``."""
+    head = _LENGTH_CRC.pack(len(body), zlib.crc32(body))
+    buffer += head
+    buffer += zlib.crc32(head).to_bytes(4, "big")
+    buffer += body
+
+
+def _valid_at(data: memoryview, offset: int, end: int) -> int:
+    """Length of the valid record at ``offset``, or -1."""
+    if end - offset < RECORD_HEADER_SIZE:
+        return -1
+    length, body_crc, head_crc = _RECORD_HEADER.unpack_from(data, offset)
+    if zlib.crc32(data[offset : offset + 8]) != head_crc or length > MAX_RECORD:
+        return -1
+    start = offset + RECORD_HEADER_SIZE
+    if end - start < length or zlib.crc32(data[start : start + length]) != body_crc:
+        return -1
+    return int(length)
+
+
+def scan(data: bytes | memoryview, start: int = FILE_HEADER_SIZE) -> tuple[list[memoryview],
+                                                                         Damage | None]:
+    """Return the bodies of the valid records from ``start`` on, and the damage that ends them."""
+    view = memoryview(data)
+    end = len(view)
+    bodies: list[memoryview] = []
+    offset = start
+    while offset < end:
+        length = _valid_at(view, offset, end)
+        if length < 0:
+            return bodies, Damage(offset, _resync(view, offset + 1, end), end)
+        body_start = offset + RECORD_HEADER_SIZE
+        bodies.append(view[body_start : body_start + length])
+        offset = body_start + length
+    return bodies, None
+
+
+def _resync(view: memoryview, offset: int, end: int) -> int | None:
+    """The next offset holding a valid record, searching byte by byte (zero runs skipped)."""
+    raw = view.obj if isinstance(view.obj, bytes) else bytes(view)
+    assert isinstance(raw, bytes)
+    while offset <= end - RECORD_HEADER_SIZE:
+        if raw[offset] == 0 and raw[offset : offset + 8] == b"\0" * 8:
+            # A zero-filled stretch (preallocated or unwritten blocks) holds no record start.
+            nonzero = len(raw) - len(raw[offset:].lstrip(b"\0"))
+            offset = max(nonzero - 7, offset + 1)
+            continue
+        if _valid_at(view, offset, end) >= 0:
+            return offset
+        offset += 1
+    return None

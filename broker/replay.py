@@ -1,0 +1,263 @@
+"""Between log records and the queue state: replaying records, and snapshotting the live state.
+
+Replay does not keep waiting lines up to date record by record (taking a finished job out of the
+middle of a line would cost a scan each time). It notes, for every job, whether it last went to
+the head of its queue (released, or its worker lost) or to the tail (added, due, retried), and
+builds every line once at the end: head jobs first, latest first, then tail jobs in the order
+they got there. That is exactly the order the live broker keeps. Jobs that were active when the
+log ended are waiting again, in their place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+
+from protocol import NIL, JobState
+
+from .jobs import JOB_OVERHEAD, Job, Queue
+from .queues import Queues
+from .records import (
+    DEFAULT_OPTIONS,
+    JobFinished,
+    JobOptions,
+    JobPromoted,
+    JobRequeued,
+    JobRetrying,
+    JobsAdded,
+    JobsAddedWithOptions,
+    JobSnapshot,
+    JobsRemoved,
+    JobsRetried,
+    LastId,
+    QueuePaused,
+    QueueSnapshot,
+    Record,
+)
+
+__all__ = ["Replayer", "snapshot"]
+
+_STATES = {state.value: state for state in JobState}
+
+
+class Replayer:
+    """Applies records, in log order, to a fresh ``Queues``; ``finish()`` completes the state."""
+
+    def __init__(self, queues: Queues) -> None:
+        self.queues = queues
+        self.applied = 0
+        self.skipped = 0
+        """Records that referred to jobs the log does not hold (possible only after salvage)."""
+        self._moves = 0
+        self._heads: dict[int, int] = {}
+        """Jobs that last went to the head of their queue, and when (a move number)."""
+        self._tails: dict[int, Job] = {}
+        """Jobs that last went to the tail of their queue, in the order they got there."""
+
+    def apply(self, record: Record) -> None:
+        """Apply one record."""
+        queues = self.queues
+        jobs = queues.jobs
+        match record:
+            case JobsAdded(queue=name, first_id=first_id, created_at=created_at, jobs=payloads):
+                self._add(name, first_id, created_at, payloads, [DEFAULT_OPTIONS] * len(payloads))
+            case JobsAddedWithOptions(queue=name, first_id=first_id, created_at=created_at,
+                                      jobs=payloads, options=options):
+                self._add(name, first_id, created_at, payloads, options)
+            case JobFinished(id=job_id, attempt=attempt, at=at, result=result, error=error):
+                finished = jobs.get(job_id)
+                if finished is None or finished.finished_at is not None:
+                    self.skipped += 1
+                    return
+                self._unline(finished)
+                finished.attempt = attempt
+                finished.result = result
+                finished.error = error
+                state = JobState.FAILED if error is not None else JobState.COMPLETED
+                queues.finish(finished, state, at, record=False)
+            case JobRetrying(id=job_id, attempt=attempt, error=error, run_at=run_at):
+                retried = jobs.get(job_id)
+                if retried is None:
+                    self.skipped += 1
+                    return
+                self._unline(retried)
+                retried.attempt = attempt
+                retried.error = error
+                if run_at is None:
+                    retried.state = JobState.WAITING
+                    self._tail(retried)
+                else:
+                    retried.options = msgspec.structs.replace(retried.options, run_at=run_at)
+                    retried.state = JobState.DELAYED
+                    queues.queues[retried.queue].delayed[job_id] = retried
+            case JobRequeued(id=job_id, drops=drops):
+                requeued = jobs.get(job_id)
+                if requeued is None:
+                    self.skipped += 1
+                    return
+                requeued.drops = drops
+                self._unline(requeued)
+                requeued.state = JobState.WAITING
+                self._moves += 1
+                self._heads[job_id] = self._moves
+            case JobPromoted(id=job_id):
+                promoted = jobs.get(job_id)
+                if promoted is None or promoted.state is not JobState.DELAYED:
+                    self.skipped += 1
+                    return
+                del queues.queues[promoted.queue].delayed[job_id]
+                promoted.options = msgspec.structs.replace(promoted.options, run_at=None)
+                promoted.state = JobState.WAITING
+                self._tail(promoted)
+            case JobsRemoved(ids=ids):
+                for job_id in ids:
+                    removed = jobs.get(job_id)
+                    if removed is None:
+                        self.skipped += 1
+                        continue
+                    self._unline(removed)
+                    queue = queues.queues[removed.queue]
+                    if removed.state is JobState.DELAYED:
+                        del queue.delayed[job_id]
+                    elif removed.finished_at is not None:
+                        _unkeep(queue, removed)
+                    queues.forget(removed)
+            case JobsRetried(ids=ids):
+                for job_id in ids:
+                    failed = jobs.get(job_id)
+                    if failed is None or failed.state is not JobState.FAILED:
+                        self.skipped += 1
+                        continue
+                    _unkeep(queues.queues[failed.queue], failed)
+                    failed.state = JobState.WAITING
+                    failed.attempt = 0
+                    failed.error = None
+                    failed.result = NIL
+                    failed.finished_at = None
+                    self._tail(failed)
+            case QueuePaused(queue=name, paused=paused):
+                queues.queue(name).paused = paused
+            case QueueSnapshot(name=name, completed=completed, failed=failed, paused=paused):
+                queue = queues.queue(name)
+                queue.completed = completed
+                queue.failed = failed
+                queue.paused = paused
+            case JobSnapshot():
+                self._restore(record)
+            case LastId(id=last_id):
+                queues.last_id = max(queues.last_id, last_id)
+        self.applied += 1
+
+    def finish(self) -> None:
+        """Build every queue's waiting line from what was applied; arm the delayed jobs."""
+        queues = self.queues
+        jobs = queues.jobs
+        heads = sorted(self._heads.items(), key=lambda item: -item[1])
+        for job_id, _ in heads:
+            job = jobs.get(job_id)
+            if job is not None and job.state is JobState.WAITING:
+                queues.queues[job.queue].waiting.append(job)
+        for job in self._tails.values():
+            if job.state is JobState.WAITING and jobs.get(job.id) is job:
+                queues.queues[job.queue].waiting.append(job)
+        for queue in queues.queues.values():
+            for job in queue.delayed.values():
+                queues.delay_job(queue, job)
+        self._heads.clear()
+        self._tails.clear()
+
+    def _add(self, name: str, first_id: int, created_at: float, payloads: list[msgspec.Raw],
+             options: list[JobOptions]) -> None:
+        queues = self.queues
+        queue = queues.queue(name)
+        jobs = queues.jobs
+        job_id = first_id
+        for data, option in zip(payloads, options, strict=True):
+            job = Job(job_id, name, data, created_at, option)
+            jobs[job_id] = job
+            if option.key is not None:
+                queues.keys[option.key] = job_id
+            if job.state is JobState.DELAYED:
+                queue.delayed[job_id] = job
+            else:
+                self._tails[job_id] = job
+            job_id += 1
+        queues.live_bytes += sum(len(data) for data in payloads) + JOB_OVERHEAD * len(payloads)
+        queues.last_id = max(queues.last_id, job_id - 1)
+
+    def _tail(self, job: Job) -> None:
+        self._heads.pop(job.id, None)
+        self._tails.pop(job.id, None)
+        self._tails[job.id] = job
+
+    def _unline(self, job: Job) -> None:
+        self._heads.pop(job.id, None)
+        self._tails.pop(job.id, None)
+
+    def _restore(self, record: JobSnapshot) -> None:
+        queues = self.queues
+        job = Job(record.id, record.queue, record.data, record.created_at, record.options)
+        job.attempt = record.attempt
+        job.drops = record.drops
+        queues.jobs[job.id] = job
+        if record.options.key is not None:
+            queues.keys[record.options.key] = job.id
+        queues.last_id = max(queues.last_id, job.id)
+        queues.live_bytes += len(record.data) + JOB_OVERHEAD
+        queue = queues.queue(record.queue)
+        state = _STATES[record.state]
+        job.state = state
+        if state in (JobState.COMPLETED, JobState.FAILED):
+            queues.live_bytes += len(record.result)  # as ``Queues.finish`` counts it
+            job.finished_at = record.finished_at
+            job.result = record.result
+            job.error = record.error
+            if record.options.keep_result is not None:
+                queue.kept_own[job.id] = job
+                assert job.finished_at is not None
+                queues.expire_at(job, job.finished_at + record.options.keep_result)
+            else:
+                kept = queue.kept_completed if state is JobState.COMPLETED else queue.kept_failed
+                kept.append(job.id)
+        elif state is JobState.DELAYED:
+            job.error = record.error
+            queue.delayed[job.id] = job
+        else:
+            job.error = record.error
+            self._tails[job.id] = job
+
+
+def _unkeep(queue: Queue, job: Job) -> None:
+    if queue.kept_own.pop(job.id, None) is None:
+        kept = queue.kept_completed if job.state is JobState.COMPLETED else queue.kept_failed
+        if job.id in kept:
+            kept.remove(job.id)
+
+
+def snapshot(queues: Queues) -> Iterator[Record]:
+    """Records that rebuild the live state of ``queues`` on a fresh broker, in replay order."""
+    for queue in queues.queues.values():
+        yield QueueSnapshot(name=queue.name, completed=queue.completed, failed=queue.failed,
+                            paused=queue.paused)
+        # Leases are not kept: an active job is waiting again, ahead of the line it left.
+        for consumer in queue.consumers.values():
+            for job in consumer.held.values():
+                yield _job_snapshot(job, JobState.WAITING)
+        for job in queue.waiting:
+            yield _job_snapshot(job, JobState.WAITING)
+        for job in queue.delayed.values():
+            yield _job_snapshot(job, JobState.DELAYED)
+        for state in (JobState.COMPLETED, JobState.FAILED):
+            for job in queues.finished_jobs(queue, state):
+                yield _job_snapshot(job, state)
+    yield LastId(id=queues.last_id)
+
+
+def _job_snapshot(job: Job, state: JobState) -> JobSnapshot:
+    attempt = job.attempt - (1 if job.state is JobState.ACTIVE else 0)
+    return JobSnapshot(
+        id=job.id, queue=job.queue, data=job.data, created_at=job.created_at, state=state.value,
+        attempt=attempt, drops=job.drops, finished_at=job.finished_at, result=job.result,
+        error=job.error, options=job.options,
+    )

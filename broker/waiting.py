@@ -1,0 +1,99 @@
+"""A queue's waiting line: higher priority first, first in first out within a priority.
+
+One deque per priority present, and the priorities kept sorted: O(1) to add at either end of a
+priority and to take the first job, O(log p) when a priority appears or empties (p: priorities in
+use, usually one). Taking a job out of the middle (``remove``) is O(n): only ``remove``,
+``drain`` and ``retry`` of single jobs do it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterator
+from itertools import chain
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .queues import Job
+
+__all__ = ["WaitingLine"]
+
+
+class WaitingLine:
+    """The waiting jobs of one queue, in the order they will be taken."""
+
+    __slots__ = ("_levels", "_lines", "_size")
+
+    def __init__(self) -> None:
+        self._lines: dict[int, deque[Job]] = {}
+        self._levels: list[int] = []
+        """Negated priorities in use, ascending: the first is the highest priority."""
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def _line(self, priority: int) -> deque[Job]:
+        line = self._lines.get(priority)
+        if line is None:
+            line = self._lines[priority] = deque()
+            bisect.insort(self._levels, -priority)
+        return line
+
+    def append(self, job: Job) -> None:
+        """Add ``job`` behind every waiting job of its priority."""
+        self._line(job.priority).append(job)
+        self._size += 1
+
+    def appendleft(self, job: Job) -> None:
+        """Add ``job`` ahead of every waiting job of its priority."""
+        self._line(job.priority).appendleft(job)
+        self._size += 1
+
+    def extend(self, jobs: list[Job]) -> None:
+        """Add ``jobs``, in order, at the tail of their priorities."""
+        for job in jobs:
+            self._line(job.priority).append(job)
+        self._size += len(jobs)
+
+    def first(self) -> deque[Job]:
+        """The line of the highest priority waiting (it must not be empty)."""
+        return self._lines[-self._levels[0]]
+
+    def taken(self, line: deque[Job], count: int) -> None:
+        """``count`` jobs were popped from the left of ``line`` (got from ``first``)."""
+        self._size -= count
+        if not line:
+            priority = -self._levels.pop(0)
+            del self._lines[priority]
+
+    def popleft(self) -> Job:
+        """Take the first waiting job (the line must not be empty)."""
+        line = self.first()
+        job = line.popleft()
+        self.taken(line, 1)
+        return job
+
+    def remove(self, job: Job) -> None:
+        """Take ``job`` out of the line (it must be in it)."""
+        line = self._lines[job.priority]
+        line.remove(job)
+        self._size -= 1
+        if not line:
+            del self._lines[job.priority]
+            self._levels.remove(-job.priority)
+
+    def clear(self) -> list[Job]:
+        """Take every job out; return them in line order."""
+        jobs = list(self)
+        self._lines.clear()
+        self._levels.clear()
+        self._size = 0
+        return jobs
+
+    def __iter__(self) -> Iterator[Job]:
+        return chain.from_iterable(self._lines[-level] for level in list(self._levels))

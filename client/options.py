@@ -1,0 +1,91 @@
+"""Job options: ``JobSpec`` for one job of a bulk add, and backoff policies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from protocol import Backoff, JobDef
+
+__all__ = ["Backoff", "JobSpec", "exponential", "fixed", "job_def"]
+
+
+def fixed(delay: float) -> Backoff:
+    """Wait ``delay`` seconds before every retry."""
+    return Backoff(type="fixed", delay=delay)
+
+
+def exponential(base: float, *, cap: float | None = None, jitter: float = 0.0) -> Backoff:
+    """Wait ``base * 2 ** (attempt - 1)`` seconds, at most ``cap``, less up to ``jitter`` of it."""
+    return Backoff(type="exponential", delay=base, cap=cap, jitter=jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job of ``add_bulk`` with options of its own (they replace the call's options)."""
+
+    data: Any
+    id: str | None = None
+    priority: int = 0
+    attempts: int = 1
+    backoff: float | Backoff | None = None
+    timeout: float | None = None
+    delay: float = 0.0
+    run_at: float | None = None
+    keep_result: float | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The options, as keyword arguments of ``job_def``."""
+        return {"id": self.id, "priority": self.priority, "attempts": self.attempts,
+                "backoff": self.backoff, "timeout": self.timeout, "delay": self.delay,
+                "run_at": self.run_at, "keep_result": self.keep_result}
+
+
+def job_def(
+    data: msgspec.Raw,
+    *,
+    id: str | None = None,
+    priority: int = 0,
+    attempts: int = 1,
+    backoff: float | Backoff | None = None,
+    timeout: float | None = None,
+    delay: float = 0.0,
+    run_at: float | None = None,
+    keep_result: float | None = None,
+) -> JobDef:
+    """The wire form of a job; raises ``ValueError`` naming an option that is out of range."""
+    if id is not None and not (isinstance(id, str) and 0 < len(id) <= 255):
+        raise ValueError(f"id must be a string of 1 to 255 characters, got {id!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an integer, got {priority!r}")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"attempts must be an integer of at least 1, got {attempts!r}")
+    _check_seconds("delay", delay)
+    if timeout is not None:
+        _check_seconds("timeout", timeout)
+        if timeout == 0:
+            raise ValueError("timeout must be above 0 seconds")
+    if keep_result is not None:
+        _check_seconds("keep_result", keep_result)
+    if run_at is not None and not _finite(run_at):
+        raise ValueError(f"run_at must be a Unix time, got {run_at!r}")
+    if isinstance(backoff, int | float) and not isinstance(backoff, bool):
+        _check_seconds("backoff", backoff)
+        backoff = fixed(float(backoff))
+    elif backoff is not None and not isinstance(backoff, Backoff):
+        raise ValueError(f"backoff must be seconds or a policy from exponential(), got {backoff!r}")
+    return JobDef(data=data, id=id, priority=priority, attempts=attempts, backoff=backoff,
+                  timeout=None if timeout is None else float(timeout), delay=float(delay),
+                  run_at=run_at, keep_result=keep_result)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if not _finite(value) or value < 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a number of seconds, 0 or more, got {value!r}")

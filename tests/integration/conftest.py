@@ -1,0 +1,364 @@
+"""Fixtures for the integration tests: real brokers on port 0 and real worker processes.
+
+- ``broker`` / ``make_broker``: a ``Broker`` in this process (fast; its state can be inspected),
+  started and closed per test. ``url`` is its address.
+- ``broker_process`` / ``start_broker``: ``python -m broker --port 0`` as a child process, for
+  crashes and the CLI. ``run_worker_cli`` runs the worker CLI to completion.
+- ``start_worker``: ``python -m worker ...`` as a child process in its own process group; every
+  one started is stopped (SIGTERM, then SIGKILL) at teardown.
+- ``wait_for_workers``, ``wait_for_counts``, ``wait_for_files``: wait on a condition instead of
+  sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from broker import Broker
+from client import Client
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+"""The repository root: worker subprocesses run there so ``examples.tasks`` imports."""
+
+BROKER_START_TIMEOUT = 20.0
+"""Seconds a broker subprocess gets to print its ``listening on`` line."""
+STOP_TIMEOUT = 10.0
+"""Seconds a child process gets to exit after SIGTERM before it is killed."""
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for child processes: the repo root and this directory importable."""
+    env = dict(os.environ)
+    paths = [str(ROOT), str(HERE)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("CONVEYOR_URL", None)
+    env.update(extra or {})
+    return env
+
+
+# In-process broker.
+
+
+@pytest.fixture
+async def make_broker() -> AsyncIterator[Callable[..., Awaitable[Broker]]]:
+    """A factory of started in-process brokers (keyword options go to ``Broker``)."""
+    brokers: list[Broker] = []
+
+    async def make(**options: Any) -> Broker:
+        broker = Broker(host="127.0.0.1", port=0, **options)
+        await broker.start()
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(make_broker: Callable[..., Awaitable[Broker]]) -> Broker:
+    """An in-process broker on a free port, without a log."""
+    return await make_broker()
+
+
+@pytest.fixture
+def url(broker: Broker) -> str:
+    """The in-process broker's address."""
+    return f"127.0.0.1:{broker.port}"
+
+
+# Broker subprocess.
+
+
+class BrokerProcess:
+    """``python -m broker`` running as a child process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], line: str, log_path: Path) -> None:
+        self.process = process
+        self.line = line
+        """What the broker printed first: ``listening on HOST:PORT``."""
+        self.url = line.removeprefix("listening on ").strip()
+        self.log_path = log_path
+
+    @property
+    def log(self) -> str:
+        """What the broker wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Send ``signum`` and wait for the exit; kill it if it hangs. Returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(
+                    f"broker did not exit within {timeout} s of signal {signum}:\n{self.log}"
+                ) from None
+        if self.process.stdout is not None and not self.process.stdout.closed:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+def read_line(stream: IO[bytes], timeout: float) -> str:
+    """The first line of ``stream``, or whatever arrived before EOF or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                break
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.partition(b"\n")[0].decode(errors="replace")
+
+
+def start_broker_process(directory: Path, *args: str) -> BrokerProcess:
+    """Start ``python -m broker --port 0`` with its log in ``directory``; wait until it listens."""
+    log_path = directory / "broker.stderr"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(directory / "broker-data"), *args],
+            cwd=directory, env=subprocess_env(), stdout=subprocess.PIPE, stderr=log,
+        )
+    assert process.stdout is not None
+    line = read_line(process.stdout, BROKER_START_TIMEOUT)
+    if not line.startswith("listening on "):
+        process.kill()
+        process.wait()
+        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
+                             f"{log_path.read_text(errors='replace')}")
+    return BrokerProcess(process, line, log_path)
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """A factory of broker subprocesses (extra CLI arguments allowed); all stopped at teardown.
+
+    Each runs in its own directory under ``tmp_path``, its log there too, so nothing is written
+    to the checkout.
+    """
+    brokers: list[BrokerProcess] = []
+
+    def start(*args: str) -> BrokerProcess:
+        directory = tmp_path / f"broker-{len(brokers)}"
+        directory.mkdir()
+        brokers.append(start_broker_process(directory, *args))
+        return brokers[-1]
+
+    yield start
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker_process(start_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """A broker subprocess on a free port; stopped (SIGTERM, else SIGKILL) at teardown."""
+    return start_broker()
+
+
+@pytest.fixture
+def run_worker_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_worker_cli(*args)``: run ``python -m worker ARGS`` to completion (30 s at most)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT,
+                              env=subprocess_env(), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=30)
+
+    return run
+
+
+# Worker subprocesses.
+
+
+class WorkerProcess:
+    """``python -m worker ...`` running as a child process, leader of its own process group."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        """The CLI's pid: with ``--processes 1`` the worker itself, else the supervisor."""
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        """What the worker processes wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def exited(self) -> bool:
+        """Whether the CLI process has exited (it is not reaped, so its group id stays taken)."""
+        if self.process.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Send ``signum`` to the CLI process only, as ``kill PID`` would."""
+        if not self.exited():
+            os.kill(self.pid, signum)
+
+    async def wait(self, timeout: float) -> int:
+        """Wait for the CLI to exit; return its status. Stray group members are killed."""
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.pid} still running after {timeout} s; its "
+                                     f"output:\n{self.log}")
+            await asyncio.sleep(0.02)
+        self._kill_group()
+        return self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM the whole group, wait, SIGKILL whatever is left; reap the CLI."""
+        if self.process.returncode is not None:
+            return
+        if not self.exited():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while not self.exited() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        self._kill_group()
+        self.process.wait()
+
+    def _kill_group(self) -> None:
+        # Safe while the leader is unreaped: the group id cannot have been reused.
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
+    """A factory that starts the worker CLI; every worker it starts is stopped at teardown.
+
+    ``start_worker(handler, queue=..., url=..., processes=1, concurrency=1, grace=None,
+    env=None)``; ``handler`` is ``MODULE:FUNCTION`` (``examples.tasks:...`` or ``handlers:...``).
+    Teardown is async so that an in-process broker keeps serving while the workers shut down.
+    """
+    workers: list[WorkerProcess] = []
+
+    def start(handler: str, *, queue: str, url: str, processes: int = 1, concurrency: int = 1,
+              grace: float | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
+        args = [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+                "--processes", str(processes), "--concurrency", str(concurrency)]
+        if grace is not None:
+            args += ["--grace", str(grace)]
+        log_path = tmp_path / f"worker-{len(workers)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(args, cwd=ROOT, env=subprocess_env(env),
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        worker = WorkerProcess(process, log_path)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.stop()
+
+
+# Waiting on conditions.
+
+
+async def _wait_for_workers(source: Broker | Client, queue: str, count: int,
+                            *workers: WorkerProcess, timeout: float = 30.0) -> None:
+    """Return once ``count`` connections are subscribed to ``queue``.
+
+    ``source`` is an in-process broker (its subscriptions are read directly) or a client of any
+    broker, a subprocess one included (``counts(queue)["workers"]`` is polled). Fails early,
+    with its output, when one of ``workers`` has exited.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if isinstance(source, Broker):
+            state = source.queues.queues.get(queue)
+            subscribed = 0 if state is None else len(state.consumers)
+        else:
+            subscribed = (await source.counts(queue))["workers"]
+        if subscribed >= count:
+            return
+        for worker in workers:
+            if worker.exited():
+                raise AssertionError(f"worker {worker.pid} exited; its output:\n{worker.log}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(worker.log for worker in workers)
+            raise AssertionError(f"{subscribed} of {count} workers subscribed to {queue!r} "
+                                 f"within {timeout} s\n{logs}")
+        await asyncio.sleep(0.02)
+
+
+async def _wait_for_counts(client: Client, queue: str, timeout: float = 30.0,
+                          **expected: int) -> dict[str, int]:
+    """Poll ``client.counts(queue)`` until it has the ``expected`` values; return the counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await client.counts(queue)
+        if all(counts[key] == value for key, value in expected.items()):
+            return counts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"counts of {queue!r} still {counts} after {timeout} s; "
+                                 f"expected {expected}")
+        await asyncio.sleep(0.02)
+
+
+async def _wait_for_files(directory: Path, count: int, timeout: float = 30.0) -> list[str]:
+    """Return the names in ``directory`` once there are at least ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = sorted(path.name for path in directory.iterdir())
+        if len(names) >= count:
+            return names
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(names)} of {count} files in {directory} after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def wait_for_workers() -> Callable[..., Awaitable[None]]:
+    """``await wait_for_workers(broker_or_client, queue, count, *worker_processes, timeout=30)``."""
+    return _wait_for_workers
+
+
+@pytest.fixture
+def wait_for_counts() -> Callable[..., Awaitable[dict[str, int]]]:
+    """``await wait_for_counts(client, queue, timeout=30, waiting=0, ...)``: the counts."""
+    return _wait_for_counts
+
+
+@pytest.fixture
+def wait_for_files() -> Callable[..., Awaitable[list[str]]]:
+    """``await wait_for_files(directory, count, timeout=30)``: the names in it."""
+    return _wait_for_files

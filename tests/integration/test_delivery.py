@@ -1,0 +1,197 @@
+"""Delivery through a real broker to real worker processes: spreading, concurrency, redelivery
+after a crash, exactly-once processing, graceful shutdown, and results and failures reaching
+``client.wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import handlers
+import pytest
+
+from broker import Broker
+from client import Client, JobFailed, JobState
+from worker import Worker
+
+START_SPREAD = 0.1
+"""Most seconds between the first and the last start of jobs that should start together."""
+
+
+@pytest.mark.parametrize("processes", [3, 8])
+async def test_one_bulk_add_starts_a_job_on_every_idle_worker_process_at_once(
+    broker: Broker, url: str, start_worker, wait_for_workers, processes: int
+) -> None:
+    queue = f"spread-{processes}"
+    workers = start_worker("examples.tasks:sleep", queue=queue, url=url, processes=processes)
+    await wait_for_workers(broker, queue, processes, workers)
+    async with Client(url) as client:
+        ids = await client.add_bulk(queue, [{"seconds": 1}] * processes)
+        results = await asyncio.gather(*(client.wait(job, timeout=30) for job in ids))
+    starts = [result["started"] for result in results]
+    assert len({result["pid"] for result in results}) == processes, results
+    assert max(starts) - min(starts) < START_SPREAD, starts
+
+
+async def test_a_worker_with_concurrency_3_starts_3_jobs_at_once(
+    broker: Broker, url: str, start_worker, wait_for_workers
+) -> None:
+    queue = "concurrent"
+    worker = start_worker("examples.tasks:sleep", queue=queue, url=url, concurrency=3)
+    await wait_for_workers(broker, queue, 1, worker)
+    async with Client(url) as client:
+        ids = await client.add_bulk(queue, [{"seconds": 1}] * 3)
+        results = await asyncio.gather(*(client.wait(job, timeout=30) for job in ids))
+    starts = [result["started"] for result in results]
+    assert {result["pid"] for result in results} == {worker.pid}
+    assert max(starts) - min(starts) < START_SPREAD, starts
+
+
+async def test_a_job_whose_worker_is_killed_completes_on_another_worker(
+    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, tmp_path: Path
+) -> None:
+    queue = "crash"
+    workers = [start_worker("handlers:hold", queue=queue, url=url) for _ in range(2)]
+    await wait_for_workers(broker, queue, 2, *workers)
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    async with Client(url) as client:
+        job = await client.add(queue, {"seconds": 1, "dir": str(starts)})
+        [first] = await wait_for_files(starts, 1)
+        victim = next(worker for worker in workers if worker.pid == int(first))
+        survivor = next(worker for worker in workers if worker is not victim)
+        os.kill(victim.pid, signal.SIGKILL)
+        result = await client.wait(job, timeout=30)
+        assert result["pid"] == survivor.pid
+        assert await victim.wait(timeout=10) == -signal.SIGKILL
+        counts = await client.counts(queue)
+    assert (counts["completed"], counts["failed"], counts["active"]) == (1, 0, 0)
+
+
+async def test_100k_jobs_are_each_processed_exactly_once_by_2_worker_processes(
+    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_counts, tmp_path: Path
+) -> None:
+    queue = "many"
+    records = tmp_path / "records"
+    records.mkdir()
+    workers = start_worker("handlers:record", queue=queue, url=url, processes=2, concurrency=20,
+                           env={handlers.RECORDS_ENV: str(records)})
+    await wait_for_workers(broker, queue, 2, workers)
+    async with Client(url) as client:
+        ids = await client.add_bulk(queue, range(100_000))
+        assert len(set(ids)) == 100_000
+        counts = await wait_for_counts(client, queue, timeout=120, completed=100_000)
+        assert (counts["waiting"], counts["active"], counts["failed"]) == (0, 0, 0)
+        workers.signal(signal.SIGTERM)
+        assert await workers.wait(timeout=30) == 0, workers.log
+    runs = collections.Counter[int]()
+    files = list(records.iterdir())
+    for path in files:
+        lines = path.read_text().split()
+        assert lines, f"worker process {path.stem} processed no job"
+        runs.update(int(line) for line in lines)
+    assert len(files) == 2
+    assert set(runs) == set(ids)
+    assert [job for job, times in runs.items() if times != 1] == []
+
+
+async def test_sigterm_lets_running_jobs_finish_and_exits_0(
+    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, wait_for_counts,
+    tmp_path: Path,
+) -> None:
+    queue = "graceful"
+    workers = start_worker("handlers:hold", queue=queue, url=url, processes=2, grace=10)
+    await wait_for_workers(broker, queue, 2, workers)
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    async with Client(url) as client:
+        # Two jobs run; the third waits for a free slot, which no worker offers once signalled.
+        ids = await client.add_bulk(queue, [{"seconds": 1, "dir": str(starts)}] * 3)
+        await wait_for_files(starts, 2)
+        signalled = time.monotonic()
+        workers.signal(signal.SIGTERM)
+        assert await workers.wait(timeout=20) == 0, workers.log
+        assert time.monotonic() - signalled < 10
+        results = await asyncio.gather(*(client.wait(job, timeout=5) for job in ids[:2]))
+        assert len({result["pid"] for result in results}) == 2
+        counts = await wait_for_counts(client, queue, active=0)
+        assert (counts["completed"], counts["waiting"], counts["failed"]) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("handler", ["handlers:hold", "handlers:hold_sync"])
+async def test_sigterm_with_a_short_grace_hands_a_long_job_back(
+    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, wait_for_counts,
+    tmp_path: Path, handler: str,
+) -> None:
+    # An async handler is cancelled; a plain one keeps its thread, which must not keep the
+    # process alive past the grace period.
+    queue = "released"
+    worker = start_worker(handler, queue=queue, url=url, grace=0.5)
+    await wait_for_workers(broker, queue, 1, worker)
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    async with Client(url) as client:
+        job = await client.add(queue, {"seconds": 60, "dir": str(starts)})
+        await wait_for_files(starts, 1)
+        signalled = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout=20) == 0, worker.log
+        assert time.monotonic() - signalled < 10
+        counts = await wait_for_counts(client, queue, active=0)
+        assert (counts["waiting"], counts["completed"], counts["failed"]) == (1, 0, 0)
+        info = await client.get_job(job)
+        assert info is not None and info.state is JobState.WAITING
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker):
+    """Run an in-process ``worker`` for the duration of the block."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        async with asyncio.timeout(10):
+            await task
+
+
+async def test_many_concurrent_waits_each_get_their_own_result(url: str) -> None:
+    queue = "echo"
+    payloads = [{"n": n, "text": f"job {n}"} for n in range(500)]
+    async with Client(url) as client:
+        ids = await client.add_bulk(queue, payloads)
+        # Every wait is pending before any job runs.
+        waits = [asyncio.ensure_future(client.wait(job, timeout=30)) for job in ids]
+        await asyncio.sleep(0.05)
+        assert not any(wait.done() for wait in waits)
+        async with running(Worker(queue, handlers.echo, url=url, concurrency=20)):
+            assert await asyncio.gather(*waits) == payloads
+            # A wait on a finished job returns at once.
+            assert await asyncio.gather(*(client.wait(job, timeout=5) for job in ids)) == payloads
+
+
+async def test_a_raising_handler_fails_the_wait_with_type_message_and_traceback(url: str) -> None:
+    queue = "failing"
+    async with Client(url) as client:
+        job = await client.add(queue, {"order": 42})
+        async with running(Worker(queue, handlers.explode, url=url)):
+            with pytest.raises(JobFailed) as failed:
+                await client.wait(job, timeout=30)
+        counts = await client.counts(queue)
+        info = await client.get_job(job)
+    error = failed.value
+    assert error.error_type == "ValueError"
+    assert error.error_message == "cannot process {'order': 42}"
+    assert "Traceback (most recent call last)" in error.traceback
+    assert "in explode" in error.traceback
+    assert "ValueError: cannot process {'order': 42}" in error.traceback
+    assert "ValueError" in str(error) and str(job) in str(error)
+    assert (counts["failed"], counts["completed"], counts["active"]) == (1, 0, 0)
+    assert info is not None and info.state is JobState.FAILED
+    assert info.error is not None and info.error.type == "ValueError"

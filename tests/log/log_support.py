@@ -1,0 +1,360 @@
+"""Helpers for the log tests: broker and worker subprocesses, reopening a data directory, and
+comparing a replayed queue state with the live one it came from.
+
+Test modules import this as ``log_support`` (pytest puts this directory on ``sys.path``); worker
+subprocesses get this directory on their ``PYTHONPATH`` so ``log_handlers`` imports there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any, TypedDict
+
+import msgspec
+
+from broker.log import FsyncPolicy, Log, Recovery
+from broker.queues import Job, Queues
+from protocol import JobState
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+"""The repository root: child processes run there so ``broker`` and ``worker`` import."""
+
+START_TIMEOUT = 20.0
+"""Seconds a broker subprocess gets to print its ``listening on`` line."""
+STOP_TIMEOUT = 10.0
+"""Seconds a child process gets to exit after SIGTERM before it is killed."""
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for child processes: the repo root and this directory importable."""
+    env = dict(os.environ)
+    paths = [str(ROOT), str(HERE)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    for name in ("CONVEYOR_URL", "CONVEYOR_FAILPOINT"):
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound and released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Broker subprocesses.
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> str:
+    """The first line of ``stream``, or whatever arrived before EOF or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                break
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.partition(b"\n")[0].decode(errors="replace")
+
+
+class BrokerProcess:
+    """``python -m broker`` (or another command line ending in broker options) as a child."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str, stderr_path: Path) -> None:
+        self.process = process
+        self.url = url
+        """``HOST:PORT`` from the ``listening on`` line."""
+        self.stderr_path = stderr_path
+
+    @property
+    def stderr(self) -> str:
+        """What the broker wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def kill(self) -> int:
+        """SIGKILL the broker and reap it; return its exit status."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self._reap(STOP_TIMEOUT)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the broker and wait for it (SIGKILL if it hangs); return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self._reap(timeout)
+                raise AssertionError(f"broker did not exit within {timeout} s of SIGTERM:\n"
+                                     f"{self.stderr}") from None
+        return self._reap(timeout)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the broker to exit on its own; return its exit status."""
+        try:
+            return self._reap(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"broker still running after {timeout} s:\n{self.stderr}") \
+                from None
+
+    def _reap(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        if self.process.stdout is not None and not self.process.stdout.closed:
+            self.process.stdout.close()
+        return code
+
+
+def broker_command(data_dir: Path, *args: str, port: int = 0) -> list[str]:
+    """The ``python -m broker`` command line for ``data_dir`` on 127.0.0.1."""
+    return [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir), *args]
+
+
+def start_broker(data_dir: Path, *args: str, stderr_path: Path, port: int = 0,
+                 env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> BrokerProcess:
+    """Start a broker on ``data_dir``; return once it prints ``listening on``.
+
+    ``command`` replaces ``python -m broker`` (a wrapper script taking the same options).
+    """
+    argv = broker_command(data_dir, *args, port=port)
+    if command is not None:
+        argv = [*command, *argv[3:]]
+    with stderr_path.open("ab") as stderr:
+        process = subprocess.Popen(argv, cwd=ROOT, env=subprocess_env(env),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=stderr)
+    assert process.stdout is not None
+    line = _read_line(process.stdout, START_TIMEOUT)
+    if not line.startswith("listening on "):
+        process.kill()
+        process.wait()
+        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
+                             f"{stderr_path.read_text(errors='replace')}")
+    return BrokerProcess(process, line.removeprefix("listening on ").strip(), stderr_path)
+
+
+def run_broker(data_dir: Path, *args: str, timeout: float = 30.0,
+               command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a broker that is expected to exit by itself; return what it did."""
+    argv = broker_command(data_dir, *args)
+    if command is not None:
+        argv = [*command, *argv[3:]]
+    return subprocess.run(argv, cwd=ROOT, env=subprocess_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(stderr: str, *words: str) -> str:
+    """``stderr`` holds no traceback and exactly one ``broker: ...`` line, naming ``words``."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("broker: ")]
+    assert len(errors) == 1, stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+# Worker subprocesses.
+
+
+class WorkerProcess:
+    """``python -m worker ...`` as a child process, leader of its own process group."""
+
+    def __init__(self, handler: str, *, queue: str, url: str, log_path: Path,
+                 processes: int = 1, concurrency: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        argv = [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+                "--processes", str(processes), "--concurrency", str(concurrency)]
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(argv, cwd=ROOT, env=subprocess_env(env),
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        """What the worker processes wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        """Whether the CLI process is still running (it is not reaped here)."""
+        if self.process.returncode is not None:
+            return False
+        try:
+            info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return info is None
+
+    def stop(self) -> None:
+        """SIGTERM the whole group, wait, SIGKILL whatever is left; reap the CLI."""
+        if self.process.returncode is not None:
+            return
+        pid = self.process.pid
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # Safe while the leader is unreaped: its group id cannot have been reused.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def recorded_payloads(directory: Path) -> list[str]:
+    """Every payload ``log_handlers.record_payload`` ran, over all worker processes."""
+    payloads: list[str] = []
+    for path in directory.iterdir():
+        payloads += path.read_text().split()
+    return payloads
+
+
+# Waiting.
+
+
+async def wait_until(condition: Callable[[], Awaitable[Any]], *, timeout: float,
+                     what: str) -> Any:
+    """Poll ``condition`` every 20 ms until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still not true after {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+# Reopening a data directory in this process.
+
+
+class Limits(TypedDict):
+    """The ``Queues`` options that replay must be given as the live broker had them."""
+
+    keep_completed: int
+    keep_failed: int
+    keep_age: float | None
+    max_redeliveries: int
+
+
+def reopen(directory: Path, *, salvage: bool = False, keep_completed: int = 10_000,
+           keep_failed: int = 10_000, keep_age: float | None = None,
+           max_redeliveries: int = 5) -> tuple[Queues, Recovery]:
+    """Open the log in ``directory`` as a starting broker would, then close it again.
+
+    Returns the rebuilt state and what recovery reported. Call it from synchronous code only.
+    """
+    queues = Queues(logged=True, keep_completed=keep_completed, keep_failed=keep_failed,
+                    keep_age=keep_age, max_redeliveries=max_redeliveries)
+    log = Log(directory, salvage=salvage, fsync=FsyncPolicy.NO)
+    recovery = log.open(queues)
+    asyncio.run(log.close())
+    return queues, recovery
+
+
+def dir_log_bytes(directory: Path) -> int:
+    """Bytes of every log file (``*.log`` and ``*.tmp``) in ``directory`` now."""
+    total = 0
+    for path in directory.iterdir():
+        if path.suffix in (".log", ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+    return total
+
+
+# Comparing states.
+
+
+def _job_after_replay(job: Job) -> tuple[object, ...]:
+    """What a job should look like once replayed: an active job is waiting again, its try
+    given back; an unfinished job keeps its drop count."""
+    active = job.state is JobState.ACTIVE
+    finished = job.finished_at is not None
+    return (
+        job.id,
+        job.queue,
+        bytes(job.data),
+        job.created_at,
+        JobState.WAITING if active else job.state,
+        job.attempt - 1 if active else job.attempt,
+        None if finished else job.drops,
+        job.finished_at,
+        bytes(job.result) if finished else None,
+        job.error,
+        job.options,
+        job.priority,
+        job.run_at,
+    )
+
+
+def assert_same_state(live: Queues, replayed: Queues) -> None:
+    """``replayed`` is what a restart should rebuild from ``live``'s log.
+
+    The same jobs with the same states, tries, options, results and errors (live active jobs
+    waiting again); the same delayed jobs, retained completed and failed jobs, lifetime counters
+    and pause per queue; the same idempotency keys, last id and live-size estimate; and each
+    waiting line equal to the live one once the jobs that were active live are taken out of it.
+    """
+    assert sorted(replayed.jobs) == sorted(live.jobs)
+    for job_id, job in live.jobs.items():
+        assert not job.pending, job_id
+        assert _job_after_replay(replayed.jobs[job_id]) == _job_after_replay(job), job_id
+    active = {job_id for job_id, job in live.jobs.items() if job.state is JobState.ACTIVE}
+    names = {name for name, q in live.queues.items() if q.waiting or q.active or q.delayed
+             or q.completed or q.failed or q.kept_completed or q.kept_failed or q.kept_own
+             or q.paused}
+    assert names <= set(replayed.queues)
+    for name in set(live.queues) | set(replayed.queues):
+        before = live.counts(name)
+        after = replayed.counts(name)
+        for count in ("completed", "failed", "delayed"):
+            assert after[count] == before[count], (name, count)
+        assert after["waiting"] == before["waiting"] + before["active"], name
+        assert after["active"] == 0, name
+        if name not in live.queues or name not in replayed.queues:
+            continue  # a queue only subscribed to, never used: nothing to keep
+        old, new = live.queues[name], replayed.queues[name]
+        assert new.paused == old.paused, name
+        assert list(new.kept_completed) == list(old.kept_completed), name
+        assert list(new.kept_failed) == list(old.kept_failed), name
+        assert set(new.kept_own) == set(old.kept_own), name
+        assert set(new.delayed) == set(old.delayed), name
+        for state in (JobState.COMPLETED, JobState.FAILED):
+            assert [j.id for j in replayed.finished_jobs(new, state)] == \
+                [j.id for j in live.finished_jobs(old, state)], (name, state)
+        line = [job.id for job in new.waiting]
+        assert [job_id for job_id in line if job_id not in active] == \
+            [job.id for job in old.waiting], name
+        assert len(set(line)) == len(line), name
+        for job in new.waiting:
+            assert job.state is JobState.WAITING and job.queue == name
+    assert replayed.keys == live.keys
+    assert replayed.last_id == live.last_id
+    assert replayed.live_bytes == live.live_bytes
+
+
+def raw(value: object) -> msgspec.Raw:
+    """``value`` encoded as a payload or result."""
+    return msgspec.Raw(msgspec.msgpack.encode(value))

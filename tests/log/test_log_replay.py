@@ -1,0 +1,510 @@
+"""Log replay rebuilds the live state: the queue state machine driven as the server drives it,
+every change appended to a real log, then replayed into a fresh broker state and compared.
+
+What a restart must give back: the same jobs with the same states, options, results and errors
+(jobs that were active are waiting again, in their place), the same delayed jobs, retained jobs,
+lifetime counters and paused queues, ids that are never reused, and deadlines (delays, retention)
+that still fall due. A snapshot (what compaction writes) replays to the same state as the full
+history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import tempfile
+from collections.abc import Hashable, Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+from log_support import Limits, assert_same_state, raw, reopen
+
+from broker.log import FsyncPolicy, Log, load_files, write_base
+from broker.queues import Job, Queues
+from broker.records import Record
+from broker.replay import Replayer, snapshot
+from protocol import Backoff, JobDef, JobError, JobState
+
+QUEUES = ("a", "b")
+OWNERS = ("w1", "w2", "w3")
+
+
+class Spec(NamedTuple):
+    """A job's options as a producer gives them."""
+
+    key: str | None = None
+    priority: int = 0
+    attempts: int = 1
+    backoff: Backoff | None = None
+    delay: float = 0.0
+    keep_result: float | None = None
+
+
+specs = st.one_of(st.none(), st.builds(
+    Spec,
+    key=st.sampled_from([None, None, "k1", "k2", "k3"]),
+    priority=st.sampled_from([0, 0, 1, 5]),
+    attempts=st.sampled_from([1, 2, 3]),
+    backoff=st.sampled_from([None, Backoff(type="fixed", delay=1.0),
+                             Backoff(type="exponential", delay=0.5, cap=2.0)]),
+    delay=st.sampled_from([0.0, 0.0, 0.5, 3.0]),
+    keep_result=st.sampled_from([None, None, 0.0, 2.0]),
+))
+
+
+class Driver:
+    """A ``Queues`` with a real log, driven the way the server drives it.
+
+    Requests change the state and collect records; ``flush`` is the server's once-per-pass
+    flush: the records are appended in one write, jobs created since the last flush join their
+    queues (only once their record is written), then waiting jobs are dispatched. ``advance``
+    moves the clock and serves the deadlines that came due, as the server's timer does.
+    """
+
+    def __init__(self, directory: Path, limits: Limits, *, fsync: FsyncPolicy = FsyncPolicy.NO,
+                 compact_floor: int = 1 << 40, compact_ratio: float = 2.0) -> None:
+        self.directory = directory
+        self.limits = limits
+        self.fsync = fsync
+        self.compact_floor = compact_floor
+        self.compact_ratio = compact_ratio
+        self.queues = self.new_queues()
+        self.log = self.new_log(directory)
+        self.log.open(self.queues)
+        self.pending: list[list[Job]] = []
+        self.now = 1_000_000.0
+        self.serial = 0
+        self.highest_id = 0
+        """The highest job id ever given out, kept apart from the state under test."""
+
+    def new_queues(self) -> Queues:
+        return Queues(logged=True, rng=random.Random(0), **self.limits)
+
+    def new_log(self, directory: Path) -> Log:
+        return Log(directory, fsync=self.fsync, compact_floor=self.compact_floor,
+                   compact_ratio=self.compact_ratio)
+
+    def clock(self) -> float:
+        self.now += 0.25
+        return self.now
+
+    # Requests.
+
+    def add(self, queue: str, jobs: list[Spec | None]) -> None:
+        payloads: list[msgspec.Raw | JobDef] = []
+        for spec in jobs:
+            self.serial += 1
+            data = raw({"n": self.serial, "pad": "x" * (self.serial % 7)})
+            payloads.append(data if spec is None else JobDef(
+                data=data, id=spec.key, priority=spec.priority, attempts=spec.attempts,
+                backoff=spec.backoff, delay=spec.delay, keep_result=spec.keep_result))
+        created = self.queues.create(queue, payloads, self.clock())
+        assert len(created) == len(jobs)
+        self.highest_id = max([self.highest_id, *(job.id for job in created)])
+        self.pending.append(created)
+
+    def subscribe(self, owner: Hashable, queue: str, window: int) -> None:
+        self.queues.subscribe(owner, queue, window)
+
+    def extend(self, owner: Hashable, queue: str) -> None:
+        self.queues.extend(owner, queue, self.clock())
+
+    def held(self) -> list[tuple[Hashable, Job]]:
+        """Every leased job with its owner, in a stable order."""
+        return [(consumer.owner, job)
+                for queue in self.queues.queues.values()
+                for consumer in queue.consumers.values()
+                for job in consumer.held.values()]
+
+    def pick(self, pick: int) -> tuple[Hashable, Job]:
+        held = self.held()
+        return held[pick % len(held)]
+
+    def ack(self, pick: int) -> None:
+        owner, job = self.pick(pick)
+        self.serial += 1
+        assert self.queues.ack(owner, job.id, job.lease, raw(["done", self.serial]),
+                               self.clock()) is job
+
+    def fail(self, pick: int, *, retry: bool = True, delay: float | None = None) -> None:
+        owner, job = self.pick(pick)
+        error = JobError(type="ValueError", message=f"bad {job.id}", traceback="Traceback ...")
+        assert self.queues.fail(owner, job.id, job.lease, error, self.clock(), retry=retry,
+                                delay=delay) is job
+
+    def release(self, pick: int) -> None:
+        owner, job = self.pick(pick)
+        assert self.queues.release(owner, job.id, job.lease, self.clock()) is job
+
+    def stale(self, pick: int) -> None:
+        """Acks under a lease that is not held change nothing and log nothing."""
+        owner, job = self.pick(pick)
+        records = list(self.queues.records or ())
+        assert self.queues.ack(owner, job.id, job.lease + 1, raw("late"), self.clock()) is None
+        assert self.queues.ack(("not", owner), job.id, job.lease, raw("x"), self.clock()) is None
+        assert self.queues.records == records
+
+    def drop(self, owner: Hashable) -> None:
+        self.queues.drop(owner, self.clock())
+
+    def jobs_in(self, *states: JobState) -> list[Job]:
+        """Jobs in ``states`` that are in line (not waiting for their record), by id."""
+        return [job for _, job in sorted(self.queues.jobs.items())
+                if job.state in states and not job.pending]
+
+    def promote(self, pick: int) -> None:
+        job = _choose(self.jobs_in(JobState.DELAYED), pick)
+        assert self.queues.promote(job.id) is job
+
+    def remove(self, pick: int) -> None:
+        job = _choose(self.jobs_in(JobState.WAITING, JobState.DELAYED, JobState.COMPLETED,
+                                   JobState.FAILED), pick)
+        assert self.queues.remove(job.id) is job
+
+    def retry_failed(self, queue: str, pick: int | None) -> None:
+        if pick is None:
+            self.queues.retry_failed(queue)
+        else:
+            job = _choose(self.jobs_in(JobState.FAILED), pick)
+            assert self.queues.retry_failed(job_id=job.id) == 1
+
+    def pause(self, queue: str, paused: bool) -> None:
+        self.queues.pause(queue, paused)
+
+    def drain(self, queue: str) -> None:
+        self.queues.drain(queue)
+
+    def clean(self, queue: str, state: JobState, older_than: float) -> None:
+        self.queues.clean(queue, state, older_than, self.clock())
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.queues.tick(self.now)
+
+    def flush(self) -> None:
+        records = self.queues.records
+        assert records is not None
+        if records:
+            self.log.append(records)
+            records.clear()
+        for jobs in self.pending:
+            self.queues.enqueue(jobs)
+        self.pending.clear()
+        self.queues.dispatch(self.now)
+        self.queues.finished.clear()
+        self.queues.events.clear()
+
+    def random_step(self, rng: random.Random) -> None:
+        """One request picked by ``rng``, then maybe a flush."""
+        choice = rng.random()
+        held = self.held()
+        if choice < 0.06:
+            self.subscribe(rng.choice(OWNERS), rng.choice(QUEUES), rng.randint(0, 3))
+        elif choice < 0.34 and len(self.queues.jobs) < 100 or not held:
+            self.add(rng.choice(QUEUES), [
+                None if rng.random() < 0.6 else Spec(
+                    priority=rng.choice([0, 1]), attempts=rng.choice([1, 2]),
+                    delay=rng.choice([0.0, 1.0]), keep_result=rng.choice([None, 1.0]))
+                for _ in range(rng.randint(1, 4))])
+        elif choice < 0.65:
+            self.ack(rng.randrange(1 << 20))
+        elif choice < 0.78:
+            self.fail(rng.randrange(1 << 20), retry=rng.random() < 0.7)
+        elif choice < 0.86:
+            self.release(rng.randrange(1 << 20))
+        elif choice < 0.91:
+            self.advance(rng.choice([0.5, 2.0]))
+        elif choice < 0.94:
+            self.drop(rng.choice(OWNERS))
+        elif choice < 0.97:
+            self.pause(rng.choice(QUEUES), rng.random() < 0.3)
+        else:
+            self.retry_failed(rng.choice(QUEUES), None)
+        if rng.random() < 0.7:
+            self.flush()
+
+    def check_new_ids(self, replayed: Queues) -> None:
+        """A job added after a restart gets an id above every id given out before."""
+        (job,) = replayed.create("a", [raw("after restart")], self.clock())
+        assert job.id > self.highest_id
+
+
+def _choose(jobs: list[Job], pick: int) -> Job:
+    return jobs[pick % len(jobs)]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def replay_in_memory(records: Iterable[Record], limits: Limits) -> Queues:
+    """Replay ``records``, each through its encoded form, into a fresh state."""
+    queues = Queues(**limits)
+    replayer = Replayer(queues)
+    for record in records:
+        replayer.apply(_decoder.decode(_encoder.encode(record)))
+    replayer.finish()
+    return queues
+
+
+def snapshot_dir(queues: Queues, directory: Path) -> Path:
+    """A data directory whose log is one base file: the snapshot of ``queues``, as compaction
+    writes it (``write_base``) and its manifest names it."""
+    directory.mkdir()
+    base = "base-00000001.log"
+    write_base(directory / base, 1, queues)
+    (directory / "MANIFEST").write_bytes(msgspec.json.encode(
+        {"version": 1, "base": base, "increments": []}))
+    return directory
+
+
+def replay_copy(driver: Driver, scratch: Path) -> Queues:
+    """Replay a copy of the driver's data directory (the live log stays open and untouched)."""
+    copy = scratch / "copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(driver.directory, copy)
+    replayed, recovery = reopen(copy, **driver.limits)
+    assert recovery.warnings == []
+    shutil.rmtree(copy)
+    return replayed
+
+
+def check_everything(driver: Driver, scratch: Path) -> None:
+    """History replay (as a starting broker does it) equals the live state; snapshot files (of
+    the live state, and of the replayed one) replay to the same state; ids are not reused."""
+    driver.flush()
+    live = driver.queues
+    replayed = replay_copy(driver, scratch)
+    assert_same_state(live, replayed)
+    for source in (live, replayed):
+        directory = snapshot_dir(source, scratch / "snapshot")
+        from_snapshot, recovery = reopen(directory, **driver.limits)
+        shutil.rmtree(directory)
+        assert recovery.warnings == []
+        assert_same_state(source, from_snapshot)
+        assert_same_state(live, from_snapshot)
+        driver.check_new_ids(from_snapshot)
+    driver.check_new_ids(replayed)
+
+
+class LogReplayMachine(RuleBasedStateMachine):
+    """Random request sequences, with restarts (from the full history, or from a snapshot);
+    the log is checked against the live state after every pass."""
+
+    @initialize(keep_completed=st.sampled_from([1, 2, 3, 100]),
+                keep_failed=st.sampled_from([1, 2, 100]),
+                keep_age=st.sampled_from([None, 5.0]),
+                max_redeliveries=st.sampled_from([0, 1, 2]))
+    def start(self, keep_completed: int, keep_failed: int, keep_age: float | None,
+              max_redeliveries: int) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="conveyor-replay-"))
+        self.generation = 0
+        self.driver = Driver(self.scratch / "data-0", Limits(
+            keep_completed=keep_completed, keep_failed=keep_failed, keep_age=keep_age,
+            max_redeliveries=max_redeliveries))
+
+    @rule(queue=st.sampled_from(QUEUES), jobs=st.lists(specs, min_size=1, max_size=4),
+          flush=st.booleans())
+    def add(self, queue: str, jobs: list[Spec | None], flush: bool) -> None:
+        self.driver.add(queue, jobs)
+        if flush:
+            self.driver.flush()
+
+    @rule(owner=st.sampled_from(OWNERS), queue=st.sampled_from(QUEUES),
+          window=st.integers(0, 3))
+    def subscribe(self, owner: str, queue: str, window: int) -> None:
+        self.driver.subscribe(owner, queue, window)
+        self.driver.flush()
+
+    @rule(owner=st.sampled_from(OWNERS), queue=st.sampled_from(QUEUES))
+    def extend(self, owner: str, queue: str) -> None:
+        self.driver.extend(owner, queue)
+
+    @precondition(lambda self: self.driver.held())
+    @rule(pick=st.integers(0, 99), flush=st.booleans())
+    def ack(self, pick: int, flush: bool) -> None:
+        self.driver.ack(pick)
+        if flush:
+            self.driver.flush()
+
+    @precondition(lambda self: self.driver.held())
+    @rule(pick=st.integers(0, 99), retry=st.booleans(),
+          delay=st.sampled_from([None, 0.0, 1.5]))
+    def fail(self, pick: int, retry: bool, delay: float | None) -> None:
+        self.driver.fail(pick, retry=retry, delay=delay)
+
+    @precondition(lambda self: self.driver.held())
+    @rule(pick=st.integers(0, 99))
+    def release(self, pick: int) -> None:
+        self.driver.release(pick)
+
+    @precondition(lambda self: self.driver.held())
+    @rule(pick=st.integers(0, 99))
+    def stale_ack(self, pick: int) -> None:
+        self.driver.stale(pick)
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def drop(self, owner: str) -> None:
+        self.driver.drop(owner)
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 40.0]))
+    def advance(self, seconds: float) -> None:
+        """Time passes: delayed jobs come due, silent workers lose their leases, finished jobs
+        past their retention go."""
+        self.driver.advance(seconds)
+
+    @precondition(lambda self: self.driver.jobs_in(JobState.DELAYED))
+    @rule(pick=st.integers(0, 99))
+    def promote(self, pick: int) -> None:
+        self.driver.promote(pick)
+
+    @precondition(lambda self: self.driver.jobs_in(
+        JobState.WAITING, JobState.DELAYED, JobState.COMPLETED, JobState.FAILED))
+    @rule(pick=st.integers(0, 99))
+    def remove(self, pick: int) -> None:
+        self.driver.remove(pick)
+
+    @precondition(lambda self: self.driver.jobs_in(JobState.FAILED))
+    @rule(queue=st.sampled_from(QUEUES), pick=st.none() | st.integers(0, 99))
+    def retry_failed(self, queue: str, pick: int | None) -> None:
+        self.driver.retry_failed(queue, pick)
+
+    @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
+    def pause(self, queue: str, paused: bool) -> None:
+        self.driver.pause(queue, paused)
+
+    @rule(queue=st.sampled_from(QUEUES))
+    def drain(self, queue: str) -> None:
+        self.driver.drain(queue)
+
+    @rule(queue=st.sampled_from(QUEUES),
+          state=st.sampled_from([JobState.COMPLETED, JobState.FAILED]),
+          older_than=st.sampled_from([0.0, 1.0, 10.0]))
+    def clean(self, queue: str, state: JobState, older_than: float) -> None:
+        self.driver.clean(queue, state, older_than)
+
+    @rule()
+    def flush(self) -> None:
+        self.driver.flush()
+
+    @invariant()
+    def log_replays_to_the_live_state(self) -> None:
+        """After every pass (nothing waiting to be written), the files as they are replay to the
+        live state, and so do snapshots of it. A quick check: the files are read in place, the
+        snapshots replayed in memory; ``restart`` and the final check go through files."""
+        driver = self.driver
+        if driver.queues.records or driver.pending:
+            return
+        names = msgspec.json.decode((driver.directory / "MANIFEST").read_bytes())
+        replayed = Queues(**driver.limits)
+        load_files(driver.directory, [n for n in (names["base"], *names["increments"]) if n],
+                   replayed)
+        assert_same_state(driver.queues, replayed)
+        for source in (driver.queues, replayed):
+            from_snapshot = replay_in_memory(snapshot(source), driver.limits)
+            assert_same_state(source, from_snapshot)
+            driver.check_new_ids(from_snapshot)
+        driver.check_new_ids(replayed)
+
+    @rule(from_snapshot=st.booleans(), then_wait=st.booleans())
+    def restart(self, from_snapshot: bool, then_wait: bool) -> None:
+        """Stop and start again on the same log; go on from the state the restart rebuilt.
+
+        With ``from_snapshot`` the restarted log is a base file holding the rebuilt state (what
+        a compaction leaves), and later records go to an increment after it. With ``then_wait``
+        (and no job active) time then passes on both the old state and the restarted one, and
+        they stay the same: every deadline survived the restart.
+        """
+        driver = self.driver
+        driver.flush()
+        asyncio.run(driver.log.close())
+        replayed = driver.new_queues()
+        log = driver.new_log(driver.directory)
+        log.open(replayed)
+        assert_same_state(driver.queues, replayed)
+        if from_snapshot:
+            asyncio.run(log.close())
+            self.generation += 1
+            directory = snapshot_dir(replayed, self.scratch / f"data-{self.generation}")
+            compacted = driver.new_queues()
+            log = driver.new_log(directory)
+            log.open(compacted)
+            assert_same_state(replayed, compacted)
+            driver.directory, replayed = directory, compacted
+        replayed.finished.clear()
+        if then_wait and not driver.held():
+            later = driver.now + 100.0
+            driver.queues.tick(later)
+            replayed.tick(later)
+            assert_same_state(driver.queues, replayed)
+            driver.now = later
+        driver.queues, driver.log = replayed, log
+        driver.flush()
+
+    def teardown(self) -> None:
+        driver = getattr(self, "driver", None)
+        if driver is None:
+            return
+        try:
+            check_everything(driver, self.scratch)
+        finally:
+            asyncio.run(driver.log.close())
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+LogReplayMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_log_replay_rebuilds_the_live_state = LogReplayMachine.TestCase
+
+
+async def test_replay_after_background_compactions_and_restarts_equals_the_live_state(
+    tmp_path: Path,
+) -> None:
+    """Compactions run in the background (a child process snapshots the frozen files while
+    appends go on to a new increment); a restart at any point rebuilds the live state."""
+    rng = random.Random(20240611)
+    directory = tmp_path / "data"
+    limits = Limits(keep_completed=5, keep_failed=3, keep_age=None, max_redeliveries=2)
+    driver = Driver(directory, limits, fsync=FsyncPolicy.ALWAYS, compact_floor=16 * 1024,
+                    compact_ratio=2.0)
+    compactions = 0
+    for round_ in range(4):
+        runner = asyncio.ensure_future(driver.log.run(driver.queues))
+        started = driver.log.compactions
+        for step in range(20_000):
+            driver.random_step(rng)
+            if step % 10 == 0:
+                await asyncio.sleep(0.001)
+            if driver.log.compactions >= started + 2 and step > 500:
+                break
+        driver.flush()
+        compactions += driver.log.compactions
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await driver.log.close()
+        leftovers = [p.name for p in directory.iterdir() if p.suffix == ".tmp"]
+        replayed, recovery = await asyncio.to_thread(reopen, directory, **limits)
+        assert recovery.warnings == [] and leftovers == []
+        assert_same_state(driver.queues, replayed)
+        driver.check_new_ids(replayed)
+        # Go on from what the restart rebuilt.
+        live = driver.new_queues()
+        driver.log = driver.new_log(directory)
+        driver.log.open(live)
+        live.finished.clear()
+        driver.queues = live
+        assert round_ < 3 or compactions >= 4
+    await driver.log.close()
