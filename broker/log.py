@@ -448,9 +448,10 @@ class Log:
                 raise
             if process.returncode != 0:
                 tmp.unlink(missing_ok=True)
-                log.error("compaction failed (exit status %s): %s", process.returncode,
-                          stderr.decode(errors="replace").strip().splitlines()[-1:] or "")
-                return
+                last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                # An OSError, like the parent's own file errors: run() waits before retrying.
+                raise OSError(f"the compaction process exited with status {process.returncode}: "
+                              f"{last[0]}")
             failpoint("compaction.written")
             # 3. Switch: the new base replaces the frozen files.
             os.rename(tmp, self.directory / base)

@@ -116,6 +116,8 @@ class Queues:
         self._deadline_seq = 0
         self.finished: list[Job] = []
         """Jobs that reached completed or failed since the caller last cleared this list."""
+        self.removed: list[int] = []
+        """Jobs removed before they finished since the caller last cleared this list."""
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name``, created on first use."""
@@ -228,6 +230,7 @@ class Queues:
             queue.consumers[owner] = consumer
             self._owners.setdefault(owner, []).append(consumer)
         consumer.window = window
+        consumer.lease = lease
         if consumer.free > 0:
             self._wake(queue)
         return consumer
@@ -615,6 +618,7 @@ class Queues:
         for job in jobs:
             queue = self.queues[job.queue]
             self._unkeep(queue, job)
+            self.live_bytes -= len(job.result)  # counted while finished, as ``finish`` does
             job.state = WAITING
             job.attempt = 0
             job.error = None
@@ -666,6 +670,8 @@ class Queues:
             return
         for job in jobs:
             queue = self.queues[job.queue]
+            if job.finished_at is None:
+                self.removed.append(job.id)
             if not unlined:
                 if job.state is WAITING:
                     queue.waiting.remove(job)
@@ -687,7 +693,8 @@ class Queues:
         key = job.options.key
         if key is not None and self.keys.get(key) == job.id:
             del self.keys[key]
-        self.live_bytes -= len(job.data) + len(job.result) + JOB_OVERHEAD
+        self.live_bytes -= len(job.data) + JOB_OVERHEAD + (
+            len(job.result) if job.finished_at is not None else 0)
 
     def _age_out(self, queue: Queue, now: float) -> None:
         keep_age = self.keep_age
@@ -739,6 +746,16 @@ class Queues:
     def expire_at(self, job: Job, when: float) -> None:
         """Forget finished ``job`` at ``when`` (its own ``keep_result``)."""
         self.schedule(when, _EXPIRE, job)
+
+    def age_retained(self, queue: Queue) -> None:
+        """Start retention by age for jobs retained without ``finish`` (restored on start)."""
+        if self.keep_age is None:
+            return
+        oldest = [self.jobs[kept[0]].finished_at for kept in (queue.kept_completed,
+                                                              queue.kept_failed) if kept]
+        times = [when for when in oldest if when is not None]
+        if times:
+            self.schedule(min(times) + self.keep_age, _AGE, queue)
 
     def schedule(self, when: float, kind: int, subject: object) -> None:
         """Add a deadline entry."""

@@ -54,6 +54,8 @@ class Replayer:
         """Jobs that last went to the head of their queue, and when (a move number)."""
         self._tails: dict[int, Job] = {}
         """Jobs that last went to the tail of their queue, in the order they got there."""
+        self._restored_kept: set[str] = set()
+        """Queues with finished jobs restored from a snapshot: their age limit starts at the end."""
 
     def apply(self, record: Record) -> None:
         """Apply one record."""
@@ -130,6 +132,7 @@ class Replayer:
                         self.skipped += 1
                         continue
                     _unkeep(queues.queues[failed.queue], failed)
+                    queues.live_bytes -= len(failed.result)
                     failed.state = JobState.WAITING
                     failed.attempt = 0
                     failed.error = None
@@ -164,6 +167,9 @@ class Replayer:
         for queue in queues.queues.values():
             for job in queue.delayed.values():
                 queues.delay_job(queue, job)
+        for name in self._restored_kept:
+            queues.age_retained(queues.queues[name])
+        self._restored_kept.clear()
         self._heads.clear()
         self._tails.clear()
 
@@ -220,6 +226,7 @@ class Replayer:
             else:
                 kept = queue.kept_completed if state is JobState.COMPLETED else queue.kept_failed
                 kept.append(job.id)
+                self._restored_kept.add(queue.name)
         elif state is JobState.DELAYED:
             job.error = record.error
             queue.delayed[job.id] = job

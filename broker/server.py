@@ -60,7 +60,7 @@ from .log import (
     Recovery,
 )
 from .queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES, Job, Queues
-from .records import JobsAdded
+from .records import JobsAdded, JobsAddedWithOptions
 from .session import Session
 
 __all__ = [
@@ -254,10 +254,12 @@ class Broker:
             self._fail(exc)
 
     def _fail(self, error: LogError) -> None:
-        """The log failed: acknowledge nothing more, drop every connection, stop serving."""
+        """The log failed: acknowledge nothing more, drop every connection, stop serving.
+
+        ``serve_forever`` raises ``error``; the CLI prints it as its last line.
+        """
         if self.failure is not None:
             return
-        log.critical("%s", error)
         self.failure = error
         self.status = BrokerStatus.FAILED
         self._accepted.clear()
@@ -424,6 +426,9 @@ class Broker:
         if queues.finished:
             self._notify(queues.finished)
             queues.finished.clear()
+        if queues.removed:
+            self._notify_removed(queues.removed)
+            queues.removed.clear()
         if queues.events:
             self._publish(queues.events)
             queues.events.clear()
@@ -461,7 +466,8 @@ class Broker:
             for session, req, jobs in accepted:
                 self.queues.discard(jobs)
                 session.refuse(ProtocolError(ErrorCode.DISK_FULL, str(exc), req=req))
-            records[:] = [r for r in records if not isinstance(r, JobsAdded)]
+            records[:] = [r for r in records
+                          if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
             if records:
                 try:
                     log_.append(records)
@@ -520,6 +526,14 @@ class Broker:
         if self.status is BrokerStatus.SERVING:
             self.queues.tick(time.time())
         self.schedule_flush()
+
+    def _notify_removed(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            for session, req in self._waiters.pop(job_id, ()):
+                session.waits.discard(job_id)
+                session.refuse(ProtocolError(
+                    ErrorCode.UNKNOWN_JOB, f"job {job_id} was removed before it finished",
+                    req=req))
 
     def _notify(self, jobs: list[Job]) -> None:
         waiters = self._waiters

@@ -51,6 +51,8 @@ _FRAME_SLACK: Final = 1024
 """Room left in a frame for the message envelope and queue name (bytes)."""
 _JOB_OVERHEAD: Final = 8
 """Bytes a job's envelope adds to its encoded payload."""
+_OPTIONS_OVERHEAD: Final = 160
+"""Most bytes a job's options other than ``id`` add to it."""
 
 
 class Client:
@@ -140,7 +142,7 @@ class Client:
         jobs = [_bulk_job(index, item, options) for index, item in enumerate(payloads)]
         limit = connection.max_frame - _FRAME_SLACK
         for index, job in enumerate(jobs):
-            if len(job.data) + _JOB_OVERHEAD > limit:
+            if _job_size(job) > limit:
                 raise ValueError(f"payload {index} is {len(job.data)} bytes encoded; the "
                                  f"broker's frame limit is {connection.max_frame} bytes")
         futures: list[asyncio.Future[Reply]] = []
@@ -316,6 +318,17 @@ def _bulk_job(index: int, item: Any, options: dict[str, Any]) -> JobDef:
     return job_def(encode_value(item, f"payload {index}"), **options)
 
 
+def _job_size(job: JobDef) -> int:
+    """An upper bound of a job's encoded size in an ``add`` frame (bytes)."""
+    size = len(job.data) + _JOB_OVERHEAD
+    if job.id is not None:
+        size += 8 + 4 * len(job.id)
+    if (job.priority or job.attempts != 1 or job.backoff is not None or job.timeout is not None
+            or job.delay or job.run_at is not None or job.keep_result is not None):
+        size += _OPTIONS_OVERHEAD
+    return size
+
+
 def _watch_refused(stream: EventStream, future: asyncio.Future[Reply]) -> None:
     if not future.cancelled() and future.exception() is not None:
         stream.fail(future.exception() or ConnectionLost("watch refused"))
@@ -332,7 +345,7 @@ def _chunks(jobs: list[JobDef], target: int) -> Iterable[list[JobDef]]:
     chunk: list[JobDef] = []
     size = 0
     for job in jobs:
-        job_size = len(job.data) + _JOB_OVERHEAD
+        job_size = _job_size(job)
         if chunk and (size + job_size > target or len(chunk) >= BULK_FRAME_JOBS):
             yield chunk
             chunk, size = [], 0

@@ -19,7 +19,8 @@ EVENT_BUFFER: Final = 100_000
 
 
 class EventsLost(ConveyorError):
-    """The stream's reader fell too far behind (or the broker cut the watch off)."""
+    """The stream's reader fell too far behind. (A connection the broker cut off for falling
+    behind ends its streams with ``ConnectionLost`` naming ``SLOW_CONSUMER``.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class EventStream:
         self._stop = stop
         self._items: asyncio.Queue[JobEvent | BaseException] = asyncio.Queue()
         self._closed = False
+        self._stopped = False
         self._failed = False
 
     def feed(self, events: list[Event]) -> None:
@@ -81,8 +83,9 @@ class EventStream:
 
     async def aclose(self) -> None:
         """Stop watching. Idempotent."""
-        if not self._closed:
-            self._closed = True
+        self._closed = True
+        if not self._stopped:
+            self._stopped = True
             await self._stop(self)
 
     async def __aenter__(self) -> EventStream:

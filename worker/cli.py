@@ -18,7 +18,7 @@ from typing import Any, Final
 from client import Connection, ConveyorError, parse_url
 from protocol import check_queue_name
 
-from .worker import DEFAULT_GRACE, Handler, Worker
+from .worker import DEFAULT_GRACE, DEFAULT_LEASE, Handler, Worker
 
 __all__ = ["load_handler", "main"]
 
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                         help="seconds running jobs get to finish on shutdown "
                              "(default: %(default)s)")
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE,
+                        help="seconds the broker waits without hearing from a process before "
+                             "taking its jobs back (default: %(default)s)")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
     return parser
@@ -73,7 +76,7 @@ def load_handler(spec: str) -> Handler:
 
 async def _work(args: argparse.Namespace) -> None:
     worker = Worker(args.queue, load_handler(args.handler), url=args.url,
-                    concurrency=args.concurrency, grace=args.grace,
+                    concurrency=args.concurrency, grace=args.grace, lease=args.lease,
                     name=f"worker-{os.getpid()}")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -176,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(problem)
         if args.concurrency < 1 or args.processes < 1:
             raise UsageError("--concurrency and --processes must be at least 1")
+        if not args.lease > 0 or not args.grace >= 0:
+            raise UsageError("--lease must be above 0 seconds and --grace 0 or more")
         parse_url(args.url)
         load_handler(args.handler)
     except (UsageError, ValueError) as exc:

@@ -10,11 +10,11 @@ class Unrecoverable(Exception):
 
 
 class Retry(Exception):
-    """Fail this try and retry after ``delay`` seconds (instead of the job's backoff).
+    """Fail this try and retry after ``delay`` seconds (None: after the job's backoff).
 
     The try counts as an attempt: a job with none left fails.
     """
 
-    def __init__(self, message: str = "retry requested", *, delay: float = 0.0) -> None:
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay

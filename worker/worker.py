@@ -201,10 +201,14 @@ class Worker:
         self._stop.set()
 
     async def _extend_leases(self, connection: Connection) -> None:
-        """While jobs run, tell the broker every third of a lease that this worker is alive."""
+        """Tell the broker every third of a lease that this worker is alive.
+
+        Also when idle: a worker whose lease ran out (its loop was blocked) gets nothing more
+        until the broker hears from it.
+        """
         while connection.failure is None:
             await asyncio.sleep(self.lease / 3)
-            if self._running and connection.failure is None:
+            if connection.failure is None:
                 connection.send(Extend(queue=self.queue))
 
     async def _shut_down(self, connection: Connection) -> None:
@@ -286,5 +290,6 @@ def _failure(job: Job, exc: BaseException, *, message: str | None = None) -> Fai
     if isinstance(exc, Unrecoverable):
         return Fail(job=job.id, lease=job.lease, error=error, retry=False)
     if isinstance(exc, Retry):
-        return Fail(job=job.id, lease=job.lease, error=error, delay=max(0.0, exc.delay))
+        delay = None if exc.delay is None else max(0.0, exc.delay)
+        return Fail(job=job.id, lease=job.lease, error=error, delay=delay)
     return Fail(job=job.id, lease=job.lease, error=error)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -87,6 +88,8 @@ class Driver:
         self.serial = 0
         self.highest_id = 0
         """The highest job id ever given out, kept apart from the state under test."""
+        self.drops_may_differ: set[int] = set()
+        """Jobs failed for losing too many workers, then retried (see ``assert_same_state``)."""
 
     def new_queues(self) -> Queues:
         return Queues(logged=True, rng=random.Random(0), **self.limits)
@@ -137,7 +140,19 @@ class Driver:
         assert self.queues.ack(owner, job.id, job.lease, raw(["done", self.serial]),
                                self.clock()) is job
 
+    def settle_adds(self) -> None:
+        """Flush when jobs wait for their record to be written, before a job moves to the tail.
+
+        Such jobs join their line only at the flush, behind a job that moved to the tail in the
+        meantime, though their record comes first in the log: a restart puts them the other way
+        round (see ``test_a_job_added_as_another_moves_to_the_tail_keeps_its_place``). Flushing
+        first keeps that one known difference out of the random runs.
+        """
+        if self.pending:
+            self.flush()
+
     def fail(self, pick: int, *, retry: bool = True, delay: float | None = None) -> None:
+        self.settle_adds()
         owner, job = self.pick(pick)
         error = JobError(type="ValueError", message=f"bad {job.id}", traceback="Traceback ...")
         assert self.queues.fail(owner, job.id, job.lease, error, self.clock(), retry=retry,
@@ -164,6 +179,7 @@ class Driver:
                 if job.state in states and not job.pending]
 
     def promote(self, pick: int) -> None:
+        self.settle_adds()
         job = _choose(self.jobs_in(JobState.DELAYED), pick)
         assert self.queues.promote(job.id) is job
 
@@ -173,11 +189,18 @@ class Driver:
         assert self.queues.remove(job.id) is job
 
     def retry_failed(self, queue: str, pick: int | None) -> None:
+        self.settle_adds()
+        failed = self.jobs_in(JobState.FAILED)
         if pick is None:
-            self.queues.retry_failed(queue)
+            retried = [job for job in failed if job.queue == queue]
+            assert self.queues.retry_failed(queue) == len(retried)
         else:
-            job = _choose(self.jobs_in(JobState.FAILED), pick)
-            assert self.queues.retry_failed(job_id=job.id) == 1
+            retried = [_choose(failed, pick)]
+            assert self.queues.retry_failed(job_id=retried[0].id) == 1
+        self.drops_may_differ.update(job.id for job in retried if job.drops)
+
+    def assert_replays(self, live: Queues, replayed: Queues) -> None:
+        assert_same_state(live, replayed, drops_may_differ=self.drops_may_differ)
 
     def pause(self, queue: str, paused: bool) -> None:
         self.queues.pause(queue, paused)
@@ -189,6 +212,7 @@ class Driver:
         self.queues.clean(queue, state, older_than, self.clock())
 
     def advance(self, seconds: float) -> None:
+        self.settle_adds()
         self.now += seconds
         self.queues.tick(self.now)
 
@@ -211,12 +235,16 @@ class Driver:
         held = self.held()
         if choice < 0.06:
             self.subscribe(rng.choice(OWNERS), rng.choice(QUEUES), rng.randint(0, 3))
-        elif choice < 0.34 and len(self.queues.jobs) < 100 or not held:
+        elif choice < 0.34 and len(self.queues.jobs) < 100:
             self.add(rng.choice(QUEUES), [
                 None if rng.random() < 0.6 else Spec(
                     priority=rng.choice([0, 1]), attempts=rng.choice([1, 2]),
                     delay=rng.choice([0.0, 1.0]), keep_result=rng.choice([None, 1.0]))
                 for _ in range(rng.randint(1, 4))])
+        elif choice < 0.86 and not held:
+            # Nothing to finish: let delayed jobs come due and paused queues go on.
+            self.pause(rng.choice(QUEUES), False)
+            self.advance(1.0)
         elif choice < 0.65:
             self.ack(rng.randrange(1 << 20))
         elif choice < 0.78:
@@ -286,14 +314,14 @@ def check_everything(driver: Driver, scratch: Path) -> None:
     driver.flush()
     live = driver.queues
     replayed = replay_copy(driver, scratch)
-    assert_same_state(live, replayed)
+    driver.assert_replays(live, replayed)
     for source in (live, replayed):
         directory = snapshot_dir(source, scratch / "snapshot")
         from_snapshot, recovery = reopen(directory, **driver.limits)
         shutil.rmtree(directory)
         assert recovery.warnings == []
         assert_same_state(source, from_snapshot)
-        assert_same_state(live, from_snapshot)
+        driver.assert_replays(live, from_snapshot)
         driver.check_new_ids(from_snapshot)
     driver.check_new_ids(replayed)
 
@@ -304,7 +332,7 @@ class LogReplayMachine(RuleBasedStateMachine):
 
     @initialize(keep_completed=st.sampled_from([1, 2, 3, 100]),
                 keep_failed=st.sampled_from([1, 2, 100]),
-                keep_age=st.sampled_from([None, 5.0]),
+                keep_age=st.sampled_from([None, 20.0]),
                 max_redeliveries=st.sampled_from([0, 1, 2]))
     def start(self, keep_completed: int, keep_failed: int, keep_age: float | None,
               max_redeliveries: int) -> None:
@@ -410,7 +438,7 @@ class LogReplayMachine(RuleBasedStateMachine):
         replayed = Queues(**driver.limits)
         load_files(driver.directory, [n for n in (names["base"], *names["increments"]) if n],
                    replayed)
-        assert_same_state(driver.queues, replayed)
+        driver.assert_replays(driver.queues, replayed)
         for source in (driver.queues, replayed):
             from_snapshot = replay_in_memory(snapshot(source), driver.limits)
             assert_same_state(source, from_snapshot)
@@ -423,16 +451,24 @@ class LogReplayMachine(RuleBasedStateMachine):
 
         With ``from_snapshot`` the restarted log is a base file holding the rebuilt state (what
         a compaction leaves), and later records go to an increment after it. With ``then_wait``
-        (and no job active) time then passes on both the old state and the restarted one, and
-        they stay the same: every deadline survived the restart.
+        the workers first hand their jobs back (as they do on a graceful stop), and after the
+        restart time passes on both the old state and the restarted one: they stay the same,
+        so every deadline (delays, retention) survived the restart.
         """
         driver = self.driver
         driver.flush()
+        if then_wait:
+            for queue in driver.queues.queues.values():
+                for owner in list(queue.consumers):
+                    driver.subscribe(owner, queue.name, 0)
+            while driver.held():
+                driver.release(0)
+            driver.flush()
         asyncio.run(driver.log.close())
         replayed = driver.new_queues()
         log = driver.new_log(driver.directory)
         log.open(replayed)
-        assert_same_state(driver.queues, replayed)
+        driver.assert_replays(driver.queues, replayed)
         if from_snapshot:
             asyncio.run(log.close())
             self.generation += 1
@@ -443,14 +479,20 @@ class LogReplayMachine(RuleBasedStateMachine):
             assert_same_state(replayed, compacted)
             driver.directory, replayed = directory, compacted
         replayed.finished.clear()
-        if then_wait and not driver.held():
+        if then_wait:
+            assert not driver.held()
             later = driver.now + 100.0
             driver.queues.tick(later)
             replayed.tick(later)
-            assert_same_state(driver.queues, replayed)
+            driver.assert_replays(driver.queues, replayed)
             driver.now = later
         driver.queues, driver.log = replayed, log
         driver.flush()
+
+    @rule()
+    def restart_compacted_and_wait(self) -> None:
+        """The hardest restart, drawn more often: from a snapshot, then time passes."""
+        self.restart(from_snapshot=True, then_wait=True)
 
     def teardown(self) -> None:
         driver = getattr(self, "driver", None)
@@ -464,7 +506,7 @@ class LogReplayMachine(RuleBasedStateMachine):
 
 
 LogReplayMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=100, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_log_replay_rebuilds_the_live_state = LogReplayMachine.TestCase
@@ -498,7 +540,7 @@ async def test_replay_after_background_compactions_and_restarts_equals_the_live_
         leftovers = [p.name for p in directory.iterdir() if p.suffix == ".tmp"]
         replayed, recovery = await asyncio.to_thread(reopen, directory, **limits)
         assert recovery.warnings == [] and leftovers == []
-        assert_same_state(driver.queues, replayed)
+        driver.assert_replays(driver.queues, replayed)
         driver.check_new_ids(replayed)
         # Go on from what the restart rebuilt.
         live = driver.new_queues()
@@ -508,3 +550,44 @@ async def test_replay_after_background_compactions_and_restarts_equals_the_live_
         driver.queues = live
         assert round_ < 3 or compactions >= 4
     await driver.log.close()
+
+
+def test_finished_jobs_restored_from_a_compacted_log_still_age_out(tmp_path: Path) -> None:
+    """With --keep-age, a finished job is forgotten that long after it finished, whether the
+    broker restarted from the full history or from a snapshot (a compacted log)."""
+    limits = Limits(keep_completed=100, keep_failed=100, keep_age=5.0, max_redeliveries=5)
+    driver = Driver(tmp_path / "data", limits)
+    driver.add("a", [None, None])
+    driver.subscribe("w", "a", 1)
+    driver.flush()
+    driver.ack(0)
+    driver.flush()
+    finished_at = driver.now
+    from_history = replay_copy(driver, tmp_path)
+    from_snapshot, _ = reopen(snapshot_dir(from_history, tmp_path / "snapshot"), **limits)
+    asyncio.run(driver.log.close())
+    for queues in (driver.queues, from_history, from_snapshot):
+        queues.tick(finished_at + 4.0)
+        assert sorted(queues.jobs) == [1, 2]
+        queues.tick(finished_at + 6.0)
+        assert sorted(queues.jobs) == [2]
+        assert queues.counts("a")["completed"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a job added while another moves to the tail of the same "
+                   "queue joins the line after it, but its record comes first in the log")
+def test_a_job_added_as_another_moves_to_the_tail_keeps_its_place(tmp_path: Path) -> None:
+    """Under --fsync always an added job joins its line only once its record is fsynced; a
+    delayed job that comes due meanwhile goes ahead of it. A restart should keep that order."""
+    driver = Driver(tmp_path / "data", Limits(keep_completed=10, keep_failed=10, keep_age=None,
+                                              max_redeliveries=5))
+    driver.add("a", [Spec(delay=0.5)])
+    driver.flush()
+    driver.add("a", [None])  # job 2: its record is written, not yet fsynced...
+    driver.now += 0.5
+    driver.queues.tick(driver.now)  # ...when job 1 comes due and joins the line
+    driver.flush()
+    assert [job.id for job in driver.queues.queues["a"].waiting] == [1, 2]
+    replayed = replay_copy(driver, tmp_path)
+    asyncio.run(driver.log.close())
+    assert [job.id for job in replayed.queues["a"].waiting] == [1, 2]
