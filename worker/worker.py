@@ -248,7 +248,8 @@ class Worker:
             task.add_done_callback(self._running.pop)
 
     async def _run_job(self, connection: Connection, job: Job) -> None:
-        timer = asyncio.timeout(job.timeout)
+        # A plain handler's clock starts when a thread runs it (see ``_call``).
+        timer = asyncio.timeout(job.timeout if self._is_async else None)
         try:
             async with timer:
                 if self._is_async:
@@ -256,7 +257,7 @@ class Worker:
                 else:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(
-                        self._threads, functools.partial(self.handler, job)
+                        self._threads, functools.partial(self._call, loop, timer, job)
                     )
             outcome: Ack | Fail = Ack(job=job.id, lease=job.lease,
                                       result=encode_value(result, "job result"))
@@ -277,7 +278,18 @@ class Worker:
             connection.send(outcome)
             self.processed += 1
 
+    def _call(self, loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, job: Job) -> Any:
+        """Run a plain handler in a pool thread, starting its try's timeout now: a try that
+        waited for a thread (one still held by an earlier try that ran over its timeout, which
+        no one can stop) is not failed for the time it waited."""
+        if job.timeout is not None:
+            loop.call_soon_threadsafe(_start_timeout, timer, job.timeout)
+        return self.handler(job)
 
+
+def _start_timeout(timer: asyncio.Timeout, seconds: float) -> None:
+    with contextlib.suppress(RuntimeError):  # the try already ended (it was cancelled)
+        timer.reschedule(asyncio.get_running_loop().time() + seconds)
 
 
 def _failure(job: Job, exc: BaseException, *, message: str | None = None) -> Fail:

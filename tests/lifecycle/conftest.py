@@ -1,0 +1,80 @@
+"""Fixtures for the job-lifecycle tests.
+
+- ``broker`` / ``make_broker``: a ``Broker`` in this process, started and closed per test;
+  ``url`` is its address.
+- ``start_worker``: ``python -m worker ...`` (one process, its own process group, ``--lease``);
+  every one started is woken (SIGCONT), stopped (SIGTERM, then SIGKILL) and reaped at teardown.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lifecycle_support import ROOT, StartWorker, WorkerProcess, subprocess_env
+
+from broker import Broker
+
+# In-process broker.
+
+
+@pytest.fixture
+async def make_broker() -> AsyncIterator[Callable[..., Awaitable[Broker]]]:
+    """A factory of started in-process brokers (keyword options go to ``Broker``)."""
+    brokers: list[Broker] = []
+
+    async def make(**options: Any) -> Broker:
+        broker = Broker(host="127.0.0.1", port=0, **options)
+        await broker.start()
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(make_broker: Callable[..., Awaitable[Broker]]) -> Broker:
+    """An in-process broker on a free port, without a log."""
+    return await make_broker()
+
+
+@pytest.fixture
+def url(broker: Broker) -> str:
+    """The in-process broker's address."""
+    return f"127.0.0.1:{broker.port}"
+
+
+# Worker subprocesses.
+
+@pytest.fixture
+async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
+    """``start_worker(handler, queue=..., url=..., lease=None, concurrency=1, env=None)``:
+    start the worker CLI with one process; every worker started is stopped at teardown.
+
+    Teardown is async so that an in-process broker keeps serving while the workers shut down.
+    """
+    workers: list[WorkerProcess] = []
+
+    def start(handler: str, *, queue: str, url: str, lease: float | None = None,
+              concurrency: int = 1, env: dict[str, str] | None = None) -> WorkerProcess:
+        args = [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+                "--concurrency", str(concurrency), "--grace", "1"]
+        if lease is not None:
+            args += ["--lease", str(lease)]
+        log_path = tmp_path / f"worker-{len(workers)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(args, cwd=ROOT, env=subprocess_env(env),
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        workers.append(WorkerProcess(process, log_path))
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        await worker.stop()
