@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final
 
+import msgspec
+
 from protocol import (
+    NIL,
     Add,
     Added,
     Backoff,
@@ -38,7 +41,7 @@ from protocol import (
 from .connection import Connection, Push, Reply
 from .errors import ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
-from .jobs import JobInfo, decode_job, decode_value, encode_value
+from .jobs import JobInfo, decode_job, decode_value, encode_value, encode_values
 from .options import JobSpec, job_def
 
 __all__ = ["Client", "connect"]
@@ -47,6 +50,8 @@ BULK_FRAME_BYTES: Final = 256 * 1024
 """Target frame size when splitting a bulk add (bytes); small frames let dispatch start early."""
 BULK_FRAME_JOBS: Final = 2_000
 """Most jobs per frame of a bulk add."""
+FIRST_FRAME_JOBS: Final = 64
+"""Most jobs in a bulk add's first frame: it leaves at once, and idle workers start on it."""
 _FRAME_SLACK: Final = 1024
 """Room left in a frame for the message envelope and queue name (bytes)."""
 _JOB_OVERHEAD: Final = 8
@@ -139,14 +144,42 @@ class Client:
         """
         _check_queue(queue)
         connection = self.connection
-        jobs = [_bulk_job(index, item, options) for index, item in enumerate(payloads)]
+        items = list(payloads)
+        has_specs = JobSpec in map(type, items)
+        raws = encode_values(
+            [item.data if isinstance(item, JobSpec) else item for item in items]
+            if has_specs else items, "payload")
+        # Options are checked once for the call, and once for each JobSpec, before any frame.
+        template = job_def(NIL, **options) if options else None
+        own: dict[int, JobDef] = {}
+        if has_specs:
+            own = {index: job_def(raws[index], **item.options())
+                   for index, item in enumerate(items) if isinstance(item, JobSpec)}
         limit = connection.max_frame - _FRAME_SLACK
-        for index, job in enumerate(jobs):
-            if _job_size(job) > limit:
-                raise ValueError(f"payload {index} is {len(job.data)} bytes encoded; the "
-                                 f"broker's frame limit is {connection.max_frame} bytes")
+        extra = _job_size(template or JobDef(NIL)) - len(NIL)
+        largest = max(map(len, raws), default=0) + extra
+        sizes: list[int] | None = None
+        if own or largest * BULK_FRAME_JOBS > BULK_FRAME_BYTES:
+            sizes = [len(raw) + extra for raw in raws]
+            for index, spec in own.items():
+                sizes[index] = _job_size(spec)
+            largest = max(sizes)
+        if largest > limit:
+            assert sizes is not None
+            index = next(i for i, size in enumerate(sizes) if size > limit)
+            raise ValueError(f"payload {index} is {len(raws[index])} bytes encoded; the "
+                             f"broker's frame limit is {connection.max_frame} bytes")
+
+        def job(index: int) -> JobDef:
+            if index in own:
+                return own[index]
+            if template is None:
+                return JobDef(raws[index])
+            return msgspec.structs.replace(template, data=raws[index])
+
         futures: list[asyncio.Future[Reply]] = []
-        for chunk in _chunks(jobs, min(BULK_FRAME_BYTES, limit)):
+        for start, stop in _chunks(len(raws), sizes, min(BULK_FRAME_BYTES, limit)):
+            chunk = [job(index) for index in range(start, stop)]
             futures.append(connection.request(functools.partial(_add, queue, chunk)))
             await connection.drain()
         ids: list[int] = []
@@ -312,12 +345,6 @@ def _message(kind: type[Any], req: int, **fields: Any) -> Any:
     return kind(req=req, **fields)
 
 
-def _bulk_job(index: int, item: Any, options: dict[str, Any]) -> JobDef:
-    if isinstance(item, JobSpec):
-        return job_def(encode_value(item.data, f"payload {index}"), **item.options())
-    return job_def(encode_value(item, f"payload {index}"), **options)
-
-
 def _job_size(job: JobDef) -> int:
     """An upper bound of a job's encoded size in an ``add`` frame (bytes)."""
     size = len(job.data) + _JOB_OVERHEAD
@@ -340,16 +367,25 @@ def _check_queue(queue: str) -> None:
         raise ValueError(problem)
 
 
-def _chunks(jobs: list[JobDef], target: int) -> Iterable[list[JobDef]]:
-    """Split ``jobs`` into runs of at most ``target`` bytes and ``BULK_FRAME_JOBS`` jobs."""
-    chunk: list[JobDef] = []
-    size = 0
-    for job in jobs:
-        job_size = _job_size(job)
-        if chunk and (size + job_size > target or len(chunk) >= BULK_FRAME_JOBS):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(job)
-        size += job_size
-    if chunk:
-        yield chunk
+def _chunks(count: int, sizes: list[int] | None, target: int) -> Iterator[tuple[int, int]]:
+    """Split ``count`` jobs into runs of at most ``target`` bytes (``sizes`` None: all small)
+    and ``BULK_FRAME_JOBS`` jobs; yield each run's (start, stop) indices.
+
+    The first run is short (``FIRST_FRAME_JOBS``), so workers start while the rest is built.
+    """
+    most = FIRST_FRAME_JOBS
+    start = 0
+    if sizes is None:
+        while start < count:
+            yield start, min(start + most, count)
+            start += most
+            most = BULK_FRAME_JOBS
+        return
+    total = 0
+    for index, size in enumerate(sizes):
+        if index > start and (total + size > target or index - start >= most):
+            yield start, index
+            start, total, most = index, 0, BULK_FRAME_JOBS
+        total += size
+    if start < count:
+        yield start, count

@@ -9,9 +9,10 @@ import msgspec
 from protocol import JobError, JobState
 from protocol import JobInfo as WireJobInfo
 
-__all__ = ["JobInfo", "decode_job", "decode_value", "encode_value"]
+__all__ = ["JobInfo", "decode_job", "decode_value", "encode_value", "encode_values"]
 
 _encoder = msgspec.msgpack.Encoder()
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 
 class JobInfo(msgspec.Struct, frozen=True):
@@ -41,6 +42,22 @@ def encode_value(value: object, what: str) -> msgspec.Raw:
         return msgspec.Raw(_encoder.encode(value))
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} cannot be serialized to MessagePack: {exc}") from None
+
+
+def encode_values(values: list[Any], what: str) -> list[msgspec.Raw]:
+    """Encode many values at once; raise ``TypeError`` naming ``what`` and the index of the first
+    that cannot be encoded.
+
+    One encode of the whole list, then split back into one raw value per item without copying:
+    several times faster than encoding them one by one.
+    """
+    try:
+        blob = _encoder.encode(values)
+    except (TypeError, ValueError, OverflowError):
+        for index, value in enumerate(values):
+            encode_value(value, f"{what} {index}")
+        raise
+    return _raw_list.decode(blob)
 
 
 def decode_value(raw: msgspec.Raw) -> Any:

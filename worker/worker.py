@@ -248,13 +248,18 @@ class Worker:
             task.add_done_callback(self._running.pop)
 
     async def _run_job(self, connection: Connection, job: Job) -> None:
-        # A plain handler's clock starts when a thread runs it (see ``_call``).
-        timer = asyncio.timeout(job.timeout if self._is_async else None)
+        timer: asyncio.Timeout | None = None
         try:
-            async with timer:
-                if self._is_async:
+            if self._is_async and job.timeout is None:
+                result = await self.handler(job)
+            elif self._is_async:
+                timer = asyncio.timeout(job.timeout)
+                async with timer:
                     result = await self.handler(job)
-                else:
+            else:
+                # A plain handler's clock starts when a thread runs it (see ``_call``).
+                timer = asyncio.timeout(None)
+                async with timer:
                     loop = asyncio.get_running_loop()
                     result = await loop.run_in_executor(
                         self._threads, functools.partial(self._call, loop, timer, job)
@@ -267,7 +272,7 @@ class Worker:
                 connection.send(Release(job=job.id, lease=job.lease))
             raise
         except TimeoutError as exc:
-            if timer.expired():
+            if timer is not None and timer.expired():
                 outcome = _failure(job, exc, message=f"job {job.id} ran over its timeout of "
                                                      f"{job.timeout:g} s and was cancelled")
             else:
