@@ -14,7 +14,6 @@ once per event-loop pass:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import logging
@@ -236,11 +235,11 @@ class Broker:
             self._stopped.set_result(None)
 
     async def _release_log(self) -> None:
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LogError):
-                await self._background
-            self._background = None
+        background, self._background = self._background, None
+        if background is not None:
+            background.cancel()
+            # Waited on, not awaited: our own cancellation, if any, still propagates.
+            await asyncio.wait([background])
         if self.log is not None:
             try:
                 await self.log.close()

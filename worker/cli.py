@@ -80,7 +80,7 @@ async def _work(args: argparse.Namespace) -> None:
                     name=f"worker-{os.getpid()}")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.close()))
+        loop.add_signal_handler(signum, worker.stop)
     await worker.run()
 
 

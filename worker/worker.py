@@ -196,6 +196,10 @@ class Worker:
 
         Idempotent; ``run()`` returns once the shutdown is done.
         """
+        self.stop()
+
+    def stop(self) -> None:
+        """``close()`` for callers that cannot await, such as a signal handler."""
         if self.status in (WorkerStatus.RUNNING, WorkerStatus.NEW):
             self.status = WorkerStatus.CLOSING
         self._stop.set()
