@@ -1,7 +1,6 @@
 """Fixtures for the integration tests: real brokers on port 0 and real worker processes.
 
-- ``broker`` / ``make_broker``: a ``Broker`` in this process (fast; its state can be inspected),
-  started and closed per test. ``url`` is its address.
+- ``broker`` / ``make_broker`` / ``url``: an in-process ``Broker`` (``tests/conftest.py``).
 - ``broker_process`` / ``start_broker``: ``python -m broker --port 0`` as a child process, for
   crashes and the CLI. ``run_worker_cli`` runs the worker CLI to completion.
 - ``start_worker``: ``python -m worker ...`` as a child process in its own process group; every
@@ -22,7 +21,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
 
@@ -49,37 +48,6 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.pop("CONVEYOR_URL", None)
     env.update(extra or {})
     return env
-
-
-# In-process broker.
-
-
-@pytest.fixture
-async def make_broker() -> AsyncIterator[Callable[..., Awaitable[Broker]]]:
-    """A factory of started in-process brokers (keyword options go to ``Broker``)."""
-    brokers: list[Broker] = []
-
-    async def make(**options: Any) -> Broker:
-        broker = Broker(host="127.0.0.1", port=0, **options)
-        await broker.start()
-        brokers.append(broker)
-        return broker
-
-    yield make
-    for broker in brokers:
-        await broker.close()
-
-
-@pytest.fixture
-async def broker(make_broker: Callable[..., Awaitable[Broker]]) -> Broker:
-    """An in-process broker on a free port, without a log."""
-    return await make_broker()
-
-
-@pytest.fixture
-def url(broker: Broker) -> str:
-    """The in-process broker's address."""
-    return f"127.0.0.1:{broker.port}"
 
 
 # Broker subprocess.

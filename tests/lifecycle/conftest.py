@@ -1,7 +1,6 @@
 """Fixtures for the job-lifecycle tests.
 
-- ``broker`` / ``make_broker``: a ``Broker`` in this process, started and closed per test;
-  ``url`` is its address.
+- ``broker`` / ``make_broker`` / ``url``: in ``tests/conftest.py``.
 - ``start_worker``: ``python -m worker ...`` (one process, its own process group, ``--lease``);
   every one started is woken (SIGCONT), stopped (SIGTERM, then SIGKILL) and reaped at teardown.
 """
@@ -10,47 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from lifecycle_support import ROOT, StartWorker, WorkerProcess, subprocess_env
 
-from broker import Broker
-
-# In-process broker.
-
-
-@pytest.fixture
-async def make_broker() -> AsyncIterator[Callable[..., Awaitable[Broker]]]:
-    """A factory of started in-process brokers (keyword options go to ``Broker``)."""
-    brokers: list[Broker] = []
-
-    async def make(**options: Any) -> Broker:
-        broker = Broker(host="127.0.0.1", port=0, **options)
-        await broker.start()
-        brokers.append(broker)
-        return broker
-
-    yield make
-    for broker in brokers:
-        await broker.close()
-
-
-@pytest.fixture
-async def broker(make_broker: Callable[..., Awaitable[Broker]]) -> Broker:
-    """An in-process broker on a free port, without a log."""
-    return await make_broker()
-
-
-@pytest.fixture
-def url(broker: Broker) -> str:
-    """The in-process broker's address."""
-    return f"127.0.0.1:{broker.port}"
-
-
 # Worker subprocesses.
+
 
 @pytest.fixture
 async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
