@@ -1,6 +1,23 @@
 """The Conveyor broker: an asyncio server holding queues and pushing jobs to workers."""
 
+from .errors import BrokerError
+from .jobs import StateError
+from .log import DiskFull, FsyncPolicy, LogDamaged, LogError
 from .queues import Consumer, Job, Queue, Queues
 from .server import DEFAULT_PORT, Broker, BrokerStatus
 
-__all__ = ["DEFAULT_PORT", "Broker", "BrokerStatus", "Consumer", "Job", "Queue", "Queues"]
+__all__ = [
+    "DEFAULT_PORT",
+    "Broker",
+    "BrokerError",
+    "BrokerStatus",
+    "Consumer",
+    "DiskFull",
+    "FsyncPolicy",
+    "Job",
+    "LogDamaged",
+    "LogError",
+    "Queue",
+    "Queues",
+    "StateError",
+]

@@ -11,6 +11,7 @@ import msgspec
 
 from protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
+from .errors import BrokerError
 from .records import DEFAULT_OPTIONS, JobOptions
 from .waiting import WaitingLine
 
@@ -48,7 +49,7 @@ ACTIVE: Final = JobState.ACTIVE
 COMPLETED: Final = JobState.COMPLETED
 FAILED: Final = JobState.FAILED
 
-class StateError(Exception):
+class StateError(BrokerError):
     """The job is not in a state the request applies to."""
 
 

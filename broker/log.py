@@ -33,6 +33,7 @@ from typing import Final
 
 import msgspec
 
+from .errors import BrokerError
 from .failpoints import failpoint
 from .logfile import (
     FILE_HEADER_SIZE,
@@ -83,7 +84,7 @@ class FsyncPolicy(enum.Enum):
     """When the operating system decides (and on shutdown)."""
 
 
-class LogError(Exception):
+class LogError(BrokerError):
     """The log cannot be used: the broker must stop."""
 
 
@@ -91,7 +92,7 @@ class LogDamaged(LogError):
     """The log is damaged before its tail; only ``salvage`` recovers what is left."""
 
 
-class DiskFull(Exception):
+class DiskFull(BrokerError):
     """A write failed for lack of space; nothing of it was kept."""
 
 

@@ -18,6 +18,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+from .errors import BrokerError
+
 __all__ = [
     "FILE_HEADER_SIZE",
     "LOG_VERSION",
@@ -54,7 +56,7 @@ class FileKind(enum.IntEnum):
     """Records appended as changes happen."""
 
 
-class FormatError(Exception):
+class FormatError(BrokerError):
     """A file is not a Conveyor log file of a version this broker reads."""
 
 
