@@ -15,6 +15,7 @@ served by ``tick``; an entry that no longer applies is skipped when it comes up.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 from collections.abc import Hashable, Iterable, Sequence
@@ -617,13 +618,7 @@ class Queues:
             return
         for job in jobs:
             queue = self.queues[job.queue]
-            self._unkeep(queue, job)
-            self.live_bytes -= len(job.result)  # counted while finished, as ``finish`` does
-            job.state = WAITING
-            job.attempt = 0
-            job.error = None
-            job.result = NIL
-            job.finished_at = None
+            self.renew(job)
             queue.waiting.append(job)
             self._wake(queue)
         if self.records is not None:
@@ -672,20 +667,34 @@ class Queues:
             queue = self.queues[job.queue]
             if job.finished_at is None:
                 self.removed.append(job.id)
-            if not unlined:
-                if job.state is WAITING:
-                    queue.waiting.remove(job)
-                elif job.state is DELAYED:
-                    del queue.delayed[job.id]
-                else:
-                    self._unkeep(queue, job)
+            if job.state is WAITING and not unlined:
+                queue.waiting.remove(job)
+            else:
+                self.detach(job)
             self.forget(job)
         if self.records is not None:
             self.records.append(JobsRemoved(ids=[job.id for job in jobs]))
 
-    def _unkeep(self, queue: Queue, job: Job) -> None:
-        if queue.kept_own.pop(job.id, None) is None:
-            (queue.kept_completed if job.state is COMPLETED else queue.kept_failed).remove(job.id)
+    def detach(self, job: Job) -> None:
+        """Take a delayed or finished job out of its queue's delayed set or retention lists."""
+        queue = self.queues[job.queue]
+        if job.state is DELAYED:
+            queue.delayed.pop(job.id, None)
+        elif job.finished_at is not None and queue.kept_own.pop(job.id, None) is None:
+            kept = queue.kept_completed if job.state is COMPLETED else queue.kept_failed
+            # Absent only when replaying a salvaged log that lost the record of its finish.
+            with contextlib.suppress(ValueError):
+                kept.remove(job.id)
+
+    def renew(self, job: Job) -> None:
+        """Make a failed job waiting again with its attempts renewed; the caller puts it in line."""
+        self.detach(job)
+        self.live_bytes -= len(job.result)  # counted while finished, as ``finish`` does
+        job.state = WAITING
+        job.attempt = 0
+        job.error = None
+        job.result = NIL
+        job.finished_at = None
 
     def forget(self, job: Job) -> None:
         """Drop every trace of ``job`` (it is in no line and no retention list)."""

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import msgspec
 
-from protocol import NIL, JobState
+from protocol import JobState
 
-from .jobs import JOB_OVERHEAD, Job, Queue
+from .jobs import JOB_OVERHEAD, Job
 from .queues import Queues
 from .records import (
     DEFAULT_OPTIONS,
@@ -46,7 +46,6 @@ class Replayer:
 
     def __init__(self, queues: Queues) -> None:
         self.queues = queues
-        self.applied = 0
         self.skipped = 0
         """Records that referred to jobs the log does not hold (possible only after salvage)."""
         self._moves = 0
@@ -119,11 +118,7 @@ class Replayer:
                         self.skipped += 1
                         continue
                     self._unline(removed)
-                    queue = queues.queues[removed.queue]
-                    if removed.state is JobState.DELAYED:
-                        del queue.delayed[job_id]
-                    elif removed.finished_at is not None:
-                        _unkeep(queue, removed)
+                    queues.detach(removed)
                     queues.forget(removed)
             case JobsRetried(ids=ids):
                 for job_id in ids:
@@ -131,13 +126,7 @@ class Replayer:
                     if failed is None or failed.state is not JobState.FAILED:
                         self.skipped += 1
                         continue
-                    _unkeep(queues.queues[failed.queue], failed)
-                    queues.live_bytes -= len(failed.result)
-                    failed.state = JobState.WAITING
-                    failed.attempt = 0
-                    failed.error = None
-                    failed.result = NIL
-                    failed.finished_at = None
+                    queues.renew(failed)
                     self._tail(failed)
             case QueuePaused(queue=name, paused=paused):
                 queues.queue(name).paused = paused
@@ -150,7 +139,6 @@ class Replayer:
                 self._restore(record)
             case LastId(id=last_id):
                 queues.last_id = max(queues.last_id, last_id)
-        self.applied += 1
 
     def finish(self) -> None:
         """Build every queue's waiting line from what was applied; arm the delayed jobs."""
@@ -233,13 +221,6 @@ class Replayer:
         else:
             job.error = record.error
             self._tails[job.id] = job
-
-
-def _unkeep(queue: Queue, job: Job) -> None:
-    if queue.kept_own.pop(job.id, None) is None:
-        kept = queue.kept_completed if job.state is JobState.COMPLETED else queue.kept_failed
-        if job.id in kept:
-            kept.remove(job.id)
 
 
 def snapshot(queues: Queues) -> Iterator[Record]:
