@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import selectors
 import signal
@@ -24,30 +23,21 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from processes import ROOT, STOP_TIMEOUT, WorkerProcess
+from processes import subprocess_env as child_env
 
 from broker import Broker
 from client import Client
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-"""The repository root: worker subprocesses run there so ``examples.tasks`` imports."""
 
 BROKER_START_TIMEOUT = 20.0
 """Seconds a broker subprocess gets to print its ``listening on`` line."""
-STOP_TIMEOUT = 10.0
-"""Seconds a child process gets to exit after SIGTERM before it is killed."""
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for child processes: the repo root and this directory importable."""
-    env = dict(os.environ)
-    paths = [str(ROOT), str(HERE)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("CONVEYOR_URL", None)
-    env.update(extra or {})
-    return env
+    """The environment for child processes, with this directory's handler modules importable."""
+    return child_env(HERE, extra)
 
 
 # Broker subprocess.
@@ -160,69 +150,6 @@ def run_worker_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 # Worker subprocesses.
-
-
-class WorkerProcess:
-    """``python -m worker ...`` running as a child process, leader of its own process group."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        """The CLI's pid: with ``--processes 1`` the worker itself, else the supervisor."""
-        return self.process.pid
-
-    @property
-    def log(self) -> str:
-        """What the worker processes wrote to stdout and stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def exited(self) -> bool:
-        """Whether the CLI process has exited (it is not reaped, so its group id stays taken)."""
-        if self.process.returncode is not None:
-            return True
-        try:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return info is not None
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        """Send ``signum`` to the CLI process only, as ``kill PID`` would."""
-        if not self.exited():
-            os.kill(self.pid, signum)
-
-    async def wait(self, timeout: float) -> int:
-        """Wait for the CLI to exit; return its status. Stray group members are killed."""
-        deadline = time.monotonic() + timeout
-        while not self.exited():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.pid} still running after {timeout} s; its "
-                                     f"output:\n{self.log}")
-            await asyncio.sleep(0.02)
-        self._kill_group()
-        return self.process.wait()
-
-    async def stop(self) -> None:
-        """SIGTERM the whole group, wait, SIGKILL whatever is left; reap the CLI."""
-        if self.process.returncode is not None:
-            return
-        if not self.exited():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while not self.exited() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        self._kill_group()
-        self.process.wait()
-
-    def _kill_group(self) -> None:
-        # Safe while the leader is unreaped: the group id cannot have been reused.
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
 
 
 StartWorker = Callable[..., WorkerProcess]

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from lifecycle_support import ROOT, StartWorker, WorkerProcess, subprocess_env
+from lifecycle_support import StartWorker, subprocess_env
+from processes import ROOT, WorkerProcess
 
 # Worker subprocesses.
 

@@ -2,42 +2,31 @@
 directory on ``sys.path``): waiting on conditions, running in-process workers, and worker CLI
 processes that a test may freeze (SIGSTOP).
 
-Copied in small part from ``tests/integration/conftest.py``, which other directories cannot import.
+The worker process handle and the child environment come from ``tests/processes.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from processes import WorkerProcess
+from processes import subprocess_env as child_env
+
 from broker import Broker
 from worker import Worker
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-"""The repository root: worker subprocesses run there so ``broker`` and ``worker`` import."""
 
-STOP_TIMEOUT = 10.0
-"""Seconds a child process gets to exit after SIGTERM before it is killed."""
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for child processes: the repo root and this directory importable."""
-    env = dict(os.environ)
-    paths = [str(ROOT), str(HERE)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("CONVEYOR_URL", None)
-    env.update(extra or {})
-    return env
+    """The environment for child processes, with this directory's handler modules importable."""
+    return child_env(HERE, extra)
 
 
 async def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0,
@@ -70,55 +59,6 @@ async def running(*workers: Worker) -> AsyncIterator[None]:
 
 
 # Worker subprocesses.
-
-
-class WorkerProcess:
-    """``python -m worker ... --processes 1`` as a child process (the worker itself), leader of
-    its own process group."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log(self) -> str:
-        """What the worker wrote to stdout and stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def exited(self) -> bool:
-        """Whether the process has exited (it is not reaped, so its group id stays taken)."""
-        if self.process.returncode is not None:
-            return True
-        try:
-            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return info is not None
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the worker process."""
-        if not self.exited():
-            os.kill(self.pid, signum)
-
-    async def stop(self) -> None:
-        """Wake the group (it may be stopped), SIGTERM it, wait, SIGKILL what is left; reap."""
-        if self.process.returncode is not None:
-            return
-        if not self.exited():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGCONT)
-                os.killpg(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while not self.exited() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        # Safe while the leader is unreaped: the group id cannot have been reused.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 StartWorker = Callable[..., WorkerProcess]

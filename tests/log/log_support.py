@@ -21,32 +21,22 @@ from pathlib import Path
 from typing import IO, Any, TypedDict
 
 import msgspec
+from processes import ROOT, STOP_TIMEOUT
+from processes import subprocess_env as child_env
 
 from broker.log import FsyncPolicy, Log, Recovery
 from broker.queues import Job, Queues
 from protocol import JobState
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-"""The repository root: child processes run there so ``broker`` and ``worker`` import."""
 
 START_TIMEOUT = 20.0
 """Seconds a broker subprocess gets to print its ``listening on`` line."""
-STOP_TIMEOUT = 10.0
-"""Seconds a child process gets to exit after SIGTERM before it is killed."""
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for child processes: the repo root and this directory importable."""
-    env = dict(os.environ)
-    paths = [str(ROOT), str(HERE)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    for name in ("CONVEYOR_URL", "CONVEYOR_FAILPOINT"):
-        env.pop(name, None)
-    env.update(extra or {})
-    return env
+    """The environment for child processes, with this directory's handler modules importable."""
+    return child_env(HERE, extra)
 
 
 def free_port() -> int:

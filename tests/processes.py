@@ -1,0 +1,97 @@
+"""Child processes for tests in every directory (importable as ``processes``: pytest puts
+``tests/`` on ``sys.path`` for ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: child processes run there so ``broker``, ``worker`` and ``examples``
+import."""
+
+STOP_TIMEOUT = 10.0
+"""Seconds a child process gets to exit after SIGTERM before it is killed."""
+
+
+def subprocess_env(here: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for child processes: the repo root and ``here`` (a test directory, for
+    its handler modules) importable, and no broker address or failpoint inherited."""
+    env = dict(os.environ)
+    paths = [str(ROOT), str(here)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    for name in ("CONVEYOR_URL", "CONVEYOR_FAILPOINT"):
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+class WorkerProcess:
+    """``python -m worker ...`` running as a child process, leader of its own process group."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        """The CLI's pid: with ``--processes 1`` the worker itself, else the supervisor."""
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        """What the worker processes wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def exited(self) -> bool:
+        """Whether the CLI process has exited (it is not reaped, so its group id stays taken)."""
+        if self.process.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        """Send ``signum`` to the CLI process only, as ``kill PID`` would."""
+        if not self.exited():
+            os.kill(self.pid, signum)
+
+    async def wait(self, timeout: float) -> int:
+        """Wait for the CLI to exit; return its status. Stray group members are killed."""
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.pid} still running after {timeout} s; its "
+                                     f"output:\n{self.log}")
+            await asyncio.sleep(0.02)
+        self._kill_group()
+        return self.process.wait()
+
+    async def stop(self) -> None:
+        """Wake the group (it may be stopped), SIGTERM it, wait, SIGKILL what is left; reap."""
+        if self.process.returncode is not None:
+            return
+        if not self.exited():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGCONT)
+                os.killpg(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while not self.exited() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        self._kill_group()
+        self.process.wait()
+
+    def _kill_group(self) -> None:
+        # Safe while the leader is unreaped: the group id cannot have been reused.
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
