@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: child processes run there so ``broker``, ``worker`` and ``examples``
@@ -31,6 +33,23 @@ def subprocess_env(here: Path, extra: dict[str, str] | None = None) -> dict[str,
         env.pop(name, None)
     env.update(extra or {})
     return env
+
+
+def read_line(stream: IO[bytes], timeout: float) -> str:
+    """The first line of ``stream``, or whatever arrived before EOF or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                break
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.partition(b"\n")[0].decode(errors="replace")
 
 
 class WorkerProcess:

@@ -12,18 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import selectors
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
-from processes import ROOT, STOP_TIMEOUT, WorkerProcess
+from processes import ROOT, STOP_TIMEOUT, WorkerProcess, read_line
 from processes import subprocess_env as child_env
 
 from broker import Broker
@@ -73,23 +70,6 @@ class BrokerProcess:
         if self.process.stdout is not None and not self.process.stdout.closed:
             self.process.stdout.close()
         return self.process.returncode
-
-
-def read_line(stream: IO[bytes], timeout: float) -> str:
-    """The first line of ``stream``, or whatever arrived before EOF or ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                break
-            chunk = os.read(stream.fileno(), 4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.partition(b"\n")[0].decode(errors="replace")
 
 
 def start_broker_process(directory: Path, *args: str) -> BrokerProcess:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -18,10 +17,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import Any, TypedDict
 
 import msgspec
-from processes import ROOT, STOP_TIMEOUT
+from processes import ROOT, STOP_TIMEOUT, read_line
 from processes import subprocess_env as child_env
 
 from broker.log import FsyncPolicy, Log, Recovery
@@ -47,23 +46,6 @@ def free_port() -> int:
 
 
 # Broker subprocesses.
-
-
-def _read_line(stream: IO[bytes], timeout: float) -> str:
-    """The first line of ``stream``, or whatever arrived before EOF or ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                break
-            chunk = os.read(stream.fileno(), 4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.partition(b"\n")[0].decode(errors="replace")
 
 
 class BrokerProcess:
@@ -135,7 +117,7 @@ def start_broker(data_dir: Path, *args: str, stderr_path: Path, port: int = 0,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=stderr)
     assert process.stdout is not None
-    line = _read_line(process.stdout, START_TIMEOUT)
+    line = read_line(process.stdout, START_TIMEOUT)
     if not line.startswith("listening on "):
         process.kill()
         process.wait()
