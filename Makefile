@@ -2,16 +2,32 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+FILES  := $(VENV)/.installed-files
+PACKAGES := protocol broker client worker cli
 
-.PHONY: all setup test lint typecheck pytest demo bench clean
+.PHONY: all setup python-version test lint typecheck pytest demo bench clean FORCE
 
 all: test
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+python-version:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "Conveyor needs Python 3.11 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1)." \
+	       "Run make with PYTHON=python3.11 (or newer)." >&2; exit 1; }
+
+# The strict editable install links every module into build/, under its conveyor.* name; the
+# list of files is a prerequisite so that adding or removing a module installs the links anew.
+$(FILES): FORCE | python-version
+	@mkdir -p $(VENV)
+	@find $(PACKAGES) -name '*.py' -o -name py.typed | sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(STAMP): pyproject.toml $(FILES) | python-version
+	@echo "Installing Conveyor and its test tools into $(VENV) ..."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	    --config-settings editable_mode=strict -e '.[test]'
 	touch $(STAMP)
 
 test: lint typecheck pytest
@@ -20,7 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy protocol broker client worker examples bench
+	$(BIN)/mypy -p conveyor.protocol -p conveyor.broker -p conveyor.client -p conveyor.worker \
+	    -p conveyor.cli
+	$(BIN)/mypy examples bench
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
@@ -37,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/durability.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

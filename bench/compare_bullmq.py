@@ -9,7 +9,7 @@ server: ``--redis-url`` (default redis://127.0.0.1:6379), or ``--start-redis`` t
 as given (with ``--start-redis``: no persistence at all).
 
 Both sides run the same workloads with worker processes started the same way, each process its
-own event loop (uvloop when installed, as ``python -m worker`` does):
+own event loop (uvloop when installed, as ``python -m conveyor.worker`` does):
 
 spread
     W idle worker processes of concurrency 1 (W from ``--spread-workers``, default 3 8), one bulk

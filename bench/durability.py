@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client import Client  # noqa: E402
+from conveyor.client import Client  # noqa: E402
 from examples.processes import ROOT, BrokerProcess  # noqa: E402
 
 TARGET_BULK_EVERYSEC = 200_000
@@ -124,14 +124,15 @@ def _percentile(ordered: list[float], percent: float) -> float:
 # Part c: restart time and memory with many waiting jobs.
 
 class _Broker:
-    """``python -m broker`` on a given data directory, its log at INFO captured in a file."""
+    """``python -m conveyor.broker`` on a given data directory, its log at INFO captured in a
+    file."""
 
     def __init__(self, data_dir: str, log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--port", "0", "--log-level", "info",
+            [sys.executable, "-m", "conveyor.broker", "--port", "0", "--log-level", "info",
              "--data-dir", data_dir, "--fsync", "everysec"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
         )

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from measure import rounded, wait_finished  # noqa: E402
 
-from client import Client  # noqa: E402
+from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
 
 TARGET_FIRST_START_MS = 20.0

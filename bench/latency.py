@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from measure import percentile, rounded  # noqa: E402
 
-from client import Client  # noqa: E402
+from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
 
 TARGET_START_P50_MS = 0.3

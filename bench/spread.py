@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client import Client  # noqa: E402
+from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from measure import CpuMeter, descendants, rounded, wait_finished  # noqa: E402
 
-from client import Client  # noqa: E402
+from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses  # noqa: E402
 
 TARGET_END_TO_END = 50_000
@@ -53,7 +53,7 @@ WARMUP_JOBS = 1_000
 
 
 class WorkerPool:
-    """W ``python -m worker`` processes on one queue, started together."""
+    """W ``python -m conveyor.worker`` processes on one queue, started together."""
 
     def __init__(self, url: str, queue: str, *, workers: int, concurrency: int,
                  handler: str = HANDLER) -> None:

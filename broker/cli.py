@@ -1,4 +1,4 @@
-"""``python -m broker``: run a broker until SIGTERM or SIGINT."""
+"""``python -m conveyor.broker``: run a broker until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from protocol import DEFAULT_MAX_FRAME
+from conveyor.protocol import DEFAULT_MAX_FRAME
 
 from .log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
 from .queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
@@ -22,7 +22,7 @@ log = logging.getLogger("broker")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m broker", description="Run a Conveyor job-queue broker."
+        prog="python -m conveyor.broker", description="Run a Conveyor job-queue broker."
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s)")

@@ -1,5 +1,5 @@
 """The compaction child, run by the broker as
-``python -m broker.compaction DIR OUTPUT KEEP_COMPLETED KEEP_FAILED FILE...``.
+``python -m conveyor.broker.compaction DIR OUTPUT KEEP_COMPLETED KEEP_FAILED FILE...``.
 
 Replays the log files the broker froze and writes their live state as a new base file at OUTPUT
 (fsynced). The broker renames it into place and switches the manifest; a crash at any point

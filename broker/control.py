@@ -6,7 +6,7 @@ does no I/O, so the server only sends what it returns.
 
 from __future__ import annotations
 
-from protocol import (
+from conveyor.protocol import (
     Clean,
     Count,
     Counts,

@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
+from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
 from .errors import BrokerError
 from .records import DEFAULT_OPTIONS, JobOptions

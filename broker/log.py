@@ -435,7 +435,7 @@ class Log:
             tmp = self.directory / (base + ".tmp")
             # 2. A child process replays the frozen files and writes their snapshot.
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "broker.compaction", str(self.directory), str(tmp),
+                sys.executable, "-m", "conveyor.broker.compaction", str(self.directory), str(tmp),
                 str(queues.keep_completed), str(queues.keep_failed), *frozen,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )

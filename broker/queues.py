@@ -24,7 +24,7 @@ from typing import Final
 
 import msgspec
 
-from protocol import NIL, Event, JobDef, JobError, JobState
+from conveyor.protocol import NIL, Event, JobDef, JobError, JobState
 
 from .jobs import (
     ACTIVE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol import NIL, Backoff, JobError
+from conveyor.protocol import NIL, Backoff, JobError
 
 __all__ = [
     "DEFAULT_OPTIONS",

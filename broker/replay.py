@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from protocol import JobState
+from conveyor.protocol import JobState
 
 from .jobs import JOB_OVERHEAD, Job
 from .queues import Queues

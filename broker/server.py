@@ -21,7 +21,7 @@ import os
 import time
 from typing import Final
 
-from protocol import (
+from conveyor.protocol import (
     DEFAULT_MAX_FRAME,
     Ack,
     Add,

@@ -12,7 +12,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Final, cast
 
-from protocol import (
+from conveyor.protocol import (
     PROTOCOL_VERSION,
     ClientMessage,
     Error,

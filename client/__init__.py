@@ -1,9 +1,9 @@
 """The Conveyor client: add jobs to a broker, read them and wait for their results."""
 
-from protocol import Backoff, JobError, JobState
+from conveyor.protocol import Backoff, JobError, JobState
 
 from .client import Client, connect
-from .connection import Connection, ConnectionStatus
+from .connection import Connection, ConnectionStatus, Push
 from .errors import (
     ConnectionLost,
     ConveyorError,
@@ -18,7 +18,7 @@ from .errors import (
     VersionMismatch,
 )
 from .events import EventsLost, EventStream, JobEvent
-from .jobs import JobInfo
+from .jobs import JobInfo, decode_value, encode_value
 from .options import JobSpec, exponential, fixed
 from .urls import DEFAULT_URL, URL_ENV, parse_url
 
@@ -43,11 +43,14 @@ __all__ = [
     "JobSpec",
     "JobState",
     "ProtocolViolation",
+    "Push",
     "RequestRefused",
     "ShuttingDown",
     "UnknownJob",
     "VersionMismatch",
     "connect",
+    "decode_value",
+    "encode_value",
     "exponential",
     "fixed",
     "parse_url",

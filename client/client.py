@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import msgspec
 
-from protocol import (
+from conveyor.protocol import (
     NIL,
     Add,
     Added,

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Final, cast
 
-from protocol import (
+from conveyor.protocol import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
     BrokerMessage,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol import ErrorCode
+from conveyor.protocol import ErrorCode
 
 from .jobs import JobInfo
 

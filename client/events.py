@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from protocol import Event, JobError
+from conveyor.protocol import Event, JobError
 
 from .errors import ConveyorError
 from .jobs import decode_value

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from protocol import JobError, JobState
-from protocol import JobInfo as WireJobInfo
+from conveyor.protocol import JobError, JobState
+from conveyor.protocol import JobInfo as WireJobInfo
 
 __all__ = ["JobInfo", "decode_job", "decode_value", "encode_value", "encode_values"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from protocol import Backoff, JobDef
+from conveyor.protocol import Backoff, JobDef
 
 __all__ = ["Backoff", "JobSpec", "exponential", "fixed", "job_def"]
 

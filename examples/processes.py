@@ -10,18 +10,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from client import Client
+from conveyor.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class BrokerProcess:
-    """``python -m broker --port 0`` as a child process."""
+    """``python -m conveyor.broker --port 0`` as a child process."""
 
     def __init__(self, *args: str) -> None:
         self.data_dir = tempfile.TemporaryDirectory(prefix="conveyor-")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--port", "0", "--log-level", "warning",
+            [sys.executable, "-m", "conveyor.broker", "--port", "0", "--log-level", "warning",
              "--data-dir", self.data_dir.name, *args],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )
@@ -41,12 +41,12 @@ class BrokerProcess:
 
 
 class WorkerProcesses:
-    """``python -m worker HANDLER --processes P`` as a child process."""
+    """``python -m conveyor.worker HANDLER --processes P`` as a child process."""
 
     def __init__(self, handler: str, queue: str, url: str, *, processes: int,
                  concurrency: int = 1) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+            [sys.executable, "-m", "conveyor.worker", handler, "--queue", queue, "--url", url,
              "--processes", str(processes), "--concurrency", str(concurrency)],
             cwd=ROOT, text=True,
         )

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from worker import Job
+from conveyor.worker import Job
 
 
 async def sleep(job: Job) -> dict[str, Any]:

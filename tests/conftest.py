@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from broker import Broker
+from conveyor.broker import Broker
 
 # In-process broker.
 

@@ -53,7 +53,8 @@ def read_line(stream: IO[bytes], timeout: float) -> str:
 
 
 class WorkerProcess:
-    """``python -m worker ...`` running as a child process, leader of its own process group."""
+    """``python -m conveyor.worker ...`` running as a child process, leader of its own process
+    group."""
 
     def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
         self.process = process

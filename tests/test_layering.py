@@ -1,4 +1,8 @@
-"""Imports flow one way: protocol <- broker, and protocol <- client <- worker (STYLE.md rule 1)."""
+"""Imports flow one way: protocol <- broker, and protocol <- client <- worker (STYLE.md rule 1).
+
+Every module is imported by its ``conveyor.*`` name; a package uses only another package's public
+names (``from conveyor.client import Connection``, never ``conveyor.client.connection``).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("protocol", "broker", "client", "worker")
+PACKAGES = ("protocol", "broker", "client", "worker", "cli")
+BARE = frozenset(PACKAGES)
+"""Names that exist only as folders of this repository, never as importable top-level modules."""
 
-# What each package must never import (top-level module names).
+# What each package must never import (``conveyor.*`` packages, and top-level module names).
 FORBIDDEN: dict[str, set[str]] = {
-    "protocol": {"broker", "client", "worker", "asyncio", "socket"},
-    "broker": {"client", "worker"},
-    "client": {"broker", "worker"},
-    "worker": {"broker"},
+    "protocol": {"conveyor.broker", "conveyor.client", "conveyor.worker", "conveyor.cli",
+                 "asyncio", "socket"},
+    "broker": {"conveyor.client", "conveyor.worker", "conveyor.cli", "rich"},
+    "client": {"conveyor.broker", "conveyor.worker", "conveyor.cli", "rich"},
+    "worker": {"conveyor.broker", "conveyor.cli", "rich"},
+    "cli": set(),
 }
+ENTRY_POINTS = {"conveyor.broker.cli", "conveyor.worker.cli"}
+OTHER_SOURCES = sorted(path for folder in ("tests", "examples", "bench")
+                       for path in (ROOT / folder).rglob("*.py"))
 # protocol/ is the wire only: the standard library and msgspec, nothing else.
 PROTOCOL_ALLOWED_THIRD_PARTY = {"msgspec"}
 
@@ -26,10 +37,16 @@ SOURCES = sorted(path for package in PACKAGES for path in (ROOT / package).rglob
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = ["conveyor", *path.relative_to(ROOT).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def _package_of(name: str) -> str | None:
+    """``conveyor.client`` for ``conveyor.client.jobs``; None outside the namespace."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "conveyor" and len(parts) > 1 else None
 
 
 def scan_imports(source: str, module: str, *, is_package: bool = False) -> set[str]:
@@ -69,9 +86,29 @@ def test_sources_are_found() -> None:
 @pytest.mark.parametrize("path", SOURCES, ids=_rel)
 def test_import_direction(path: Path) -> None:
     package = path.relative_to(ROOT).parts[0]
-    tops = {name.split(".")[0] for name in imported_modules(path)}
-    bad = sorted(tops & FORBIDDEN[package])
+    names = imported_modules(path)
+    reached = {name.split(".")[0] for name in names} | {_package_of(name) for name in names}
+    bad = sorted(str(name) for name in reached & FORBIDDEN[package])
     assert not bad, f"{_rel(path)} imports {bad}, against the layering of STYLE.md rule 1"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_rel)
+def test_no_deep_import_across_packages(path: Path) -> None:
+    own = f"conveyor.{path.relative_to(ROOT).parts[0]}"
+    # The conveyor command runs the broker's and the worker's own command lines (their
+    # ``python -m`` entry points), and nothing else of theirs.
+    entry_points = ENTRY_POINTS if own == "conveyor.cli" else set()
+    deep = sorted(name for name in imported_modules(path)
+                  if _package_of(name) not in (None, own) and name != _package_of(name)
+                  and name not in entry_points)
+    assert not deep, f"{_rel(path)} reaches past another package's public names: {deep}"
+
+
+@pytest.mark.parametrize("path", SOURCES + OTHER_SOURCES, ids=_rel)
+def test_no_bare_package_imports(path: Path) -> None:
+    module = _module_name(path) if path in SOURCES else path.stem
+    bare = sorted(name for name in imported_modules(path) if name.split(".")[0] in BARE)
+    assert not bare, f"{_rel(path)} imports {bare}: use the conveyor.* names ({module})"
 
 
 @pytest.mark.parametrize(
@@ -79,7 +116,7 @@ def test_import_direction(path: Path) -> None:
 )
 def test_protocol_uses_only_stdlib_and_msgspec(path: Path) -> None:
     tops = {name.split(".")[0] for name in imported_modules(path)}
-    allowed = set(sys.stdlib_module_names) | PROTOCOL_ALLOWED_THIRD_PARTY | {"protocol"}
+    allowed = set(sys.stdlib_module_names) | PROTOCOL_ALLOWED_THIRD_PARTY | {"conveyor"}
     assert tops <= allowed, f"{_rel(path)} imports {sorted(tops - allowed)}"
 
 
@@ -91,18 +128,20 @@ def test_the_checker_sees_relative_and_nested_imports() -> None:
         "import os.path, msgspec.msgpack as mp\n"
         "def later():\n"
         "    import asyncio\n"
-        "    from broker.queues import Queues\n"
+        "    from conveyor.broker.queues import Queues\n"
         "    if True:\n"
         "        from client import Client\n"
     )
-    names = scan_imports(source, "protocol.probe")
+    names = scan_imports(source, "conveyor.protocol.probe")
     assert names == {
-        "protocol", "protocol.errors", "os.path", "msgspec.msgpack", "asyncio", "broker.queues",
-        "client",
+        "conveyor.protocol", "conveyor.protocol.errors", "os.path", "msgspec.msgpack", "asyncio",
+        "conveyor.broker.queues", "client",
     }
-    assert scan_imports("from .queues import Queues", "broker", is_package=True) == {
-        "broker.queues"
+    assert scan_imports("from .queues import Queues", "conveyor.broker", is_package=True) == {
+        "conveyor.broker.queues"
     }
+    assert _package_of("conveyor.broker.queues") == "conveyor.broker"
+    assert _package_of("client") is None
 
 
 def _declared_all(init: Path) -> list[str]:
@@ -130,7 +169,7 @@ def test_package_exports_explicit_all(package: str) -> None:
     declared = _declared_all(ROOT / package / "__init__.py")
     assert declared, f"{package}.__all__ is empty"
     assert len(declared) == len(set(declared)), f"{package}.__all__ repeats a name"
-    module = importlib.import_module(package)
+    module = importlib.import_module(f"conveyor.{package}")
     assert list(module.__all__) == declared
     missing = [name for name in declared if not hasattr(module, name)]
     assert not missing, f"{package}.__all__ names what it does not define: {missing}"

@@ -1,4 +1,4 @@
-"""``python -m worker MODULE:FUNCTION``: run worker processes until SIGTERM or SIGINT."""
+"""``python -m conveyor.worker MODULE:FUNCTION``: run worker processes until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
-from client import Connection, ConveyorError, parse_url
-from protocol import check_queue_name
+from conveyor.client import Connection, ConveyorError, parse_url
+from conveyor.protocol import check_queue_name
 
 from .worker import DEFAULT_GRACE, DEFAULT_LEASE, Handler, Worker
 
@@ -34,7 +34,7 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m worker",
+        prog="python -m conveyor.worker",
         description="Run Conveyor worker processes for one queue.",
     )
     parser.add_argument("handler", metavar="MODULE:FUNCTION",

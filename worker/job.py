@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from client.jobs import encode_value
-from protocol import Progress
+from conveyor.client import encode_value
+from conveyor.protocol import Progress
 
 if TYPE_CHECKING:
-    from client import Connection
+    from conveyor.client import Connection
 
 __all__ = ["Job"]
 

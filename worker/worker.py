@@ -20,10 +20,8 @@ from typing import Any, Final
 
 import msgspec
 
-from client import Connection, ConnectionLost, ConveyorError
-from client.connection import Push
-from client.jobs import encode_value
-from protocol import (
+from conveyor.client import Connection, ConnectionLost, ConveyorError, Push, encode_value
+from conveyor.protocol import (
     Ack,
     Deliver,
     Extend,

@@ -16,8 +16,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from broker.queues import Consumer, Job, Queues
-from protocol import JobError, JobState
+from conveyor.broker.queues import Consumer, Job, Queues
+from conveyor.protocol import JobError, JobState
 
 WAITING = JobState.WAITING
 ACTIVE = JobState.ACTIVE

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from broker import Broker
-from client import Client, JobSpec, exponential
-from client.client import BULK_FRAME_JOBS, FIRST_FRAME_JOBS, _chunks
+from conveyor.broker import Broker
+from conveyor.client import Client, JobSpec, exponential
+from conveyor.client.client import BULK_FRAME_JOBS, FIRST_FRAME_JOBS, _chunks
 
 
 def test_small_jobs_go_in_a_short_first_frame_then_full_ones() -> None:

@@ -1,9 +1,11 @@
 """Fixtures for the integration tests: real brokers on port 0 and real worker processes.
 
 - ``broker`` / ``make_broker`` / ``url``: an in-process ``Broker`` (``tests/conftest.py``).
-- ``broker_process`` / ``start_broker``: ``python -m broker --port 0`` as a child process, for
+- ``broker_process`` / ``start_broker``: ``python -m conveyor.broker --port 0`` as a child
+  process, for
   crashes and the CLI. ``run_worker_cli`` runs the worker CLI to completion.
-- ``start_worker``: ``python -m worker ...`` as a child process in its own process group; every
+- ``start_worker``: ``python -m conveyor.worker ...`` as a child process in its own process
+  group; every
   one started is stopped (SIGTERM, then SIGKILL) at teardown.
 - ``wait_for_workers``, ``wait_for_counts``, ``wait_for_files``: wait on a condition instead of
   sleeping a fixed time.
@@ -23,8 +25,8 @@ import pytest
 from processes import ROOT, STOP_TIMEOUT, WorkerProcess, read_line
 from processes import subprocess_env as child_env
 
-from broker import Broker
-from client import Client
+from conveyor.broker import Broker
+from conveyor.client import Client
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +43,7 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class BrokerProcess:
-    """``python -m broker`` running as a child process."""
+    """``python -m conveyor.broker`` running as a child process."""
 
     def __init__(self, process: subprocess.Popen[bytes], line: str, log_path: Path) -> None:
         self.process = process
@@ -73,11 +75,12 @@ class BrokerProcess:
 
 
 def start_broker_process(directory: Path, *args: str) -> BrokerProcess:
-    """Start ``python -m broker --port 0`` with its log in ``directory``; wait until it listens."""
+    """Start ``python -m conveyor.broker --port 0`` with its log in ``directory``; wait until it
+    listens."""
     log_path = directory / "broker.stderr"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(directory / "broker-data"), *args],
             cwd=directory, env=subprocess_env(), stdout=subprocess.PIPE, stderr=log,
         )
@@ -119,10 +122,11 @@ def broker_process(start_broker: Callable[..., BrokerProcess]) -> BrokerProcess:
 
 @pytest.fixture
 def run_worker_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_worker_cli(*args)``: run ``python -m worker ARGS`` to completion (30 s at most)."""
+    """``run_worker_cli(*args)``: run ``python -m conveyor.worker ARGS`` to completion (30 s at
+    most)."""
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "worker", *args], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "conveyor.worker", *args], cwd=ROOT,
                               env=subprocess_env(), stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=30)
 
@@ -147,7 +151,7 @@ async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
 
     def start(handler: str, *, queue: str, url: str, processes: int = 1, concurrency: int = 1,
               grace: float | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
-        args = [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+        args = [sys.executable, "-m", "conveyor.worker", handler, "--queue", queue, "--url", url,
                 "--processes", str(processes), "--concurrency", str(concurrency)]
         if grace is not None:
             args += ["--grace", str(grace)]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from worker import Job
+from conveyor.worker import Job
 
 RECORDS_ENV: Final = "CONVEYOR_TEST_RECORDS"
 """Directory where ``record`` keeps one file per worker process, named ``PID.ids``."""

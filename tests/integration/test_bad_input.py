@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 
-from broker import Broker
-from client import Client, ConnectionLost, JobState, RequestRefused, UnknownJob
-from protocol import PROTOCOL_VERSION, ErrorCode
+from conveyor.broker import Broker
+from conveyor.client import Client, ConnectionLost, JobState, RequestRefused, UnknownJob
+from conveyor.protocol import PROTOCOL_VERSION, ErrorCode
 
 if TYPE_CHECKING:
     from conftest import BrokerProcess

@@ -1,4 +1,5 @@
-"""The command lines: ``python -m broker`` and ``python -m worker`` as an operator runs them."""
+"""The command lines: ``python -m conveyor.broker`` and ``python -m conveyor.worker`` as an
+operator runs them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from client import Client
+from conveyor.client import Client
 
 if TYPE_CHECKING:
     from conftest import BrokerProcess

@@ -16,9 +16,9 @@ from pathlib import Path
 import handlers
 import pytest
 
-from broker import Broker
-from client import Client, JobFailed, JobState
-from worker import Worker
+from conveyor.broker import Broker
+from conveyor.client import Client, JobFailed, JobState
+from conveyor.worker import Worker
 
 START_SPREAD = 0.1
 """Most seconds between the first and the last start of jobs that should start together."""

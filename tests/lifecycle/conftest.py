@@ -1,7 +1,8 @@
 """Fixtures for the job-lifecycle tests.
 
 - ``broker`` / ``make_broker`` / ``url``: in ``tests/conftest.py``.
-- ``start_worker``: ``python -m worker ...`` (one process, its own process group, ``--lease``);
+- ``start_worker``: ``python -m conveyor.worker ...`` (one process, its own process group,
+  ``--lease``);
   every one started is woken (SIGCONT), stopped (SIGTERM, then SIGKILL) and reaped at teardown.
 """
 
@@ -30,7 +31,7 @@ async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
 
     def start(handler: str, *, queue: str, url: str, lease: float | None = None,
               concurrency: int = 1, env: dict[str, str] | None = None) -> WorkerProcess:
-        args = [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+        args = [sys.executable, "-m", "conveyor.worker", handler, "--queue", queue, "--url", url,
                 "--concurrency", str(concurrency), "--grace", "1"]
         if lease is not None:
             args += ["--lease", str(lease)]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker import Job
+from conveyor.worker import Job
 
 
 async def hold(job: Job) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from typing import Any
 from processes import WorkerProcess
 from processes import subprocess_env as child_env
 
-from broker import Broker
-from worker import Worker
+from conveyor.broker import Broker
+from conveyor.worker import Worker
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from lifecycle_support import running, wait_until
 
-from broker import Broker
-from client import Client, InvalidState, JobSpec, JobState, UnknownJob
-from worker import Job, Worker
+from conveyor.broker import Broker
+from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
+from conveyor.worker import Job, Worker
 
 MakeBroker = Callable[..., Awaitable[Broker]]
 

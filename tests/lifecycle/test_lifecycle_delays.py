@@ -18,11 +18,11 @@ import msgspec
 import pytest
 from lifecycle_support import running, wait_until
 
-from broker import Broker
-from broker.queues import Queues, StateError
-from client import Client, InvalidState, JobSpec, JobState, UnknownJob
-from protocol import JobDef
-from worker import Job, Worker
+from conveyor.broker import Broker
+from conveyor.broker.queues import Queues, StateError
+from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
+from conveyor.protocol import JobDef
+from conveyor.worker import Job, Worker
 
 JOBS = 10_000
 SPREAD = 2.0

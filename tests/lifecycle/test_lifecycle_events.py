@@ -13,12 +13,12 @@ import msgspec
 import pytest
 from lifecycle_support import running
 
-import broker.server as broker_server
-import client.events as client_events
-from broker import Broker
-from client import Client, EventsLost, JobEvent, JobFailed, fixed
-from protocol import PROTOCOL_VERSION, ErrorCode
-from worker import Job, Worker
+import conveyor.broker.server as broker_server
+import conveyor.client.events as client_events
+from conveyor.broker import Broker
+from conveyor.client import Client, EventsLost, JobEvent, JobFailed, fixed
+from conveyor.protocol import PROTOCOL_VERSION, ErrorCode
+from conveyor.worker import Job, Worker
 
 
 async def compute(job: Job) -> dict[str, Any]:

@@ -22,11 +22,11 @@ import pytest
 from lifecycle_handlers import starts
 from lifecycle_support import StartWorker, running, wait_for_workers, wait_until
 
-from broker import Broker
-from broker.queues import Job, Queues
-from client import Client, JobFailed, JobState
-from worker import Job as WorkerJob
-from worker import Worker
+from conveyor.broker import Broker
+from conveyor.broker.queues import Job, Queues
+from conveyor.client import Client, JobFailed, JobState
+from conveyor.worker import Job as WorkerJob
+from conveyor.worker import Worker
 
 LEASE = 1.0
 """Seconds: the short lease the worker processes here run with."""

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker.queues import Consumer, Job, Queues, StateError
-from protocol import Backoff, JobDef, JobError, JobState
+from conveyor.broker.queues import Consumer, Job, Queues, StateError
+from conveyor.protocol import Backoff, JobDef, JobError, JobState
 
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED

@@ -20,12 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lifecycle_support import running
 
-from broker.jobs import backoff_delay
-from broker.queues import Job, Queues
-from client import Client, JobFailed, JobState, exponential, fixed
-from protocol import Backoff, JobDef, JobError
-from worker import Job as WorkerJob
-from worker import Retry, Unrecoverable, Worker
+from conveyor.broker.jobs import backoff_delay
+from conveyor.broker.queues import Job, Queues
+from conveyor.client import Client, JobFailed, JobState, exponential, fixed
+from conveyor.protocol import Backoff, JobDef, JobError
+from conveyor.worker import Job as WorkerJob
+from conveyor.worker import Retry, Unrecoverable, Worker
 
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED

@@ -1,4 +1,5 @@
-"""``python tests/log/log_fsync_fault.py OPTIONS``: ``python -m broker OPTIONS`` on a disk whose
+"""``python tests/log/log_fsync_fault.py OPTIONS``: ``python -m conveyor.broker OPTIONS`` on a
+disk whose
 fsyncs fail with EIO once the first ``$CONVEYOR_TEST_FSYNC_OK`` (default 0) have succeeded."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from broker.cli import main
+from conveyor.broker.cli import main
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike

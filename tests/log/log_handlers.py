@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-from worker import Job
+from conveyor.worker import Job
 
 RECORDS_ENV: Final = "CONVEYOR_TEST_PAYLOADS"
 """Directory where ``record_payload`` keeps one file per worker process, named ``PID.payloads``."""

@@ -23,9 +23,9 @@ import msgspec
 from processes import ROOT, STOP_TIMEOUT, read_line
 from processes import subprocess_env as child_env
 
-from broker.log import FsyncPolicy, Log, Recovery
-from broker.queues import Job, Queues
-from protocol import JobState
+from conveyor.broker.log import FsyncPolicy, Log, Recovery
+from conveyor.broker.queues import Job, Queues
+from conveyor.protocol import JobState
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,7 +49,8 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """``python -m broker`` (or another command line ending in broker options) as a child."""
+    """``python -m conveyor.broker`` (or another command line ending in broker options) as a
+    child."""
 
     def __init__(self, process: subprocess.Popen[bytes], url: str, stderr_path: Path) -> None:
         self.process = process
@@ -97,8 +98,8 @@ class BrokerProcess:
 
 
 def broker_command(data_dir: Path, *args: str, port: int = 0) -> list[str]:
-    """The ``python -m broker`` command line for ``data_dir`` on 127.0.0.1."""
-    return [sys.executable, "-m", "broker", "--host", "127.0.0.1", "--port", str(port),
+    """The ``python -m conveyor.broker`` command line for ``data_dir`` on 127.0.0.1."""
+    return [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data_dir), *args]
 
 
@@ -107,7 +108,7 @@ def start_broker(data_dir: Path, *args: str, stderr_path: Path, port: int = 0,
                  command: list[str] | None = None) -> BrokerProcess:
     """Start a broker on ``data_dir``; return once it prints ``listening on``.
 
-    ``command`` replaces ``python -m broker`` (a wrapper script taking the same options).
+    ``command`` replaces ``python -m conveyor.broker`` (a wrapper script taking the same options).
     """
     argv = broker_command(data_dir, *args, port=port)
     if command is not None:
@@ -150,12 +151,12 @@ def assert_one_error_line(stderr: str, *words: str) -> str:
 
 
 class WorkerProcess:
-    """``python -m worker ...`` as a child process, leader of its own process group."""
+    """``python -m conveyor.worker ...`` as a child process, leader of its own process group."""
 
     def __init__(self, handler: str, *, queue: str, url: str, log_path: Path,
                  processes: int = 1, concurrency: int = 1,
                  env: dict[str, str] | None = None) -> None:
-        argv = [sys.executable, "-m", "worker", handler, "--queue", queue, "--url", url,
+        argv = [sys.executable, "-m", "conveyor.worker", handler, "--queue", queue, "--url", url,
                 "--processes", str(processes), "--concurrency", str(concurrency)]
         self.log_path = log_path
         with log_path.open("ab") as log:

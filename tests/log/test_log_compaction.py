@@ -13,10 +13,10 @@ import msgspec
 import pytest
 from log_support import dir_log_bytes, start_broker, wait_until
 
-from broker import Broker
-from broker.failpoints import FAILPOINTS
-from client import Client, ConnectionLost, JobState
-from worker import Job, Worker
+from conveyor.broker import Broker
+from conveyor.broker.failpoints import FAILPOINTS
+from conveyor.client import Client, ConnectionLost, JobState
+from conveyor.worker import Job, Worker
 
 QUEUE = "churn"
 IDLE = "idle"

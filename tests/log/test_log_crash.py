@@ -23,7 +23,7 @@ from log_support import (
     wait_until,
 )
 
-from client import Client, ConnectionLost, JobState
+from conveyor.client import Client, ConnectionLost, JobState
 
 QUEUE = "crash"
 KILLS = 9

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from log_support import assert_one_error_line, raw, reopen, run_broker, start_broker
 
-from broker import Broker
-from broker.log import FsyncPolicy, Log, LogDamaged, LogError, Recovery
-from broker.logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
-from broker.queues import Queues
-from client import Client
-from protocol import JobState
+from conveyor.broker import Broker
+from conveyor.broker.log import FsyncPolicy, Log, LogDamaged, LogError, Recovery
+from conveyor.broker.logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
+from conveyor.broker.queues import Queues
+from conveyor.client import Client
+from conveyor.protocol import JobState
 
 INCREMENT = "incr-00000001.log"
 """The one file a fresh log appends to (no compaction runs in these tests)."""

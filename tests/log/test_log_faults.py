@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from log_support import HERE, assert_one_error_line, reopen, start_broker, wait_until
 
-from broker import Broker, BrokerStatus
-from broker.log import LogError
-from client import Client, ConnectionLost, JobState, RequestRefused
-from protocol import ErrorCode
-from worker import Job, Worker
+from conveyor.broker import Broker, BrokerStatus
+from conveyor.broker.log import LogError
+from conveyor.client import Client, ConnectionLost, JobState, RequestRefused
+from conveyor.protocol import ErrorCode
+from conveyor.worker import Job, Worker
 
 
 def failing_fsync(fd: int) -> None:

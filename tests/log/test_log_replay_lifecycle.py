@@ -34,11 +34,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from log_support import Limits, assert_same_state, raw, reopen
 
-from broker.log import FsyncPolicy, Log, load_files, write_base
-from broker.queues import Job, Queues, StateError
-from broker.records import Record
-from broker.replay import Replayer, snapshot
-from protocol import Backoff, JobDef, JobError, JobState
+from conveyor.broker.log import FsyncPolicy, Log, load_files, write_base
+from conveyor.broker.queues import Job, Queues, StateError
+from conveyor.broker.records import Record
+from conveyor.broker.replay import Replayer, snapshot
+from conveyor.protocol import Backoff, JobDef, JobError, JobState
 
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import protocol
-from protocol import (
+import conveyor.protocol as protocol
+from conveyor.protocol import (
     HEADER_SIZE,
     MAX_QUEUE_NAME,
     BrokerMessage,
