@@ -15,12 +15,14 @@ from conveyor.protocol import (
     GetCounts,
     GetJob,
     GetJobs,
+    GetQueues,
     JobReply,
     Jobs,
     Ok,
     Pause,
     Promote,
     ProtocolError,
+    QueueList,
     Remove,
     RetryFailed,
     check_queue_name,
@@ -31,10 +33,11 @@ from .queues import Queues
 
 __all__ = ["Control", "answer"]
 
-Control = GetJob | GetCounts | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean
+Control = (GetJob | GetCounts | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean
+           | GetQueues)
 """The requests ``answer`` handles."""
 
-Reply = JobReply | Counts | Jobs | Ok | Count
+Reply = JobReply | Counts | Jobs | Ok | Count | QueueList
 
 
 def answer(queues: Queues, request: Control, now: float) -> Reply | ProtocolError:
@@ -50,6 +53,8 @@ def answer(queues: Queues, request: Control, now: float) -> Reply | ProtocolErro
             case GetJob(job=job_id):
                 job = queues.jobs.get(job_id)
                 return JobReply(req=req, job=None if job is None else job.info())
+            case GetQueues():
+                return QueueList(req=req, queues=queues.summaries(now))
             case GetCounts(queue=name):
                 return Counts(req=req, **queues.counts(name))
             case GetJobs(queue=name, state=state, offset=offset, limit=limit):

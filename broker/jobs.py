@@ -12,6 +12,7 @@ import msgspec
 from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
 from .errors import BrokerError
+from .rates import Rate
 from .records import DEFAULT_OPTIONS, JobOptions
 from .waiting import WaitingLine
 
@@ -120,6 +121,7 @@ class Job:
             priority=options.priority,
             attempts=options.attempts,
             run_at=self.run_at,
+            name=options.name,
         )
 
 
@@ -155,8 +157,9 @@ class Consumer:
 class Queue:
     """One named queue: its waiting line, delayed jobs, subscribers and counters."""
 
-    __slots__ = ("active", "completed", "consumers", "delayed", "failed", "kept_completed",
-                 "kept_failed", "kept_own", "name", "paused", "waiting")
+    __slots__ = ("active", "added_rate", "completed", "completed_rate", "consumers", "delayed",
+                 "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own", "name",
+                 "paused", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -174,6 +177,10 @@ class Queue:
         """Retained finished jobs, oldest first (within the count and age limits)."""
         self.kept_own: dict[int, Job] = {}
         """Retained finished jobs with a ``keep_result`` of their own."""
+        self.added_rate = Rate()
+        self.completed_rate = Rate()
+        self.failed_rate = Rate()
+        """Jobs added, completed and failed over the last minute (not logged)."""
 
 
 def job_options(job: JobDef, now: float) -> JobOptions:
@@ -181,11 +188,12 @@ def job_options(job: JobDef, now: float) -> JobOptions:
     run_at = max(now + job.delay, job.run_at or 0.0)
     due = run_at if run_at > now else None
     if (job.id is None and job.priority == 0 and job.attempts == 1 and job.backoff is None
-            and job.timeout is None and due is None and job.keep_result is None):
+            and job.timeout is None and due is None and job.keep_result is None
+            and job.name is None):
         return DEFAULT_OPTIONS
     return JobOptions(key=job.id, priority=job.priority, attempts=job.attempts,
                       backoff=job.backoff, timeout=job.timeout, run_at=due,
-                      keep_result=job.keep_result)
+                      keep_result=job.keep_result, name=job.name)
 
 
 def with_run_at(options: JobOptions, *, run_at: float | None) -> JobOptions:

@@ -24,7 +24,7 @@ from typing import Final
 
 import msgspec
 
-from conveyor.protocol import NIL, Event, JobDef, JobError, JobState
+from conveyor.protocol import NIL, Event, JobDef, JobError, JobState, QueueSummary
 
 from .jobs import (
     ACTIVE,
@@ -143,7 +143,7 @@ class Queues:
         created for it). The server calls ``enqueue`` once the record is durable, so nothing is
         dispatched before it would survive a crash.
         """
-        self.queue(queue_name)
+        queue = self.queue(queue_name)
         jobs = self.jobs
         out: list[Job] = []
         created: list[Job] = []
@@ -175,6 +175,7 @@ class Queues:
             self.live_bytes += len(data) + JOB_OVERHEAD
         if not created:
             return out
+        queue.added_rate.mark(len(created), now)
         self.last_id = job_id
         if self.records is not None:
             first_id = created[0].id
@@ -493,6 +494,19 @@ class Queues:
             "workers": len(queue.consumers),
         }
 
+    def summaries(self, now: float) -> list[QueueSummary]:
+        """Every queue, by name: its counts and its rates over the last minute."""
+        return [
+            QueueSummary(
+                name=queue.name, waiting=len(queue.waiting), active=queue.active,
+                delayed=len(queue.delayed), completed=queue.completed, failed=queue.failed,
+                workers=len(queue.consumers), paused=queue.paused,
+                added_rate=queue.added_rate.per_second(now),
+                completed_rate=queue.completed_rate.per_second(now),
+                failed_rate=queue.failed_rate.per_second(now))
+            for queue in sorted(self.queues.values(), key=lambda queue: queue.name)
+        ]
+
     def list_jobs(self, queue_name: str, state: JobState, offset: int,
                   limit: int) -> tuple[list[Job], int]:
         """A page of a queue's jobs in ``state``, in order, and how many there are in all."""
@@ -640,8 +654,10 @@ class Queues:
                 self._event(queue, "failed", job, now, error=job.error)
         if state is COMPLETED:
             queue.completed += 1
+            queue.completed_rate.mark(1, now)
         else:
             queue.failed += 1
+            queue.failed_rate.mark(1, now)
         self.finished.append(job)
         keep = job.options.keep_result
         if keep is not None:
@@ -779,4 +795,5 @@ class Queues:
                value: msgspec.Raw = NIL, error: JobError | None = None,
                run_at: float | None = None) -> None:
         self.events.append((queue.name, Event(kind=kind, job=job.id, at=now, attempt=job.attempt,
-                                              value=value, error=error, run_at=run_at)))
+                                              value=value, error=error, run_at=run_at,
+                                              name=job.options.name)))

@@ -73,6 +73,7 @@ class JobOptions(msgspec.Struct, frozen=True, array_like=True):
     timeout: float | None = None
     run_at: float | None = None
     keep_result: float | None = None
+    name: str | None = None
 
 
 DEFAULT_OPTIONS = JobOptions()

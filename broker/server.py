@@ -450,7 +450,8 @@ class Broker:
                 batch, size = [], 0
             options = job.options
             batch.append(Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
-                                  timeout=options.timeout, attempts=options.attempts))
+                                  timeout=options.timeout, attempts=options.attempts,
+                                  name=options.name))
             size += job_size
         session.send(Deliver(queue=queue, jobs=batch))
 

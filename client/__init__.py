@@ -1,6 +1,6 @@
 """The Conveyor client: add jobs to a broker, read them and wait for their results."""
 
-from conveyor.protocol import Backoff, JobError, JobState
+from conveyor.protocol import Backoff, JobError, JobState, QueueSummary
 
 from .client import Client, connect
 from .connection import Connection, ConnectionStatus, Push
@@ -44,6 +44,7 @@ __all__ = [
     "JobState",
     "ProtocolViolation",
     "Push",
+    "QueueSummary",
     "RequestRefused",
     "ShuttingDown",
     "UnknownJob",

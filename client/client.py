@@ -24,6 +24,7 @@ from conveyor.protocol import (
     GetCounts,
     GetJob,
     GetJobs,
+    GetQueues,
     JobDef,
     JobReply,
     Jobs,
@@ -31,6 +32,8 @@ from conveyor.protocol import (
     Ok,
     Pause,
     Promote,
+    QueueList,
+    QueueSummary,
     Remove,
     RetryFailed,
     Wait,
@@ -113,6 +116,7 @@ class Client:
         delay: float = 0.0,
         run_at: float | None = None,
         keep_result: float | None = None,
+        name: str | None = None,
     ) -> int:
         """Add one job; return its id once the broker has accepted it.
 
@@ -120,7 +124,8 @@ class Client:
         returns that job's id. ``priority``: higher runs first. ``attempts``: tries in all.
         ``backoff``: seconds between tries, or ``exponential(...)``. ``timeout``: seconds one
         try may run. ``delay`` / ``run_at``: not before then. ``keep_result``: seconds the
-        finished job is retained.
+        finished job is retained. ``name``: what kind of job it is (a worker serving a task
+        registry runs the task of that name).
         """
         _check_queue(queue)
         raw = encode_value(data, "job payload")
@@ -128,7 +133,8 @@ class Client:
             raise ValueError(f"payload is {len(raw)} bytes encoded; the broker's frame limit is "
                              f"{self.connection.max_frame} bytes")
         job = job_def(raw, id=id, priority=priority, attempts=attempts, backoff=backoff,
-                      timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result)
+                      timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result,
+                      name=name)
         reply = await self.connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]
@@ -315,6 +321,13 @@ class Client:
         assert isinstance(reply, Jobs)
         return [decode_job(job) for job in reply.jobs]
 
+    async def queues(self) -> list[QueueSummary]:
+        """Every queue the broker knows, by name, with its counts, whether it is paused, and
+        its rates (jobs a second added, completed and failed over the last minute)."""
+        reply = await self.connection.request(lambda req: GetQueues(req=req))
+        assert isinstance(reply, QueueList)
+        return reply.queues
+
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,
         and the workers subscribed now."""
@@ -350,6 +363,8 @@ def _job_size(job: JobDef) -> int:
     size = len(job.data) + _JOB_OVERHEAD
     if job.id is not None:
         size += 8 + 4 * len(job.id)
+    if job.name is not None:
+        size += 8 + 4 * len(job.name)
     if (job.priority or job.attempts != 1 or job.backoff is not None or job.timeout is not None
             or job.delay or job.run_at is not None or job.keep_result is not None):
         size += _OPTIONS_OVERHEAD

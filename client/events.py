@@ -35,6 +35,8 @@ class JobEvent:
     value: Any = None
     error: JobError | None = None
     run_at: float | None = None
+    name: str | None = None
+    """The job's name, when it has one."""
 
 
 class EventStream:
@@ -60,7 +62,7 @@ class EventStream:
             self._items.put_nowait(JobEvent(
                 kind=event.kind, queue=self.queue, job=event.job, at=event.at,
                 attempt=event.attempt, value=decode_value(event.value), error=event.error,
-                run_at=event.run_at,
+                run_at=event.run_at, name=event.name,
             ))
 
     def fail(self, error: BaseException) -> None:

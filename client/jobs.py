@@ -34,6 +34,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     attempts: int = 1
     run_at: float | None = None
     """When a delayed job becomes waiting."""
+    name: str | None = None
+    """The job's name (what kind of job it is), when it has one."""
 
 
 def encode_value(value: object, what: str) -> msgspec.Raw:
@@ -82,4 +84,5 @@ def decode_job(job: WireJobInfo) -> JobInfo:
         priority=job.priority,
         attempts=job.attempts,
         run_at=job.run_at,
+        name=job.name,
     )

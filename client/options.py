@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from conveyor.protocol import Backoff, JobDef
+from conveyor.protocol import MAX_JOB_NAME, Backoff, JobDef
 
 __all__ = ["Backoff", "JobSpec", "exponential", "fixed", "job_def"]
 
@@ -36,12 +36,13 @@ class JobSpec:
     delay: float = 0.0
     run_at: float | None = None
     keep_result: float | None = None
+    name: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The options, as keyword arguments of ``job_def``."""
         return {"id": self.id, "priority": self.priority, "attempts": self.attempts,
                 "backoff": self.backoff, "timeout": self.timeout, "delay": self.delay,
-                "run_at": self.run_at, "keep_result": self.keep_result}
+                "run_at": self.run_at, "keep_result": self.keep_result, "name": self.name}
 
 
 def job_def(
@@ -55,10 +56,14 @@ def job_def(
     delay: float = 0.0,
     run_at: float | None = None,
     keep_result: float | None = None,
+    name: str | None = None,
 ) -> JobDef:
     """The wire form of a job; raises ``ValueError`` naming an option that is out of range."""
     if id is not None and not (isinstance(id, str) and 0 < len(id) <= 255):
         raise ValueError(f"id must be a string of 1 to 255 characters, got {id!r}")
+    if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_JOB_NAME):
+        raise ValueError(f"name must be a string of 1 to {MAX_JOB_NAME} characters, "
+                         f"got {name!r}")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ValueError(f"priority must be an integer, got {priority!r}")
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -79,7 +84,7 @@ def job_def(
         raise ValueError(f"backoff must be seconds or a policy from exponential(), got {backoff!r}")
     return JobDef(data=data, id=id, priority=priority, attempts=attempts, backoff=backoff,
                   timeout=None if timeout is None else float(timeout), delay=float(delay),
-                  run_at=run_at, keep_result=keep_result)
+                  run_at=run_at, keep_result=keep_result, name=name)
 
 
 def _finite(value: object) -> bool:

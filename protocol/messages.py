@@ -14,6 +14,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 __all__ = [
+    "MAX_JOB_NAME",
     "NIL",
     "PROTOCOL_VERSION",
     "Ack",
@@ -38,6 +39,7 @@ __all__ = [
     "GetCounts",
     "GetJob",
     "GetJobs",
+    "GetQueues",
     "Hello",
     "JobDef",
     "JobError",
@@ -49,6 +51,8 @@ __all__ = [
     "Pause",
     "Progress",
     "Promote",
+    "QueueSummary",
+    "QueueList",
     "Release",
     "Remove",
     "RetryFailed",
@@ -66,6 +70,8 @@ NIL: Final = msgspec.Raw(b"\xc0")
 """MessagePack nil as a raw value: the result or progress of a job that has none."""
 
 
+MAX_JOB_NAME: Final = 128
+"""Longest job name, in characters."""
 RequestId = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
 """Chosen by the client, echoed in the reply; 0 is reserved for "no request"."""
 ErrorRequestId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -84,6 +90,8 @@ class JobState(enum.Enum):
     FAILED = "failed"
 
 
+JobName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_NAME)]
+"""A job's name: what kind of job it is."""
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 """A duration in seconds."""
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -123,6 +131,8 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
     """Unix time before which the job may not run (the later of this and ``delay`` wins)."""
     keep_result: Seconds | None = None
     """Seconds the finished job is retained, instead of the broker's retention."""
+    name: JobName | None = None
+    """What kind of job this is, for a worker serving several (a task registry's key)."""
 
 
 class JobError(msgspec.Struct, frozen=True):
@@ -144,6 +154,8 @@ class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
     """Seconds this try may run (the job's ``timeout``)."""
     attempts: int = 1
     """Tries the job has in all."""
+    name: str | None = None
+    """The job's name, when it has one."""
 
 
 class JobInfo(msgspec.Struct, frozen=True):
@@ -164,6 +176,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     attempts: int = 1
     run_at: float | None = None
     """When a delayed job becomes waiting."""
+    name: str | None = None
+    """The job's name, when it has one."""
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -180,6 +194,8 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     """Why the try failed (``failed``, ``retrying``)."""
     run_at: float | None = None
     """When the job runs next (``delayed``, ``retrying``)."""
+    name: str | None = None
+    """The job's name, when it has one."""
 
 
 class _Message(msgspec.Struct, frozen=True, tag_field="t"):
@@ -342,6 +358,12 @@ class Clean(_Message, tag="clean", frozen=True):
     older_than: Seconds = 0.0
 
 
+class GetQueues(_Message, tag="get_queues", frozen=True):
+    """List every queue the broker knows, with its counts; replied to with ``queues``."""
+
+    req: RequestId
+
+
 class Watch(_Message, tag="watch", frozen=True):
     """Receive a queue's events (``watching`` false: stop); replied to with ``ok``."""
 
@@ -431,6 +453,30 @@ class Count(_Message, tag="count", frozen=True):
     count: int
 
 
+class QueueSummary(msgspec.Struct, frozen=True):
+    """One queue in a ``queues`` reply: its counts (as ``counts``) and recent rates (jobs a second
+    over the last minute)."""
+
+    name: str
+    waiting: int
+    active: int
+    delayed: int
+    completed: int
+    failed: int
+    workers: int
+    paused: bool
+    added_rate: float = 0.0
+    completed_rate: float = 0.0
+    failed_rate: float = 0.0
+
+
+class QueueList(_Message, tag="queues", frozen=True):
+    """Reply to ``get_queues``: every queue, by name."""
+
+    req: RequestId
+    queues: list[QueueSummary]
+
+
 class Events(_Message, tag="events", frozen=True):
     """Events of a watched queue, in the order they happened."""
 
@@ -447,11 +493,12 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
+    | GetQueues
 )
 """Everything a client or worker may send."""
 
 BrokerMessage = (
     Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing | Jobs | Count
-    | Events
+    | Events | QueueList
 )
 """Everything the broker may send."""

@@ -16,10 +16,12 @@ __all__ = ["Job"]
 class Job:
     """One delivered job: its id, queue, decoded payload and try number."""
 
-    __slots__ = ("_connection", "attempt", "attempts", "data", "id", "lease", "queue", "timeout")
+    __slots__ = ("_connection", "attempt", "attempts", "data", "id", "lease", "name", "queue",
+                 "timeout")
 
     def __init__(self, connection: Connection, queue: str, job_id: int, lease: int, attempt: int,
-                 data: Any, *, attempts: int = 1, timeout: float | None = None) -> None:
+                 data: Any, *, attempts: int = 1, timeout: float | None = None,
+                 name: str | None = None) -> None:
         self._connection = connection
         self.id = job_id
         self.queue = queue
@@ -31,6 +33,8 @@ class Job:
         self.timeout = timeout
         """Seconds this try may run before it is cancelled, or None."""
         self.data = data
+        self.name = name
+        """The job's name (what kind of job it is), or None."""
 
     def __repr__(self) -> str:
         return f"<Job {self.id} of {self.queue!r}, attempt {self.attempt}>"

@@ -244,7 +244,8 @@ class Worker:
                     type="DecodeError", message=f"payload is not valid MessagePack: {exc}")))
                 continue
             job = Job(connection, message.queue, delivery.job, delivery.lease, delivery.attempt,
-                      data, attempts=delivery.attempts, timeout=delivery.timeout)
+                      data, attempts=delivery.attempts, timeout=delivery.timeout,
+                      name=delivery.name)
             task = tasks.create_task(self._run_job(connection, job))
             self._running[task] = job
             task.add_done_callback(self._running.pop)

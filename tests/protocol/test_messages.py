@@ -61,6 +61,8 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.Jobs: "jobs",
     protocol.Count: "count",
     protocol.Events: "events",
+    protocol.GetQueues: "get_queues",
+    protocol.QueueList: "queues",
 }
 
 EXPECTED_ERROR_CODES = {
