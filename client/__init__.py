@@ -19,7 +19,8 @@ from .errors import (
 )
 from .events import EventsLost, EventStream, JobEvent
 from .jobs import JobInfo, decode_value, encode_value
-from .options import JobSpec, exponential, fixed
+from .options import JobOptions, JobSpec, exponential, fixed
+from .sync import SyncClient
 from .urls import DEFAULT_URL, URL_ENV, parse_url
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "JobEvent",
     "JobFailed",
     "JobInfo",
+    "JobOptions",
     "JobSpec",
     "JobState",
     "ProtocolViolation",
@@ -47,6 +49,7 @@ __all__ = [
     "QueueSummary",
     "RequestRefused",
     "ShuttingDown",
+    "SyncClient",
     "UnknownJob",
     "VersionMismatch",
     "connect",

@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import msgspec
 
@@ -45,7 +45,7 @@ from .connection import Connection, Push, Reply
 from .errors import ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
 from .jobs import JobInfo, decode_job, decode_value, encode_value, encode_values
-from .options import JobSpec, job_def
+from .options import JobOptions, JobSpec, job_def
 
 __all__ = ["Client", "connect"]
 
@@ -61,25 +61,50 @@ _JOB_OVERHEAD: Final = 8
 """Bytes a job's envelope adds to its encoded payload."""
 _OPTIONS_OVERHEAD: Final = 160
 """Most bytes a job's options other than ``id`` add to it."""
+RECONNECT_BACKOFF: Final = 0.05
+"""Seconds before trying again to reconnect, doubling after each failed try..."""
+MAX_RECONNECT_BACKOFF: Final = 0.5
+"""...up to this (seconds): a broker back from a restart is found within it."""
 
 
 class Client:
-    """An asyncio client of a Conveyor broker; many calls may be in flight at once."""
+    """An asyncio client of a Conveyor broker; many calls may be in flight at once.
+
+    After the connection drops (a broker restart, say), the calls in flight on it fail with
+    ``ConnectionLost`` and the next call opens a new connection: one attempt shared by every
+    call made meanwhile, retried with a short backoff for at most ``timeout`` seconds, after
+    which those calls fail with ``ConnectionLost``. Event streams open on the lost connection end
+    with ``ConnectionLost``; call ``events()`` again to follow the queue on the new one. With
+    ``reconnect=False`` a lost connection stays lost: every later call raises ``ConnectionLost``.
+    """
 
     def __init__(self, url: str | None = None, *, name: str = "client",
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, reconnect: bool = True) -> None:
         self.url = url
         self.name = name
         self.timeout = timeout
+        """Seconds connecting (or reconnecting) may take."""
+        self.reconnect = reconnect
+        """Whether a call after a lost connection opens a new one."""
         self._connection: Connection | None = None
+        self._closed = False
+        self._reconnecting: asyncio.Task[Connection] | None = None
         self._streams: dict[str, list[EventStream]] = {}
+        """Streams watching on the current connection, by queue."""
+        self._waiting_streams: set[EventStream] = set()
+        """Streams made while reconnecting; they watch once the new connection is open."""
 
     async def connect(self) -> Client:
-        """Open the connection (done by ``async with`` and ``client.connect()``)."""
+        """Open the connection (done by ``async with`` and ``client.connect()``).
+
+        Raises ``ConnectionLost`` when the broker does not answer within ``timeout`` seconds,
+        ``VersionMismatch`` when it speaks another protocol version.
+        """
+        if self._closed:
+            raise _closed_error()
         if self._connection is None:
-            self._connection = await Connection.open(self.url, name=self.name,
-                                                     timeout=self.timeout, on_push=self._push)
-            self._connection.on_lost(self._lost)
+            self._adopt(await Connection.open(self.url, name=self.name, timeout=self.timeout,
+                                              on_push=self._push))
         return self
 
     async def __aenter__(self) -> Client:
@@ -90,16 +115,87 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Close the connection; calls in flight fail with ``ConnectionLost``, later calls raise
+        ``ConveyorError``. Idempotent."""
+        self._closed = True
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            reconnecting.cancel()
+            await asyncio.wait([reconnecting])
         if self._connection is not None:
             await self._connection.close()
 
     @property
     def connection(self) -> Connection:
-        """The open connection."""
+        """The current connection (once lost, until the next call replaces it)."""
         if self._connection is None:
             raise ConveyorError("client is not connected: use 'async with' or 'await connect()'")
         return self._connection
+
+    async def _open(self) -> Connection:
+        """The open connection, or a new one when it was lost (see the class docstring).
+
+        Raises ``ConnectionLost`` when it was lost and cannot be replaced.
+        """
+        connection = self.connection
+        if self._closed:
+            raise _closed_error()
+        if connection.failure is None:
+            return connection
+        if not self.reconnect:
+            raise connection.failure
+        attempt = self._start_reconnect()
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if attempt.cancelled() and (current is None or not current.cancelling()):
+                raise _closed_error() from None
+            raise
+
+    def _start_reconnect(self) -> asyncio.Task[Connection]:
+        """The reconnection under way, else a new one: calls made meanwhile share it."""
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+            self._reconnecting.add_done_callback(self._reconnected)
+        return self._reconnecting
+
+    async def _reconnect(self) -> Connection:
+        """Open a new connection, trying again with a backoff for at most ``timeout`` seconds."""
+        pause = RECONNECT_BACKOFF
+        failure: ConveyorError | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    try:
+                        connection = await Connection.open(self.url, name=self.name,
+                                                           on_push=self._push,
+                                                           timeout=self.timeout)
+                    except ConnectionLost as exc:
+                        failure = exc
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, MAX_RECONNECT_BACKOFF)
+                        continue
+                    break
+        except TimeoutError:
+            reason = failure or f"no answer from broker within {self.timeout:g} s"
+            raise ConnectionLost(f"{reason} (reconnecting for {self.timeout:g} s)") from None
+        self._adopt(connection)
+        return connection
+
+    def _reconnected(self, attempt: asyncio.Task[Connection]) -> None:
+        self._reconnecting = None
+        if not attempt.cancelled():
+            # Read here, so that an attempt whose callers all went away is not reported unread.
+            attempt.exception()
+
+    def _adopt(self, connection: Connection) -> None:
+        """Make ``connection`` the current one."""
+        old = self._connection
+        if old is not None and old.failure is not None:
+            self._lost(old, old.failure)
+        self._connection = connection
+        connection.on_lost(functools.partial(self._lost, connection))
 
     # Producing.
 
@@ -129,17 +225,19 @@ class Client:
         """
         _check_queue(queue)
         raw = encode_value(data, "job payload")
-        if len(raw) + _JOB_OVERHEAD + _FRAME_SLACK > self.connection.max_frame:
-            raise ValueError(f"payload is {len(raw)} bytes encoded; the broker's frame limit is "
-                             f"{self.connection.max_frame} bytes")
         job = job_def(raw, id=id, priority=priority, attempts=attempts, backoff=backoff,
                       timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result,
                       name=name)
-        reply = await self.connection.request(functools.partial(_add, queue, [job]))
+        connection = await self._open()
+        if len(raw) + _JOB_OVERHEAD + _FRAME_SLACK > connection.max_frame:
+            raise ValueError(f"payload is {len(raw)} bytes encoded; the broker's frame limit is "
+                             f"{connection.max_frame} bytes")
+        reply = await connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]
 
-    async def add_bulk(self, queue: str, payloads: Iterable[Any], **options: Any) -> list[int]:
+    async def add_bulk(self, queue: str, payloads: Iterable[Any],
+                       **options: Unpack[JobOptions]) -> list[int]:
         """Add many jobs; return their ids in input order.
 
         ``options`` (those of ``add``) apply to every payload; a ``JobSpec`` carries its own.
@@ -148,56 +246,36 @@ class Client:
         limit and pipelined. Workers start on the first frame's jobs while later frames are still
         in flight.
         """
-        _check_queue(queue)
-        connection = self.connection
-        items = list(payloads)
-        has_specs = JobSpec in map(type, items)
-        raws = encode_values(
-            [item.data if isinstance(item, JobSpec) else item for item in items]
-            if has_specs else items, "payload")
-        # Options are checked once for the call, and once for each JobSpec, before any frame.
-        template = job_def(NIL, **options) if options else None
-        own: dict[int, JobDef] = {}
-        if has_specs:
-            own = {index: job_def(raws[index], **item.options())
-                   for index, item in enumerate(items) if isinstance(item, JobSpec)}
-        limit = connection.max_frame - _FRAME_SLACK
-        extra = _job_size(template or JobDef(NIL)) - len(NIL)
-        largest = max(map(len, raws), default=0) + extra
-        sizes: list[int] | None = None
-        if own or largest * BULK_FRAME_JOBS > BULK_FRAME_BYTES:
-            sizes = [len(raw) + extra for raw in raws]
-            for index, spec in own.items():
-                sizes[index] = _job_size(spec)
-            largest = max(sizes)
-        if largest > limit:
-            assert sizes is not None
-            index = next(i for i, size in enumerate(sizes) if size > limit)
-            raise ValueError(f"payload {index} is {len(raws[index])} bytes encoded; the "
-                             f"broker's frame limit is {connection.max_frame} bytes")
-
-        def job(index: int) -> JobDef:
-            if index in own:
-                return own[index]
-            if template is None:
-                return JobDef(raws[index])
-            return msgspec.structs.replace(template, data=raws[index])
-
+        raws, template, own = _bulk_jobs(queue, payloads, options)
+        connection = await self._open()
         futures: list[asyncio.Future[Reply]] = []
-        for start, stop in _chunks(len(raws), sizes, min(BULK_FRAME_BYTES, limit)):
-            chunk = [job(index) for index in range(start, stop)]
+        for chunk in _frames(raws, template, own, connection.max_frame):
             futures.append(connection.request(functools.partial(_add, queue, chunk)))
             await connection.drain()
-        ids: list[int] = []
+        return await _added_ids(futures)
+
+    def add_bulk_nowait(self, queue: str, payloads: Iterable[Any],
+                        **options: Unpack[JobOptions]) -> asyncio.Future[list[int]]:
+        """Send a bulk add at once; return a future of its ids, in input order.
+
+        As ``add_bulk`` (the same checks, raising before anything is sent), but every frame is
+        queued on the connection before this returns, without waiting for the broker or for room
+        in the socket's buffer: bulks sent one after another are added in that order, however
+        many are in flight. The caller bounds what it sends (``await client.connection.drain()``
+        between bulks waits for room). It does not reconnect: on a lost connection it raises
+        ``ConnectionLost``.
+        """
+        raws, template, own = _bulk_jobs(queue, payloads, options)
+        connection = self.connection
+        futures: list[asyncio.Future[Reply]] = []
         try:
-            for future in futures:
-                reply = await future
-                assert isinstance(reply, Added)
-                ids += reply.ids
-        finally:
+            for chunk in _frames(raws, template, own, connection.max_frame):
+                futures.append(connection.request(functools.partial(_add, queue, chunk)))
+        except BaseException:
             for future in futures:
                 future.cancel()
-        return ids
+            raise
+        return asyncio.ensure_future(_added_ids(futures))
 
     # Queue control.
 
@@ -243,24 +321,55 @@ class Client:
     def events(self, queue: str) -> EventStream:
         """Follow ``queue``'s events live: ``async for event in client.events(queue)``.
 
-        Events are buffered from the moment this is called; ``aclose()`` (or ``async with``)
-        stops the watch. A reader that falls too far behind gets ``EventsLost``.
+        Events are buffered from the moment this is called (from when the new connection is open,
+        when it is called while reconnecting); ``aclose()`` (or ``async with``) stops the watch.
+        A reader that falls too far behind gets ``EventsLost``. A lost connection ends the
+        stream with ``ConnectionLost``: call ``events()`` again to go on following the queue.
         """
         _check_queue(queue)
+        connection = self.connection
+        if self._closed:
+            raise _closed_error()
         stream = EventStream(queue, self._unwatch)
-        streams = self._streams.setdefault(queue, [])
-        streams.append(stream)
-        if len(streams) == 1:
-            future = self.connection.request(functools.partial(_message, Watch, queue=queue))
-            future.add_done_callback(functools.partial(_watch_refused, stream))
+        if connection.failure is None:
+            self._watch(connection, stream)
+        elif not self.reconnect:
+            raise connection.failure
+        else:
+            self._waiting_streams.add(stream)
+            self._start_reconnect().add_done_callback(
+                functools.partial(self._watch_when_reconnected, stream))
         return stream
 
+    def _watch(self, connection: Connection, stream: EventStream) -> None:
+        streams = self._streams.setdefault(stream.queue, [])
+        streams.append(stream)
+        if len(streams) == 1:
+            future = connection.request(functools.partial(_message, Watch, queue=stream.queue))
+            future.add_done_callback(functools.partial(_watch_refused, stream))
+
+    def _watch_when_reconnected(self, stream: EventStream,
+                                attempt: asyncio.Task[Connection]) -> None:
+        if stream not in self._waiting_streams:
+            return  # closed by its reader meanwhile
+        self._waiting_streams.discard(stream)
+        if attempt.cancelled():
+            stream.fail(_closed_error())
+        elif (error := attempt.exception()) is not None:
+            stream.fail(error)
+        elif (failure := attempt.result().failure) is not None:
+            stream.fail(failure)
+        else:
+            self._watch(attempt.result(), stream)
+
     async def _unwatch(self, stream: EventStream) -> None:
+        self._waiting_streams.discard(stream)
         streams = self._streams.get(stream.queue, [])
-        if stream in streams:
-            streams.remove(stream)
+        if stream not in streams:
+            return  # its connection is gone, and the watch with it
+        streams.remove(stream)
         if not streams:
-            self._streams.pop(stream.queue, None)
+            del self._streams[stream.queue]
             connection = self._connection
             if connection is not None and connection.failure is None:
                 await connection.request(functools.partial(
@@ -271,17 +380,20 @@ class Client:
             for stream in self._streams.get(message.queue, ()):
                 stream.feed(message.events)
 
-    def _lost(self, error: ConveyorError) -> None:
-        for streams in self._streams.values():
-            for stream in streams:
+    def _lost(self, connection: Connection, error: ConveyorError) -> None:
+        if connection is not self._connection:
+            return  # its streams ended when the new connection was adopted
+        streams, self._streams = self._streams, {}
+        for queue_streams in streams.values():
+            for stream in queue_streams:
                 stream.fail(error)
 
     async def _ok(self, build: functools.partial[Any]) -> None:
-        reply = await self.connection.request(build)
+        reply = await (await self._open()).request(build)
         assert isinstance(reply, Ok)
 
     async def _count(self, build: functools.partial[Any]) -> int:
-        reply = await self.connection.request(build)
+        reply = await (await self._open()).request(build)
         assert isinstance(reply, Count)
         return reply.count
 
@@ -289,7 +401,7 @@ class Client:
 
     async def get_job(self, job_id: int) -> JobInfo | None:
         """The job's record, or None when the broker does not retain it."""
-        reply = await self.connection.request(lambda req: GetJob(req=req, job=job_id))
+        reply = await (await self._open()).request(lambda req: GetJob(req=req, job=job_id))
         assert isinstance(reply, JobReply)
         return None if reply.job is None else decode_job(reply.job)
 
@@ -297,12 +409,18 @@ class Client:
         """Wait until the job finishes; return its result or raise ``JobFailed``.
 
         The broker replies when the job completes or fails: nothing polls. Raises
-        ``TimeoutError`` after ``timeout`` seconds, and ``UnknownJob`` when no such job is retained.
+        ``TimeoutError`` (naming the job) after ``timeout`` seconds, ``UnknownJob`` when no such
+        job is retained, and ``ConnectionLost`` when the connection drops meanwhile.
         """
-        future = self.connection.request(lambda req: Wait(req=req, job=job_id))
+        future = (await self._open()).request(lambda req: Wait(req=req, job=job_id))
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 reply = await future
+        except TimeoutError:
+            if deadline.expired():
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s") from None
+            raise
         finally:
             future.cancel()
         assert isinstance(reply, Finished)
@@ -316,7 +434,7 @@ class Client:
         """``queue``'s jobs in ``state``, in order: waiting in the order they will run, delayed
         by due time, active in delivery order, completed and failed most recent first."""
         _check_queue(queue)
-        reply = await self.connection.request(functools.partial(
+        reply = await (await self._open()).request(functools.partial(
             _message, GetJobs, queue=queue, state=JobState(state), offset=offset, limit=limit))
         assert isinstance(reply, Jobs)
         return [decode_job(job) for job in reply.jobs]
@@ -324,7 +442,7 @@ class Client:
     async def queues(self) -> list[QueueSummary]:
         """Every queue the broker knows, by name, with its counts, whether it is paused, and
         its rates (jobs a second added, completed and failed over the last minute)."""
-        reply = await self.connection.request(lambda req: GetQueues(req=req))
+        reply = await (await self._open()).request(lambda req: GetQueues(req=req))
         assert isinstance(reply, QueueList)
         return reply.queues
 
@@ -332,7 +450,8 @@ class Client:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,
         and the workers subscribed now."""
         _check_queue(queue)
-        reply = await self.connection.request(lambda req: GetCounts(req=req, queue=queue))
+        reply = await (await self._open()).request(
+            lambda req: GetCounts(req=req, queue=queue))
         assert isinstance(reply, Counts)
         return {
             "waiting": reply.waiting,
@@ -345,9 +464,76 @@ class Client:
 
 
 async def connect(url: str | None = None, *, name: str = "client",
-                  timeout: float = 10.0) -> Client:
-    """Open a ``Client`` connected to ``url``."""
-    return await Client(url, name=name, timeout=timeout).connect()
+                  timeout: float = 10.0, reconnect: bool = True) -> Client:
+    """Open a ``Client`` connected to ``url`` (raises as ``Client.connect`` does)."""
+    return await Client(url, name=name, timeout=timeout, reconnect=reconnect).connect()
+
+
+def _closed_error() -> ConveyorError:
+    return ConveyorError("the client is closed")
+
+
+def _bulk_jobs(queue: str, payloads: Iterable[Any], options: JobOptions
+               ) -> tuple[list[msgspec.Raw], JobDef | None, dict[int, JobDef]]:
+    """Encode and check a bulk add's payloads and options: the raw payloads, the call's options
+    as a template (None without any), and the jobs that are ``JobSpec``s, by index."""
+    _check_queue(queue)
+    items = list(payloads)
+    has_specs = JobSpec in map(type, items)
+    raws = encode_values(
+        [item.data if isinstance(item, JobSpec) else item for item in items]
+        if has_specs else items, "payload")
+    # Options are checked once for the call, and once for each JobSpec, before any frame.
+    template = job_def(NIL, **options) if options else None
+    own: dict[int, JobDef] = {}
+    if has_specs:
+        own = {index: job_def(raws[index], **item.options())
+               for index, item in enumerate(items) if isinstance(item, JobSpec)}
+    return raws, template, own
+
+
+def _frames(raws: list[msgspec.Raw], template: JobDef | None, own: dict[int, JobDef],
+            max_frame: int) -> Iterator[list[JobDef]]:
+    """The jobs of each frame of a bulk add; the first ``next`` raises ``ValueError`` when a job
+    cannot fit in a frame of ``max_frame`` bytes."""
+    limit = max_frame - _FRAME_SLACK
+    extra = _job_size(template or JobDef(NIL)) - len(NIL)
+    largest = max(map(len, raws), default=0) + extra
+    sizes: list[int] | None = None
+    if own or largest * BULK_FRAME_JOBS > BULK_FRAME_BYTES:
+        sizes = [len(raw) + extra for raw in raws]
+        for index, spec in own.items():
+            sizes[index] = _job_size(spec)
+        largest = max(sizes)
+    if largest > limit:
+        assert sizes is not None
+        index = next(i for i, size in enumerate(sizes) if size > limit)
+        raise ValueError(f"payload {index} is {len(raws[index])} bytes encoded; the "
+                         f"broker's frame limit is {max_frame} bytes")
+
+    def job(index: int) -> JobDef:
+        if index in own:
+            return own[index]
+        if template is None:
+            return JobDef(raws[index])
+        return msgspec.structs.replace(template, data=raws[index])
+
+    for start, stop in _chunks(len(raws), sizes, min(BULK_FRAME_BYTES, limit)):
+        yield [job(index) for index in range(start, stop)]
+
+
+async def _added_ids(futures: list[asyncio.Future[Reply]]) -> list[int]:
+    """The ids the ``added`` replies to a bulk add's frames carry, in order."""
+    ids: list[int] = []
+    try:
+        for future in futures:
+            reply = await future
+            assert isinstance(reply, Added)
+            ids += reply.ids
+    finally:
+        for future in futures:
+            future.cancel()
+    return ids
 
 
 def _add(queue: str, jobs: list[JobDef], req: int) -> Add:

@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
 from conveyor.protocol import MAX_JOB_NAME, Backoff, JobDef
 
-__all__ = ["Backoff", "JobSpec", "exponential", "fixed", "job_def"]
+__all__ = ["Backoff", "JobOptions", "JobSpec", "exponential", "fixed", "job_def"]
+
+
+class JobOptions(TypedDict, total=False):
+    """The options of a job, as keyword arguments of ``add_bulk`` (and of ``add``).
+
+    ``id``: idempotency key. ``priority``: higher runs first. ``attempts``: tries in all.
+    ``backoff``: seconds between tries, or ``exponential(...)``. ``timeout``: seconds one try
+    may run. ``delay`` (seconds) / ``run_at`` (Unix time): not before then. ``keep_result``:
+    seconds the finished job is retained. ``name``: what kind of job it is.
+    """
+
+    id: str | None
+    priority: int
+    attempts: int
+    backoff: float | Backoff | None
+    timeout: float | None
+    delay: float
+    run_at: float | None
+    keep_result: float | None
+    name: str | None
 
 
 def fixed(delay: float) -> Backoff:
@@ -38,7 +58,7 @@ class JobSpec:
     keep_result: float | None = None
     name: str | None = None
 
-    def options(self) -> dict[str, Any]:
+    def options(self) -> JobOptions:
         """The options, as keyword arguments of ``job_def``."""
         return {"id": self.id, "priority": self.priority, "attempts": self.attempts,
                 "backoff": self.backoff, "timeout": self.timeout, "delay": self.delay,

@@ -47,7 +47,8 @@ class WorkerProcesses:
                  concurrency: int = 1) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "conveyor.worker", handler, "--queue", queue, "--url", url,
-             "--processes", str(processes), "--concurrency", str(concurrency)],
+             "--processes", str(processes), "--concurrency", str(concurrency),
+             "--log-level", "warning"],
             cwd=ROOT, text=True,
         )
 

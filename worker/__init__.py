@@ -1,16 +1,23 @@
-"""The Conveyor worker: run a handler for each job of a queue."""
+"""The Conveyor worker: run the jobs of a queue with a handler, or of a registry's queues with
+its tasks."""
 
-from .errors import Retry, Unrecoverable
-from .job import Job
+from .errors import InvalidArguments, Retry, UnknownTask, Unrecoverable
+from .job import Job, current_job
+from .tasks import Task, Tasks
 from .worker import DEFAULT_GRACE, DEFAULT_LEASE, Handler, Worker, WorkerStatus
 
 __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_LEASE",
     "Handler",
+    "InvalidArguments",
     "Job",
     "Retry",
+    "Task",
+    "Tasks",
+    "UnknownTask",
     "Unrecoverable",
     "Worker",
     "WorkerStatus",
+    "current_job",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Retry", "Unrecoverable"]
+__all__ = ["InvalidArguments", "Retry", "UnknownTask", "Unrecoverable"]
 
 
 class Unrecoverable(Exception):
@@ -18,3 +18,13 @@ class Retry(Exception):
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class UnknownTask(Unrecoverable):
+    """The job's name is not a task of its queue in the worker's registry (or it has no name):
+    no worker of this registry could run it, so it fails at once."""
+
+
+class InvalidArguments(Unrecoverable):
+    """The job's payload is not a dict of keyword arguments that fit its task's signature: no
+    retry could make them fit, so it fails at once."""

@@ -1,7 +1,8 @@
-"""``Job``: the handle a handler receives for one delivered job."""
+"""``Job``: the handle a handler receives for one delivered job, and ``current_job()``."""
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any
 
 from conveyor.client import encode_value
@@ -10,7 +11,7 @@ from conveyor.protocol import Progress
 if TYPE_CHECKING:
     from conveyor.client import Connection
 
-__all__ = ["Job"]
+__all__ = ["Job", "current_job"]
 
 
 class Job:
@@ -43,3 +44,24 @@ class Job:
         """Report progress (any serializable value, often a percentage)."""
         raw = encode_value(value, "progress value")
         self._connection.send(Progress(job=self.id, lease=self.lease, progress=raw))
+
+
+_current: contextvars.ContextVar[Job] = contextvars.ContextVar("conveyor_current_job")
+"""The job the running handler serves: set by the worker in each job's task (and copied into
+the thread of a plain handler)."""
+
+
+def current_job() -> Job:
+    """The job being run: its ``id``, ``attempt``, ``progress()``...
+
+    For code that does not receive the ``Job``: a task of a ``Tasks`` registry (async or plain),
+    or any function it calls.
+
+    Raises:
+        RuntimeError: when called outside a job run by a ``Worker``.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("current_job() was called outside a job run by a Conveyor worker") \
+            from None

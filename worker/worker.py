@@ -1,8 +1,11 @@
-"""``Worker``: subscribe to a queue with a credit window and run its jobs.
+"""``Worker``: subscribe to queues with credit windows and run their jobs.
 
-The credit window is the worker's concurrency: the broker pushes at most that many jobs at a time,
-and every ack, failure or release frees a slot for the next push. Async handlers run as tasks on the
-worker's loop; plain functions run in a thread pool of the same size so they cannot block it.
+A credit window is a queue's concurrency: the broker pushes at most that many of its jobs at a
+time, and every ack, failure or release frees a slot for the next push. A worker serves one queue
+with one handler, or every queue of a ``Tasks`` registry (one subscription, and window, per queue,
+over one connection), running each job's task by the job's name. Async handlers run as tasks on
+the worker's loop; plain functions run in a thread pool with a thread for each of their slots so
+they cannot block it.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import enum
 import functools
 import inspect
 import logging
+import time
 import traceback
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, overload
 
 import msgspec
 
@@ -33,8 +39,9 @@ from conveyor.protocol import (
     check_queue_name,
 )
 
-from .errors import Retry, Unrecoverable
-from .job import Job
+from .errors import Retry, UnknownTask, Unrecoverable
+from .job import Job, _current
+from .tasks import Task, Tasks
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -57,7 +64,7 @@ MAX_BACKOFF: Final = 2.0
 
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
-log = logging.getLogger("worker")
+log = logging.getLogger("conveyor.worker")
 
 
 class WorkerStatus(enum.Enum):
@@ -69,14 +76,55 @@ class WorkerStatus(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclass(slots=True)
+class _Subscription:
+    """One queue the worker takes jobs from: its window, and what runs its jobs."""
+
+    queue: str
+    window: int
+    handler: Handler | None = None
+    """The one handler of every job (a ``Worker(queue, handler)``), else None."""
+    handler_is_async: bool = False
+    tasks: Mapping[str, Task[Any, Any]] = field(default_factory=dict)
+    """The registry's tasks of this queue, by name (a ``Worker(tasks)``)."""
+
+    @property
+    def needs_threads(self) -> bool:
+        if self.handler is not None:
+            return not self.handler_is_async
+        return not all(task.is_async for task in self.tasks.values())
+
+
 class Worker:
-    """Runs ``handler`` for each job of ``queue``, at most ``concurrency`` at a time."""
+    """Runs the jobs of one queue with ``handler``, or of a registry's queues with its tasks.
+
+    ``Worker(queue, handler, ...)``: every job of ``queue``, at most ``concurrency`` at a time.
+
+    ``Worker(tasks, queues=None, ...)``: every queue of the ``Tasks`` registry (or the ``queues``
+    named), each with its own window: the ``concurrency`` set with ``tasks.queue(...)``, else
+    ``concurrency``. Each job runs the task of its queue named like the job, with the payload as
+    its keyword arguments. A job whose name is not a task of its queue fails as ``UnknownTask``,
+    and one whose payload does not fit the task as ``InvalidArguments``, without a retry.
+    """
+
+    @overload
+    def __init__(self, queue: str, handler: Handler, *, url: str | None = None,
+                 concurrency: int = 1, grace: float = DEFAULT_GRACE,
+                 lease: float = DEFAULT_LEASE, reconnect: bool = True,
+                 name: str = "worker") -> None: ...
+
+    @overload
+    def __init__(self, tasks: Tasks, /, *, queues: Iterable[str] | None = None,
+                 url: str | None = None, concurrency: int = 1, grace: float = DEFAULT_GRACE,
+                 lease: float = DEFAULT_LEASE, reconnect: bool = True,
+                 name: str = "worker") -> None: ...
 
     def __init__(
         self,
-        queue: str,
-        handler: Handler,
+        queue: str | Tasks,
+        handler: Handler | None = None,
         *,
+        queues: Iterable[str] | None = None,
         url: str | None = None,
         concurrency: int = 1,
         grace: float = DEFAULT_GRACE,
@@ -84,13 +132,29 @@ class Worker:
         reconnect: bool = True,
         name: str = "worker",
     ) -> None:
-        problem = check_queue_name(queue)
-        if problem is not None:
-            raise ValueError(problem)
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        self.queue = queue
-        self.handler = handler
+        """Raises ``ValueError`` for a bad queue name, a concurrency below 1, or queues the
+        registry does not have."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        self.tasks: Tasks | None = None
+        """The registry served, or None for a one-handler worker."""
+        if isinstance(queue, Tasks):
+            if handler is not None:
+                raise TypeError("Worker(tasks) takes no handler: the registry's tasks run")
+            self.tasks = queue
+            subscriptions = _task_subscriptions(queue, queues, concurrency)
+        else:
+            if handler is None or queues is not None:
+                raise TypeError("use Worker(queue, handler, ...) or Worker(tasks, queues=...)")
+            problem = check_queue_name(queue)
+            if problem is not None:
+                raise ValueError(problem)
+            is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+                type(handler).__call__)
+            subscriptions = [_Subscription(queue, concurrency, handler, is_async)]
+        self._subscriptions = {sub.queue: sub for sub in subscriptions}
+        self.queues: dict[str, int] = {sub.queue: sub.window for sub in subscriptions}
+        """The queues served, with their windows (jobs run at once)."""
         self.url = url
         self.concurrency = concurrency
         self.grace = grace
@@ -100,14 +164,14 @@ class Worker:
         self.status = WorkerStatus.NEW
         self.processed = 0
         """Jobs whose outcome (result or failure) this worker reported."""
-        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            type(handler).__call__
-        )
         self._connection: Connection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
         self._stop = asyncio.Event()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name!r} {self.status.value} on {self.queues}>"
 
     async def run(self) -> None:
         """Connect, take jobs until ``close()``, then shut down gracefully.
@@ -119,9 +183,10 @@ class Worker:
         if self.status is not WorkerStatus.NEW:
             raise RuntimeError(f"worker is {self.status.value}")
         self.status = WorkerStatus.RUNNING
-        if not self._is_async:
+        threads = sum(sub.window for sub in self._subscriptions.values() if sub.needs_threads)
+        if threads:
             self._threads = concurrent.futures.ThreadPoolExecutor(
-                self.concurrency, thread_name_prefix=f"{self.name}-job"
+                threads, thread_name_prefix=f"{self.name}-job"
             )
         try:
             connection: Connection | None = await self._connect()
@@ -166,10 +231,14 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
-                await connection.request(lambda req: Subscribe(
-                    req=req, queue=self.queue, window=self.concurrency, lease=self.lease))
+                await _all(connection.request(functools.partial(
+                    _subscribe, sub.queue, sub.window, self.lease))
+                    for sub in self._subscriptions.values())
             except ConnectionLost:
                 return True
+            log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
+                                             for queue, window in self.queues.items()),
+                     extra={"fields": {"queues": self.queues}})
             heartbeat = tasks.create_task(self._extend_leases(connection))
             closed = asyncio.ensure_future(connection.wait_closed())
             stop = asyncio.ensure_future(self._stop.wait())
@@ -203,7 +272,7 @@ class Worker:
         self._stop.set()
 
     async def _extend_leases(self, connection: Connection) -> None:
-        """Tell the broker every third of a lease that this worker is alive.
+        """Tell the broker every third of a lease that this worker is alive, on every queue.
 
         Also when idle: a worker whose lease ran out (its loop was blocked) gets nothing more
         until the broker hears from it.
@@ -211,15 +280,15 @@ class Worker:
         while connection.failure is None:
             await asyncio.sleep(self.lease / 3)
             if connection.failure is None:
-                connection.send(Extend(queue=self.queue))
+                for queue in self._subscriptions:
+                    connection.send(Extend(queue=queue))
 
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
-        # 1. Stop credit: the broker pushes nothing more.
+        # 1. Stop credit on every queue: the broker pushes nothing more.
         with contextlib.suppress(ConveyorError):
-            await connection.request(
-                lambda req: SetWindow(req=req, queue=self.queue, window=0)
-            )
+            await _all(connection.request(functools.partial(_close_window, queue))
+                       for queue in self._subscriptions)
         # 2. Let running jobs finish within the grace period.
         if self._running:
             await asyncio.wait(list(self._running), timeout=self.grace)
@@ -236,7 +305,12 @@ class Worker:
         if not isinstance(message, Deliver) or connection is None or tasks is None:
             # A closing broker pushes nothing more; running jobs still report their outcome.
             return
+        subscription = self._subscriptions.get(message.queue)
         for delivery in message.jobs:
+            if subscription is None:
+                # Not a queue of ours (cannot happen with a well-behaved broker): hand it back.
+                connection.send(Release(job=delivery.job, lease=delivery.lease))
+                continue
             try:
                 data = msgspec.msgpack.decode(delivery.data)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -246,26 +320,59 @@ class Worker:
             job = Job(connection, message.queue, delivery.job, delivery.lease, delivery.attempt,
                       data, attempts=delivery.attempts, timeout=delivery.timeout,
                       name=delivery.name)
-            task = tasks.create_task(self._run_job(connection, job))
+            task = tasks.create_task(self._run_job(connection, subscription, job))
             self._running[task] = job
             task.add_done_callback(self._running.pop)
 
-    async def _run_job(self, connection: Connection, job: Job) -> None:
+    def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
+        """What runs ``job`` (a call without arguments), and whether it is async.
+
+        Raises ``UnknownTask`` or ``InvalidArguments`` for a job no task of its queue can run.
+        """
+        if subscription.handler is not None:
+            return functools.partial(subscription.handler, job), subscription.handler_is_async
+        task = None if job.name is None else subscription.tasks.get(job.name)
+        if task is None:
+            raise UnknownTask(self._unknown(subscription, job))
+        return functools.partial(task.func, **task.arguments(job.id, job.data)), task.is_async
+
+    def _unknown(self, subscription: _Subscription, job: Job) -> str:
+        names = ", ".join(sorted(subscription.tasks))
+        if job.name is None:
+            return (f"job {job.id} has no name, so no task of queue {job.queue!r} can run it "
+                    f"(its tasks: {names})")
+        message = (f"job {job.id} is named {job.name!r}, which is not a task of queue "
+                   f"{job.queue!r} (its tasks: {names})")
+        elsewhere = None if self.tasks is None else self.tasks.get(job.name)
+        if elsewhere is not None:
+            message += f"; task {job.name!r} is registered on queue {elsewhere.queue!r}"
+        return message
+
+    async def _run_job(self, connection: Connection, subscription: _Subscription,
+                       job: Job) -> None:
+        _current.set(job)  # this task's own context: the job's code sees it in current_job()
+        logging_jobs = log.isEnabledFor(logging.INFO)
+        if logging_jobs:
+            _log_start(job)
+        started = time.perf_counter()
         timer: asyncio.Timeout | None = None
         try:
-            if self._is_async and job.timeout is None:
-                result = await self.handler(job)
-            elif self._is_async:
+            call, is_async = self._resolve(subscription, job)
+            if is_async and job.timeout is None:
+                result = await call()
+            elif is_async:
                 timer = asyncio.timeout(job.timeout)
                 async with timer:
-                    result = await self.handler(job)
+                    result = await call()
             else:
                 # A plain handler's clock starts when a thread runs it (see ``_call``).
                 timer = asyncio.timeout(None)
                 async with timer:
                     loop = asyncio.get_running_loop()
+                    # The thread runs in a copy of this context, so current_job() works there.
+                    context = contextvars.copy_context()
                     result = await loop.run_in_executor(
-                        self._threads, functools.partial(self._call, loop, timer, job)
+                        self._threads, context.run, _call, loop, timer, job, call
                     )
             outcome: Ack | Fail = Ack(job=job.id, lease=job.lease,
                                       result=encode_value(result, "job result"))
@@ -273,6 +380,8 @@ class Worker:
             # The one place a cancellation is caught: the job is handed back, then we stop.
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
+            if logging_jobs:
+                _log_outcome(job, started, None)
             raise
         except TimeoutError as exc:
             if timer is not None and timer.expired():
@@ -285,14 +394,52 @@ class Worker:
         if connection.failure is None:
             connection.send(outcome)
             self.processed += 1
+        if logging_jobs:
+            _log_outcome(job, started, outcome)
 
-    def _call(self, loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, job: Job) -> Any:
-        """Run a plain handler in a pool thread, starting its try's timeout now: a try that
-        waited for a thread (one still held by an earlier try that ran over its timeout, which
-        no one can stop) is not failed for the time it waited."""
-        if job.timeout is not None:
-            loop.call_soon_threadsafe(_start_timeout, timer, job.timeout)
-        return self.handler(job)
+
+def _task_subscriptions(tasks: Tasks, queues: Iterable[str] | None,
+                        concurrency: int) -> list[_Subscription]:
+    known = tasks.queues
+    if not known:
+        raise ValueError("the registry has no tasks")
+    if isinstance(queues, str):
+        queues = [queues]  # one queue's name, not the characters of one
+    chosen = known if queues is None else list(dict.fromkeys(queues))
+    if not chosen:
+        raise ValueError("no queue to serve: give at least one of the registry's queues")
+    for queue in chosen:
+        if queue not in known:
+            raise ValueError(f"the registry has no tasks on queue {queue!r} "
+                             f"(its queues: {', '.join(known)})")
+    return [_Subscription(queue, tasks.concurrency(queue) or concurrency, tasks=tasks.on(queue))
+            for queue in chosen]
+
+
+def _subscribe(queue: str, window: int, lease: float, req: int) -> Subscribe:
+    return Subscribe(req=req, queue=queue, window=window, lease=lease)
+
+
+def _close_window(queue: str, req: int) -> SetWindow:
+    return SetWindow(req=req, queue=queue, window=0)
+
+
+async def _all(futures: Iterable[Awaitable[Any]]) -> None:
+    """Await every future; then raise the first failure, if any (none goes unretrieved)."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _call(loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, job: Job,
+          call: Callable[[], Any]) -> Any:
+    """Run a plain handler in a pool thread, starting its try's timeout now: a try that
+    waited for a thread (one still held by an earlier try that ran over its timeout, which
+    no one can stop) is not failed for the time it waited."""
+    if job.timeout is not None:
+        loop.call_soon_threadsafe(_start_timeout, timer, job.timeout)
+    return call()
 
 
 def _start_timeout(timer: asyncio.Timeout, seconds: float) -> None:
@@ -313,3 +460,40 @@ def _failure(job: Job, exc: BaseException, *, message: str | None = None) -> Fai
         delay = None if exc.delay is None else max(0.0, exc.delay)
         return Fail(job=job.id, lease=job.lease, error=error, delay=delay)
     return Fail(job=job.id, lease=job.lease, error=error)
+
+
+# One log line per job start and outcome, at INFO; the fields go to structured (JSON) logs.
+
+
+def _describe(job: Job) -> str:
+    what = f"{job.name} on {job.queue}" if job.name is not None else f"on {job.queue}"
+    return f"job {job.id} ({what})"
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "queue": job.queue, "name": job.name, "attempt": job.attempt,
+            "attempts": job.attempts}
+
+
+def _log_start(job: Job) -> None:
+    log.info("%s started, attempt %d of %d", _describe(job), job.attempt, job.attempts,
+             extra={"fields": _fields(job)})
+
+
+def _log_outcome(job: Job, started: float, outcome: Ack | Fail | None) -> None:
+    """Log a job's completion, failure or (``outcome`` None) release."""
+    duration = (time.perf_counter() - started) * 1000
+    fields = {**_fields(job), "duration_ms": round(duration, 3)}
+    if isinstance(outcome, Ack):
+        log.info("%s completed in %.1f ms", _describe(job), duration,
+                 extra={"fields": {**fields, "outcome": "completed"}})
+    elif isinstance(outcome, Fail):
+        error = outcome.error
+        retry = outcome.retry and job.attempt < job.attempts
+        log.info("%s failed in %.1f ms: %s: %s%s", _describe(job), duration, error.type,
+                 error.message, "" if retry else " (no retry)",
+                 extra={"fields": {**fields, "outcome": "failed", "error_type": error.type,
+                                   "error": error.message, "retry": retry}})
+    else:
+        log.info("%s cancelled after %.1f ms and handed back", _describe(job), duration,
+                 extra={"fields": {**fields, "outcome": "released"}})

@@ -298,7 +298,7 @@ async def test_a_connection_over_the_limit_is_refused_with_too_many_connections(
 async def test_every_pending_call_fails_promptly_when_the_broker_process_dies(
     broker_process: BrokerProcess
 ) -> None:
-    async with Client(broker_process.url) as client:
+    async with Client(broker_process.url, reconnect=False) as client:
         jobs = [await client.add("orphans", n) for n in range(3)]
         waits = [asyncio.ensure_future(client.wait(job)) for job in jobs]
         await asyncio.sleep(0.1)
@@ -314,7 +314,7 @@ async def test_every_pending_call_fails_promptly_when_the_broker_process_dies(
 async def test_every_pending_call_fails_promptly_when_the_broker_closes(
     broker: Broker, url: str
 ) -> None:
-    async with Client(url) as client:
+    async with Client(url, reconnect=False) as client:
         job = await client.add("orphans", "payload")
         waits = [asyncio.ensure_future(client.wait(job)) for _ in range(3)]
         await asyncio.sleep(0.05)

@@ -68,8 +68,8 @@ async def test_the_worker_cli_runs_jobs_from_the_broker_cli_and_both_exit_0(
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    pytest.param(["examples.tasks", "--queue", "q"], ["MODULE:FUNCTION"], id="no-colon"),
-    pytest.param([":sleep", "--queue", "q"], ["MODULE:FUNCTION"], id="no-module"),
+    pytest.param(["examples.tasks", "--queue", "q"], ["MODULE:OBJECT"], id="no-colon"),
+    pytest.param([":sleep", "--queue", "q"], ["MODULE:OBJECT"], id="no-module"),
     pytest.param(["no_such_module_xyz:run", "--queue", "q"], ["no_such_module_xyz"],
                  id="missing-module"),
     pytest.param(["examples.tasks:no_such_function", "--queue", "q"], ["no_such_function"],

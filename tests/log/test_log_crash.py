@@ -46,7 +46,7 @@ class Producer:
     async def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                client = await Client(self.url, timeout=2.0).connect()
+                client = await Client(self.url, timeout=2.0, reconnect=False).connect()
             except ConnectionLost:
                 await asyncio.sleep(0.02)
                 continue

@@ -71,7 +71,7 @@ async def test_an_fsync_error_under_fsync_everysec_stops_the_broker_within_secon
     serving = asyncio.ensure_future(broker.serve_forever())
     try:
         monkeypatch.setattr(os, "fsync", failing_fsync)
-        async with Client(url) as client:
+        async with Client(url, reconnect=False) as client:
             await client.add("q", "written, not yet synced")
             with pytest.raises(LogError, match="fsync"):
                 await asyncio.wait_for(asyncio.shield(serving), 5)

@@ -1,0 +1,77 @@
+"""Helpers of the worker tests (importable as ``worker_support``: pytest puts this directory on
+``sys.path``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from processes import WorkerProcess
+
+from conveyor.broker import Broker
+from conveyor.worker import Worker
+
+HERE = Path(__file__).resolve().parent
+"""This directory: child processes get it on ``PYTHONPATH`` to import ``registry_tasks``."""
+MODULE_COMMAND = (sys.executable, "-m", "conveyor.worker")
+
+StartCli = Callable[..., WorkerProcess]
+"""The ``start_cli`` fixture: ``start_cli(*args, cwd=..., command=..., env=...)``."""
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
+"""The ``run_cli`` fixture: ``run_cli(*args)``."""
+
+
+async def wait_until(condition: Callable[[], object], what: str, *,
+                     timeout: float = 30.0, worker: WorkerProcess | None = None) -> None:
+    """Return once ``condition()`` (awaited if it returns an awaitable) is true; fail naming
+    ``what`` (with ``worker``'s output) after ``timeout`` seconds, or as soon as ``worker`` has
+    exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        output = f"; worker output:\n{worker.log}" if worker is not None else ""
+        if worker is not None and worker.exited():
+            raise AssertionError(f"the worker exited before {what}{output}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s{output}")
+        await asyncio.sleep(0.02)
+
+
+def subscribers(broker: Broker, queue: str) -> int:
+    """Connections subscribed to ``queue`` on an in-process broker."""
+    state = broker.queues.queues.get(queue)
+    return 0 if state is None else len(state.consumers)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of ``text`` parsed as a JSON object (a line that is not one fails the test)."""
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run an in-process ``worker`` for the duration of the block, then close it."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        async with asyncio.timeout(15):
+            await task
