@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
@@ -19,11 +23,15 @@ __all__ = ["main"]
 
 log = logging.getLogger("broker")
 
+PROG: Final = "python -m conveyor.broker"
+MIN_MAX_FRAME: Final = 4096
+"""Smallest ``--max-frame`` (bytes): room for a job of a few bytes and its envelope."""
+MAX_MAX_FRAME: Final = 1 << 30
+"""Largest ``--max-frame`` (bytes): clients refuse replies beyond it."""
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m conveyor.broker", description="Run a Conveyor job-queue broker."
-    )
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run a Conveyor job-queue broker.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -113,13 +121,60 @@ def _run(coro_args: argparse.Namespace) -> None:
         uvloop.run(_serve(coro_args))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the broker; return the process exit status."""
-    args = _parser().parse_args(argv)
-    for name in ("max_frame", "max_connections"):
-        if getattr(args, name) < 1:
-            print(f"broker: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
+def _problem(args: argparse.Namespace) -> str | None:
+    """Why the options cannot be used, naming the first bad one; None when they all can."""
+    checks: list[tuple[str, bool, str]] = [
+        ("port", 0 <= args.port <= 65535, "an integer from 0 to 65535"),
+        ("max-frame", MIN_MAX_FRAME <= args.max_frame <= MAX_MAX_FRAME,
+         f"a number of bytes from {MIN_MAX_FRAME} to {MAX_MAX_FRAME}"),
+        ("max-connections", args.max_connections >= 1, "at least 1"),
+        ("max-redeliveries", args.max_redeliveries >= 0, "0 or more"),
+        ("keep-completed", args.keep_completed >= 0, "0 or more"),
+        ("keep-failed", args.keep_failed >= 0, "0 or more"),
+        ("keep-age", args.keep_age is None or (math.isfinite(args.keep_age) and args.keep_age > 0),
+         "a number of seconds above 0"),
+        ("compact-floor", args.compact_floor >= 0, "a number of bytes, 0 or more"),
+        ("compact-ratio", math.isfinite(args.compact_ratio) and args.compact_ratio > 1,
+         "a number above 1"),
+        ("shutdown-grace", math.isfinite(args.shutdown_grace) and args.shutdown_grace >= 0,
+         "a number of seconds, 0 or more"),
+    ]
+    for name, ok, wanted in checks:
+        if not ok:
+            value = getattr(args, name.replace("-", "_"))
+            return f"--{name} must be {wanted}, got {value}"
+    return None
+
+
+def _data_dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot hold the log (it is created when missing); None when it can."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return "it exists and is not a directory"
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    if not directory.is_dir():
+        return "it is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "it is not writable"
+    return None
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """Run the broker; return the process exit status (2: bad options, 1: cannot start)."""
+    args = _parser(prog).parse_args(argv)
+    problem = _problem(args)
+    if problem is not None:
+        print(f"broker: {problem}", file=sys.stderr)
+        return 2
+    if not args.in_memory:
+        problem = _data_dir_problem(args.data_dir)
+        if problem is not None:
+            print(f"broker: cannot use data directory {args.data_dir}: {problem}",
+                  file=sys.stderr)
+            return 1
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -128,7 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"broker: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"broker: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        # A bind error names no file; anything that does is the data directory's.
+        if exc.filename is not None:
+            print(f"broker: cannot use data directory {args.data_dir}: "
+                  f"{exc.strerror or exc} ({exc.filename})", file=sys.stderr)
+        else:
+            print(f"broker: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                  file=sys.stderr)
         return 1
     return 0

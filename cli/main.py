@@ -1,21 +1,246 @@
-"""``conveyor COMMAND``: parse the command line and run one subcommand."""
+"""``conveyor COMMAND``: parse the command line and run one subcommand.
+
+Only the standard library is imported here, so ``conveyor --help`` stays quick: a subcommand's
+module (and through it the client, the broker or the worker, and ``rich``) is imported when that
+subcommand runs.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NoReturn
 
 __all__ = ["main"]
+
+STATES: Final = ("waiting", "delayed", "active", "completed", "failed")
+MAX_LIST: Final = 10_000
+"""Most jobs one ``jobs`` listing may ask for (the broker's limit)."""
+MAX_JOB_ID: Final = (1 << 63) - 1
+
+_DELEGATED: Final = {
+    "broker": "run a broker (conveyor broker --help lists its options)",
+    "worker": "run worker processes for a handler or task registry (conveyor worker --help)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage mistake as one ``conveyor: ...`` line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"conveyor: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            text = version("conveyor")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        print(f"conveyor {text}")
+        parser.exit()
+
+
+# Argument types: each raises ArgumentTypeError naming what it wanted.
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration: a number of seconds, 0 or more."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A duration above 0 seconds."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return value
+
+
+def _integer(text: str, low: int, high: int, wanted: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+    return value
+
+
+def job_id(text: str) -> int:
+    """A job id: an integer, 0 or more."""
+    return _integer(text, 0, MAX_JOB_ID, "a job id (an integer, 0 or more)")
+
+
+def count(text: str) -> int:
+    """An integer, 0 or more."""
+    return _integer(text, 0, MAX_JOB_ID, "an integer, 0 or more")
+
+
+def attempts(text: str) -> int:
+    """Tries in all: 1 to 1,000,000."""
+    return _integer(text, 1, 1_000_000, "an integer from 1 to 1000000")
+
+
+def limit(text: str) -> int:
+    """A listing's size: 1 to ``MAX_LIST``."""
+    return _integer(text, 1, MAX_LIST, f"an integer from 1 to {MAX_LIST}")
+
+
+def priority(text: str) -> int:
+    """A priority: any 64-bit integer."""
+    return _integer(text, -(1 << 63), MAX_JOB_ID, "an integer")
+
+
+# The parser.
+
+
+def _common() -> _Parser:
+    parent = _Parser(add_help=False)
+    parent.add_argument("--url", default=None, metavar="HOST:PORT",
+                        help="broker address (default: $CONVEYOR_URL, else 127.0.0.1:7400)")
+    parent.add_argument("--json", action="store_true",
+                        help="machine-readable output on stdout (JSON; JSON lines when live)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``conveyor`` parser with every subcommand (``broker`` and ``worker`` hand their
+    arguments on to their own parsers)."""
+    parser = _Parser(prog="conveyor",
+                     description="Run a Conveyor broker or workers, and look at or steer a "
+                                 "running broker.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    common = [_common()]
+
+    def command(name: str, run: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                  parents=common)
+        sub.set_defaults(run=run)
+        return sub
+
+    for name, help in _DELEGATED.items():
+        commands.add_parser(name, help=help, add_help=False)
+
+    sub = command("status", "read:status", "show every queue's counts, workers and rates")
+    sub.add_argument("--watch", action="store_true",
+                     help="refresh in place until Ctrl-C, like top")
+    sub.add_argument("--interval", type=positive_seconds, default=1.0, metavar="SECONDS",
+                     help="seconds between refreshes with --watch (default: %(default)s)")
+
+    sub = command("jobs", "read:jobs", "list a queue's jobs in one state")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("--state", required=True, choices=STATES)
+    sub.add_argument("--limit", type=limit, default=50,
+                     help=f"jobs to list, at most {MAX_LIST} (default: %(default)s)")
+    sub.add_argument("--offset", type=count, default=0,
+                     help="jobs to skip first (default: %(default)s)")
+
+    sub = command("job", "read:job", "show one job: data, result, error and traceback, times")
+    sub.add_argument("job", metavar="ID", type=job_id)
+
+    sub = command("events", "read:events", "follow a queue's events live until Ctrl-C")
+    sub.add_argument("queue", metavar="QUEUE")
+
+    _add_parser(command("add", "add:add", "add a job, or one job per line of a JSONL file"))
+
+    sub = command("retry", "control:retry",
+                  "put a queue's failed jobs (or one failed job) back in line")
+    sub.add_argument("queue", metavar="QUEUE", nargs="?")
+    sub.add_argument("--job", type=job_id, metavar="ID", help="retry this failed job only")
+
+    for name, what in (("promote", "make a delayed job waiting now"),
+                       ("remove", "remove a job that is not active")):
+        sub = command(name, f"control:{name}", what)
+        sub.add_argument("job", metavar="ID", type=job_id)
+
+    for name, what in (("pause", "stop deliveries from a queue (it still accepts jobs)"),
+                       ("resume", "restart deliveries from a paused queue")):
+        sub = command(name, f"control:{name}", what)
+        sub.add_argument("queue", metavar="QUEUE")
+
+    sub = command("drain", "control:drain", "remove every waiting and delayed job of a queue")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("--yes", "-y", action="store_true",
+                     help="do not ask for confirmation (it is asked only on a terminal)")
+
+    sub = command("clean", "control:clean", "remove a queue's completed or failed jobs")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("--state", required=True, choices=("completed", "failed"))
+    sub.add_argument("--older-than", type=seconds, default=0.0, metavar="SECONDS",
+                     help="only jobs finished at least this long ago (default: all)")
+    return parser
+
+
+def _add_parser(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("data", metavar="DATA_JSON", nargs="?",
+                     help="the job's payload, as JSON (or give --file)")
+    sub.add_argument("--file", metavar="PATH",
+                     help="add one job per line of this JSONL file ('-': standard input); the "
+                          "options apply to every job")
+    sub.add_argument("--name", help="what kind of job it is (a task registry's key)")
+    sub.add_argument("--id", dest="key", metavar="KEY",
+                     help="idempotency key: adding a key a retained job has adds nothing")
+    sub.add_argument("--priority", type=priority, default=0, help="higher runs first")
+    sub.add_argument("--attempts", type=attempts, default=1, help="tries in all (default: 1)")
+    backoff = sub.add_mutually_exclusive_group()
+    backoff.add_argument("--backoff", type=seconds, metavar="SECONDS",
+                         help="fixed wait between tries")
+    backoff.add_argument("--backoff-exponential", type=seconds, metavar="BASE",
+                         help="exponential wait between tries: BASE * 2^(attempt-1) seconds")
+    sub.add_argument("--backoff-cap", type=seconds, metavar="SECONDS",
+                     help="longest exponential wait (with --backoff-exponential)")
+    sub.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                     help="seconds one try may run")
+    sub.add_argument("--delay", type=seconds, default=0.0, metavar="SECONDS",
+                     help="seconds before the job may run")
+    sub.add_argument("--keep-result", type=seconds, metavar="SECONDS",
+                     help="seconds the finished job is retained")
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    prog = f"conveyor {name}"
+    if name == "broker":
+        from conveyor.broker.cli import main as broker_main
+        return broker_main(argv, prog=prog)
+    from conveyor.worker.cli import main as worker_main
+    return worker_main(argv, prog=prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``conveyor`` command; return its exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "broker":
-        from conveyor.broker.cli import main as broker_main
-        return broker_main(args[1:])
-    if args and args[0] == "worker":
-        from conveyor.worker.cli import main as worker_main
-        return worker_main(args[1:])
-    print("usage: conveyor {broker,worker} ...", file=sys.stderr)
-    return 2
+    if args and args[0] in _DELEGATED:
+        return _delegate(args[0], args[1:])
+    namespace = build_parser().parse_args(args)
+    module_name, _, function = namespace.run.partition(":")
+    module = importlib.import_module(f"conveyor.cli.{module_name}")
+    run: Callable[[Any], int] = getattr(module, function)
+    return run(namespace)

@@ -1,0 +1,125 @@
+"""``conveyor broker`` and ``conveyor worker``, and the broker's checks of its arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_support import COMMAND_TIMEOUT, command_env, conveyor
+from processes import ROOT, WorkerProcess, read_line
+
+from conveyor.broker import Broker
+from conveyor.client import Client
+
+BROKER_START_TIMEOUT = 20.0
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "conveyor.cli", *args], cwd=ROOT,
+                                env=command_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+
+
+async def test_conveyor_broker_serves_until_sigterm(tmp_path: Path) -> None:
+    process = start(["broker", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                     "--fsync", "always"], tmp_path / "broker.log")
+    try:
+        assert process.stdout is not None
+        line = read_line(process.stdout, BROKER_START_TIMEOUT)
+        assert line.startswith("listening on 127.0.0.1:"), (line, (tmp_path / "broker.log")
+                                                             .read_text())
+        url = line.removeprefix("listening on ")
+        added = await conveyor("add", "served", '{"ok": true}', url=url)
+        assert added.ok().stdout.strip().isdigit()
+        status = await conveyor("status", "--json", url=url)
+        assert [(q["name"], q["waiting"]) for q in status.ok().json()] == [("served", 1)]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(COMMAND_TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    # The log kept the job.
+    assert list((tmp_path / "data").iterdir())
+
+
+async def test_conveyor_worker_runs_jobs_until_sigterm(broker: Broker, url: str,
+                                                       tmp_path: Path) -> None:
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "worker", "cli_handlers:echo", "--queue",
+             "echoed", "--url", url], cwd=ROOT, env=command_env(), stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, start_new_session=True)
+    worker = WorkerProcess(process, log_path)
+    try:
+        async with Client(url) as client:
+            job_id = await client.add("echoed", {"hello": "world"})
+            assert await client.wait(job_id, timeout=COMMAND_TIMEOUT) == {
+                "echo": {"hello": "world"}}
+        shown = await conveyor("job", str(job_id), url=url)
+        assert "completed" in shown.ok().stdout
+        assert 'result    {"echo":{"hello":"world"}}' in shown.stdout
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(COMMAND_TIMEOUT) == 0, worker.log
+    finally:
+        await worker.stop()
+
+
+async def test_broker_and_worker_help_name_the_conveyor_command() -> None:
+    broker_help, worker_help = await asyncio.gather(conveyor("broker", "--help"),
+                                                    conveyor("worker", "--help"))
+    assert broker_help.ok().stdout.startswith("usage: conveyor broker")
+    assert "--data-dir" in broker_help.stdout and "--fsync" in broker_help.stdout
+    assert worker_help.ok().stdout.startswith("usage: conveyor worker")
+    assert "--concurrency" in worker_help.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "70000"], "--port must be an integer from 0 to 65535, got 70000"),
+    (["--port", "65536"], "--port must be an integer from 0 to 65535, got 65536"),
+    (["--port", "-1"], "--port must be an integer from 0 to 65535, got -1"),
+    (["--max-frame", "100"], "--max-frame must be a number of bytes from 4096"),
+    (["--max-connections", "0"], "--max-connections must be at least 1"),
+    (["--max-redeliveries", "-1"], "--max-redeliveries must be 0 or more"),
+    (["--keep-completed", "-5"], "--keep-completed must be 0 or more"),
+    (["--keep-failed", "-5"], "--keep-failed must be 0 or more"),
+    (["--keep-age", "0"], "--keep-age must be a number of seconds above 0"),
+    (["--keep-age", "nan"], "--keep-age must be a number of seconds above 0"),
+    (["--compact-ratio", "1"], "--compact-ratio must be a number above 1"),
+    (["--compact-floor", "-1"], "--compact-floor must be a number of bytes, 0 or more"),
+    (["--shutdown-grace", "-0.5"], "--shutdown-grace must be a number of seconds, 0 or more"),
+])
+async def test_the_broker_refuses_bad_arguments_naming_them(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    result = await conveyor("broker", "--data-dir", str(tmp_path / "data"), *args)
+    assert result.returncode == 2, result
+    assert result.stderr.strip().startswith(f"broker: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
+async def test_a_bad_data_directory_is_not_reported_as_a_listen_error(
+        tmp_path: Path, broker: Broker) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    in_a_file = await conveyor("broker", "--port", "0", "--data-dir", str(a_file))
+    under_a_file = await conveyor("broker", "--port", "0", "--data-dir", str(a_file / "data"))
+    for result, path in ((in_a_file, a_file), (under_a_file, a_file / "data")):
+        assert result.returncode == 1, result
+        assert result.stderr.strip().startswith(f"broker: cannot use data directory {path}: ")
+        assert "listen" not in result.stderr and "Traceback" not in result.stderr
+
+    taken = await conveyor("broker", "--port", str(broker.port), "--data-dir",
+                           str(tmp_path / "data"))
+    assert taken.returncode == 1, taken
+    assert taken.stderr.strip().splitlines()[-1].startswith(
+        f"broker: cannot listen on 127.0.0.1:{broker.port}: ")
+    assert "Traceback" not in taken.stderr
