@@ -123,3 +123,56 @@ async def test_a_bad_data_directory_is_not_reported_as_a_listen_error(
     assert taken.stderr.strip().splitlines()[-1].startswith(
         f"broker: cannot listen on 127.0.0.1:{broker.port}: ")
     assert "Traceback" not in taken.stderr
+
+
+LOOKALIKE_HANDLER = '''
+import worker
+
+
+def handle(job: object) -> str:
+    return worker.WHO
+'''
+
+
+async def test_broker_worker_and_add_work_from_a_directory_of_lookalike_modules(
+        tmp_path: Path) -> None:
+    """The three commands, as installed, run from a directory whose worker.py, client.py,
+    broker.py and protocol.py would shadow top-level modules of those names."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("worker", "client", "broker", "protocol"):
+        (project / f"{name}.py").write_text(f'WHO = "the project\'s {name}.py"\n'
+                                            "raise SystemExit('imported by the wrong code')\n"
+                                            if name != "worker" else
+                                            f'WHO = "the project\'s {name}.py"\n')
+    (project / "jobs_here.py").write_text(LOOKALIKE_HANDLER)
+    script = str(Path(sys.executable).parent / "conveyor")
+    env = {key: value for key, value in command_env().items() if key != "PYTHONPATH"}
+    with (tmp_path / "broker.log").open("wb") as err:
+        broker = subprocess.Popen([script, "broker", "--port", "0", "--data-dir", "data"],
+                                  cwd=project, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    worker: WorkerProcess | None = None
+    try:
+        assert broker.stdout is not None
+        line = read_line(broker.stdout, BROKER_START_TIMEOUT)
+        assert line.startswith("listening on "), (tmp_path / "broker.log").read_text()
+        url = line.removeprefix("listening on ")
+        with (tmp_path / "worker.log").open("wb") as log:
+            worker = WorkerProcess(subprocess.Popen(
+                [script, "worker", "jobs_here:handle", "--queue", "local", "--url", url],
+                cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True), tmp_path / "worker.log")
+        added = subprocess.run([script, "add", "local", "{}", "--url", url], cwd=project,
+                               env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        assert added.returncode == 0, added.stderr
+        async with Client(url) as client:
+            result = await client.wait(int(added.stdout), timeout=COMMAND_TIMEOUT)
+        assert result == "the project's worker.py"
+    finally:
+        if worker is not None:
+            await worker.stop()
+        broker.terminate()
+        broker.wait(COMMAND_TIMEOUT)
+        if broker.stdout is not None:
+            broker.stdout.close()
