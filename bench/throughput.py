@@ -2,8 +2,8 @@
 
 For each fsync policy (``--fsync``, or several with ``--policies``: the durability-cost table), on a
 fresh broker and data directory, one producer ``Client`` and W worker processes of ``python -m
-worker examples.tasks:noop --concurrency C``, started at once (W commands rather than one with
-``--processes W``, which starts its children one after another: the drain would begin with one):
+conveyor.worker examples.tasks:noop --concurrency C --log-level warning`` (``--worker-log-level
+info``: with a log line as each job starts and ends), started at once as W commands:
 
 end to end
     The workers are subscribed first; one ``add_bulk`` of N jobs, timed from the call until the
@@ -48,6 +48,8 @@ TARGET_ADD_ONLY = 200_000
 """jobs/s, ``add_bulk``, fsync everysec."""
 
 HANDLER = "examples.tasks:noop"
+WORKER_LOG_LEVEL = {"level": "warning"}
+"""The workers' ``--log-level``: ``info`` logs a line as each job starts and ends."""
 WARMUP_JOBS = 1_000
 """Jobs added (and run) once before timing, so connections, imports and allocators are warm."""
 
@@ -58,7 +60,9 @@ class WorkerPool:
     def __init__(self, url: str, queue: str, *, workers: int, concurrency: int,
                  handler: str = HANDLER) -> None:
         self.processes = [WorkerProcesses(handler, queue, url, processes=1,
-                                          concurrency=concurrency) for _ in range(workers)]
+                                          concurrency=concurrency,
+                                          log_level=WORKER_LOG_LEVEL["level"])
+                          for _ in range(workers)]
 
     @property
     def pids(self) -> list[int]:
@@ -240,7 +244,11 @@ async def main() -> None:
     parser.add_argument("--policies", nargs="+", choices=choices, metavar="POLICY",
                         help="run once per policy instead, e.g. --policies always everysec no: "
                              "the cost of durability")
+    parser.add_argument("--worker-log-level", choices=["info", "warning"], default="warning",
+                        help="the workers' log level; info logs each job's start and end, to "
+                             "stderr (default: warning)")
     args = parser.parse_args()
+    WORKER_LOG_LEVEL["level"] = args.worker_log_level
     policies = args.policies or [args.fsync]
     rows = [await run_policy(policy, args.jobs, args.workers, args.concurrency)
             for policy in policies]

@@ -44,11 +44,11 @@ class WorkerProcesses:
     """``python -m conveyor.worker HANDLER --processes P`` as a child process."""
 
     def __init__(self, handler: str, queue: str, url: str, *, processes: int,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, log_level: str = "warning") -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "conveyor.worker", handler, "--queue", queue, "--url", url,
              "--processes", str(processes), "--concurrency", str(concurrency),
-             "--log-level", "warning"],
+             "--log-level", log_level],
             cwd=ROOT, text=True,
         )
 
