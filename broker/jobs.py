@@ -128,11 +128,12 @@ class Job:
 class Consumer:
     """One owner's (a connection's) subscription to one queue."""
 
-    __slots__ = ("armed", "deadline", "held", "lease", "owner", "queue", "served", "silent",
+    __slots__ = ("deadline", "held", "id", "lease", "owner", "queue", "served", "silent",
                  "window")
 
-    def __init__(self, owner: Hashable, queue: Queue, window: int, served: int,
+    def __init__(self, consumer_id: int, owner: Hashable, queue: Queue, window: int, served: int,
                  lease: float = DEFAULT_LEASE) -> None:
+        self.id = consumer_id
         self.owner = owner
         self.queue = queue
         self.window = window
@@ -143,8 +144,6 @@ class Consumer:
         """Sequence number of the last job given to it: the round-robin tie-break."""
         self.deadline = 0.0
         """When its jobs are taken back unless it is heard from."""
-        self.armed = False
-        """Whether a lease entry for it is in the deadline heap."""
         self.silent = False
         """Its lease ran out: it gets nothing more until it is heard from."""
 

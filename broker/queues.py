@@ -9,8 +9,8 @@ free slot, and each job goes to the subscriber with the most free slots, ties br
 (the one served least recently first). Within a queue, higher priority first, then first in
 first out.
 
-Deadlines (delayed jobs coming due, subscribers' leases, per-job retention) live in one heap,
-served by ``tick``; an entry that no longer applies is skipped when it comes up.
+Deadlines (delayed jobs coming due, subscribers' leases, retention) are kept by id in
+``Deadlines`` and served by ``tick``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import heapq
 import random
 from collections.abc import Hashable, Iterable, Sequence
 from itertools import islice
-from typing import Final
+from typing import cast
 
 import msgspec
 
 from conveyor.protocol import NIL, Event, JobDef, JobError, JobState, QueueSummary
 
+from ._deadlines import Deadlines, Kind
 from .jobs import (
     ACTIVE,
     COMPLETED,
@@ -70,11 +71,6 @@ __all__ = [
     "StateError",
 ]
 
-_DUE: Final = 0
-_LEASE: Final = 1
-_EXPIRE: Final = 2
-_AGE: Final = 3
-
 
 class Queues:
     """Every queue, job and subscription of one broker."""
@@ -111,10 +107,13 @@ class Queues:
         self._last_lease = 0
         self._served = 0
         self._owners: dict[Hashable, list[Consumer]] = {}
+        self._consumers: dict[int, Consumer] = {}
+        """Every subscription, by id."""
+        self._last_consumer = 0
         self._ready: set[Queue] = set()
-        self._deadlines: list[tuple[float, int, int, object]] = []
-        """(when, kind, sequence, subject): the sequence keeps entries from comparing subjects."""
-        self._deadline_seq = 0
+        self.deadlines = Deadlines()
+        """What falls due when: delayed jobs, leases, retention."""
+        self._leases = self.deadlines.live(Kind.LEASE)
         self.finished: list[Job] = []
         """Jobs that reached completed or failed since the caller last cleared this list."""
         self.removed: list[int] = []
@@ -228,8 +227,10 @@ class Queues:
         consumer = queue.consumers.get(owner)
         if consumer is None:
             self._served += 1
-            consumer = Consumer(owner, queue, window, self._served, lease)
+            self._last_consumer += 1
+            consumer = Consumer(self._last_consumer, owner, queue, window, self._served, lease)
             queue.consumers[owner] = consumer
+            self._consumers[consumer.id] = consumer
             self._owners.setdefault(owner, []).append(consumer)
         consumer.window = window
         consumer.lease = lease
@@ -306,6 +307,8 @@ class Queues:
         requeued: list[Job] = []
         for consumer in self._owners.pop(owner, ()):
             del consumer.queue.consumers[owner]
+            del self._consumers[consumer.id]
+            self.deadlines.cancel(Kind.LEASE, consumer.id)
             requeued += self._take_back(consumer, now)
         return requeued
 
@@ -378,29 +381,31 @@ class Queues:
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has something to do (Unix seconds), or None."""
-        return self._deadlines[0][0] if self._deadlines else None
+        return self.deadlines.next()
 
     def tick(self, now: float) -> None:
         """Do what is due by ``now``: delayed jobs join their queues, silent subscribers lose
         their jobs, finished jobs past their retention are forgotten."""
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            due, kind, _, subject = heapq.heappop(deadlines)
-            if kind == _DUE:
-                assert isinstance(subject, Job)
-                if (subject.state is DELAYED and subject.run_at == due and not subject.pending
-                        and self.jobs.get(subject.id) is subject):
-                    self._promote(subject)
-            elif kind == _LEASE:
-                assert isinstance(subject, Consumer)
-                self._lease_due(subject, now)
-            elif kind == _EXPIRE:
-                assert isinstance(subject, Job)
-                if subject.finished_at is not None and self.jobs.get(subject.id) is subject:
-                    self._remove([subject])
+        deadlines = self.deadlines
+        jobs = self.jobs
+        while (due := deadlines.pop(now)) is not None:
+            kind, key = due
+            if kind is Kind.DUE:
+                job = jobs.get(cast(int, key))
+                if job is not None and job.state is DELAYED and not job.pending:
+                    self._promote(job)
+            elif kind is Kind.LEASE:
+                consumer = self._consumers.get(cast(int, key))
+                if consumer is not None:
+                    self._lease_due(consumer, now)
+            elif kind is Kind.EXPIRE:
+                job = jobs.get(cast(int, key))
+                if job is not None and job.finished_at is not None:
+                    self._remove([job])
             else:
-                assert isinstance(subject, Queue)
-                self._age_out(subject, now)
+                queue = self.queues.get(cast(str, key))
+                if queue is not None:
+                    self._age_out(queue, now)
 
     # Queue control.
 
@@ -615,11 +620,12 @@ class Queues:
         run_at = job.options.run_at
         assert run_at is not None
         queue.delayed[job.id] = job
-        self.schedule(run_at, _DUE, job)
+        self.deadlines.set(Kind.DUE, job.id, run_at)
 
     def _promote(self, job: Job) -> None:
         queue = self.queues[job.queue]
         del queue.delayed[job.id]
+        self.deadlines.cancel(Kind.DUE, job.id)
         job.options = with_run_at(job.options, run_at=None)
         job.state = WAITING
         queue.waiting.append(job)
@@ -670,7 +676,7 @@ class Queues:
         kept, limit = ((queue.kept_completed, self.keep_completed) if state is COMPLETED
                        else (queue.kept_failed, self.keep_failed))
         if self.keep_age is not None and not queue.kept_completed and not queue.kept_failed:
-            self.schedule(now + self.keep_age, _AGE, queue)
+            self.deadlines.set(Kind.AGE, queue.name, now + self.keep_age)
         kept.append(job.id)
         while len(kept) > limit:
             self.forget(self.jobs[kept.popleft()])
@@ -696,7 +702,10 @@ class Queues:
         queue = self.queues[job.queue]
         if job.state is DELAYED:
             queue.delayed.pop(job.id, None)
-        elif job.finished_at is not None and queue.kept_own.pop(job.id, None) is None:
+            self.deadlines.cancel(Kind.DUE, job.id)
+        elif job.finished_at is not None and queue.kept_own.pop(job.id, None) is not None:
+            self.deadlines.cancel(Kind.EXPIRE, job.id)
+        elif job.finished_at is not None:
             kept = queue.kept_completed if job.state is COMPLETED else queue.kept_failed
             # Absent only when replaying a salvaged log that lost the record of its finish.
             with contextlib.suppress(ValueError):
@@ -715,6 +724,10 @@ class Queues:
     def forget(self, job: Job) -> None:
         """Drop every trace of ``job`` (it is in no line and no retention list)."""
         del self.jobs[job.id]
+        if job.state is DELAYED:
+            self.deadlines.cancel(Kind.DUE, job.id)
+        elif job.options.keep_result is not None:
+            self.deadlines.cancel(Kind.EXPIRE, job.id)
         key = job.options.key
         if key is not None and self.keys.get(key) == job.id:
             del self.keys[key]
@@ -742,7 +755,7 @@ class Queues:
         if gone and self.records is not None:
             self.records.append(JobsRemoved(ids=[job.id for job in gone]))
         if oldest is not None:
-            self.schedule(oldest + keep_age, _AGE, queue)
+            self.deadlines.set(Kind.AGE, queue.name, oldest + keep_age)
 
     # Internals: subscribers.
 
@@ -751,17 +764,14 @@ class Queues:
         if consumer.silent:
             consumer.silent = False
             self._wake(consumer.queue)
-        if not consumer.armed and consumer.held:
-            consumer.armed = True
-            self.schedule(consumer.deadline, _LEASE, consumer)
+        if consumer.held and consumer.id not in self._leases:
+            self.deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
 
     def _lease_due(self, consumer: Consumer, now: float) -> None:
-        consumer.armed = False
-        if not consumer.held or consumer.queue.consumers.get(consumer.owner) is not consumer:
+        if not consumer.held:
             return
         if consumer.deadline > now:
-            consumer.armed = True
-            self.schedule(consumer.deadline, _LEASE, consumer)
+            self.deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
             return
         # Silent for a whole lease (a blocked loop, a stopped process): its jobs go elsewhere,
         # and it gets no more until it is heard from.
@@ -770,7 +780,7 @@ class Queues:
 
     def expire_at(self, job: Job, when: float) -> None:
         """Forget finished ``job`` at ``when`` (its own ``keep_result``)."""
-        self.schedule(when, _EXPIRE, job)
+        self.deadlines.set(Kind.EXPIRE, job.id, when)
 
     def age_retained(self, queue: Queue) -> None:
         """Start retention by age for jobs retained without ``finish`` (restored on start)."""
@@ -780,12 +790,7 @@ class Queues:
                                                               queue.kept_failed) if kept]
         times = [when for when in oldest if when is not None]
         if times:
-            self.schedule(min(times) + self.keep_age, _AGE, queue)
-
-    def schedule(self, when: float, kind: int, subject: object) -> None:
-        """Add a deadline entry."""
-        self._deadline_seq += 1
-        heapq.heappush(self._deadlines, (when, kind, self._deadline_seq, subject))
+            self.deadlines.set(Kind.AGE, queue.name, min(times) + self.keep_age)
 
     def _wake(self, queue: Queue) -> None:
         if queue.waiting and queue.consumers:
