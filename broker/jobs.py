@@ -1,4 +1,5 @@
-"""The broker's records of jobs, subscriptions and queues (state only; ``Queues`` moves them)."""
+"""The job model: jobs and their options, subscriptions and queues (state only; ``Queues`` moves
+them)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
 from .errors import BrokerError
 from .rates import Rate
-from .records import DEFAULT_OPTIONS, JobOptions
 from .waiting import WaitingLine
 
 __all__ = [
@@ -22,12 +22,14 @@ __all__ = [
     "DEFAULT_KEEP",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_OPTIONS",
     "DELAYED",
     "FAILED",
     "JOB_OVERHEAD",
     "WAITING",
     "Consumer",
     "Job",
+    "JobOptions",
     "Queue",
     "StateError",
     "backoff_delay",
@@ -49,6 +51,28 @@ DELAYED: Final = JobState.DELAYED
 ACTIVE: Final = JobState.ACTIVE
 COMPLETED: Final = JobState.COMPLETED
 FAILED: Final = JobState.FAILED
+
+
+class JobOptions(msgspec.Struct, frozen=True, array_like=True):
+    """A job's options as the broker keeps them, and as the log records them.
+
+    ``run_at`` is absolute (the producer's delay already applied); it is None once the job is due.
+    Array-like, because it is written into log records (``JobsAddedWithOptions``, ``JobSnapshot``):
+    fields are only ever added at the end, with defaults.
+    """
+
+    key: str | None = None
+    priority: int = 0
+    attempts: int = 1
+    backoff: Backoff | None = None
+    timeout: float | None = None
+    run_at: float | None = None
+    keep_result: float | None = None
+    name: str | None = None
+
+
+DEFAULT_OPTIONS: Final = JobOptions()
+
 
 class StateError(BrokerError):
     """The job is not in a state the request applies to."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import msgspec
 
-from conveyor.protocol import NIL, Backoff, JobError
+from conveyor.protocol import NIL, JobError
+
+from .jobs import DEFAULT_OPTIONS, JobOptions
 
 __all__ = [
-    "DEFAULT_OPTIONS",
     "JobFinished",
-    "JobOptions",
     "JobPromoted",
     "JobRequeued",
     "JobRetrying",
@@ -61,22 +61,6 @@ class JobRequeued(_Record, tag=3, frozen=True):
 
     id: int
     drops: int
-
-
-class JobOptions(msgspec.Struct, frozen=True, array_like=True):
-    """A job's options, as logged (``run_at`` is absolute: the delay already applied)."""
-
-    key: str | None = None
-    priority: int = 0
-    attempts: int = 1
-    backoff: Backoff | None = None
-    timeout: float | None = None
-    run_at: float | None = None
-    keep_result: float | None = None
-    name: str | None = None
-
-
-DEFAULT_OPTIONS = JobOptions()
 
 
 class JobsAddedWithOptions(_Record, tag=4, frozen=True):

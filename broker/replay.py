@@ -16,12 +16,10 @@ import msgspec
 
 from conveyor.protocol import JobState
 
-from .jobs import JOB_OVERHEAD, Job
+from .jobs import DEFAULT_OPTIONS, JOB_OVERHEAD, Job, JobOptions
 from .queues import Queues
 from .records import (
-    DEFAULT_OPTIONS,
     JobFinished,
-    JobOptions,
     JobPromoted,
     JobRequeued,
     JobRetrying,
