@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ._queues import Queues
 from .log import load_files, write_base
-from .queues import Queues
 
 
 def main(argv: list[str]) -> int:

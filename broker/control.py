@@ -28,8 +28,8 @@ from conveyor.protocol import (
     check_queue_name,
 )
 
+from ._queues import Queues
 from .jobs import StateError
-from .queues import Queues
 
 __all__ = ["Control", "answer"]
 

@@ -33,6 +33,7 @@ from typing import Final
 
 import msgspec
 
+from ._queues import Queues
 from .errors import BrokerError
 from .failpoints import failpoint
 from .logfile import (
@@ -44,7 +45,6 @@ from .logfile import (
     read_header,
     scan,
 )
-from .queues import Queues
 from .records import Record
 from .replay import Replayer, snapshot
 
@@ -436,7 +436,8 @@ class Log:
             # 2. A child process replays the frozen files and writes their snapshot.
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "conveyor.broker.compaction", str(self.directory), str(tmp),
-                str(queues.keep_completed), str(queues.keep_failed), *frozen,
+                str(queues.retention.keep_completed), str(queues.retention.keep_failed),
+                *frozen,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )
             try:

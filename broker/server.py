@@ -48,7 +48,9 @@ from conveyor.protocol import (
     check_queue_name,
 )
 
+from ._queues import Queues
 from .control import answer
+from .jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES, Job
 from .log import (
     DEFAULT_COMPACT_FLOOR,
     DEFAULT_COMPACT_RATIO,
@@ -58,8 +60,7 @@ from .log import (
     LogError,
     Recovery,
 )
-from .queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES, Job, Queues
-from .records import JobsAdded, JobsAddedWithOptions
+from .records import JobsAdded, JobsAddedWithOptions, Record
 from .session import Session
 
 __all__ = [
@@ -146,6 +147,8 @@ class Broker:
         self.dirty: list[Session] = []
         """Sessions with output queued for this pass's flush."""
         self._accepted: list[_Accepted] = []
+        self._held_back: list[Record] = []
+        """Records a full disk kept out of the log, written first by the next flush."""
         self._durable: list[_Accepted] = []
         self._waiters: dict[int, list[tuple[Session, int]]] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -224,9 +227,9 @@ class Broker:
             if handle is not None:
                 handle.cancel()
         self._disk_retry = self._tick_handle = None
-        if self.queues.records:
+        if self._held_back:
             log.error("%d changes could not be written to the log (disk full); after a restart "
-                      "their jobs are as they were before them", len(self.queues.records))
+                      "their jobs are as they were before them", len(self._held_back))
         await self._release_log()
         await self._server.wait_closed()
         if self.status is BrokerStatus.CLOSING:
@@ -399,11 +402,12 @@ class Broker:
         if self.status in (BrokerStatus.FAILED, BrokerStatus.CLOSED):
             return
         queues = self.queues
+        out = queues.take_outbox()
         accepted, self._accepted = self._accepted, []
         # 1. The log write.
-        if self.log is not None and queues.records:
+        if self.log is not None and (out.records or self._held_back):
             try:
-                accepted = self._write_log(self.log, accepted)
+                accepted = self._write_log(self.log, self._held_back + out.records, accepted)
             except LogError as exc:
                 self._fail(exc)
                 return
@@ -422,15 +426,13 @@ class Broker:
                 assert isinstance(owner, Session)
                 self._deliver(owner, consumer.queue.name, leased)
         # 4. Waiters of finished jobs, and watchers of events.
-        if queues.finished:
-            self._notify(queues.finished)
-            queues.finished.clear()
-        if queues.removed:
-            self._notify_removed(queues.removed)
-            queues.removed.clear()
-        if queues.events:
-            self._publish(queues.events)
-            queues.events.clear()
+        out.extend(queues.take_outbox())
+        if out.finished:
+            self._notify(out.finished)
+        if out.removed:
+            self._notify_removed(out.removed)
+        if out.events:
+            self._publish(out.events)
         # 5. One write per connection.
         for session in self.dirty:
             session.flush()
@@ -455,10 +457,10 @@ class Broker:
             size += job_size
         session.send(Deliver(queue=queue, jobs=batch))
 
-    def _write_log(self, log_: Log, accepted: list[_Accepted]) -> list[_Accepted]:
+    def _write_log(self, log_: Log, records: list[Record],
+                   accepted: list[_Accepted]) -> list[_Accepted]:
         """Write this pass's records; return the adds that are durable already."""
-        records = self.queues.records
-        assert records is not None
+        self._held_back = []
         try:
             position = log_.append(records)
         except DiskFull as exc:
@@ -466,17 +468,15 @@ class Broker:
             for session, req, jobs in accepted:
                 self.queues.discard(jobs)
                 session.refuse(ProtocolError(ErrorCode.DISK_FULL, str(exc), req=req))
-            records[:] = [r for r in records
-                          if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
-            if records:
+            kept: list[Record] = [r for r in records
+                                  if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
+            if kept:
                 try:
-                    log_.append(records)
+                    log_.append(kept)
                 except DiskFull:
+                    self._held_back = kept
                     self._retry_disk()
-                    return []
-            records.clear()
             return []
-        records.clear()
         if log_.policy is FsyncPolicy.ALWAYS and accepted:
             log_.when_synced(position, functools.partial(self._synced, accepted))
             return []

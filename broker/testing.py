@@ -5,10 +5,18 @@ module is where the tests find them, so that the rest of the package can stay pr
 """
 
 from ._deadlines import Deadlines, Kind
-from .queues import Queues
+from ._outbox import Outbox
+from ._queues import Queues
+from .jobs import Consumer, Job, Queue, StateError, backoff_delay
 
 __all__ = [
+    "Consumer",
     "Deadlines",
+    "Job",
     "Kind",
+    "Outbox",
+    "Queue",
     "Queues",
+    "StateError",
+    "backoff_delay",
 ]

@@ -24,7 +24,7 @@ from processes import ROOT, STOP_TIMEOUT, read_line
 from processes import subprocess_env as child_env
 
 from conveyor.broker.log import FsyncPolicy, Log, Recovery
-from conveyor.broker.queues import Job, Queues
+from conveyor.broker.testing import Job, Queues
 from conveyor.protocol import JobState
 
 HERE = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ from log_support import assert_one_error_line, raw, reopen, run_broker, start_br
 from conveyor.broker import Broker
 from conveyor.broker.log import FsyncPolicy, Log, LogDamaged, LogError, Recovery
 from conveyor.broker.logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
-from conveyor.broker.queues import Queues
+from conveyor.broker.testing import Queues
 from conveyor.client import Client
 from conveyor.protocol import JobState
 
@@ -63,9 +63,9 @@ class History:
         assert sum(s is JobState.COMPLETED for s, _ in self.final.values()) == adds // 3
 
     def _append(self, log: Log, queues: Queues) -> None:
-        assert queues.records is not None and len(queues.records) == 1
-        log.append(queues.records)
-        queues.records.clear()
+        records = queues.take_outbox().records
+        assert len(records) == 1
+        log.append(records)
         self.ends.append(FILE_HEADER_SIZE + log.written)
         self.states.append(state_of(queues))
 
@@ -94,8 +94,7 @@ def add_after_restart(directory: Path, *, salvage: bool = False) -> tuple[State,
     recovery = log.open(queues)
     recovered = state_of(queues)
     (job,) = queues.create("q", [raw("after restart")], 5000.0)
-    assert queues.records is not None
-    log.append(queues.records)
+    log.append(queues.take_outbox().records)
     asyncio.run(log.close())
     return recovered, recovery, job.id
 

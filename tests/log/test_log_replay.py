@@ -32,9 +32,9 @@ from hypothesis.stateful import (
 from log_support import Limits, assert_same_state, raw, reopen
 
 from conveyor.broker.log import FsyncPolicy, Log, load_files, write_base
-from conveyor.broker.queues import Job, Queues
 from conveyor.broker.records import Record
 from conveyor.broker.replay import Replayer, snapshot
+from conveyor.broker.testing import Job, Queues
 from conveyor.protocol import Backoff, JobDef, JobError, JobState
 
 QUEUES = ("a", "b")
@@ -165,10 +165,10 @@ class Driver:
     def stale(self, pick: int) -> None:
         """Acks under a lease that is not held change nothing and log nothing."""
         owner, job = self.pick(pick)
-        records = list(self.queues.records or ())
+        records = list(self.queues.output.records)
         assert self.queues.ack(owner, job.id, job.lease + 1, raw("late"), self.clock()) is None
         assert self.queues.ack(("not", owner), job.id, job.lease, raw("x"), self.clock()) is None
-        assert self.queues.records == records
+        assert self.queues.output.records == records
 
     def drop(self, owner: Hashable) -> None:
         self.queues.drop(owner, self.clock())
@@ -217,17 +217,14 @@ class Driver:
         self.queues.tick(self.now)
 
     def flush(self) -> None:
-        records = self.queues.records
-        assert records is not None
+        records = self.queues.take_outbox().records
         if records:
             self.log.append(records)
-            records.clear()
         for jobs in self.pending:
             self.queues.enqueue(jobs)
         self.pending.clear()
         self.queues.dispatch(self.now)
-        self.queues.finished.clear()
-        self.queues.events.clear()
+        self.queues.take_outbox()
 
     def random_step(self, rng: random.Random) -> None:
         """One request picked by ``rng``, then maybe a flush."""
@@ -432,7 +429,7 @@ class LogReplayMachine(RuleBasedStateMachine):
         live state, and so do snapshots of it. A quick check: the files are read in place, the
         snapshots replayed in memory; ``restart`` and the final check go through files."""
         driver = self.driver
-        if driver.queues.records or driver.pending:
+        if driver.queues.output.records or driver.pending:
             return
         names = msgspec.json.decode((driver.directory / "MANIFEST").read_bytes())
         replayed = Queues(**driver.limits)
@@ -478,7 +475,6 @@ class LogReplayMachine(RuleBasedStateMachine):
             log.open(compacted)
             assert_same_state(replayed, compacted)
             driver.directory, replayed = directory, compacted
-        replayed.finished.clear()
         if then_wait:
             assert not driver.held()
             later = driver.now + 100.0
@@ -546,7 +542,6 @@ async def test_replay_after_background_compactions_and_restarts_equals_the_live_
         live = driver.new_queues()
         driver.log = driver.new_log(directory)
         driver.log.open(live)
-        live.finished.clear()
         driver.queues = live
         assert round_ < 3 or compactions >= 4
     await driver.log.close()

@@ -35,9 +35,9 @@ from hypothesis import strategies as st
 from log_support import Limits, assert_same_state, raw, reopen
 
 from conveyor.broker.log import FsyncPolicy, Log, load_files, write_base
-from conveyor.broker.queues import Job, Queues, StateError
 from conveyor.broker.records import Record
 from conveyor.broker.replay import Replayer, snapshot
+from conveyor.broker.testing import Job, Queues, StateError
 from conveyor.protocol import Backoff, JobDef, JobError, JobState
 
 WAITING = JobState.WAITING
@@ -143,16 +143,14 @@ class LoggedBroker:
 
     def flush(self) -> None:
         """Append the pass's records in one write; written jobs join their lines; dispatch."""
-        records = self.queues.records
-        assert records is not None
+        records = self.queues.take_outbox().records
         if records:
             self.log.append(records)
-            records.clear()
         for jobs in self.pending:
             self.queues.enqueue(jobs)
         self.pending.clear()
         self.queues.dispatch(self.now)
-        self.queues.finished.clear()
+        self.queues.take_outbox()
 
     def settle_adds(self) -> None:
         """End the pass before a job moves to the tail while added jobs wait to join (the known
@@ -247,10 +245,10 @@ class LoggedBroker:
             return False
         job = jobs[pick % len(jobs)]
         if job.state is ACTIVE:
-            records = list(self.queues.records or ())
+            records = list(self.queues.output.records)
             with pytest.raises(StateError):
                 self.queues.remove(job.id)
-            assert self.queues.records == records  # a refused request logs nothing
+            assert self.queues.output.records == records  # a refused request logs nothing
             return False
         return self.queues.remove(job.id) is job
 
@@ -292,7 +290,6 @@ class LoggedBroker:
             log = self.open_log(self.directory, compacted)
             assert_same_as_after_restart(replayed, compacted, self.drops_may_differ)
             replayed = compacted
-        replayed.finished.clear()
         self.check_new_ids(replayed)
         self.queues, self.log = replayed, log
         return True
