@@ -1,9 +1,9 @@
 """The Conveyor broker: an asyncio server holding queues and pushing jobs to workers."""
 
+from ._log import FsyncPolicy
 from ._queues import Queues
-from .errors import BrokerError
-from .jobs import Consumer, Job, Queue, StateError
-from .log import DiskFull, FsyncPolicy, LogDamaged, LogError
+from .errors import BrokerError, DiskFull, LogDamaged, LogError, StateError
+from .jobs import Consumer, Job, Queue
 from .server import DEFAULT_PORT, Broker, BrokerStatus
 
 __all__ = [

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
+from ._log import Log
 from ._peer import Peer
 from ._queues import Queues
 from ._watchers import Waiters, Watchers
 from .jobs import Job
-from .log import Log
 from .records import Record
 
 __all__ = ["Accepted", "Core"]

@@ -19,9 +19,10 @@ from typing import Final, cast
 from conveyor.protocol import Added, Deliver, Delivery, ErrorCode, ProtocolError
 
 from ._core import Accepted, Core
+from ._log import FsyncPolicy, Log
 from ._peer import Peer
+from .errors import DiskFull
 from .jobs import Job
-from .log import DiskFull, FsyncPolicy, Log
 from .records import JobsAdded, JobsAddedWithOptions, Record
 
 __all__ = ["flush"]

@@ -22,6 +22,7 @@ from ._dispatch import Dispatcher
 from ._outbox import Outbox, Output
 from ._retention import Retention
 from ._store import Store
+from .errors import StateError
 from .jobs import (
     ACTIVE,
     COMPLETED,
@@ -37,7 +38,6 @@ from .jobs import (
     Job,
     JobOptions,
     Queue,
-    StateError,
     backoff_delay,
     job_options,
     with_run_at,

@@ -47,7 +47,8 @@ from conveyor.protocol import (
 from ._core import Core
 from ._peer import Peer
 from ._queues import Queues
-from .jobs import Job, StateError
+from .errors import StateError
+from .jobs import Job
 
 __all__ = ["handle"]
 

@@ -12,7 +12,6 @@ import msgspec
 
 from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
-from .errors import BrokerError
 from .rates import Rate
 from .waiting import WaitingLine
 
@@ -31,7 +30,6 @@ __all__ = [
     "Job",
     "JobOptions",
     "Queue",
-    "StateError",
     "backoff_delay",
     "job_options",
     "with_run_at",
@@ -72,10 +70,6 @@ class JobOptions(msgspec.Struct, frozen=True, array_like=True):
 
 
 DEFAULT_OPTIONS: Final = JobOptions()
-
-
-class StateError(BrokerError):
-    """The job is not in a state the request applies to."""
 
 
 class Job:

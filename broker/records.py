@@ -7,6 +7,8 @@ integers: a record type never changes meaning, new fields go at the end with def
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
 from conveyor.protocol import NIL, JobError
@@ -27,6 +29,8 @@ __all__ = [
     "QueuePaused",
     "QueueSnapshot",
     "Record",
+    "decode_record",
+    "encode_record",
 ]
 
 
@@ -144,3 +148,11 @@ Record = (
     JobsAdded | JobFinished | JobRequeued | JobsAddedWithOptions | JobRetrying | JobPromoted
     | JobsRemoved | QueuePaused | JobsRetried | QueueSnapshot | JobSnapshot | LastId
 )
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final[msgspec.msgpack.Decoder[Record]] = msgspec.msgpack.Decoder(Record)
+
+encode_record: Final = _encoder.encode
+"""A record's body, as the log stores it."""
+decode_record: Final = _decoder.decode
+"""The record in a body read from the log (``msgspec.DecodeError`` if it is none)."""

@@ -23,19 +23,15 @@ from conveyor.protocol import (
     ProtocolError,
 )
 
+from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
 from ._core import Core
 from ._flush import flush
+from ._log import FsyncPolicy, Log
 from ._queues import Queues
+from ._recovery import Recovery
 from ._requests import handle
+from .errors import LogError
 from .jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
-from .log import (
-    DEFAULT_COMPACT_FLOOR,
-    DEFAULT_COMPACT_RATIO,
-    FsyncPolicy,
-    Log,
-    LogError,
-    Recovery,
-)
 from .session import Session
 
 __all__ = [

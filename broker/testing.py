@@ -10,28 +10,49 @@ from __future__ import annotations
 
 from conveyor.protocol import BrokerMessage, Error, ProtocolError
 
+from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
+from ._failpoints import FAILPOINTS
 from ._flush import flush
+from ._log import Log
 from ._outbox import Outbox
 from ._queues import Queues
+from ._recovery import Recovery
 from ._requests import handle
-from .jobs import Consumer, Job, Queue, StateError, backoff_delay
+from .errors import StateError
+from .jobs import Consumer, Job, Queue, backoff_delay
+from .logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
+from .rates import WINDOW, Rate
+from .records import Record
+from .replay import Replayer, snapshot
 
 __all__ = [
+    "FAILPOINTS",
+    "FILE_HEADER_SIZE",
+    "RECORD_HEADER_SIZE",
+    "WINDOW",
     "Consumer",
     "Core",
     "Deadlines",
     "Job",
     "Kind",
+    "Log",
     "Outbox",
     "Queue",
     "Queues",
+    "Rate",
+    "Record",
     "RecordingPeer",
+    "Recovery",
+    "Replayer",
     "StateError",
     "backoff_delay",
     "flush",
     "handle",
+    "load_files",
+    "snapshot",
+    "write_base",
 ]
 
 

@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 from log_support import assert_one_error_line, raw, reopen, run_broker, start_broker
 
-from conveyor.broker import Broker
-from conveyor.broker.log import FsyncPolicy, Log, LogDamaged, LogError, Recovery
-from conveyor.broker.logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
-from conveyor.broker.testing import Core, Queues, RecordingPeer, flush, handle
+from conveyor.broker import Broker, FsyncPolicy, LogDamaged, LogError
+from conveyor.broker.testing import (
+    FILE_HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    Core,
+    Log,
+    Queues,
+    RecordingPeer,
+    Recovery,
+    flush,
+    handle,
+)
 from conveyor.client import Client
 from conveyor.protocol import Add, Added, JobDef, JobState
 

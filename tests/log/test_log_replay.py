@@ -31,10 +31,21 @@ from hypothesis.stateful import (
 )
 from log_support import Limits, assert_same_state, raw, reopen
 
-from conveyor.broker.log import FsyncPolicy, Log, load_files, write_base
-from conveyor.broker.records import Record
-from conveyor.broker.replay import Replayer, snapshot
-from conveyor.broker.testing import Core, Job, Queues, RecordingPeer, flush, handle
+from conveyor.broker import FsyncPolicy
+from conveyor.broker.testing import (
+    Core,
+    Job,
+    Log,
+    Queues,
+    Record,
+    RecordingPeer,
+    Replayer,
+    flush,
+    handle,
+    load_files,
+    snapshot,
+    write_base,
+)
 from conveyor.protocol import Add, Backoff, JobDef, JobError, JobState
 
 QUEUES = ("a", "b")

@@ -34,10 +34,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from log_support import Limits, assert_same_state, raw, reopen
 
-from conveyor.broker.log import FsyncPolicy, Log, load_files, write_base
-from conveyor.broker.records import Record
-from conveyor.broker.replay import Replayer, snapshot
-from conveyor.broker.testing import Core, Job, Queues, RecordingPeer, StateError, flush, handle
+from conveyor.broker import FsyncPolicy
+from conveyor.broker.testing import (
+    Core,
+    Job,
+    Log,
+    Queues,
+    Record,
+    RecordingPeer,
+    Replayer,
+    StateError,
+    flush,
+    handle,
+    load_files,
+    snapshot,
+    write_base,
+)
 from conveyor.protocol import Add, Backoff, JobDef, JobError, JobState
 
 WAITING = JobState.WAITING
