@@ -24,13 +24,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
+from ._errors import LogError
 from ._failpoints import failpoint
+from ._logfile import FileKind, append_record, file_header, read_header, scan
 from ._manifest import base_name, generation_of
 from ._queues import Queues
-from .errors import LogError
-from .logfile import FileKind, append_record, file_header, read_header, scan
-from .records import decode_record, encode_record
-from .replay import Replayer, snapshot
+from ._records import decode_record, encode_record
+from ._replay import Replayer, snapshot
 
 __all__ = [
     "DEFAULT_COMPACT_FLOOR",

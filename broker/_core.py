@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
+from ._jobs import Job
 from ._log import Log
 from ._peer import Peer
 from ._queues import Queues
+from ._records import Record
 from ._watchers import Waiters, Watchers
-from .jobs import Job
-from .records import Record
 
 __all__ = ["Accepted", "Core"]
 

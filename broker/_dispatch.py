@@ -22,10 +22,7 @@ from collections.abc import Hashable
 from conveyor.protocol import JobError
 
 from ._deadlines import Deadlines, Kind
-from ._outbox import Output
-from ._retention import Retention
-from ._store import Store
-from .jobs import (
+from ._jobs import (
     ACTIVE,
     DEFAULT_LEASE,
     DEFAULT_MAX_REDELIVERIES,
@@ -35,7 +32,10 @@ from .jobs import (
     Job,
     Queue,
 )
-from .records import JobRequeued
+from ._outbox import Output
+from ._records import JobRequeued
+from ._retention import Retention
+from ._store import Store
 
 __all__ = ["Dispatcher"]
 

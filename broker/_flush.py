@@ -19,11 +19,11 @@ from typing import Final, cast
 from conveyor.protocol import Added, Deliver, Delivery, ErrorCode, ProtocolError
 
 from ._core import Accepted, Core
+from ._errors import DiskFull
+from ._jobs import Job
 from ._log import FsyncPolicy, Log
 from ._peer import Peer
-from .errors import DiskFull
-from .jobs import Job
-from .records import JobsAdded, JobsAddedWithOptions, Record
+from ._records import JobsAdded, JobsAddedWithOptions, Record
 
 __all__ = ["flush"]
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Final
 
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor, write_base
+from ._errors import DiskFull, LogError
+from ._logfile import FILE_HEADER_SIZE, FileKind, append_record, file_header
 from ._manifest import (
     MANIFEST,
     Manifest,
@@ -36,12 +38,18 @@ from ._manifest import (
     write_manifest,
 )
 from ._queues import Queues
+from ._records import Record, encode_record
 from ._recovery import Recovery, recover
-from .errors import DiskFull, LogError
-from .logfile import FILE_HEADER_SIZE, FileKind, append_record, file_header
-from .records import Record, encode_record
 
-__all__ = ["FsyncPolicy", "Log"]
+__all__ = [
+    # Log's option defaults and errors come with it.
+    "DEFAULT_COMPACT_FLOOR",
+    "DEFAULT_COMPACT_RATIO",
+    "DiskFull",
+    "FsyncPolicy",
+    "Log",
+    "LogError",
+]
 
 _SPACE_ERRORS: Final = (errno.ENOSPC, errno.EDQUOT)
 

@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from .errors import LogError
+from ._errors import LogError
 
 __all__ = [
     "MANIFEST",

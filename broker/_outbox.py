@@ -14,8 +14,8 @@ import msgspec
 from conveyor.protocol import NIL, Event, JobError
 
 if TYPE_CHECKING:
-    from .jobs import Job
-    from .records import Record
+    from ._jobs import Job
+    from ._records import Record
 
 __all__ = ["Outbox", "Output"]
 

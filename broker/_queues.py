@@ -19,11 +19,8 @@ from conveyor.protocol import JobDef, JobError, JobState
 
 from ._deadlines import Deadlines, Kind
 from ._dispatch import Dispatcher
-from ._outbox import Outbox, Output
-from ._retention import Retention
-from ._store import Store
-from .errors import StateError
-from .jobs import (
+from ._errors import StateError
+from ._jobs import (
     ACTIVE,
     COMPLETED,
     DEFAULT_KEEP,
@@ -42,7 +39,8 @@ from .jobs import (
     job_options,
     with_run_at,
 )
-from .records import (
+from ._outbox import Outbox, Output
+from ._records import (
     JobPromoted,
     JobRetrying,
     JobsAdded,
@@ -50,8 +48,15 @@ from .records import (
     JobsRetried,
     QueuePaused,
 )
+from ._retention import Retention
+from ._store import Store
 
-__all__ = ["Queues"]
+__all__ = [
+    # Queues' option defaults come with it.
+    "DEFAULT_KEEP",
+    "DEFAULT_MAX_REDELIVERIES",
+    "Queues",
+]
 
 
 class Queues(Store):

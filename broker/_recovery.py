@@ -14,12 +14,12 @@ from pathlib import Path
 
 import msgspec
 
+from ._errors import LogDamaged, LogError
+from ._logfile import FILE_HEADER_SIZE, FileKind, FormatError, file_header, read_header, scan
 from ._manifest import MANIFEST, Manifest, generation_of, write_manifest
 from ._queues import Queues
-from .errors import LogDamaged, LogError
-from .logfile import FILE_HEADER_SIZE, FileKind, FormatError, file_header, read_header, scan
-from .records import decode_record
-from .replay import Replayer
+from ._records import decode_record
+from ._replay import Replayer
 
 __all__ = ["Recovery", "recover"]
 

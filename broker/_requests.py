@@ -45,10 +45,10 @@ from conveyor.protocol import (
 )
 
 from ._core import Core
+from ._errors import StateError
+from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
-from .errors import StateError
-from .jobs import Job
 
 __all__ = ["handle"]
 

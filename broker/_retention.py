@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from conveyor.protocol import NIL, JobState
 
 from ._deadlines import Deadlines, Kind
-from ._outbox import Output
-from ._store import Store
-from .jobs import (
+from ._jobs import (
     COMPLETED,
     DEFAULT_KEEP,
     DEFAULT_OPTIONS,
@@ -28,7 +26,9 @@ from .jobs import (
     Job,
     Queue,
 )
-from .records import JobFinished, JobsRemoved
+from ._outbox import Output
+from ._records import JobFinished, JobsRemoved
+from ._store import Store
 
 __all__ = ["Retention"]
 

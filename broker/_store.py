@@ -11,7 +11,7 @@ from itertools import islice
 
 from conveyor.protocol import JobState, QueueSummary
 
-from .jobs import ACTIVE, COMPLETED, DELAYED, WAITING, Consumer, Job, Queue
+from ._jobs import ACTIVE, COMPLETED, DELAYED, WAITING, Consumer, Job, Queue
 
 __all__ = ["Store"]
 

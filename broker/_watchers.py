@@ -7,8 +7,8 @@ from typing import Final
 
 from conveyor.protocol import ErrorCode, Event, Events, Finished, ProtocolError
 
+from ._jobs import Job
 from ._peer import Peer
-from .jobs import Job
 
 __all__ = ["EVENT_BACKLOG", "Waiters", "Watchers"]
 

@@ -13,19 +13,19 @@ from conveyor.protocol import BrokerMessage, Error, ProtocolError
 from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
+from ._errors import StateError
 from ._failpoints import FAILPOINTS
 from ._flush import flush
+from ._jobs import Consumer, Job, Queue, backoff_delay
 from ._log import Log
+from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
 from ._outbox import Outbox
 from ._queues import Queues
+from ._rates import WINDOW, Rate
+from ._records import Record
 from ._recovery import Recovery
+from ._replay import Replayer, snapshot
 from ._requests import handle
-from .errors import StateError
-from .jobs import Consumer, Job, Queue, backoff_delay
-from .logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
-from .rates import WINDOW, Rate
-from .records import Record
-from .replay import Replayer, snapshot
 
 __all__ = [
     "FAILPOINTS",

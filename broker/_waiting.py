@@ -15,7 +15,7 @@ from itertools import chain
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .jobs import Job
+    from ._jobs import Job
 
 __all__ = ["WaitingLine"]
 

@@ -12,8 +12,8 @@ import msgspec
 
 from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
-from .rates import Rate
-from .waiting import WaitingLine
+from ._rates import Rate
+from ._waiting import WaitingLine
 
 __all__ = [
     "ACTIVE",

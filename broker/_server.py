@@ -25,14 +25,14 @@ from conveyor.protocol import (
 
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
 from ._core import Core
+from ._errors import LogError
 from ._flush import flush
+from ._jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
 from ._log import FsyncPolicy, Log
 from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
-from .errors import LogError
-from .jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
-from .session import Session
+from ._session import Session
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",

@@ -13,7 +13,7 @@ import msgspec
 
 from conveyor.protocol import NIL, JobError
 
-from .jobs import DEFAULT_OPTIONS, JobOptions
+from ._jobs import DEFAULT_OPTIONS, JobOptions
 
 __all__ = [
     "JobFinished",

@@ -16,9 +16,9 @@ import msgspec
 
 from conveyor.protocol import JobState
 
+from ._jobs import DEFAULT_OPTIONS, JOB_OVERHEAD, Job, JobOptions
 from ._queues import Queues
-from .jobs import DEFAULT_OPTIONS, JOB_OVERHEAD, Job, JobOptions
-from .records import (
+from ._records import (
     JobFinished,
     JobPromoted,
     JobRequeued,
@@ -201,7 +201,7 @@ class Replayer:
         state = _STATES[record.state]
         job.state = state
         if state in (JobState.COMPLETED, JobState.FAILED):
-            queues.live_bytes += len(record.result)  # as ``Queues.finish`` counts it
+            queues.live_bytes += len(record.result)  # as ``Retention.finish`` counts it
             job.finished_at = record.finished_at
             job.result = record.result
             job.error = record.error
