@@ -180,7 +180,7 @@ class Queue:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.waiting = WaitingLine()
+        self.waiting: WaitingLine[Job] = WaitingLine()
         self.delayed: dict[int, Job] = {}
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False
