@@ -104,6 +104,7 @@ class Session(asyncio.Protocol):
         except ProtocolError as exc:
             frames = []
             self.abort(exc)
+        received = self.host.received
         for body in frames:
             if self.closing:
                 return
@@ -115,7 +116,7 @@ class Session(asyncio.Protocol):
             if not self.greeted:
                 self.greet(message)
             else:
-                self.host.received(self, message)
+                received(self, message)
         if frames and self.reader.buffered and not self.closing:
             # A bad length prefix that followed whole frames is reported after them.
             self.data_received(b"")
