@@ -1,23 +1,20 @@
-"""The Conveyor broker: an asyncio server holding queues and pushing jobs to workers."""
+"""The Conveyor broker: an asyncio server holding queues and pushing jobs to workers.
 
-from .errors import BrokerError
-from .jobs import StateError
-from .log import DiskFull, FsyncPolicy, LogDamaged, LogError
-from .queues import Consumer, Job, Queue, Queues
-from .server import DEFAULT_PORT, Broker, BrokerStatus
+Embed it with ``Broker`` (``await broker.start()``, ``broker.port``, ``await broker.close()``), or
+run it with ``python -m conveyor.broker``. Everything else in this package is private; the tests
+reach the internals they drive through ``conveyor.broker.testing``.
+"""
+
+from ._errors import BrokerError, DiskFull, LogDamaged, LogError
+from ._log import FsyncPolicy
+from ._server import Broker, BrokerStatus
 
 __all__ = [
-    "DEFAULT_PORT",
     "Broker",
     "BrokerError",
     "BrokerStatus",
-    "Consumer",
     "DiskFull",
     "FsyncPolicy",
-    "Job",
     "LogDamaged",
     "LogError",
-    "Queue",
-    "Queues",
-    "StateError",
 ]

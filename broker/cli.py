@@ -15,9 +15,9 @@ from typing import Final
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
-from .log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
-from .queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
-from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_GRACE, Broker
+from ._log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
+from ._queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
+from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_GRACE, Broker
 
 __all__ = ["main"]
 

@@ -1,7 +1,9 @@
 """Imports flow one way: protocol <- broker, and protocol <- client <- worker (STYLE.md rule 1).
 
 Every module is imported by its ``conveyor.*`` name; a package uses only another package's public
-names (``from conveyor.client import Connection``, never ``conveyor.client.connection``).
+names (``from conveyor.client import Connection``, never ``conveyor.client.connection``), and the
+tests, examples and benchmarks never import a private module (``conveyor.broker._log``): the
+broker's internals they drive come from ``conveyor.broker.testing``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,16 @@ def test_no_deep_import_across_packages(path: Path) -> None:
                   if _package_of(name) not in (None, own) and name != _package_of(name)
                   and name not in entry_points)
     assert not deep, f"{_rel(path)} reaches past another package's public names: {deep}"
+
+
+@pytest.mark.parametrize("path", OTHER_SOURCES, ids=_rel)
+def test_tests_examples_and_bench_use_no_private_module(path: Path) -> None:
+    # Internals are private modules (``conveyor.broker._queues``); what the tests drive directly
+    # is exported by a testing module (``conveyor.broker.testing``), so a private module can be
+    # split or renamed without touching them.
+    private = sorted(name for name in imported_modules(path) if _package_of(name) is not None
+                     and any(part.startswith("_") for part in name.split(".")[2:]))
+    assert not private, f"{_rel(path)} imports private modules {private}"
 
 
 @pytest.mark.parametrize("path", SOURCES + OTHER_SOURCES, ids=_rel)

@@ -16,7 +16,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from conveyor.broker.queues import Consumer, Job, Queues
+from conveyor.broker.testing import Consumer, Job, Queues
 from conveyor.protocol import JobError, JobState
 
 WAITING = JobState.WAITING
@@ -161,7 +161,7 @@ def test_ack_completes_and_records_result() -> None:
     assert info.state is COMPLETED
     assert msgspec.msgpack.decode(info.result) == {"ok": True}
     assert info.finished_at == 7.5 and info.created_at == 1.0
-    assert queues.finished == [job]
+    assert queues.take_outbox().finished == [job]
     assert counts(queues) == (0, 0, 0, 1, 0, 1)
 
 
@@ -201,7 +201,7 @@ def test_stale_or_foreign_lease_is_rejected_and_changes_nothing() -> None:
     assert queues.ack(second.owner, 999, job.lease, payload(1), 1.0) is None
     assert job.state is ACTIVE and job.holder is second and held(queues, second.owner) == [job.id]
     assert counts(queues) == (0, 1, 0, 0, 0, 2)
-    assert queues.finished == []
+    assert queues.take_outbox().finished == []
     assert queues.progress(second.owner, job.id, job.lease, payload(50))
     assert msgspec.msgpack.decode(job.info().progress) == 50
 
@@ -302,7 +302,7 @@ def test_job_dropped_too_often_fails_as_worker_lost() -> None:
     assert back == []
     assert job.state is FAILED and job.finished_at == 2.0
     assert job.error is not None and job.error.type == "WorkerLost"
-    assert queues.finished == [job]
+    assert queues.take_outbox().finished == [job]
     assert counts(queues) == (0, 0, 0, 0, 1, 0)
     queues.subscribe("survivor", "q", 1)
     assert queues.dispatch() == []
@@ -434,7 +434,7 @@ class QueuesMachine(RuleBasedStateMachine):
 
     def _step(self) -> float:
         self.now += 1.0
-        self.queues.finished.clear()  # the server empties it every pass
+        self.queues.take_outbox()  # the flush takes it every pass
         return self.now
 
     def _consumers(self) -> list[Consumer]:
@@ -587,19 +587,19 @@ class QueuesMachine(RuleBasedStateMachine):
             assert self.queues.ack(owner, job_id, lease, result, now) is job
             assert job.state is COMPLETED and job.result == result
             self._record_finish(job, COMPLETED)
-            assert self.queues.finished == [job]
+            assert self.queues.take_outbox().finished == [job]
         elif action == "fail":
             error = JobError(type="RuntimeError", message=f"try {job.attempt} of {job_id}")
             assert self.queues.fail(owner, job_id, lease, error, now) is job
             assert job.state is FAILED and job.error == error
             self._record_finish(job, FAILED)
-            assert self.queues.finished == [job]
+            assert self.queues.take_outbox().finished == [job]
         else:
             assert self.queues.release(owner, job_id, lease) is job
             self.attempt[job_id] -= 1
             assert job.state is WAITING and job.attempt == self.attempt[job_id]
             assert next(iter(consumer.queue.waiting)) is job
-            assert self.queues.finished == []
+            assert self.queues.take_outbox().finished == []
         assert job_id not in consumer.held and job.holder is None
         self._dispatch()
 
@@ -641,7 +641,7 @@ class QueuesMachine(RuleBasedStateMachine):
         else:
             assert self.queues.progress(owner, job_id, lease, payload(99)) is False
         assert self._snapshot() == before
-        assert self.queues.finished == []
+        assert self.queues.take_outbox().finished == []
         assert self._dispatch() == []
 
     @rule(owner=st.sampled_from(OWNERS))
@@ -670,11 +670,12 @@ class QueuesMachine(RuleBasedStateMachine):
             assert ids(self.queues.queues[name].waiting) == returned + waiting
             assert self.queues.consumer(owner, name) is None
         # The order between queues is the owner's business; within one it is delivery order.
-        finished = ids(self.queues.finished)
+        outbox = self.queues.take_outbox()
+        finished = ids(outbox.finished)
         assert sorted(finished) == sorted(i for group in expected_failed.values() for i in group)
         for name, failed in expected_failed.items():
             assert [j for j in finished if self.queue_of[j] == name] == failed
-        for job in self.queues.finished:
+        for job in outbox.finished:
             assert job.state is FAILED
             assert job.error is not None and job.error.type == "WorkerLost"
             self._record_finish(job, FAILED)

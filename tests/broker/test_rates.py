@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.broker.rates import WINDOW, Rate
+from conveyor.broker.testing import WINDOW, Rate
 
 
 def test_counts_within_the_window_and_forgets_what_left_it() -> None:

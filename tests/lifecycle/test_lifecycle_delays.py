@@ -19,7 +19,7 @@ import pytest
 from lifecycle_support import running, wait_until
 
 from conveyor.broker import Broker
-from conveyor.broker.queues import Queues, StateError
+from conveyor.broker.testing import Queues, StateError
 from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
 from conveyor.protocol import JobDef
 from conveyor.worker import Job, Worker

@@ -13,7 +13,6 @@ import msgspec
 import pytest
 from lifecycle_support import running
 
-import conveyor.broker.server as broker_server
 import conveyor.client.events as client_events
 from conveyor.broker import Broker
 from conveyor.client import Client, EventsLost, JobEvent, JobFailed, fixed
@@ -193,7 +192,7 @@ class RawWatcher:
 async def test_the_broker_cuts_off_a_watcher_that_stops_reading(
     broker: Broker, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(broker_server, "_EVENT_BACKLOG", 256 * 1024)  # bytes, not 16 MiB
+    monkeypatch.setattr(broker.core.watchers, "backlog_limit", 256 * 1024)  # bytes, not 16 MiB
     queue = "noisy"
     watcher = await RawWatcher.open(broker.port, queue)
     big = "x" * 64 * 1024

@@ -23,7 +23,7 @@ from lifecycle_handlers import starts
 from lifecycle_support import StartWorker, running, wait_for_workers, wait_until
 
 from conveyor.broker import Broker
-from conveyor.broker.queues import Job, Queues
+from conveyor.broker.testing import Job, Queues
 from conveyor.client import Client, JobFailed, JobState
 from conveyor.worker import Job as WorkerJob
 from conveyor.worker import Worker

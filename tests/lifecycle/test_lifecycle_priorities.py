@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from conveyor.broker.queues import Consumer, Job, Queues, StateError
+from conveyor.broker.testing import Consumer, Job, Queues, StateError
 from conveyor.protocol import Backoff, JobDef, JobError, JobState
 
 WAITING = JobState.WAITING

@@ -20,8 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lifecycle_support import running
 
-from conveyor.broker.jobs import backoff_delay
-from conveyor.broker.queues import Job, Queues
+from conveyor.broker.testing import Job, Queues, backoff_delay
 from conveyor.client import Client, JobFailed, JobState, exponential, fixed
 from conveyor.protocol import Backoff, JobDef, JobError
 from conveyor.worker import Job as WorkerJob
@@ -235,10 +234,11 @@ def test_a_retried_job_tells_its_watchers_when_it_runs_next() -> None:
     job = add(queues, 0.0, attempts=2, backoff=fixed(3.0))
     take(queues, 0.0)
     fail(queues, job, 1.0)
-    kinds = [(event.kind, event.attempt, event.run_at) for _, event in queues.events]
+    events = queues.take_outbox().events
+    kinds = [(event.kind, event.attempt, event.run_at) for _, event in events]
     assert kinds == [("added", 0, None), ("active", 1, None), ("retrying", 1, 4.0),
                      ("delayed", 1, 4.0)]
-    assert queues.events[2][1].error == ERROR
+    assert events[2][1].error == ERROR
 
 
 # End to end: a real broker and an in-process worker.

@@ -23,8 +23,8 @@ import msgspec
 from processes import ROOT, STOP_TIMEOUT, read_line
 from processes import subprocess_env as child_env
 
-from conveyor.broker.log import FsyncPolicy, Log, Recovery
-from conveyor.broker.queues import Job, Queues
+from conveyor.broker import FsyncPolicy
+from conveyor.broker.testing import Job, Log, Queues, Recovery
 from conveyor.protocol import JobState
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ import pytest
 from log_support import dir_log_bytes, start_broker, wait_until
 
 from conveyor.broker import Broker
-from conveyor.broker.failpoints import FAILPOINTS
+from conveyor.broker.testing import FAILPOINTS
 from conveyor.client import Client, ConnectionLost, JobState
 from conveyor.worker import Job, Worker
 

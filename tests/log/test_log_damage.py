@@ -12,12 +12,20 @@ from pathlib import Path
 import pytest
 from log_support import assert_one_error_line, raw, reopen, run_broker, start_broker
 
-from conveyor.broker import Broker
-from conveyor.broker.log import FsyncPolicy, Log, LogDamaged, LogError, Recovery
-from conveyor.broker.logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
-from conveyor.broker.queues import Queues
+from conveyor.broker import Broker, FsyncPolicy, LogDamaged, LogError
+from conveyor.broker.testing import (
+    FILE_HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    Core,
+    Log,
+    Queues,
+    RecordingPeer,
+    Recovery,
+    flush,
+    handle,
+)
 from conveyor.client import Client
-from conveyor.protocol import JobState
+from conveyor.protocol import Add, Added, JobDef, JobState
 
 INCREMENT = "incr-00000001.log"
 """The one file a fresh log appends to (no compaction runs in these tests)."""
@@ -33,8 +41,8 @@ def state_of(queues: Queues) -> State:
 
 
 class History:
-    """A log of many small records, one append each; remembers where each record ends and the
-    state after it."""
+    """A log of many small records, one flush (so one append) each, as a broker writes it;
+    remembers where each record ends and the state after it."""
 
     def __init__(self, directory: Path, adds: int = 90) -> None:
         self.directory = directory
@@ -47,27 +55,31 @@ class History:
         queues = Queues(logged=True)
         log = Log(directory, fsync=FsyncPolicy.NO)
         log.open(queues)
-        queues.subscribe("worker", "q", 1)
+        core = Core(queues, log)
+        producer, worker = RecordingPeer("producer"), RecordingPeer("worker")
+        queues.subscribe(worker, "q", 1)
         for n in range(adds):
-            jobs = queues.create("q", [raw(f"job {n}")], 1000.0 + n)
-            self.record_of[jobs[0].id] = len(self.ends)
-            self._append(log, queues)
-            queues.enqueue(jobs)
+            now = 1000.0 + n
+            handle(core, producer, Add(req=n + 1, queue="q", jobs=[JobDef(data=raw(f"job {n}"))]),
+                   now)
+            self.record_of[queues.last_id] = len(self.ends)
+            self._flush(core, now)
             if n % 3 == 2:
-                [(_, [job])] = queues.dispatch()
-                queues.ack("worker", job.id, job.lease, raw(f"done {job.id}"), 2000.0 + n)
-                self._append(log, queues)
+                # The worker finishes the job it holds (it got one in the flush that added it).
+                [job] = queues.list_jobs("q", JobState.ACTIVE, 0, 1)[0]
+                queues.ack(worker, job.id, job.lease, raw(f"done {job.id}"), 2000.0 + n)
+                self._flush(core, 2000.0 + n)
         asyncio.run(log.close())
         self.final = state_of(queues)
         assert len(self.final) == adds
         assert sum(s is JobState.COMPLETED for s, _ in self.final.values()) == adds // 3
 
-    def _append(self, log: Log, queues: Queues) -> None:
-        assert queues.records is not None and len(queues.records) == 1
-        log.append(queues.records)
-        queues.records.clear()
-        self.ends.append(FILE_HEADER_SIZE + log.written)
-        self.states.append(state_of(queues))
+    def _flush(self, core: Core, now: float) -> None:
+        assert len(core.queues.output.records) == 1
+        assert core.log is not None
+        flush(core, now)
+        self.ends.append(FILE_HEADER_SIZE + core.log.written)
+        self.states.append(state_of(core.queues))
 
     @property
     def increment(self) -> Path:
@@ -93,11 +105,15 @@ def add_after_restart(directory: Path, *, salvage: bool = False) -> tuple[State,
     log = Log(directory, fsync=FsyncPolicy.NO, salvage=salvage)
     recovery = log.open(queues)
     recovered = state_of(queues)
-    (job,) = queues.create("q", [raw("after restart")], 5000.0)
-    assert queues.records is not None
-    log.append(queues.records)
+    producer = RecordingPeer("producer")
+    core = Core(queues, log)
+    handle(core, producer, Add(req=1, queue="q", jobs=[JobDef(data=raw("after restart"))]),
+           5000.0)
+    flush(core, 5000.0)
     asyncio.run(log.close())
-    return recovered, recovery, job.id
+    [added] = producer.sent
+    assert isinstance(added, Added)
+    return recovered, recovery, added.ids[0]
 
 
 def test_a_cut_anywhere_in_the_last_records_recovers_exactly_the_records_before_it(

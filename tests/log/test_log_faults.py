@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from log_support import HERE, assert_one_error_line, reopen, start_broker, wait_until
 
-from conveyor.broker import Broker, BrokerStatus
-from conveyor.broker.log import LogError
+from conveyor.broker import Broker, BrokerStatus, LogError
 from conveyor.client import Client, ConnectionLost, JobState, RequestRefused
 from conveyor.protocol import ErrorCode
 from conveyor.worker import Job, Worker

@@ -34,11 +34,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from log_support import Limits, assert_same_state, raw, reopen
 
-from conveyor.broker.log import FsyncPolicy, Log, load_files, write_base
-from conveyor.broker.queues import Job, Queues, StateError
-from conveyor.broker.records import Record
-from conveyor.broker.replay import Replayer, snapshot
-from conveyor.protocol import Backoff, JobDef, JobError, JobState
+from conveyor.broker import FsyncPolicy
+from conveyor.broker.testing import (
+    Core,
+    Job,
+    Log,
+    Queues,
+    Record,
+    RecordingPeer,
+    Replayer,
+    StateError,
+    flush,
+    handle,
+    load_files,
+    snapshot,
+    write_base,
+)
+from conveyor.protocol import Add, Backoff, JobDef, JobError, JobState
 
 WAITING = JobState.WAITING
 DELAYED = JobState.DELAYED
@@ -108,21 +120,32 @@ operations = st.one_of(
 
 
 class LoggedBroker:
-    """A logged ``Queues`` and its log, driven as the server drives them, on a fake clock."""
+    """A broker ``Core`` (logged queues and their log), driven as the server drives it, on a fake
+    clock; the producer and the workers are ``RecordingPeer``s."""
 
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
         self.generation = 0
         self.directory = scratch / "data-0"
-        self.queues = self.new_queues()
-        self.log = self.open_log(self.directory, self.queues)
-        self.pending: list[list[Job]] = []
+        queues = self.new_queues()
+        self.core = Core(queues, self.open_log(self.directory, queues))
+        self.producer = RecordingPeer("producer")
+        self.peers: dict[str, RecordingPeer] = {}
         self.now = 1_000_000.0
         self.serial = 0
         self.highest_id = 0
         self.applied: collections.Counter[str] = collections.Counter()
         """How many times each operation changed something."""
         self.drops_may_differ: set[int] = set()
+
+    @property
+    def queues(self) -> Queues:
+        return self.core.queues
+
+    @property
+    def log(self) -> Log:
+        assert self.core.log is not None
+        return self.core.log
 
     @staticmethod
     def new_queues() -> Queues:
@@ -142,43 +165,43 @@ class LoggedBroker:
     # The server's pass.
 
     def flush(self) -> None:
-        """Append the pass's records in one write; written jobs join their lines; dispatch."""
-        records = self.queues.records
-        assert records is not None
-        if records:
-            self.log.append(records)
-            records.clear()
-        for jobs in self.pending:
-            self.queues.enqueue(jobs)
-        self.pending.clear()
-        self.queues.dispatch(self.now)
-        self.queues.finished.clear()
+        """The server's flush: the pass's records in one write, written jobs join their lines,
+        dispatch."""
+        flush(self.core, self.now)
+        for peer in (self.producer, *self.peers.values()):
+            peer.take()
+
+    def peer(self, owner: str) -> RecordingPeer:
+        """The worker called ``owner``."""
+        if owner not in self.peers:
+            self.peers[owner] = RecordingPeer(owner)
+        return self.peers[owner]
 
     def settle_adds(self) -> None:
         """End the pass before a job moves to the tail while added jobs wait to join (the known
         difference in the module docstring)."""
-        if self.pending:
+        if self.core.accepted:
             self.flush()
 
     # Operations: each returns whether it applied.
 
     def add(self, queue: str, jobs: list[Spec]) -> bool:
         now = self.clock()
-        payloads: list[msgspec.Raw | JobDef] = []
+        payloads: list[JobDef] = []
         for spec in jobs:
             self.serial += 1
             data = raw({"n": self.serial})
             if spec == Spec():
-                payloads.append(data)
+                payloads.append(JobDef(data=data))
                 continue
             payloads.append(JobDef(
                 data=data, id=spec.key, priority=spec.priority, attempts=spec.attempts,
                 backoff=spec.backoff, timeout=spec.timeout, delay=spec.delay,
                 run_at=None if spec.run_in is None else now + spec.run_in,
                 keep_result=spec.keep_result))
-        created = self.queues.create(queue, payloads, now)
+        handle(self.core, self.producer, Add(req=self.serial, queue=queue, jobs=payloads), now)
+        _, _, created = self.core.accepted[-1]
         self.highest_id = max([self.highest_id, *(job.id for job in created)])
-        self.pending.append(created)
         return True
 
     def held(self) -> list[tuple[Hashable, Job]]:
@@ -190,7 +213,7 @@ class LoggedBroker:
                 if job.state in states and not job.pending]
 
     def subscribe(self, owner: str, queue: str, window: int) -> bool:
-        self.queues.subscribe(owner, queue, window, lease=LEASE)
+        self.queues.subscribe(self.peer(owner), queue, window, lease=LEASE)
         return True
 
     def ack(self, pick: int) -> bool:
@@ -219,12 +242,13 @@ class LoggedBroker:
         return self.queues.release(owner, job.id, job.lease, self.clock()) is job
 
     def drop(self, owner: str) -> bool:
-        had = any(owner == held_by for held_by, _ in self.held())
-        self.queues.drop(owner, self.clock())
+        peer = self.peer(owner)
+        had = any(peer is held_by for held_by, _ in self.held())
+        self.queues.drop(peer, self.clock())
         return had
 
     def extend(self, owner: str, queue: str) -> bool:
-        self.queues.extend(owner, queue, self.clock())
+        self.queues.extend(self.peer(owner), queue, self.clock())
         return True
 
     def tick(self, seconds: float) -> bool:
@@ -247,10 +271,10 @@ class LoggedBroker:
             return False
         job = jobs[pick % len(jobs)]
         if job.state is ACTIVE:
-            records = list(self.queues.records or ())
+            records = list(self.queues.output.records)
             with pytest.raises(StateError):
                 self.queues.remove(job.id)
-            assert self.queues.records == records  # a refused request logs nothing
+            assert self.queues.output.records == records  # a refused request logs nothing
             return False
         return self.queues.remove(job.id) is job
 
@@ -292,9 +316,8 @@ class LoggedBroker:
             log = self.open_log(self.directory, compacted)
             assert_same_as_after_restart(replayed, compacted, self.drops_may_differ)
             replayed = compacted
-        replayed.finished.clear()
         self.check_new_ids(replayed)
-        self.queues, self.log = replayed, log
+        self.core = Core(replayed, log)
         return True
 
     def apply(self, operation: tuple[Any, ...]) -> None:
@@ -415,7 +438,7 @@ def check_restarts(broker: LoggedBroker) -> None:
     assert not broker.held()
     broker.close()
     restarted = broker.new_queues()
-    broker.log = broker.open_log(broker.directory, restarted)
+    broker.core = Core(restarted, broker.open_log(broker.directory, restarted))
     for step in (0.5, 2.0, 5.0, 40.0):
         broker.now += step
         live.tick(broker.now)
@@ -603,7 +626,7 @@ def _lease(broker: LoggedBroker) -> None:
     broker.subscribe("w2", "a", 1)
     broker.tick(LEASE + 1)
     broker.flush()
-    assert job.drops == 1 and job.holder is not None and job.holder.owner == "w2"
+    assert job.drops == 1 and job.holder is not None and job.holder.owner is broker.peer("w2")
 
 
 @scenario("delayed job comes due")

@@ -12,15 +12,22 @@ import bisect
 from collections import deque
 from collections.abc import Iterator
 from itertools import chain
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .queues import Job
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["WaitingLine"]
 
 
-class WaitingLine:
+class _Prioritized(Protocol):
+    @property
+    def priority(self) -> int:
+        """Higher runs first."""
+
+
+Job = TypeVar("Job", bound=_Prioritized)
+"""What waits in line (a job: the line needs only its priority)."""
+
+
+class WaitingLine(Generic[Job]):
     """The waiting jobs of one queue, in the order they will be taken."""
 
     __slots__ = ("_levels", "_lines", "_size")

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import BrokerError
+from ._errors import BrokerError
 
 __all__ = [
     "FILE_HEADER_SIZE",

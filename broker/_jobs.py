@@ -1,4 +1,5 @@
-"""The broker's records of jobs, subscriptions and queues (state only; ``Queues`` moves them)."""
+"""The job model: jobs and their options, subscriptions and queues (state only; ``Queues`` moves
+them)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ import msgspec
 
 from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
-from .errors import BrokerError
-from .rates import Rate
-from .records import DEFAULT_OPTIONS, JobOptions
-from .waiting import WaitingLine
+from ._rates import Rate
+from ._waiting import WaitingLine
 
 __all__ = [
     "ACTIVE",
@@ -22,14 +21,15 @@ __all__ = [
     "DEFAULT_KEEP",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_OPTIONS",
     "DELAYED",
     "FAILED",
     "JOB_OVERHEAD",
     "WAITING",
     "Consumer",
     "Job",
+    "JobOptions",
     "Queue",
-    "StateError",
     "backoff_delay",
     "job_options",
     "with_run_at",
@@ -50,8 +50,26 @@ ACTIVE: Final = JobState.ACTIVE
 COMPLETED: Final = JobState.COMPLETED
 FAILED: Final = JobState.FAILED
 
-class StateError(BrokerError):
-    """The job is not in a state the request applies to."""
+
+class JobOptions(msgspec.Struct, frozen=True, array_like=True):
+    """A job's options as the broker keeps them, and as the log records them.
+
+    ``run_at`` is absolute (the producer's delay already applied); it is None once the job is due.
+    Array-like, because it is written into log records (``JobsAddedWithOptions``, ``JobSnapshot``):
+    fields are only ever added at the end, with defaults.
+    """
+
+    key: str | None = None
+    priority: int = 0
+    attempts: int = 1
+    backoff: Backoff | None = None
+    timeout: float | None = None
+    run_at: float | None = None
+    keep_result: float | None = None
+    name: str | None = None
+
+
+DEFAULT_OPTIONS: Final = JobOptions()
 
 
 class Job:
@@ -128,11 +146,12 @@ class Job:
 class Consumer:
     """One owner's (a connection's) subscription to one queue."""
 
-    __slots__ = ("armed", "deadline", "held", "lease", "owner", "queue", "served", "silent",
+    __slots__ = ("deadline", "held", "id", "lease", "owner", "queue", "served", "silent",
                  "window")
 
-    def __init__(self, owner: Hashable, queue: Queue, window: int, served: int,
+    def __init__(self, consumer_id: int, owner: Hashable, queue: Queue, window: int, served: int,
                  lease: float = DEFAULT_LEASE) -> None:
+        self.id = consumer_id
         self.owner = owner
         self.queue = queue
         self.window = window
@@ -143,8 +162,6 @@ class Consumer:
         """Sequence number of the last job given to it: the round-robin tie-break."""
         self.deadline = 0.0
         """When its jobs are taken back unless it is heard from."""
-        self.armed = False
-        """Whether a lease entry for it is in the deadline heap."""
         self.silent = False
         """Its lease ran out: it gets nothing more until it is heard from."""
 
@@ -163,7 +180,7 @@ class Queue:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.waiting = WaitingLine()
+        self.waiting: WaitingLine[Job] = WaitingLine()
         self.delayed: dict[int, Job] = {}
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False

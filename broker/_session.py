@@ -1,8 +1,8 @@
 """One client connection: bytes in, messages to the server, framed replies out.
 
 A session knows the wire (framing, decoding, the handshake) and nothing of queues: every decoded
-message goes to the server's ``handle``. Replies are appended to one buffer that the server flushes
-once per loop pass, so everything a connection is owed leaves in one write.
+message goes to its ``Host`` (the server). Replies are appended to one buffer that the server
+flushes once per loop pass, so everything a connection is owed leaves in one write.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 from conveyor.protocol import (
     PROTOCOL_VERSION,
+    BrokerMessage,
     ClientMessage,
     Error,
     ErrorCode,
@@ -25,10 +26,7 @@ from conveyor.protocol import (
     Welcome,
 )
 
-if TYPE_CHECKING:
-    from .server import Broker
-
-__all__ = ["SERVER_NAME", "Session"]
+__all__ = ["SERVER_NAME", "Host", "Session"]
 
 SERVER_NAME: Final = "conveyor/0.1"
 
@@ -38,21 +36,37 @@ _decoder: Final[MessageDecoder[ClientMessage]] = MessageDecoder(ClientMessage)
 _encoder: Final = FrameEncoder()
 
 
+class Host(Protocol):
+    """What a session needs of the server that accepted its connection."""
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame accepted or sent (bytes)."""
+
+    def connected(self, session: Session) -> None:
+        """The connection is up (the host may still turn it away with ``abort``)."""
+
+    def disconnected(self, session: Session) -> None:
+        """The connection is gone."""
+
+    def received(self, session: Session, message: ClientMessage) -> None:
+        """A message arrived, after the handshake."""
+
+    def wrote(self, session: Session) -> None:
+        """The session has output queued for this pass: have it flushed."""
+
+
 class Session(asyncio.Protocol):
     """The broker's side of one connection."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.reader = FrameReader(broker.max_frame)
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.reader = FrameReader(host.max_frame)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.greeted = False
         self.closing = False
         self.out = bytearray()
-        self.waits: set[int] = set()
-        """Job ids this session has a ``wait`` pending on."""
-        self.watching: set[str] = set()
-        """Queues whose events this session receives."""
 
     def __repr__(self) -> str:
         return f"<Session {self.peer}>"
@@ -67,11 +81,11 @@ class Session(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.broker.connected(self)
+        self.host.connected(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.broker.disconnected(self)
+        self.host.disconnected(self)
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it catches up.
@@ -90,6 +104,7 @@ class Session(asyncio.Protocol):
         except ProtocolError as exc:
             frames = []
             self.abort(exc)
+        received = self.host.received
         for body in frames:
             if self.closing:
                 return
@@ -101,18 +116,17 @@ class Session(asyncio.Protocol):
             if not self.greeted:
                 self.greet(message)
             else:
-                self.broker.handle(self, message)
+                received(self, message)
         if frames and self.reader.buffered and not self.closing:
             # A bad length prefix that followed whole frames is reported after them.
             self.data_received(b"")
 
-    # Called by the server.
+    # Called by the server (a session is the ``Peer`` of its client).
 
-    def send(self, message: object) -> None:
+    def send(self, message: BrokerMessage) -> None:
         """Queue ``message`` for this pass's write."""
         if not self.out:
-            self.broker.dirty.append(self)
-            self.broker.schedule_flush()
+            self.host.wrote(self)
         _encoder.append(self.out, message)
 
     def flush(self) -> None:
@@ -120,6 +134,21 @@ class Session(asyncio.Protocol):
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(bytes(self.out))
         self.out.clear()
+
+    def backlog(self) -> int:
+        """Bytes written to the transport that it has not sent yet."""
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        """Close the connection once what was written is sent."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def kill(self) -> None:
+        """Drop the connection at once, without a word."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def refuse(self, error: ProtocolError) -> None:
         """Reply with an error; the connection stays open."""
@@ -152,4 +181,4 @@ class Session(asyncio.Protocol):
         else:
             self.greeted = True
             self.send(Welcome(version=PROTOCOL_VERSION, server=SERVER_NAME,
-                              max_frame=self.broker.max_frame))
+                              max_frame=self.host.max_frame))

@@ -7,14 +7,16 @@ integers: a record type never changes meaning, new fields go at the end with def
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
-from conveyor.protocol import NIL, Backoff, JobError
+from conveyor.protocol import NIL, JobError
+
+from ._jobs import DEFAULT_OPTIONS, JobOptions
 
 __all__ = [
-    "DEFAULT_OPTIONS",
     "JobFinished",
-    "JobOptions",
     "JobPromoted",
     "JobRequeued",
     "JobRetrying",
@@ -27,6 +29,8 @@ __all__ = [
     "QueuePaused",
     "QueueSnapshot",
     "Record",
+    "decode_record",
+    "encode_record",
 ]
 
 
@@ -61,22 +65,6 @@ class JobRequeued(_Record, tag=3, frozen=True):
 
     id: int
     drops: int
-
-
-class JobOptions(msgspec.Struct, frozen=True, array_like=True):
-    """A job's options, as logged (``run_at`` is absolute: the delay already applied)."""
-
-    key: str | None = None
-    priority: int = 0
-    attempts: int = 1
-    backoff: Backoff | None = None
-    timeout: float | None = None
-    run_at: float | None = None
-    keep_result: float | None = None
-    name: str | None = None
-
-
-DEFAULT_OPTIONS = JobOptions()
 
 
 class JobsAddedWithOptions(_Record, tag=4, frozen=True):
@@ -160,3 +148,11 @@ Record = (
     JobsAdded | JobFinished | JobRequeued | JobsAddedWithOptions | JobRetrying | JobPromoted
     | JobsRemoved | QueuePaused | JobsRetried | QueueSnapshot | JobSnapshot | LastId
 )
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final[msgspec.msgpack.Decoder[Record]] = msgspec.msgpack.Decoder(Record)
+
+encode_record: Final = _encoder.encode
+"""A record's body, as the log stores it."""
+decode_record: Final = _decoder.decode
+"""The record in a body read from the log (``msgspec.DecodeError`` if it is none)."""

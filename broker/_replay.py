@@ -16,12 +16,10 @@ import msgspec
 
 from conveyor.protocol import JobState
 
-from .jobs import JOB_OVERHEAD, Job
-from .queues import Queues
-from .records import (
-    DEFAULT_OPTIONS,
+from ._jobs import DEFAULT_OPTIONS, JOB_OVERHEAD, Job, JobOptions
+from ._queues import Queues
+from ._records import (
     JobFinished,
-    JobOptions,
     JobPromoted,
     JobRequeued,
     JobRetrying,
@@ -76,7 +74,7 @@ class Replayer:
                 finished.result = result
                 finished.error = error
                 state = JobState.FAILED if error is not None else JobState.COMPLETED
-                queues.finish(finished, state, at, record=False)
+                queues.retention.finish(finished, state, at, record=False)
             case JobRetrying(id=job_id, attempt=attempt, error=error, run_at=run_at):
                 retried = jobs.get(job_id)
                 if retried is None:
@@ -118,15 +116,15 @@ class Replayer:
                         self.skipped += 1
                         continue
                     self._unline(removed)
-                    queues.detach(removed)
-                    queues.forget(removed)
+                    queues.retention.detach(removed)
+                    queues.retention.forget(removed)
             case JobsRetried(ids=ids):
                 for job_id in ids:
                     failed = jobs.get(job_id)
                     if failed is None or failed.state is not JobState.FAILED:
                         self.skipped += 1
                         continue
-                    queues.renew(failed)
+                    queues.retention.renew(failed)
                     self._tail(failed)
             case QueuePaused(queue=name, paused=paused):
                 queues.queue(name).paused = paused
@@ -156,7 +154,7 @@ class Replayer:
             for job in queue.delayed.values():
                 queues.delay_job(queue, job)
         for name in self._restored_kept:
-            queues.age_retained(queues.queues[name])
+            queues.retention.age_retained(queues.queues[name])
         self._restored_kept.clear()
         self._heads.clear()
         self._tails.clear()
@@ -203,14 +201,14 @@ class Replayer:
         state = _STATES[record.state]
         job.state = state
         if state in (JobState.COMPLETED, JobState.FAILED):
-            queues.live_bytes += len(record.result)  # as ``Queues.finish`` counts it
+            queues.live_bytes += len(record.result)  # as ``Retention.finish`` counts it
             job.finished_at = record.finished_at
             job.result = record.result
             job.error = record.error
             if record.options.keep_result is not None:
                 queue.kept_own[job.id] = job
                 assert job.finished_at is not None
-                queues.expire_at(job, job.finished_at + record.options.keep_result)
+                queues.retention.expire_at(job, job.finished_at + record.options.keep_result)
             else:
                 kept = queue.kept_completed if state is JobState.COMPLETED else queue.kept_failed
                 kept.append(job.id)

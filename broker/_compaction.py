@@ -1,0 +1,219 @@
+"""Compaction, both halves: the broker's side, which decides when, freezes the files and switches
+to the new base, and the child process that replays the frozen files and writes the base.
+
+1. Appends move to a new increment, named in the manifest before its first record.
+2. A child process (``python -m conveyor.broker._compaction DIR OUTPUT KEEP_COMPLETED
+   KEEP_FAILED FILE...``) replays the frozen files and writes their live state as a base file
+   under a temporary name, fsynced.
+3. The broker renames it into place and switches the manifest to it.
+4. The frozen files, no longer named anywhere, are deleted.
+
+A crash at any step leaves the old files in charge (the next start deletes what is left of the
+new ones). A compaction runs when the log outgrew both a floor and a ratio over the live state,
+one at a time; after one failed on an OS error (a full disk), the next waits a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final, Protocol
+
+from ._errors import LogError
+from ._failpoints import failpoint
+from ._logfile import FileKind, append_record, file_header, read_header, scan
+from ._manifest import base_name, generation_of
+from ._queues import Queues
+from ._records import decode_record, encode_record
+from ._replay import Replayer, snapshot
+
+__all__ = [
+    "DEFAULT_COMPACT_FLOOR",
+    "DEFAULT_COMPACT_RATIO",
+    "Compactor",
+    "Files",
+    "load_files",
+    "main",
+    "write_base",
+]
+
+DEFAULT_COMPACT_FLOOR: Final = 64 * 1024 * 1024
+"""Compaction never runs while the log is smaller than this (bytes)."""
+DEFAULT_COMPACT_RATIO: Final = 4.0
+"""...nor while it is smaller than this multiple of the live state's estimated size."""
+_CHILD: Final = "conveyor.broker._compaction"
+"""The module the child process runs."""
+_RETRY: Final = 1.0
+"""Seconds to wait after a compaction failed on an OS error (a full disk) before another."""
+
+log = logging.getLogger("broker")
+
+
+class Files(Protocol):
+    """What compaction needs of the log whose files it replaces."""
+
+    @property
+    def directory(self) -> Path:
+        """The data directory."""
+
+    @property
+    def size(self) -> int:
+        """Bytes in the files of the log now."""
+
+    def freeze(self) -> tuple[list[str], int]:
+        """Move appends to a new increment; return the files before it, and its generation."""
+
+    def switch_base(self, base: str, generation: int) -> None:
+        """Name ``base`` in the manifest instead of every file before increment ``generation``."""
+
+    def measure(self) -> int:
+        """Recount (and return) the bytes in the files the manifest names."""
+
+
+class Compactor:
+    """The compactions of one log: when one is due, running it, and its outcome."""
+
+    def __init__(self, files: Files, *, floor: int = DEFAULT_COMPACT_FLOOR,
+                 ratio: float = DEFAULT_COMPACT_RATIO) -> None:
+        self.files = files
+        self.floor = floor
+        self.ratio = ratio
+        self.compactions = 0
+        """Compactions completed."""
+        self._task: asyncio.Future[None] | None = None
+        self._running = False
+        self._retry_at = 0.0
+
+    def wanted(self, live_bytes: int) -> bool:
+        """True when the log outgrew both the floor and the ratio over the live state."""
+        size = self.files.size
+        return not self._running and size > self.floor and size > self.ratio * live_bytes
+
+    def poll(self, queues: Queues, wake: Callable[[], None]) -> None:
+        """Reap a finished compaction; start one if due (``wake`` is called when it ends)."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._task.done():
+            task, self._task = self._task, None
+            try:
+                task.result()
+            except OSError as exc:
+                # No room for its files, say: the log is as it was; try again in a while.
+                log.error("compaction failed: %s", exc)
+                self._retry_at = loop.time() + _RETRY
+        if (self._task is None and loop.time() >= self._retry_at
+                and self.wanted(queues.live_bytes)):
+            retention = queues.retention
+            self._task = asyncio.ensure_future(
+                self._compact(retention.keep_completed, retention.keep_failed))
+            self._task.add_done_callback(lambda _: wake())
+
+    async def cancel(self) -> None:
+        """Stop a compaction under way; it changes nothing on disk (the next start ignores its
+        files)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("compaction failed: %s", task.exception())
+
+    async def _compact(self, keep_completed: int, keep_failed: int) -> None:
+        """Snapshot the files as they are now into a new base, while appends go on."""
+        self._running = True
+        try:
+            files = self.files
+            directory = files.directory
+            # 1. Appends move to a new increment.
+            frozen, generation = files.freeze()
+            failpoint("compaction.switched")
+            base = base_name(generation)
+            tmp = directory / (base + ".tmp")
+            # 2. A child process replays the frozen files and writes their snapshot.
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", _CHILD, str(directory), str(tmp),
+                str(keep_completed), str(keep_failed), *frozen,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                _, stderr = await process.communicate()
+            except asyncio.CancelledError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+                tmp.unlink(missing_ok=True)
+                raise
+            if process.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                # An OSError, like the parent's own file errors: poll() waits before retrying.
+                raise OSError(f"the compaction process exited with status {process.returncode}: "
+                              f"{last[0]}")
+            failpoint("compaction.written")
+            # 3. Switch: the new base replaces the frozen files.
+            os.rename(tmp, directory / base)
+            failpoint("compaction.renamed")
+            files.switch_base(base, generation)
+            failpoint("compaction.manifest")
+            # 4. The frozen files are no longer named anywhere.
+            for name in frozen:
+                (directory / name).unlink(missing_ok=True)
+            size = files.measure()
+            self.compactions += 1
+            log.info("compacted the log to %d bytes", size)
+        finally:
+            self._running = False
+
+
+# The child's half.
+
+
+def load_files(directory: Path, names: Sequence[str], queues: Queues) -> int:
+    """Replay ``names`` (already validated by a running broker) into ``queues``; return records.
+
+    Used by the compaction child on files the broker froze: any damage here is an error.
+    """
+    replayer = Replayer(queues)
+    count = 0
+    for name in names:
+        data = (directory / name).read_bytes()
+        read_header(data)
+        bodies, damage = scan(data)
+        if damage is not None:
+            raise LogError(f"{directory / name} is damaged at byte {damage.offset}")
+        for body in bodies:
+            replayer.apply(decode_record(body))
+        count += len(bodies)
+    replayer.finish()
+    return count
+
+
+def write_base(path: Path, generation: int, queues: Queues) -> None:
+    """Write ``queues``' live state to ``path`` as a base file, fsynced."""
+    buffer = bytearray(file_header(FileKind.BASE, generation))
+    with open(path, "wb") as file:
+        for record in snapshot(queues):
+            append_record(buffer, encode_record(record))
+            if len(buffer) > 1 << 20:
+                file.write(buffer)
+                buffer.clear()
+        file.write(buffer)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def main(argv: list[str]) -> int:
+    """Run one compaction (the child process); return the exit status."""
+    directory, output, keep_completed, keep_failed, *names = argv
+    queues = Queues(keep_completed=int(keep_completed), keep_failed=int(keep_failed))
+    load_files(Path(directory), names, queues)
+    write_base(Path(output), generation_of(Path(output).name), queues)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

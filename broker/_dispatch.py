@@ -1,0 +1,237 @@
+"""Credit and dispatch: subscriptions, who gets which waiting job, and the leases they hold.
+
+A subscription (``Consumer``) has a credit window: the most jobs it may hold unacknowledged.
+Dispatch is work-conserving and spreading: no job waits while a subscriber of its queue has a
+free slot, and each job goes to the subscriber with the most free slots, ties broken round-robin
+(the one served least recently first). Within a queue, higher priority first, then first in
+first out. Only queues that may have work to hand out (``wake``) are looked at.
+
+Every delivery is a lease. A subscriber holding jobs must be heard from (an ack, a progress
+report, an ``extend``) at least once a lease period; one that stays silent longer loses its
+jobs and gets no more until it is heard from again. Jobs taken back from a silent or dropped
+worker go back to the head of their queue, in delivery order, unless they were lost with their
+worker more than ``max_redeliveries`` times: then they fail, so that a job that kills its
+workers cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+
+from conveyor.protocol import JobError
+
+from ._deadlines import Deadlines, Kind
+from ._jobs import (
+    ACTIVE,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_REDELIVERIES,
+    FAILED,
+    WAITING,
+    Consumer,
+    Job,
+    Queue,
+)
+from ._outbox import Output
+from ._records import JobRequeued
+from ._retention import Retention
+from ._store import Store
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """The subscriptions of one broker and the dispatch of waiting jobs to them."""
+
+    __slots__ = ("_by_id", "_deadlines", "_last_consumer", "_last_lease", "_leases", "_output",
+                 "_owners", "_ready", "_retention", "_served", "_store", "max_redeliveries")
+
+    def __init__(self, store: Store, deadlines: Deadlines, output: Output, retention: Retention,
+                 *, max_redeliveries: int = DEFAULT_MAX_REDELIVERIES) -> None:
+        self.max_redeliveries = max_redeliveries
+        self._store = store
+        self._retention = retention
+        self._deadlines = deadlines
+        self._leases = deadlines.live(Kind.LEASE)
+        self._output = output
+        self._owners: dict[Hashable, list[Consumer]] = {}
+        self._by_id: dict[int, Consumer] = {}
+        self._ready: set[Queue] = set()
+        """Queues that may have jobs to hand out: waiting jobs and subscribers."""
+        self._served = 0
+        """Sequence of deliveries (and new subscriptions): the round-robin order."""
+        self._last_lease = 0
+        self._last_consumer = 0
+
+    def subscribe(self, owner: Hashable, queue: Queue, window: int,
+                  lease: float = DEFAULT_LEASE) -> Consumer:
+        """Subscribe ``owner`` to ``queue`` with a credit window (or change the window)."""
+        consumer = queue.consumers.get(owner)
+        if consumer is None:
+            self._served += 1
+            self._last_consumer += 1
+            consumer = Consumer(self._last_consumer, owner, queue, window, self._served, lease)
+            queue.consumers[owner] = consumer
+            self._owners.setdefault(owner, []).append(consumer)
+            self._by_id[consumer.id] = consumer
+        consumer.window = window
+        consumer.lease = lease
+        if consumer.free > 0:
+            self.wake(queue)
+        return consumer
+
+    def drop(self, owner: Hashable, now: float) -> list[Job]:
+        """Forget every subscription of ``owner`` (its connection is gone); its jobs are taken
+        back. Returns the jobs that went back to their queues."""
+        requeued: list[Job] = []
+        for consumer in self._owners.pop(owner, ()):
+            del consumer.queue.consumers[owner]
+            del self._by_id[consumer.id]
+            self._deadlines.cancel(Kind.LEASE, consumer.id)
+            requeued += self._take_back(consumer, now)
+        return requeued
+
+    def wake(self, queue: Queue) -> None:
+        """``queue`` may have work to hand out: look at it in the next ``dispatch``."""
+        if queue.waiting and queue.consumers:
+            self._ready.add(queue)
+
+    def heard(self, consumer: Consumer, now: float) -> None:
+        """The consumer's owner is alive: its lease runs for another lease period from ``now``."""
+        consumer.deadline = now + consumer.lease
+        if consumer.silent:
+            consumer.silent = False
+            self.wake(consumer.queue)
+        if consumer.held and consumer.id not in self._leases:
+            self._deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
+
+    def take(self, owner: Hashable, job_id: int, lease: int, now: float) -> Job | None:
+        """The job ``owner`` holds under ``lease``, taken from it (its slot is free again, and
+        hearing from it extends its lease); None, and no change, if it holds no such lease."""
+        job = self._store.jobs.get(job_id)
+        if job is None or job.lease != lease or lease == 0:
+            return None
+        consumer = job.holder
+        if consumer is None or consumer.owner != owner:
+            return None
+        del consumer.held[job.id]
+        job.holder = None
+        job.lease = 0
+        queue = consumer.queue
+        queue.active -= 1
+        self.heard(consumer, now)
+        self.wake(queue)
+        return job
+
+    def lease_due(self, consumer_id: int, now: float) -> None:
+        """The lease of a consumer came due: unless it was heard from since, it loses its jobs."""
+        consumer = self._by_id.get(consumer_id)
+        if consumer is None or not consumer.held:
+            return
+        if consumer.deadline > now:
+            self._deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
+            return
+        # Silent for a whole lease (a blocked loop, a stopped process): its jobs go elsewhere,
+        # and it gets no more until it is heard from.
+        consumer.silent = True
+        self._take_back(consumer, now)
+
+    def requeue(self, queue: Queue, jobs: list[Job]) -> None:
+        """Put jobs taken from their holder back at the head of ``queue``, in order."""
+        if not jobs:
+            return
+        output = self._output
+        for job in reversed(jobs):
+            job.state = WAITING
+            queue.waiting.appendleft(job)
+            if output.logged:
+                output.records.append(JobRequeued(id=job.id, drops=job.drops))
+        self.wake(queue)
+
+    def _take_back(self, consumer: Consumer, now: float) -> list[Job]:
+        """The consumer's worker is lost: its jobs go back, or fail after too many losses.
+        Returns the jobs that went back."""
+        jobs = list(consumer.held.values())
+        consumer.held.clear()
+        consumer.queue.active -= len(jobs)
+        back = []
+        for job in jobs:
+            job.holder = None
+            job.lease = 0
+            job.drops += 1
+            if job.drops > self.max_redeliveries:
+                job.error = JobError(
+                    type="WorkerLost",
+                    message=f"the worker running it was lost {job.drops} times "
+                            f"(limit {self.max_redeliveries} redeliveries)",
+                )
+                self._retention.finish(job, FAILED, now)
+            else:
+                job.attempt -= 1
+                back.append(job)
+        self.requeue(consumer.queue, back)
+        return back
+
+    def dispatch(self, now: float = 0.0) -> list[tuple[Consumer, list[Job]]]:
+        """Lease waiting jobs to subscribers with free slots; return who gets what.
+
+        ``now`` starts the lease of a subscriber that held nothing.
+        """
+        out: list[tuple[Consumer, list[Job]]] = []
+        ready = self._ready
+        output = self._output
+        while ready:
+            queue = ready.pop()
+            waiting = queue.waiting
+            if not waiting or queue.paused:
+                continue
+            heap = [(-c.free, c.served, c) for c in queue.consumers.values() if c.free > 0]
+            if not heap:
+                continue
+            heapq.heapify(heap)
+            given: dict[Consumer, list[Job]] = {}
+            served = self._served
+            lease = self._last_lease
+            line = waiting.first()
+            taken = 0
+            while heap:
+                if not line:
+                    waiting.taken(line, taken)
+                    taken = 0
+                    if not waiting:
+                        break
+                    line = waiting.first()
+                negative_free, _, consumer = heap[0]
+                job = line.popleft()
+                taken += 1
+                lease += 1
+                served += 1
+                job.state = ACTIVE
+                job.attempt += 1
+                job.lease = lease
+                job.holder = consumer
+                consumer.held[job.id] = job
+                consumer.served = served
+                batch = given.get(consumer)
+                if batch is None:
+                    batch = given[consumer] = []
+                batch.append(job)
+                if negative_free < -1:
+                    heapq.heapreplace(heap, (negative_free + 1, served, consumer))
+                else:
+                    heapq.heappop(heap)
+            if taken:
+                waiting.taken(line, taken)
+            self._served = served
+            self._last_lease = lease
+            queue.active += sum(len(jobs) for jobs in given.values())
+            watched = queue.name in output.watched
+            for consumer, jobs in given.items():
+                if len(consumer.held) == len(jobs):
+                    # It held nothing: its lease starts now.
+                    self.heard(consumer, now)
+                if watched:
+                    for job in jobs:
+                        output.event(queue.name, "active", job, now)
+            out += given.items()
+        return out

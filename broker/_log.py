@@ -1,0 +1,359 @@
+"""The append-only log: appending records, group commit, and the data directory's files.
+
+Files in the data directory (see ``log.md`` for the byte format): ``MANIFEST`` names the base
+file and the increments in replay order (``_manifest``); only the last increment is appended to;
+``LOCK`` is held (``flock``) while a broker uses the directory.
+
+Records produced in one loop pass are written with one ``write``. Under ``--fsync always`` the
+caller waits for an fsync covering its records; fsyncs run in a thread and cover everything
+written while the previous one ran (group commit). Opening the log replays it (``_recovery``);
+the background task ``run`` fsyncs by the policy and compacts (``_compaction``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor, write_base
+from ._errors import DiskFull, LogError
+from ._logfile import FILE_HEADER_SIZE, FileKind, append_record, file_header
+from ._manifest import (
+    MANIFEST,
+    Manifest,
+    base_name,
+    fsync_dir,
+    generation_of,
+    increment_name,
+    read_manifest,
+    remove_unreferenced,
+    write_manifest,
+)
+from ._queues import Queues
+from ._records import Record, encode_record
+from ._recovery import Recovery, recover
+
+__all__ = [
+    # Log's option defaults and errors come with it.
+    "DEFAULT_COMPACT_FLOOR",
+    "DEFAULT_COMPACT_RATIO",
+    "DiskFull",
+    "FsyncPolicy",
+    "Log",
+    "LogError",
+]
+
+_SPACE_ERRORS: Final = (errno.ENOSPC, errno.EDQUOT)
+
+
+class FsyncPolicy(enum.Enum):
+    """When the log is fsynced."""
+
+    ALWAYS = "always"
+    """Before anything written is acknowledged (group commit)."""
+    EVERYSEC = "everysec"
+    """At least once a second."""
+    NO = "no"
+    """When the operating system decides (and on shutdown)."""
+
+
+class Log:
+    """The log of one data directory."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fsync: FsyncPolicy = FsyncPolicy.EVERYSEC,
+        salvage: bool = False,
+        compact_floor: int = DEFAULT_COMPACT_FLOOR,
+        compact_ratio: float = DEFAULT_COMPACT_RATIO,
+    ) -> None:
+        self.directory = Path(directory)
+        self.policy = fsync
+        self.salvage = salvage
+        self.written = 0
+        """Bytes appended since the log was opened: a position that only grows."""
+        self.synced = 0
+        """Position up to which an fsync has completed."""
+        self.failure: LogError | None = None
+        self.compactor = Compactor(self, floor=compact_floor, ratio=compact_ratio)
+        self._manifest = Manifest(version=1, base=None, increments=[])
+        self._generation = 0
+        self._fd = -1
+        self._size = 0
+        """Bytes in all files the manifest names (the log's size on disk)."""
+        self._unsynced_fds: list[int] = []
+        """Files written since their last fsync, besides the current one."""
+        self._dir_unsynced = False
+        self._lock_fd = -1
+        self._buffer = bytearray()
+        self._sync_waiters: list[tuple[int, Callable[[], None]]] = []
+        self._wake = asyncio.Event()
+
+    @property
+    def size(self) -> int:
+        """Bytes in the files of the log now."""
+        return self._size
+
+    @property
+    def compactions(self) -> int:
+        """Compactions completed since the log was opened."""
+        return self.compactor.compactions
+
+    # Opening.
+
+    def open(self, queues: Queues) -> Recovery:
+        """Lock the directory, replay the log into ``queues`` and get ready to append."""
+        started = time.perf_counter()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            recovery = self._recover(queues)
+        except BaseException:
+            self._release()
+            raise
+        recovery.seconds = time.perf_counter() - started
+        return recovery
+
+    def _recover(self, queues: Queues) -> Recovery:
+        recovery = Recovery()
+        manifest = read_manifest(self.directory)
+        if manifest is not None:
+            self._manifest = manifest
+            damaged = recover(self.directory, manifest, queues, recovery, salvage=self.salvage)
+        else:
+            stray = sorted(p.name for p in self.directory.glob("*.log"))
+            if stray:
+                raise LogError(f"{self.directory} holds log files ({', '.join(stray[:3])}) but no "
+                               f"{MANIFEST}; refusing to start over them")
+            damaged = False
+        remove_unreferenced(self.directory, self._manifest)
+        names = self._manifest.files()
+        self._generation = max((generation_of(n) for n in names), default=0)
+        self._size = sum((self.directory / n).stat().st_size for n in names)
+        if damaged:
+            # Salvaged: rewrite what was kept as a clean base, so the next start is clean too.
+            self._start_over(queues)
+        else:
+            self._open_increment(reuse_last=bool(self._manifest.increments))
+        recovery.jobs = len(queues.jobs)
+        recovery.waiting = sum(len(q.waiting) for q in queues.queues.values())
+        return recovery
+
+    def _start_over(self, queues: Queues) -> None:
+        """Write the state in ``queues`` as a new base and start a fresh increment on it; the
+        old files are kept aside, renamed ``*.damaged``."""
+        self._generation += 1
+        base = base_name(self._generation)
+        old = self._manifest.files()
+        write_base(self.directory / base, self._generation, queues)
+        increment = increment_name(self._generation)
+        self._fd = self._create_increment(increment)
+        self._manifest = Manifest(version=1, base=base, increments=[increment])
+        write_manifest(self.directory, self._manifest)
+        for name in old:
+            path = self.directory / name
+            if path.exists():
+                path.rename(path.with_suffix(".damaged"))
+        self.measure()
+
+    # Appending.
+
+    def append(self, records: Sequence[Record]) -> int:
+        """Write ``records`` in one write; return the log position after them.
+
+        Raises ``DiskFull`` (nothing written) when the disk has no room, ``LogError`` on any
+        other write error.
+        """
+        if self.failure is not None:
+            raise self.failure
+        if self._fd < 0:
+            raise LogError(f"the log in {self.directory} is closed")
+        buffer = self._buffer
+        buffer.clear()
+        encode = encode_record
+        for record in records:
+            append_record(buffer, encode(record))
+        self._write(buffer)
+        self._size += len(buffer)
+        self.written += len(buffer)
+        if self.policy is FsyncPolicy.ALWAYS:
+            self._wake.set()
+        return self.written
+
+    def _write(self, data: bytearray) -> None:
+        done = 0
+        try:
+            with memoryview(data) as view:
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            if done:
+                # Leave no partial record behind: the next write starts where this one did.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR) - done)
+                    os.lseek(self._fd, 0, os.SEEK_END)
+            if exc.errno in _SPACE_ERRORS:
+                raise DiskFull(f"no space left to write the log in {self.directory}") from None
+            self.failure = LogError(f"writing the log in {self.directory} failed: {exc}")
+            raise self.failure from None
+
+    def when_synced(self, position: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once an fsync covers ``position`` (at once when one already has)."""
+        if self.synced >= position:
+            callback()
+        else:
+            self._sync_waiters.append((position, callback))
+            self._wake.set()
+
+    # The background task: fsyncs and compactions.
+
+    async def run(self, queues: Queues) -> None:
+        """fsync by the policy and compact when due, until cancelled. Raises ``LogError``."""
+        loop = asyncio.get_running_loop()
+        interval = 1.0 if self.policy is FsyncPolicy.EVERYSEC else None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            self.compactor.poll(queues, self._wake.set)
+            if self.policy is not FsyncPolicy.NO or self._sync_waiters:
+                await self._sync(loop)
+
+    async def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        target = self.written
+        if target == self.synced and not self._dir_unsynced:
+            return
+        fds = [*self._unsynced_fds, self._fd]
+        self._unsynced_fds = []
+        sync_dir = self._dir_unsynced
+        self._dir_unsynced = False
+        try:
+            await loop.run_in_executor(None, _fsync_all, fds,
+                                       self.directory if sync_dir else None)
+        except OSError as exc:
+            self.failure = LogError(f"fsync of the log in {self.directory} failed: {exc}; "
+                                    f"stopping without acknowledging what it did not cover")
+            raise self.failure from None
+        for fd in fds[:-1]:
+            os.close(fd)
+        self.synced = target
+        waiters = self._sync_waiters
+        if waiters:
+            ready = [w for w in waiters if w[0] <= target]
+            self._sync_waiters = [w for w in waiters if w[0] > target]
+            for _, callback in ready:
+                callback()
+        if self._sync_waiters:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Write and fsync what is pending, then release the directory. Idempotent."""
+        await self.compactor.cancel()
+        if self._fd >= 0 and self.failure is None:
+            fds = [*self._unsynced_fds, self._fd]
+            self._unsynced_fds = []
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, _fsync_all, fds, self.directory)
+            except OSError as exc:
+                self.failure = LogError(f"fsync of the log failed on shutdown: {exc}")
+                raise self.failure from None
+            self.synced = self.written
+            for fd in fds[:-1]:
+                os.close(fd)
+        self._release()
+
+    def _release(self) -> None:
+        for fd in self._unsynced_fds:
+            os.close(fd)
+        self._unsynced_fds = []
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # Files (what compaction switches: the ``Files`` it works on).
+
+    def freeze(self) -> tuple[list[str], int]:
+        """Move appends to a new increment; return the files before it, and its generation."""
+        frozen = self._manifest.files()
+        self._open_increment(reuse_last=False)
+        return frozen, self._generation
+
+    def switch_base(self, base: str, generation: int) -> None:
+        """Name ``base`` in the manifest instead of every file before increment ``generation``."""
+        increments = self._manifest.increments
+        kept = increments[increments.index(increment_name(generation)):]
+        self._manifest = Manifest(version=1, base=base, increments=kept)
+        write_manifest(self.directory, self._manifest)
+
+    def measure(self) -> int:
+        """Recount (and return) the bytes in the files the manifest names."""
+        self._size = sum((self.directory / n).stat().st_size for n in self._manifest.files())
+        return self._size
+
+    def _open_increment(self, *, reuse_last: bool) -> None:
+        if reuse_last:
+            name = self._manifest.increments[-1]
+            fd = os.open(self.directory / name, os.O_WRONLY | os.O_APPEND)
+        else:
+            self._generation += 1
+            name = increment_name(self._generation)
+            fd = self._create_increment(name)
+            self._manifest.increments.append(name)
+            # Renamed into place before the first record, so no record is ever in an unnamed file.
+            try:
+                write_manifest(self.directory, self._manifest, sync=False)
+            except OSError:
+                # Nothing switched: appends go on to the current file, named as it was.
+                self._manifest.increments.pop()
+                os.close(fd)
+                (self.directory / name).unlink(missing_ok=True)
+                self._size -= FILE_HEADER_SIZE
+                raise
+            self._dir_unsynced = True
+        if self._fd >= 0:
+            self._unsynced_fds.append(self._fd)
+        self._fd = fd
+
+    def _create_increment(self, name: str) -> int:
+        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+                     0o644)
+        header = file_header(FileKind.INCREMENT, generation_of(name))
+        try:
+            os.write(fd, header)
+        except OSError:
+            os.close(fd)
+            (self.directory / name).unlink(missing_ok=True)
+            raise
+        self._size += len(header)
+        return fd
+
+    def _lock(self) -> None:
+        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise LogError(f"{self.directory} is in use by another broker") from None
+
+
+def _fsync_all(fds: Sequence[int], directory: Path | None) -> None:
+    for fd in fds:
+        os.fsync(fd)
+    if directory is not None:
+        fsync_dir(directory)

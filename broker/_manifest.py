@@ -1,0 +1,100 @@
+"""The manifest: which files of a data directory make up the log, and in what order.
+
+``MANIFEST`` is JSON naming the base file (a snapshot written by compaction, absent until the
+first) and the increment files, in replay order. It is replaced atomically (temporary name,
+fsync, rename, directory fsync), so it always names a complete set of files. Files are named
+``base-NNNNNNNN.log`` and ``incr-NNNNNNNN.log`` after a generation number that only grows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from ._errors import LogError
+
+__all__ = [
+    "MANIFEST",
+    "Manifest",
+    "base_name",
+    "fsync_dir",
+    "generation_of",
+    "increment_name",
+    "read_manifest",
+    "remove_unreferenced",
+    "write_manifest",
+]
+
+MANIFEST: Final = "MANIFEST"
+
+
+class Manifest(msgspec.Struct):
+    """The files of the log, in replay order."""
+
+    version: int
+    base: str | None
+    increments: list[str]
+
+    def files(self) -> list[str]:
+        """Every file named, base first."""
+        return [name for name in (self.base, *self.increments) if name]
+
+
+def base_name(generation: int) -> str:
+    return f"base-{generation:08d}.log"
+
+
+def increment_name(generation: int) -> str:
+    return f"incr-{generation:08d}.log"
+
+
+def generation_of(name: str) -> int:
+    """The generation in a log file's name."""
+    return int(name.split("-", 1)[1].split(".", 1)[0])
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    """The manifest of ``directory``, or None when it has none. Raises ``LogError``."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Manifest)
+    except msgspec.DecodeError as exc:
+        raise LogError(f"{path} is unreadable: {exc}") from None
+
+
+def write_manifest(directory: Path, manifest: Manifest, *, sync: bool = True) -> None:
+    """Replace the manifest of ``directory`` atomically (durably too, with ``sync``)."""
+    path = directory / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as file:
+        file.write(msgspec.json.encode(manifest))
+        if sync:
+            file.flush()
+            os.fsync(file.fileno())
+    os.rename(tmp, path)
+    if sync:
+        fsync_dir(directory)
+
+
+def remove_unreferenced(directory: Path, manifest: Manifest) -> None:
+    """Delete what an interrupted compaction or manifest switch left: files the manifest does
+    not name, and temporary files."""
+    named = {manifest.base, *manifest.increments}
+    for path in directory.iterdir():
+        leftover = path.suffix == ".tmp" or (path.suffix == ".log" and path.name not in named)
+        if leftover and (path.name.startswith(("base-", "incr-", MANIFEST))):
+            path.unlink()
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync ``directory`` itself (so renames and new files in it are durable)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

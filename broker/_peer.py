@@ -1,0 +1,37 @@
+"""A client as the request handler and the flush see it: somewhere to send replies.
+
+``Session`` (one connection) is the real one; the tests drive the broker's core with doubles
+(``conveyor.broker.testing.RecordingPeer``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from conveyor.protocol import BrokerMessage, ProtocolError
+
+__all__ = ["Peer"]
+
+
+class Peer(Protocol):
+    """Where the replies, deliveries and events owed to one client go.
+
+    Peers are hashable by identity: a peer owns its subscriptions, waits and watches.
+    """
+
+    def __hash__(self) -> int: ...
+
+    def send(self, message: BrokerMessage) -> None:
+        """Queue ``message`` for this pass's write."""
+
+    def refuse(self, error: ProtocolError) -> None:
+        """Reply with an error; the connection stays open."""
+
+    def abort(self, error: ProtocolError) -> None:
+        """Reply with an error and close the connection after the write."""
+
+    def backlog(self) -> int:
+        """Bytes written to the connection that it has not sent yet."""
+
+    def flush(self) -> None:
+        """Write everything queued this pass, in one write."""

@@ -1,0 +1,402 @@
+"""The queue state machine's facade: every request and timer event that changes the queues.
+
+Plain synchronous code with no I/O; the current time is passed in. ``Queues`` holds the state
+(it is the ``Store``) and moves jobs between their states; its parts do the rest: ``Dispatcher``
+(credit, dispatch, leases), ``Retention`` (finished jobs), ``Deadlines`` (what falls due when).
+What the changes produce beyond the state (log records, events, finished and removed jobs) is
+handed over by ``take_outbox``, once per pass; ``tick`` serves the deadlines that came due.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from typing import cast
+
+import msgspec
+
+from conveyor.protocol import JobDef, JobError, JobState
+
+from ._deadlines import Deadlines, Kind
+from ._dispatch import Dispatcher
+from ._errors import StateError
+from ._jobs import (
+    ACTIVE,
+    COMPLETED,
+    DEFAULT_KEEP,
+    DEFAULT_LEASE,
+    DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_OPTIONS,
+    DELAYED,
+    FAILED,
+    JOB_OVERHEAD,
+    WAITING,
+    Consumer,
+    Job,
+    JobOptions,
+    Queue,
+    backoff_delay,
+    job_options,
+    with_run_at,
+)
+from ._outbox import Outbox, Output
+from ._records import (
+    JobPromoted,
+    JobRetrying,
+    JobsAdded,
+    JobsAddedWithOptions,
+    JobsRetried,
+    QueuePaused,
+)
+from ._retention import Retention
+from ._store import Store
+
+__all__ = [
+    # Queues' option defaults come with it.
+    "DEFAULT_KEEP",
+    "DEFAULT_MAX_REDELIVERIES",
+    "Queues",
+]
+
+
+class Queues(Store):
+    """Every queue, job and subscription of one broker, and the moves between job states."""
+
+    def __init__(
+        self,
+        *,
+        max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+        keep_completed: int = DEFAULT_KEEP,
+        keep_failed: int = DEFAULT_KEEP,
+        keep_age: float | None = None,
+        logged: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.rng = rng or random.Random()
+        """Jitters retry backoffs."""
+        self.output = Output(logged=logged)
+        self.watched = self.output.watched
+        """Queues whose events are collected (the watchers keep it up to date)."""
+        self.deadlines = Deadlines()
+        self.retention = Retention(self, self.output, self.deadlines,
+                                   keep_completed=keep_completed, keep_failed=keep_failed,
+                                   keep_age=keep_age)
+        self.dispatcher = Dispatcher(self, self.deadlines, self.output, self.retention,
+                                     max_redeliveries=max_redeliveries)
+
+    def take_outbox(self) -> Outbox:
+        """What the changes since the last take produced: records, events, finished jobs."""
+        return self.output.take()
+
+    # Producers.
+
+    def add(self, queue_name: str, payloads: Sequence[msgspec.Raw], now: float) -> list[int]:
+        """Append plain jobs to a queue at once; return their new ids in order."""
+        jobs = self.create(queue_name, payloads, now)
+        self.enqueue(jobs)
+        return [job.id for job in jobs]
+
+    def create(self, queue_name: str, payloads: Sequence[msgspec.Raw | JobDef],
+               now: float) -> list[Job]:
+        """Create jobs without putting them in line yet; return one job per payload.
+
+        A payload whose idempotency key a retained job already has gets that job (nothing is
+        created for it). The flush calls ``enqueue`` once the record is durable, so nothing is
+        dispatched before it would survive a crash.
+        """
+        queue = self.queue(queue_name)
+        jobs = self.jobs
+        out: list[Job] = []
+        created: list[Job] = []
+        options: list[JobOptions] = []
+        plain = True
+        job_id = self.last_id
+        for payload in payloads:
+            if isinstance(payload, JobDef):
+                data = payload.data
+                option = job_options(payload, now)
+                if option.key is not None:
+                    existing = self.keys.get(option.key)
+                    if existing is not None:
+                        out.append(jobs[existing])
+                        continue
+                plain = plain and option is DEFAULT_OPTIONS
+            else:
+                data = payload
+                option = DEFAULT_OPTIONS
+            job_id += 1
+            job = Job(job_id, queue_name, data, now, option)
+            job.pending = True
+            jobs[job_id] = job
+            if option.key is not None:
+                self.keys[option.key] = job_id
+            out.append(job)
+            created.append(job)
+            options.append(option)
+            self.live_bytes += len(data) + JOB_OVERHEAD
+        if not created:
+            return out
+        queue.added_rate.mark(len(created), now)
+        self.last_id = job_id
+        if self.output.logged:
+            first_id = created[0].id
+            datas = [job.data for job in created]
+            self.output.records.append(
+                JobsAdded(queue=queue_name, first_id=first_id, created_at=now, jobs=datas)
+                if plain else
+                JobsAddedWithOptions(queue=queue_name, first_id=first_id, created_at=now,
+                                     jobs=datas, options=options))
+        return out
+
+    def enqueue(self, jobs: Sequence[Job]) -> None:
+        """Put jobs made by ``create`` in line (the delayed ones among the deadlines)."""
+        fresh = []
+        for job in jobs:
+            # A job appears more than once when one bulk add repeats its idempotency key.
+            if job.pending:
+                job.pending = False
+                fresh.append(job)
+        if not fresh:
+            return
+        queue = self.queues[fresh[0].queue]
+        watched = queue.name in self.watched
+        event = self.output.event
+        waiting = []
+        for job in fresh:
+            if job.state is DELAYED:
+                self.delay_job(queue, job)
+            else:
+                waiting.append(job)
+            if watched:
+                event(queue.name, "added", job, job.created_at)
+                if job.state is DELAYED:
+                    event(queue.name, "delayed", job, job.created_at, run_at=job.run_at)
+        if waiting:
+            queue.waiting.extend(waiting)
+            self.dispatcher.wake(queue)
+
+    def discard(self, jobs: Sequence[Job]) -> None:
+        """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""
+        for job in jobs:
+            if job.pending:
+                self.retention.forget(job)
+
+    # Subscribers and their reports.
+
+    def subscribe(self, owner: Hashable, queue_name: str, window: int,
+                  lease: float = DEFAULT_LEASE) -> Consumer:
+        """Subscribe ``owner`` to a queue with a credit window (or change the window)."""
+        return self.dispatcher.subscribe(owner, self.queue(queue_name), window, lease)
+
+    def extend(self, owner: Hashable, queue_name: str, now: float) -> None:
+        """``owner`` is alive: its subscription's leases run for another lease period."""
+        consumer = self.consumer(owner, queue_name)
+        if consumer is not None:
+            self.dispatcher.heard(consumer, now)
+
+    def dispatch(self, now: float = 0.0) -> list[tuple[Consumer, list[Job]]]:
+        """Lease waiting jobs to subscribers with free slots; return who gets what."""
+        return self.dispatcher.dispatch(now)
+
+    def ack(self, owner: Hashable, job_id: int, lease: int, result: msgspec.Raw,
+            now: float) -> Job | None:
+        """Complete the job under ``lease``; None (and no change) if the lease is not held."""
+        job = self.dispatcher.take(owner, job_id, lease, now)
+        if job is None:
+            return None
+        job.result = result
+        job.error = None
+        self.retention.finish(job, COMPLETED, now)
+        return job
+
+    def fail(self, owner: Hashable, job_id: int, lease: int, error: JobError, now: float, *,
+             retry: bool = True, delay: float | None = None) -> Job | None:
+        """Fail the try under ``lease``: retry while attempts are left (and ``retry``), after
+        ``delay`` or the job's backoff; else the job fails. None if the lease is not held."""
+        job = self.dispatcher.take(owner, job_id, lease, now)
+        if job is None:
+            return None
+        job.error = error
+        if retry and job.attempt < job.options.attempts:
+            wait = delay if delay is not None else backoff_delay(job.options.backoff, job.attempt,
+                                                                 self.rng)
+            self._retry(job, error, now, wait)
+        else:
+            self.retention.finish(job, FAILED, now)
+        return job
+
+    def release(self, owner: Hashable, job_id: int, lease: int, now: float = 0.0) -> Job | None:
+        """Put the job under ``lease`` back at the head of its queue, its try given back."""
+        job = self.dispatcher.take(owner, job_id, lease, now)
+        if job is None:
+            return None
+        job.attempt -= 1
+        self.dispatcher.requeue(self.queues[job.queue], [job])
+        return job
+
+    def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw,
+                 now: float = 0.0) -> bool:
+        """Record progress for the job under ``lease``; False if the lease is not held."""
+        job = self.jobs.get(job_id)
+        if job is None or job.lease != lease or job.holder is None or job.holder.owner != owner:
+            return False
+        job.progress = value
+        self.dispatcher.heard(job.holder, now)
+        if job.queue in self.watched:
+            self.output.event(job.queue, "progress", job, now, value=value)
+        return True
+
+    def drop(self, owner: Hashable, now: float) -> list[Job]:
+        """Forget every subscription of ``owner`` (its connection is gone).
+
+        Its jobs go back to the head of their queues, in delivery order. A job lost with its
+        worker more than ``max_redeliveries`` times fails instead, so a job that kills its
+        workers cannot loop forever. Returns the jobs that went back.
+        """
+        return self.dispatcher.drop(owner, now)
+
+    # Deadlines.
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has something to do (Unix seconds), or None."""
+        return self.deadlines.next()
+
+    def tick(self, now: float) -> None:
+        """Do what is due by ``now``: delayed jobs join their queues, silent subscribers lose
+        their jobs, finished jobs past their retention are forgotten."""
+        deadlines = self.deadlines
+        jobs = self.jobs
+        while (due := deadlines.pop(now)) is not None:
+            kind, key = due
+            if kind is Kind.DUE:
+                job = jobs.get(cast(int, key))
+                if job is not None and job.state is DELAYED and not job.pending:
+                    self._promote(job)
+            elif kind is Kind.LEASE:
+                self.dispatcher.lease_due(cast(int, key), now)
+            elif kind is Kind.EXPIRE:
+                job = jobs.get(cast(int, key))
+                if job is not None and job.finished_at is not None:
+                    self.retention.remove([job])
+            else:
+                queue = self.queues.get(cast(str, key))
+                if queue is not None:
+                    self.retention.age_out(queue, now)
+
+    # Queue control.
+
+    def promote(self, job_id: int) -> Job | None:
+        """Make a delayed job waiting now; None when there is no such job."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state is not DELAYED or job.pending:
+            raise StateError(f"job {job_id} is {job.state.value}, not delayed")
+        self._promote(job)
+        return job
+
+    def remove(self, job_id: int) -> Job | None:
+        """Remove a job that is not active; None when there is no such job."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state is ACTIVE or job.pending:
+            raise StateError(f"job {job_id} is active and cannot be removed")
+        self.retention.remove([job])
+        return job
+
+    def pause(self, queue_name: str, paused: bool) -> None:
+        """Stop (or restart) deliveries from a queue; it accepts jobs either way."""
+        queue = self.queue(queue_name)
+        if queue.paused != paused:
+            queue.paused = paused
+            if self.output.logged:
+                self.output.records.append(QueuePaused(queue=queue_name, paused=paused))
+            self.dispatcher.wake(queue)
+
+    def retry_failed(self, queue_name: str | None = None, job_id: int | None = None) -> int:
+        """Put failed jobs (one, or every retained one of a queue) back at the tail of their
+        queues with their attempts renewed; return how many."""
+        if job_id is not None:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return 0
+            if job.state is not FAILED:
+                raise StateError(f"job {job_id} is {job.state.value}, not failed")
+            jobs = [job]
+        else:
+            queue = self.queues.get(queue_name or "")
+            if queue is None:
+                return 0
+            jobs = [self.jobs[i] for i in queue.kept_failed]
+            jobs += [job for job in queue.kept_own.values() if job.state is FAILED]
+        if jobs:
+            for job in jobs:
+                queue = self.queues[job.queue]
+                self.retention.renew(job)
+                queue.waiting.append(job)
+                self.dispatcher.wake(queue)
+            if self.output.logged:
+                self.output.records.append(JobsRetried(ids=[job.id for job in jobs]))
+        return len(jobs)
+
+    def drain(self, queue_name: str) -> int:
+        """Remove every waiting and delayed job of a queue; return how many."""
+        queue = self.queues.get(queue_name)
+        if queue is None:
+            return 0
+        jobs = queue.waiting.clear()
+        jobs += queue.delayed.values()
+        queue.delayed.clear()
+        self.retention.remove(jobs, unlined=True)
+        return len(jobs)
+
+    def clean(self, queue_name: str, state: JobState, older_than: float, now: float) -> int:
+        """Remove a queue's completed or failed jobs finished at least ``older_than`` seconds
+        ago; return how many."""
+        if state not in (COMPLETED, FAILED):
+            raise StateError(f"clean removes completed or failed jobs, not {state.value} ones")
+        queue = self.queues.get(queue_name)
+        return 0 if queue is None else self.retention.clean(queue, state, now - older_than)
+
+    # Moving jobs.
+
+    def delay_job(self, queue: Queue, job: Job) -> None:
+        """Hold a delayed job until its ``run_at``."""
+        run_at = job.options.run_at
+        assert run_at is not None
+        queue.delayed[job.id] = job
+        self.deadlines.set(Kind.DUE, job.id, run_at)
+
+    def _retry(self, job: Job, error: JobError, now: float, wait: float) -> None:
+        queue = self.queues[job.queue]
+        run_at = now + wait if wait > 0 else None
+        output = self.output
+        watched = queue.name in output.watched
+        if output.logged:
+            output.records.append(JobRetrying(id=job.id, attempt=job.attempt, at=now,
+                                              error=error, run_at=run_at))
+        if watched:
+            output.event(queue.name, "retrying", job, now, error=error, run_at=run_at)
+        if run_at is None:
+            job.state = WAITING
+            queue.waiting.append(job)
+            self.dispatcher.wake(queue)
+        else:
+            job.options = with_run_at(job.options, run_at=run_at)
+            job.state = DELAYED
+            self.delay_job(queue, job)
+            if watched:
+                output.event(queue.name, "delayed", job, now, run_at=run_at)
+
+    def _promote(self, job: Job) -> None:
+        queue = self.queues[job.queue]
+        del queue.delayed[job.id]
+        self.deadlines.cancel(Kind.DUE, job.id)
+        job.options = with_run_at(job.options, run_at=None)
+        job.state = WAITING
+        queue.waiting.append(job)
+        if self.output.logged:
+            self.output.records.append(JobPromoted(id=job.id))
+        self.dispatcher.wake(queue)

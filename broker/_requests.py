@@ -1,0 +1,169 @@
+"""Request handling: what each client message does to the broker's core, and the reply.
+
+``handle`` is one ``match`` over the messages a client may send after ``hello``. It does no I/O:
+replies go to the peer's buffer (``Peer.send``), and what must wait for the log (an ``add``'s
+``added``), for dispatch or for a job to finish is left in the ``Core`` for the flush.
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+from conveyor.protocol import (
+    Ack,
+    Add,
+    Clean,
+    ClientMessage,
+    Count,
+    Counts,
+    Drain,
+    ErrorCode,
+    Extend,
+    Fail,
+    Finished,
+    GetCounts,
+    GetJob,
+    GetJobs,
+    GetQueues,
+    Hello,
+    JobReply,
+    Jobs,
+    Ok,
+    Pause,
+    Progress,
+    Promote,
+    ProtocolError,
+    QueueList,
+    Release,
+    Remove,
+    RetryFailed,
+    SetWindow,
+    Subscribe,
+    Wait,
+    Watch,
+    check_queue_name,
+)
+
+from ._core import Core
+from ._errors import StateError
+from ._jobs import Job
+from ._peer import Peer
+from ._queues import Queues
+
+__all__ = ["handle"]
+
+
+def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
+    """Apply one message from ``peer`` at time ``now``, and reply (or leave the reply due)."""
+    queues = core.queues
+    try:
+        match message:
+            # Workers, on the jobs they hold (no replies).
+            case Ack(job=job_id, lease=lease, result=result):
+                queues.ack(peer, job_id, lease, result, now)
+            case Fail(job=job_id, lease=lease, error=error, retry=retry, delay=delay):
+                queues.fail(peer, job_id, lease, error, now, retry=retry, delay=delay)
+            case Release(job=job_id, lease=lease):
+                queues.release(peer, job_id, lease, now)
+            case Progress(job=job_id, lease=lease, progress=value):
+                queues.progress(peer, job_id, lease, value, now)
+            case Extend(queue=name):
+                queues.extend(peer, name, now)
+            # Producers: ``added`` once the jobs' record is durable (the flush sends it).
+            case Add(req=req, queue=name, jobs=jobs):
+                if not core.accepting:
+                    peer.refuse(ProtocolError(ErrorCode.SHUTTING_DOWN, "broker is shutting down",
+                                              req=req))
+                elif _queue_ok(peer, req, name):
+                    core.accepted.append((peer, req, queues.create(name, jobs, now)))
+            # Subscriptions.
+            case Subscribe(req=req, queue=name, window=window, lease=lease):
+                if _queue_ok(peer, req, name):
+                    queues.subscribe(peer, name, window, lease)
+                    peer.send(Ok(req=req))
+            case SetWindow(req=req, queue=name, window=window):
+                consumer = queues.consumer(peer, name)
+                if consumer is None:
+                    peer.refuse(ProtocolError(
+                        ErrorCode.INVALID_QUEUE, f"not subscribed to queue {name!r}", req=req))
+                else:
+                    queues.subscribe(peer, name, window, consumer.lease)
+                    peer.send(Ok(req=req))
+            # Waiting and watching.
+            case Wait(req=req, job=job_id):
+                job = queues.jobs.get(job_id)
+                if job is None:
+                    peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
+                elif job.finished_at is not None:
+                    peer.send(Finished(req=req, job=job.info()))
+                else:
+                    core.waiters.add(peer, req, job_id)
+            case Watch(req=req, queue=name, watching=watching):
+                if _queue_ok(peer, req, name):
+                    core.watchers.watch(peer, name, watching)
+                    peer.send(Ok(req=req))
+            # Reading.
+            case GetJob(req=req, job=job_id):
+                job = queues.jobs.get(job_id)
+                peer.send(JobReply(req=req, job=None if job is None else job.info()))
+            case GetQueues(req=req):
+                peer.send(QueueList(req=req, queues=queues.summaries(now)))
+            case GetCounts(req=req, queue=name):
+                if _queue_ok(peer, req, name):
+                    peer.send(Counts(req=req, **queues.counts(name)))
+            case GetJobs(req=req, queue=name, state=state, offset=offset, limit=limit):
+                if _queue_ok(peer, req, name):
+                    page, total = queues.list_jobs(name, state, offset, limit)
+                    peer.send(Jobs(req=req, jobs=[job.info() for job in page], total=total))
+            # Steering queues.
+            case Promote(req=req, job=job_id):
+                _job_ok(peer, req, job_id, queues.promote(job_id))
+            case Remove(req=req, job=job_id):
+                _job_ok(peer, req, job_id, queues.remove(job_id))
+            case Pause(req=req, queue=name, paused=paused):
+                if _queue_ok(peer, req, name):
+                    queues.pause(name, paused)
+                    peer.send(Ok(req=req))
+            case RetryFailed(req=req, queue=name, job=job_id):
+                if name is None or _queue_ok(peer, req, name):
+                    _retry_failed(queues, peer, req, name, job_id)
+            case Drain(req=req, queue=name):
+                if _queue_ok(peer, req, name):
+                    peer.send(Count(req=req, count=queues.drain(name)))
+            case Clean(req=req, queue=name, state=state, older_than=older_than):
+                if _queue_ok(peer, req, name):
+                    peer.send(Count(req=req, count=queues.clean(name, state, older_than, now)))
+            case Hello():
+                peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
+            case _:
+                assert_never(message)
+    except StateError as exc:
+        peer.refuse(ProtocolError(ErrorCode.INVALID_STATE, str(exc),
+                                  req=getattr(message, "req", 0)))
+
+
+def _queue_ok(peer: Peer, req: int, name: str) -> bool:
+    """Whether ``name`` is a valid queue name; if not, ``peer`` is told so."""
+    problem = check_queue_name(name)
+    if problem is not None:
+        peer.refuse(ProtocolError(ErrorCode.INVALID_QUEUE, problem, req=req))
+    return problem is None
+
+
+def _retry_failed(queues: Queues, peer: Peer, req: int, name: str | None,
+                  job_id: int | None) -> None:
+    if (name is None) == (job_id is None):
+        peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD,
+                                  "retry_failed takes either a queue or a job", req=req))
+    elif job_id is not None and job_id not in queues.jobs:
+        peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
+    else:
+        peer.send(Count(req=req, count=queues.retry_failed(name, job_id)))
+
+
+def _job_ok(peer: Peer, req: int, job_id: int, job: Job | None) -> None:
+    """``ok``, or ``unknown job`` when there was no such job."""
+    if job is None:
+        peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
+    else:
+        peer.send(Ok(req=req))

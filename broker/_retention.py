@@ -1,0 +1,200 @@
+"""Retention: finishing jobs, how long finished jobs are kept, and forgetting jobs.
+
+A finished job (completed or failed) is retained so ``get_job`` and ``wait`` can read it: within
+a count per queue (``keep_completed``, ``keep_failed``, the oldest going first), and, with
+``keep_age``, for that many seconds after it finished. A job with its own ``keep_result`` is kept
+for exactly that long instead (0: not at all). Jobs are also forgotten on request (``remove``,
+``drain``, ``clean``). Forgetting a job drops every trace of it: its record, its idempotency key,
+its deadlines and its share of the live-size estimate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from conveyor.protocol import NIL, JobState
+
+from ._deadlines import Deadlines, Kind
+from ._jobs import (
+    COMPLETED,
+    DEFAULT_KEEP,
+    DEFAULT_OPTIONS,
+    DELAYED,
+    JOB_OVERHEAD,
+    WAITING,
+    Job,
+    Queue,
+)
+from ._outbox import Output
+from ._records import JobFinished, JobsRemoved
+from ._store import Store
+
+__all__ = ["Retention"]
+
+
+class Retention:
+    """Finished jobs of one broker: their counters, retention lists and forgetting."""
+
+    __slots__ = ("_deadlines", "_output", "_store", "keep_age", "keep_completed", "keep_failed")
+
+    def __init__(self, store: Store, output: Output, deadlines: Deadlines, *,
+                 keep_completed: int = DEFAULT_KEEP, keep_failed: int = DEFAULT_KEEP,
+                 keep_age: float | None = None) -> None:
+        self._store = store
+        self._output = output
+        self._deadlines = deadlines
+        self.keep_completed = keep_completed
+        self.keep_failed = keep_failed
+        self.keep_age = keep_age
+        """Seconds finished jobs are retained (None: no age limit)."""
+
+    def finish(self, job: Job, state: JobState, now: float, *, record: bool = True) -> None:
+        """Move ``job`` to completed or failed (its result or error already set).
+
+        ``record=False`` when replaying the log: nothing is logged, and there is no waiter to
+        tell.
+        """
+        job.state = state
+        job.finished_at = now
+        store = self._store
+        store.live_bytes += len(job.result)
+        queue = store.queues[job.queue]
+        output = self._output
+        if record:
+            if output.logged:
+                output.records.append(JobFinished(id=job.id, attempt=job.attempt, at=now,
+                                                  result=job.result, error=job.error))
+            output.finished.append(job)
+        if queue.name in output.watched:
+            if state is COMPLETED:
+                output.event(queue.name, "completed", job, now, value=job.result)
+            else:
+                output.event(queue.name, "failed", job, now, error=job.error)
+        if state is COMPLETED:
+            queue.completed += 1
+            queue.completed_rate.mark(1, now)
+        else:
+            queue.failed += 1
+            queue.failed_rate.mark(1, now)
+        keep = job.options.keep_result
+        if keep is not None:
+            if keep <= 0:
+                self.forget(job)
+                return
+            queue.kept_own[job.id] = job
+            self.expire_at(job, now + keep)
+            return
+        kept, limit = ((queue.kept_completed, self.keep_completed) if state is COMPLETED
+                       else (queue.kept_failed, self.keep_failed))
+        if self.keep_age is not None and not queue.kept_completed and not queue.kept_failed:
+            self._deadlines.set(Kind.AGE, queue.name, now + self.keep_age)
+        kept.append(job.id)
+        jobs = store.jobs
+        while len(kept) > limit:
+            self.forget(jobs[kept.popleft()])
+
+    def detach(self, job: Job) -> None:
+        """Take a delayed or finished job out of its queue's delayed set or retention lists."""
+        queue = self._store.queues[job.queue]
+        if job.state is DELAYED:
+            queue.delayed.pop(job.id, None)
+            self._deadlines.cancel(Kind.DUE, job.id)
+        elif job.finished_at is not None and queue.kept_own.pop(job.id, None) is not None:
+            self._deadlines.cancel(Kind.EXPIRE, job.id)
+        elif job.finished_at is not None:
+            kept = queue.kept_completed if job.state is COMPLETED else queue.kept_failed
+            # Absent only when replaying a salvaged log that lost the record of its finish.
+            with contextlib.suppress(ValueError):
+                kept.remove(job.id)
+
+    def renew(self, job: Job) -> None:
+        """Make a failed job waiting again with its attempts renewed; the caller puts it in line."""
+        self.detach(job)
+        self._store.live_bytes -= len(job.result)  # counted while finished, as ``finish`` does
+        job.state = WAITING
+        job.attempt = 0
+        job.error = None
+        job.result = NIL
+        job.finished_at = None
+
+    def forget(self, job: Job) -> None:
+        """Drop every trace of ``job`` (it is in no line and no retention list)."""
+        store = self._store
+        del store.jobs[job.id]
+        options = job.options
+        if options is not DEFAULT_OPTIONS:  # only options can give a job a deadline
+            if job.state is DELAYED:
+                self._deadlines.cancel(Kind.DUE, job.id)
+            elif options.keep_result is not None:
+                self._deadlines.cancel(Kind.EXPIRE, job.id)
+        key = options.key
+        if key is not None and store.keys.get(key) == job.id:
+            del store.keys[key]
+        store.live_bytes -= len(job.data) + JOB_OVERHEAD + (
+            len(job.result) if job.finished_at is not None else 0)
+
+    def remove(self, jobs: Sequence[Job], *, unlined: bool = False) -> None:
+        """Remove jobs that are not active (``unlined``: already out of their lines)."""
+        if not jobs:
+            return
+        output = self._output
+        queues = self._store.queues
+        for job in jobs:
+            if job.finished_at is None:
+                output.removed.append(job.id)
+            if job.state is WAITING and not unlined:
+                queues[job.queue].waiting.remove(job)
+            else:
+                self.detach(job)
+            self.forget(job)
+        if output.logged:
+            output.records.append(JobsRemoved(ids=[job.id for job in jobs]))
+
+    def clean(self, queue: Queue, state: JobState, cutoff: float) -> int:
+        """Remove the queue's retained jobs in ``state`` that finished by ``cutoff``; return how
+        many."""
+        jobs = [job for job in self._store.finished_jobs(queue, state)
+                if job.finished_at is not None and job.finished_at <= cutoff]
+        self.remove(jobs)
+        return len(jobs)
+
+    def expire_at(self, job: Job, when: float) -> None:
+        """Forget finished ``job`` at ``when`` (its own ``keep_result``)."""
+        self._deadlines.set(Kind.EXPIRE, job.id, when)
+
+    def age_retained(self, queue: Queue) -> None:
+        """Start retention by age for jobs retained without ``finish`` (restored on start)."""
+        if self.keep_age is None:
+            return
+        jobs = self._store.jobs
+        oldest = [jobs[kept[0]].finished_at for kept in (queue.kept_completed,
+                                                         queue.kept_failed) if kept]
+        times = [when for when in oldest if when is not None]
+        if times:
+            self._deadlines.set(Kind.AGE, queue.name, min(times) + self.keep_age)
+
+    def age_out(self, queue: Queue, now: float) -> None:
+        """Forget the queue's retained jobs that finished ``keep_age`` or more before ``now``."""
+        keep_age = self.keep_age
+        if keep_age is None:
+            return
+        cutoff = now - keep_age
+        jobs = self._store.jobs
+        gone: list[Job] = []
+        oldest: float | None = None
+        for kept in (queue.kept_completed, queue.kept_failed):
+            while kept:
+                job = jobs[kept[0]]
+                assert job.finished_at is not None
+                if job.finished_at > cutoff:
+                    oldest = job.finished_at if oldest is None else min(oldest, job.finished_at)
+                    break
+                kept.popleft()
+                gone.append(job)
+        for job in gone:
+            self.forget(job)
+        if gone and self._output.logged:
+            self._output.records.append(JobsRemoved(ids=[job.id for job in gone]))
+        if oldest is not None:
+            self._deadlines.set(Kind.AGE, queue.name, oldest + keep_age)

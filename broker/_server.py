@@ -1,0 +1,313 @@
+"""The broker: accepts connections, runs the flush once per loop pass and the deadline timer,
+and steps through its lifecycle.
+
+What requests do is ``handle``'s (``_requests``) and what goes out at the end of a pass is
+``flush``'s (``_flush``); both work on the broker's ``Core`` and do no I/O. The server owns the
+sockets, the loop's handles and the log's background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from typing import Final
+
+from conveyor.protocol import (
+    DEFAULT_MAX_FRAME,
+    ClientMessage,
+    Closing,
+    ErrorCode,
+    ProtocolError,
+)
+
+from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
+from ._core import Core
+from ._errors import LogError
+from ._flush import flush
+from ._jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
+from ._log import FsyncPolicy, Log
+from ._queues import Queues
+from ._recovery import Recovery
+from ._requests import handle
+from ._session import Session
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PORT",
+    "DEFAULT_SHUTDOWN_GRACE",
+    "Broker",
+    "BrokerStatus",
+]
+
+DEFAULT_PORT: Final = 7400
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+"""Seconds a graceful shutdown waits for active jobs to be reported."""
+_DISK_RETRY: Final = 0.5
+"""Seconds between attempts to write records held back by a full disk."""
+
+log = logging.getLogger("broker")
+
+
+class BrokerStatus(enum.Enum):
+    """Lifecycle of a ``Broker``."""
+
+    NEW = "new"
+    SERVING = "serving"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Broker:
+    """A Conveyor broker, embeddable in any asyncio program.
+
+    With ``data_dir`` every change is written to an append-only log there and replayed by
+    ``start()``; without it, queues live in memory only.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        data_dir: str | os.PathLike[str] | None = None,
+        fsync: FsyncPolicy | str = FsyncPolicy.EVERYSEC,
+        salvage: bool = False,
+        compact_floor: int = DEFAULT_COMPACT_FLOOR,
+        compact_ratio: float = DEFAULT_COMPACT_RATIO,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
+        keep_completed: int = DEFAULT_KEEP,
+        keep_failed: int = DEFAULT_KEEP,
+        keep_age: float | None = None,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        """The bound port once started (useful with ``port=0``)."""
+        self.max_frame = max_frame
+        self.max_connections = max_connections
+        self.shutdown_grace = shutdown_grace
+        self.status = BrokerStatus.NEW
+        self.log = None if data_dir is None else Log(
+            data_dir, fsync=FsyncPolicy(fsync), salvage=salvage,
+            compact_floor=compact_floor, compact_ratio=compact_ratio,
+        )
+        self.queues = Queues(max_redeliveries=max_redeliveries, keep_completed=keep_completed,
+                             keep_failed=keep_failed, keep_age=keep_age,
+                             logged=self.log is not None)
+        self.core = Core(self.queues, self.log, max_frame=max_frame)
+        self.recovery: Recovery | None = None
+        """What replaying the log found, once started with a ``data_dir``."""
+        self.failure: LogError | None = None
+        """Why the broker stopped, when the log failed."""
+        self.sessions: set[Session] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._disk_retry: asyncio.TimerHandle | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_at = 0.0
+        self._server: asyncio.Server | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Replay the log (with a ``data_dir``), then bind and start accepting connections."""
+        if self.status is not BrokerStatus.NEW:
+            raise RuntimeError(f"broker is {self.status.value}")
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        if self.log is not None:
+            self.recovery = self.log.open(self.queues)
+        try:
+            self._server = await loop.create_server(
+                lambda: Session(self), self.host, self.port, reuse_address=True
+            )
+        except BaseException:
+            if self.log is not None:
+                await self.log.close()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.status = BrokerStatus.SERVING
+        if self.log is not None:
+            self._background = loop.create_task(self._run_log(self.log))
+
+    async def serve_forever(self) -> None:
+        """Serve until ``close()``; raises ``LogError`` when the log fails."""
+        if self._server is None:
+            await self.start()
+        assert self._stopped is not None
+        await asyncio.shield(self._stopped)
+
+    async def close(self) -> None:
+        """Shut down gracefully. Idempotent.
+
+        1. Stop accepting connections and new jobs.
+        2. Tell every client the broker is closing and stop dispatching.
+        3. Give active jobs up to ``shutdown_grace`` seconds to be reported.
+        4. Close every connection; jobs still active go back to their queues.
+        5. Write and fsync the log, and release the data directory.
+        """
+        if self.status is not BrokerStatus.SERVING:
+            if self.status is BrokerStatus.FAILED:
+                await self._release_log()
+            return
+        self.status = BrokerStatus.CLOSING
+        self.core.accepting = False
+        assert self._server is not None
+        self._server.close()
+        self.core.dispatching = False
+        for session in list(self.sessions):
+            session.send(Closing(reason="broker shutting down"))
+        self._flush()
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._active_jobs() and time.monotonic() < deadline and self.failure is None:
+            await asyncio.sleep(0.02)
+        for session in list(self.sessions):
+            session.close()
+        # Closed connections give their jobs back (re-queue records) as their callbacks run.
+        deadline = time.monotonic() + 1.0
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self._flush()
+        for timer in (self._disk_retry, self._tick_handle):
+            if timer is not None:
+                timer.cancel()
+        self._disk_retry = self._tick_handle = None
+        if self.core.held_back:
+            log.error("%d changes could not be written to the log (disk full); after a restart "
+                      "their jobs are as they were before them", len(self.core.held_back))
+        await self._release_log()
+        await self._server.wait_closed()
+        if self.status is BrokerStatus.CLOSING:
+            self.status = BrokerStatus.CLOSED
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def _release_log(self) -> None:
+        background, self._background = self._background, None
+        if background is not None:
+            background.cancel()
+            # Waited on, not awaited: our own cancellation, if any, still propagates.
+            await asyncio.wait([background])
+        if self.log is not None:
+            try:
+                await self.log.close()
+            except LogError as exc:
+                self._fail(exc)
+
+    async def _run_log(self, log_: Log) -> None:
+        try:
+            await log_.run(self.queues)
+        except LogError as exc:
+            self._fail(exc)
+
+    def _fail(self, error: LogError) -> None:
+        """The log failed: acknowledge nothing more, drop every connection, stop serving.
+
+        ``serve_forever`` raises ``error``; the CLI prints it as its last line.
+        """
+        if self.failure is not None:
+            return
+        self.failure = error
+        self.status = BrokerStatus.FAILED
+        self.core.accepting = False
+        self.core.accepted.clear()
+        self.core.durable.clear()
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.kill()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_exception(error)
+
+    def _active_jobs(self) -> int:
+        return sum(queue.active for queue in self.queues.queues.values())
+
+    # Sessions (the ``Host`` of each).
+
+    def connected(self, session: Session) -> None:
+        """A connection was accepted."""
+        if self.status is not BrokerStatus.SERVING:
+            session.abort(ProtocolError(ErrorCode.SHUTTING_DOWN, "broker is shutting down"))
+        elif len(self.sessions) >= self.max_connections:
+            session.abort(ProtocolError(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"connection limit of {self.max_connections} reached",
+            ))
+        else:
+            self.sessions.add(session)
+
+    def disconnected(self, session: Session) -> None:
+        """A connection closed: its jobs go back to their queues, its waits are dropped."""
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.core.waiters.drop(session)
+        self.core.watchers.drop(session)
+        if self.status is not BrokerStatus.FAILED:
+            self.queues.drop(session, time.time())
+            self.schedule_flush()
+
+    def received(self, session: Session, message: ClientMessage) -> None:
+        """Apply one request from ``session``; what it causes goes out in the pass's flush."""
+        handle(self.core, session, message, time.time())
+        self.schedule_flush()
+
+    def wrote(self, session: Session) -> None:
+        """``session`` has output for this pass."""
+        self.core.dirty.append(session)
+        self.schedule_flush()
+
+    # The flush and the timer.
+
+    def schedule_flush(self) -> None:
+        """Run the flush once, at the start of the next loop pass."""
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self.status in (BrokerStatus.FAILED, BrokerStatus.CLOSED):
+            return
+        now = time.time()
+        try:
+            flush(self.core, now, self.schedule_flush)
+        except LogError as exc:
+            self._fail(exc)
+            return
+        if self.core.held_back:
+            self._retry_disk()
+        self._arm(self.queues.next_deadline(), now)
+
+    def _retry_disk(self) -> None:
+        if self._disk_retry is None and self._loop is not None:
+            def retry() -> None:
+                self._disk_retry = None
+                self.schedule_flush()
+            self._disk_retry = self._loop.call_later(_DISK_RETRY, retry)
+
+    def _arm(self, deadline: float | None, now: float) -> None:
+        """Have ``_tick`` run at ``deadline`` (Unix seconds), unless it runs sooner already."""
+        if deadline is None or self._loop is None:
+            return
+        if self._tick_handle is not None:
+            if self._tick_at <= deadline:
+                return
+            self._tick_handle.cancel()
+        self._tick_at = deadline
+        self._tick_handle = self._loop.call_at(self._loop.time() + max(0.0, deadline - now),
+                                               self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        if self.status is BrokerStatus.SERVING:
+            self.queues.tick(time.time())
+        self.schedule_flush()

@@ -1,0 +1,99 @@
+"""Every queue and job of one broker, by name and id, and the reads requests make of them.
+
+``Store`` is the state the rest of the state machine changes (``Queues`` and its parts); reading
+it (counts, summaries, pages of jobs, retained jobs) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from itertools import islice
+
+from conveyor.protocol import JobState, QueueSummary
+
+from ._jobs import ACTIVE, COMPLETED, DELAYED, WAITING, Consumer, Job, Queue
+
+__all__ = ["Store"]
+
+
+class Store:
+    """Queues by name, jobs by id and by idempotency key, and the counters they share."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, Queue] = {}
+        self.jobs: dict[int, Job] = {}
+        self.keys: dict[str, int] = {}
+        """Idempotency keys of retained jobs."""
+        self.last_id = 0
+        """The highest job id given out (ids are never reused)."""
+        self.live_bytes = 0
+        """Estimated size of the live state as a snapshot (bytes): what compaction would keep."""
+
+    def queue(self, name: str) -> Queue:
+        """The queue called ``name``, created on first use."""
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = Queue(name)
+        return queue
+
+    def consumer(self, owner: Hashable, queue_name: str) -> Consumer | None:
+        """``owner``'s subscription to a queue, if it has one."""
+        queue = self.queues.get(queue_name)
+        return None if queue is None else queue.consumers.get(owner)
+
+    def finished_jobs(self, queue: Queue, state: JobState) -> list[Job]:
+        """A queue's retained completed (or failed) jobs, oldest first."""
+        kept = queue.kept_completed if state is COMPLETED else queue.kept_failed
+        jobs = [self.jobs[i] for i in kept]
+        own = [job for job in queue.kept_own.values() if job.state is state]
+        if own:
+            jobs = sorted(jobs + own, key=lambda job: (job.finished_at, job.id))
+        return jobs
+
+    def counts(self, queue_name: str) -> dict[str, int]:
+        """Jobs waiting, active and delayed now, completed and failed in all, and subscribers."""
+        queue = self.queues.get(queue_name)
+        if queue is None:
+            return dict.fromkeys(("waiting", "active", "delayed", "completed", "failed",
+                                  "workers"), 0)
+        return {
+            "waiting": len(queue.waiting),
+            "active": queue.active,
+            "delayed": len(queue.delayed),
+            "completed": queue.completed,
+            "failed": queue.failed,
+            "workers": len(queue.consumers),
+        }
+
+    def summaries(self, now: float) -> list[QueueSummary]:
+        """Every queue, by name: its counts and its rates over the last minute."""
+        return [
+            QueueSummary(
+                name=queue.name, waiting=len(queue.waiting), active=queue.active,
+                delayed=len(queue.delayed), completed=queue.completed, failed=queue.failed,
+                workers=len(queue.consumers), paused=queue.paused,
+                added_rate=queue.added_rate.per_second(now),
+                completed_rate=queue.completed_rate.per_second(now),
+                failed_rate=queue.failed_rate.per_second(now))
+            for queue in sorted(self.queues.values(), key=lambda queue: queue.name)
+        ]
+
+    def list_jobs(self, queue_name: str, state: JobState, offset: int,
+                  limit: int) -> tuple[list[Job], int]:
+        """A page of a queue's jobs in ``state``, in order, and how many there are in all."""
+        queue = self.queues.get(queue_name)
+        if queue is None:
+            return [], 0
+        jobs: Iterable[Job]
+        if state is WAITING:
+            jobs, total = queue.waiting, len(queue.waiting)
+        elif state is DELAYED:
+            jobs = sorted(queue.delayed.values(), key=lambda job: (job.options.run_at, job.id))
+            total = len(queue.delayed)
+        elif state is ACTIVE:
+            jobs = [job for c in queue.consumers.values() for job in c.held.values()]
+            total = queue.active
+        else:
+            jobs = self.finished_jobs(queue, state)[::-1]
+            total = len(jobs)
+        return list(islice(jobs, offset, offset + limit)), total
