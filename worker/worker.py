@@ -168,6 +168,9 @@ class Worker:
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
         self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        """Set once ``run()`` is over (or ``close()`` came before it)."""
+        self._ran = False
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -176,12 +179,17 @@ class Worker:
     async def run(self) -> None:
         """Connect, take jobs until ``close()``, then shut down gracefully.
 
-        Raises ``ConnectionLost`` when the first connection cannot be made. A connection lost
-        later is made again (with ``reconnect``), backing off up to ``MAX_BACKOFF`` seconds; the
-        broker has re-queued every job this worker held, so running handlers are cancelled.
+        Returns at once when ``close()`` (or ``stop()``) came first. Raises ``ConnectionLost``
+        when the first connection cannot be made, and ``RuntimeError`` when it already ran. A
+        connection lost later is made again (with ``reconnect``), backing off up to
+        ``MAX_BACKOFF`` seconds; the broker has re-queued every job this worker held, so running
+        handlers are cancelled.
         """
+        if self.status is WorkerStatus.CLOSED and not self._ran:
+            return
         if self.status is not WorkerStatus.NEW:
             raise RuntimeError(f"worker is {self.status.value}")
+        self._ran = True
         self.status = WorkerStatus.RUNNING
         threads = sum(sub.window for sub in self._subscriptions.values() if sub.needs_threads)
         if threads:
@@ -198,10 +206,13 @@ class Worker:
                 connection = await self._reconnect()
         finally:
             self.status = WorkerStatus.CLOSED
-            if self._connection is not None:
-                await self._connection.close()
-            if self._threads is not None:
-                self._threads.shutdown(wait=False, cancel_futures=True)
+            try:
+                if self._connection is not None:
+                    await self._connection.close()
+                if self._threads is not None:
+                    self._threads.shutdown(wait=False, cancel_futures=True)
+            finally:
+                self._finished.set()
 
     async def _connect(self) -> Connection:
         connection = await Connection.open(self.url, name=self.name, on_push=self._push)
@@ -259,17 +270,35 @@ class Worker:
         return lost and not self._stop.is_set()
 
     async def close(self) -> None:
-        """Stop taking jobs, let running ones finish within the grace period, release the rest.
+        """Stop taking jobs, let running ones finish within the grace period, release the rest
+        and disconnect; return once that is done and ``run()`` is over.
 
-        Idempotent; ``run()`` returns once the shutdown is done.
+        Idempotent, and safe at any time: before ``run()`` it marks the worker closed (``run()``
+        then returns at once); after ``run()`` is over it returns at once. Called from one of
+        this worker's jobs (its handler, or a task the handler started), it starts the shutdown
+        and returns without waiting for it: the shutdown waits for that job to finish, so the
+        job cannot wait for the shutdown. The job then goes on and its outcome is reported as
+        usual (within the grace period).
         """
         self.stop()
+        if self._finished.is_set() or self._in_own_job():
+            return
+        await self._finished.wait()
 
     def stop(self) -> None:
-        """``close()`` for callers that cannot await, such as a signal handler."""
-        if self.status in (WorkerStatus.RUNNING, WorkerStatus.NEW):
+        """Start the shutdown of ``close()`` without waiting for it, for callers that cannot
+        await, such as a signal handler."""
+        if self.status is WorkerStatus.NEW:
+            self.status = WorkerStatus.CLOSED
+            self._finished.set()
+        elif self.status is WorkerStatus.RUNNING:
             self.status = WorkerStatus.CLOSING
         self._stop.set()
+
+    def _in_own_job(self) -> bool:
+        """Whether the caller runs in one of this worker's running jobs."""
+        job = _current.get(None)
+        return job is not None and any(running is job for running in self._running.values())
 
     async def _extend_leases(self, connection: Connection) -> None:
         """Tell the broker every third of a lease that this worker is alive, on every queue.
