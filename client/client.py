@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final, Unpack
+from typing import Any, Final, Unpack, cast
 
 import msgspec
 
@@ -42,7 +42,7 @@ from conveyor.protocol import (
 )
 
 from .connection import Connection, Push, Reply
-from .errors import ConnectionLost, ConveyorError, JobFailed
+from .errors import BulkAddFailed, ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
 from .jobs import JobInfo, decode_job, decode_value, encode_value, encode_values
 from .options import JobOptions, JobSpec, job_def
@@ -245,14 +245,32 @@ class Client:
         raises ``TypeError`` naming its index), then split into frames under the broker's frame
         limit and pipelined. Workers start on the first frame's jobs while later frames are still
         in flight.
+
+        Raises:
+            TypeError: a payload cannot be serialized (nothing was sent).
+            ValueError: an option is out of range, or a job cannot fit in a frame (nothing was
+                sent).
+            BulkAddFailed: some frames were added and others failed; it carries the ids added
+                (``added_ids``) and the error.
+            RequestRefused, ConnectionLost: nothing was added (``DiskFull``,
+                ``ProtocolViolation``...: the error of the first frame).
         """
         raws, template, own = _bulk_jobs(queue, payloads, options)
         connection = await self._open()
-        futures: list[asyncio.Future[Reply]] = []
-        for chunk in _frames(raws, template, own, connection.max_frame):
-            futures.append(connection.request(functools.partial(_add, queue, chunk)))
-            await connection.drain()
-        return await _added_ids(futures)
+        frames: list[tuple[asyncio.Future[Reply], int]] = []
+        unsent: ConveyorError | None = None
+        try:
+            for chunk in _frames(raws, template, own, connection.max_frame):
+                frames.append((connection.request(functools.partial(_add, queue, chunk)),
+                               len(chunk)))
+                await connection.drain()
+        except ConveyorError as exc:
+            unsent = exc  # the connection was lost: the frames sent still get their answers
+        except BaseException:
+            for future, _ in frames:
+                future.cancel()
+            raise
+        return await _added_ids(frames, len(raws), unsent)
 
     def add_bulk_nowait(self, queue: str, payloads: Iterable[Any],
                         **options: Unpack[JobOptions]) -> asyncio.Future[list[int]]:
@@ -267,15 +285,16 @@ class Client:
         """
         raws, template, own = _bulk_jobs(queue, payloads, options)
         connection = self.connection
-        futures: list[asyncio.Future[Reply]] = []
+        frames: list[tuple[asyncio.Future[Reply], int]] = []
         try:
             for chunk in _frames(raws, template, own, connection.max_frame):
-                futures.append(connection.request(functools.partial(_add, queue, chunk)))
+                frames.append((connection.request(functools.partial(_add, queue, chunk)),
+                               len(chunk)))
         except BaseException:
-            for future in futures:
+            for future, _ in frames:
                 future.cancel()
             raise
-        return asyncio.ensure_future(_added_ids(futures))
+        return asyncio.ensure_future(_added_ids(frames, len(raws)))
 
     # Queue control.
 
@@ -522,18 +541,36 @@ def _frames(raws: list[msgspec.Raw], template: JobDef | None, own: dict[int, Job
         yield [job(index) for index in range(start, stop)]
 
 
-async def _added_ids(futures: list[asyncio.Future[Reply]]) -> list[int]:
-    """The ids the ``added`` replies to a bulk add's frames carry, in order."""
-    ids: list[int] = []
+async def _added_ids(frames: list[tuple[asyncio.Future[Reply], int]], total: int,
+                     unsent: ConveyorError | None = None) -> list[int]:
+    """The ids the ``added`` replies to a bulk add's frames (reply, jobs) carry, in order.
+
+    ``total`` jobs were given; those past the frames were not sent, for the reason ``unsent``.
+    Every reply is awaited, also after a failed frame (a later one may still be added). Raises
+    ``BulkAddFailed`` when some frames were added and some not, else the first frame's error.
+    """
+    ids: list[int | None] = []
+    error: ConveyorError | None = None
     try:
-        for future in futures:
-            reply = await future
+        for future, count in frames:
+            try:
+                reply = await future
+            except ConveyorError as exc:
+                error = error or exc
+                ids += [None] * count
+                continue
             assert isinstance(reply, Added)
             ids += reply.ids
     finally:
-        for future in futures:
+        for future, _ in frames:
             future.cancel()
-    return ids
+    error = error or unsent
+    if error is None:
+        return cast(list[int], ids)
+    ids += [None] * (total - len(ids))
+    if all(job_id is None for job_id in ids):
+        raise error
+    raise BulkAddFailed(error, ids) from error
 
 
 def _add(queue: str, jobs: list[JobDef], req: int) -> Add:
