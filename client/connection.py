@@ -272,3 +272,6 @@ class Connection(asyncio.Protocol):
         if not self._welcome.done():
             # A refused handshake reports what the broker said, not just the closed socket.
             self._welcome.set_exception(self._said or self._failure)
+            # Marked read: a handshake given up (cancelled, timed out) leaves no one to read it,
+            # and one still under way gets it all the same.
+            self._welcome.exception()
