@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor.client import encode_value
 from conveyor.protocol import Progress
 
+from .limits import check_progress
+
 if TYPE_CHECKING:
     from conveyor.client import Connection
 
@@ -41,9 +43,16 @@ class Job:
         return f"<Job {self.id} of {self.queue!r}, attempt {self.attempt}>"
 
     async def progress(self, value: Any) -> None:
-        """Report progress (any serializable value, often a percentage)."""
+        """Report progress (any serializable value, often a percentage).
+
+        Raises:
+            TypeError: ``value`` cannot be serialized.
+            ResultTooLarge: ``value`` does not fit in a frame of the broker's (nothing is sent).
+        """
         raw = encode_value(value, "progress value")
-        self._connection.send(Progress(job=self.id, lease=self.lease, progress=raw))
+        message = Progress(job=self.id, lease=self.lease, progress=raw)
+        check_progress(self.id, message, raw, self._connection.max_frame)
+        self._connection.send(message)
 
 
 _current: contextvars.ContextVar[Job] = contextvars.ContextVar("conveyor_current_job")

@@ -41,6 +41,7 @@ from conveyor.protocol import (
 
 from .errors import Retry, UnknownTask, Unrecoverable
 from .job import Job, _current
+from .limits import fit_failure, result_too_large
 from .tasks import Task, Tasks
 
 __all__ = [
@@ -403,8 +404,9 @@ class Worker:
                     result = await loop.run_in_executor(
                         self._threads, context.run, _call, loop, timer, job, call
                     )
-            outcome: Ack | Fail = Ack(job=job.id, lease=job.lease,
-                                      result=encode_value(result, "job result"))
+            ack = Ack(job=job.id, lease=job.lease, result=encode_value(result, "job result"))
+            too_large = result_too_large(job.id, ack, connection.max_frame)
+            outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
             if connection.failure is None:
@@ -420,6 +422,8 @@ class Worker:
                 outcome = _failure(job, exc)
         except Exception as exc:
             outcome = _failure(job, exc)
+        if isinstance(outcome, Fail):
+            outcome = fit_failure(outcome, connection.max_frame)
         if connection.failure is None:
             connection.send(outcome)
             self.processed += 1
