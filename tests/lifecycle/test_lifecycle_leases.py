@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -202,25 +203,37 @@ async def test_a_try_over_its_timeout_is_cancelled_and_retried(url: str) -> None
 
 
 async def test_a_plain_handlers_timeout_counts_from_when_a_thread_runs_it(url: str) -> None:
-    """A plain handler over its timeout fails its try on time, but its thread runs on (Python
+    """A plain handler over its timeout fails its try on time, while its thread runs on (Python
     cannot stop it). The next job, delivered to the freed slot, waits for that thread: its own
     timeout starts when it runs, so it is not failed for a time it spent waiting."""
     ran: list[str] = []
+    release = threading.Event()
 
     def blocking(job: WorkerJob) -> str:
-        ran.append(job.data["name"])
-        time.sleep(job.data["seconds"])
-        return job.data["name"]
+        ran.append(job.data)
+        if job.data == "slow":
+            release.wait(30)  # until the test lets it go: far over its timeout
+        return str(job.data)
 
     async with Client(url) as client, running(Worker("threads", blocking, url=url, grace=2)):
-        began = time.monotonic()
-        slow = await client.add("threads", {"name": "slow", "seconds": 1.0}, timeout=0.3)
-        quick = await client.add("threads", {"name": "quick", "seconds": 0.05}, timeout=0.5)
+        slow = await client.add("threads", "slow", timeout=0.3)
+        quick = await client.add("threads", "quick", timeout=0.3)
         with pytest.raises(JobFailed, match="timeout of 0.3 s"):
             await client.wait(slow, timeout=10)
-        assert time.monotonic() - began < 0.9  # failed on time, not when the thread returned
+        assert not release.is_set()  # failed on time, not when the thread returned
+        # The quick job is delivered to the freed slot and waits for the thread, over its own
+        # timeout, before it runs.
+        await wait_until(lambda: _state(client, quick, JobState.ACTIVE), what="quick delivered")
+        await asyncio.sleep(0.5)
+        assert ran == ["slow"]
+        release.set()
         assert await client.wait(quick, timeout=10) == "quick"
     assert ran == ["slow", "quick"]
+
+
+async def _state(client: Client, job_id: int, state: JobState) -> bool:
+    info = await client.get_job(job_id)
+    return info is not None and info.state is state
 
 
 async def test_a_try_within_its_timeout_completes(url: str) -> None:
