@@ -19,8 +19,8 @@ __all__ = ["Job", "current_job"]
 class Job:
     """One delivered job: its id, queue, decoded payload and try number."""
 
-    __slots__ = ("_connection", "attempt", "attempts", "data", "id", "lease", "name", "queue",
-                 "timeout")
+    __slots__ = ("_connection", "_finished", "attempt", "attempts", "data", "id", "lease",
+                 "name", "queue", "timeout")
 
     def __init__(self, connection: Connection, queue: str, job_id: int, lease: int, attempt: int,
                  data: Any, *, attempts: int = 1, timeout: float | None = None,
@@ -38,6 +38,8 @@ class Job:
         self.data = data
         self.name = name
         """The job's name (what kind of job it is), or None."""
+        self._finished: float | None = None
+        """When the worker finished running it (``time.perf_counter()``)."""
 
     def __repr__(self) -> str:
         return f"<Job {self.id} of {self.queue!r}, attempt {self.attempt}>"

@@ -59,6 +59,9 @@ DEFAULT_GRACE: Final = 10.0
 DEFAULT_LEASE: Final = 30.0
 """Seconds the broker waits without hearing from a worker before taking its jobs back; the
 worker speaks up every third of that while it runs jobs."""
+_LOOP_CHECKS: Final = 12
+"""Times per lease the worker checks that its event loop is not blocked (at most once a
+second)."""
 MIN_BACKOFF: Final = 0.05
 MAX_BACKOFF: Final = 2.0
 """Seconds between attempts to reconnect to a broker that went away: doubling, up to this."""
@@ -168,6 +171,8 @@ class Worker:
         self._connection: Connection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
+        self._seen: dict[asyncio.Task[None], Job] = {}
+        """Jobs running at the loop monitor's last check or started since (see ``_watch_loop``)."""
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
         """Set once ``run()`` is over (or ``close()`` came before it)."""
@@ -252,6 +257,7 @@ class Worker:
                                              for queue, window in self.queues.items()),
                      extra={"fields": {"queues": self.queues}})
             heartbeat = tasks.create_task(self._extend_leases(connection))
+            monitor = tasks.create_task(self._watch_loop())
             closed = asyncio.ensure_future(connection.wait_closed())
             stop = asyncio.ensure_future(self._stop.wait())
             try:
@@ -267,6 +273,7 @@ class Worker:
             else:
                 await self._shut_down(connection)
             heartbeat.cancel()
+            monitor.cancel()
         self._tasks = None
         return lost and not self._stop.is_set()
 
@@ -313,6 +320,30 @@ class Worker:
                 for queue in self._subscriptions:
                     connection.send(Extend(queue=queue))
 
+    async def _watch_loop(self) -> None:
+        """Warn when the event loop was blocked for over a third of the lease, naming the jobs
+        that were running then.
+
+        A blocked loop sends no lease extensions: blocked much longer, the broker takes the
+        worker's jobs back and hands them to others while they still run here. The usual cause
+        is a blocking call (``time.sleep``, synchronous I/O) in an async handler. The check is
+        a sleep that overran: it wakes every ``lease / _LOOP_CHECKS`` seconds (at most once a
+        second), so blocks are measured to within that.
+        """
+        interval = min(self.lease / _LOOP_CHECKS, 1.0)
+        threshold = self.lease / 3
+        while True:
+            self._seen = dict(self._running)
+            due = time.perf_counter() + interval
+            await asyncio.sleep(interval)
+            blocked = time.perf_counter() - due
+            if blocked > threshold:
+                # The loop did not come back to us between ``due`` and now: the jobs running
+                # then are those that had not finished by ``due``.
+                jobs = [job for job in {**self._seen, **self._running}.values()
+                        if job._finished is None or job._finished >= due]
+                _log_blocked(blocked, self.lease, jobs)
+
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
         # 1. Stop credit on every queue: the broker pushes nothing more.
@@ -352,6 +383,7 @@ class Worker:
                       name=delivery.name)
             task = tasks.create_task(self._run_job(connection, subscription, job))
             self._running[task] = job
+            self._seen[task] = job
             task.add_done_callback(self._running.pop)
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
@@ -409,6 +441,7 @@ class Worker:
             outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
+            job._finished = time.perf_counter()
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
             if logging_jobs:
@@ -422,6 +455,7 @@ class Worker:
                 outcome = _failure(job, exc)
         except Exception as exc:
             outcome = _failure(job, exc)
+        job._finished = time.perf_counter()
         if isinstance(outcome, Fail):
             outcome = fit_failure(outcome, connection.max_frame)
         if connection.failure is None:
@@ -511,6 +545,24 @@ def _fields(job: Job) -> dict[str, Any]:
 def _log_start(job: Job) -> None:
     log.info("%s started, attempt %d of %d", _describe(job), job.attempt, job.attempts,
              extra={"fields": _fields(job)})
+
+
+def _log_blocked(blocked: float, lease: float, jobs: list[Job]) -> None:
+    """Warn that the loop was blocked for ``blocked`` seconds while ``jobs`` were running."""
+    jobs.sort(key=lambda job: job.id)
+    named = ", ".join(_describe(job) for job in jobs[:_BLOCKED_JOBS_NAMED])
+    if len(jobs) > _BLOCKED_JOBS_NAMED:
+        named += f" and {len(jobs) - _BLOCKED_JOBS_NAMED} more"
+    log.warning("the event loop was blocked for %.2f s, over a third of the %g s lease (the "
+                "broker takes jobs back after a lease without word from the worker); running "
+                "then: %s. A blocking call in an async handler? Make it a plain function (it "
+                "runs in a thread) or use asyncio.to_thread", blocked, lease, named or "no job",
+                extra={"fields": {"blocked_s": round(blocked, 3), "lease": lease,
+                                  "job_ids": [job.id for job in jobs]}})
+
+
+_BLOCKED_JOBS_NAMED: Final = 10
+"""Most jobs a blocked-loop warning names."""
 
 
 def _log_outcome(job: Job, started: float, outcome: Ack | Fail | None) -> None:
