@@ -16,7 +16,7 @@ from conveyor.client import (
     ProtocolViolation,
     exponential,
 )
-from conveyor.client.client import BULK_FRAME_JOBS, FIRST_FRAME_JOBS, _chunks
+from conveyor.client.frames import BULK_FRAME_JOBS, FIRST_FRAME_JOBS, chunks
 from conveyor.protocol import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
@@ -32,7 +32,7 @@ from conveyor.protocol import (
 
 
 def test_small_jobs_go_in_a_short_first_frame_then_full_ones() -> None:
-    runs = list(_chunks(5_000, None, 1 << 20))
+    runs = list(chunks(5_000, None, 1 << 20))
     assert runs[0] == (0, FIRST_FRAME_JOBS)
     assert all(stop - start == BULK_FRAME_JOBS for start, stop in runs[1:-1])
     assert runs[-1][1] == 5_000
@@ -41,7 +41,7 @@ def test_small_jobs_go_in_a_short_first_frame_then_full_ones() -> None:
 
 def test_large_jobs_split_by_bytes() -> None:
     sizes = [300] * 100
-    runs = list(_chunks(len(sizes), sizes, 1_000))
+    runs = list(chunks(len(sizes), sizes, 1_000))
     assert all(sum(sizes[start:stop]) <= 1_000 for start, stop in runs)
     assert runs[-1][1] == 100 and runs[0][0] == 0
 
@@ -75,7 +75,8 @@ async def test_many_jobs_over_a_small_frame_limit_keep_their_order(client: Clien
 
 
 async def test_an_oversize_payload_is_refused_before_anything_is_sent(client: Client) -> None:
-    with pytest.raises(ValueError, match="payload 2 is"):
+    with pytest.raises(ValueError, match="job 2 is .* bytes encoded .its payload 70,005.; the "
+                                         "broker's frame limit is 65,536 bytes"):
         await client.add_bulk("bulk", [{"n": 0}, {"n": 1}, "x" * 70_000])
     with pytest.raises(ValueError, match="attempts"):
         await client.add_bulk("bulk", [{"n": 0}], attempts=0)
