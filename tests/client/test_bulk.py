@@ -71,7 +71,10 @@ async def test_many_jobs_over_a_small_frame_limit_keep_their_order(client: Clien
     payloads = [{"n": n, "pad": "x" * 500} for n in range(3_000)]
     ids = await client.add_bulk("bulk", payloads)
     assert ids == sorted(ids) and len(set(ids)) == 3_000
-    assert (await client.counts("bulk"))["waiting"] == 3_000
+    waiting = await client.get_jobs("bulk", "waiting", limit=10_000)
+    assert [job.id for job in waiting] == ids  # they wait in the order given
+    data = {job.id: job.data for job in waiting}
+    assert [data[job_id] for job_id in ids] == payloads  # ids[i] is the job of payloads[i]
 
 
 async def test_an_oversize_payload_is_refused_before_anything_is_sent(client: Client) -> None:

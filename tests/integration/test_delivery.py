@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import handlers
@@ -18,7 +19,7 @@ import pytest
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState
-from conveyor.worker import Worker
+from conveyor.worker import Job, Worker
 
 JOB_SECONDS = 1.0
 """How long the jobs that should run together sleep: each starts before any of them ends (how
@@ -52,6 +53,44 @@ async def test_a_worker_with_concurrency_3_starts_3_jobs_at_once(
     starts = [result["started"] for result in results]
     assert {result["pid"] for result in results} == {worker.pid}
     assert max(starts) - min(starts) < JOB_SECONDS, starts  # all ran at once
+
+
+@pytest.mark.parametrize(("windows", "expected"), [((4, 4), [2, 2]), ((4, 2), [3, 1])])
+async def test_a_bulk_add_goes_to_the_workers_with_the_most_free_slots(
+    broker: Broker, url: str, wait_for_workers: Callable[..., Awaitable[None]],
+    windows: tuple[int, int], expected: list[int]
+) -> None:
+    # Four jobs at once to two idle workers. Filling the first worker's window before the next
+    # would give 4 and 0; spreading one by one, ignoring free slots, 2 and 2 in both cases.
+    queue = "most-free"
+    gate = asyncio.Event()
+    held: dict[str, list[int]] = {"a": [], "b": []}
+
+    def holder(name: str) -> Callable[[Job], Awaitable[None]]:
+        async def hold(job: Job) -> None:
+            held[name].append(job.id)
+            await gate.wait()
+        return hold
+
+    workers = [Worker(queue, holder(name), url=url, concurrency=window, name=name)
+               for name, window in zip(held, windows, strict=True)]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    try:
+        async with Client(url) as client:
+            await wait_for_workers(broker, queue, 2)
+            ids = await client.add_bulk(queue, range(4))
+            # Dispatched as they were added: every job is already active.
+            assert (await client.counts(queue))["active"] == 4
+            async with asyncio.timeout(10):
+                while sum(map(len, held.values())) < 4:  # every job started
+                    await asyncio.sleep(0.01)
+            assert [len(held["a"]), len(held["b"])] == expected, held
+            gate.set()
+            await asyncio.gather(*(client.wait(job_id, timeout=10) for job_id in ids))
+    finally:
+        for worker in workers:
+            await worker.close()
+        await asyncio.gather(*tasks)
 
 
 async def test_a_job_whose_worker_is_killed_completes_on_another_worker(
