@@ -11,15 +11,21 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import handlers
 import pytest
+from processes import WorkerProcess
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState
 from conveyor.worker import Job, Worker
+
+StartWorker = Callable[..., WorkerProcess]
+WaitFor = Callable[..., Awaitable[Any]]
+"""The ``wait_for_workers``, ``wait_for_counts`` and ``wait_for_files`` fixtures."""
 
 JOB_SECONDS = 1.0
 """How long the jobs that should run together sleep: each starts before any of them ends (how
@@ -28,7 +34,8 @@ close together they start is measured by ``bench/spread.py``)."""
 
 @pytest.mark.parametrize("processes", [3, 8])
 async def test_one_bulk_add_starts_a_job_on_every_idle_worker_process_at_once(
-    broker: Broker, url: str, start_worker, wait_for_workers, processes: int
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    processes: int
 ) -> None:
     queue = f"spread-{processes}"
     workers = start_worker("examples.tasks:sleep", queue=queue, url=url, processes=processes)
@@ -42,7 +49,7 @@ async def test_one_bulk_add_starts_a_job_on_every_idle_worker_process_at_once(
 
 
 async def test_a_worker_with_concurrency_3_starts_3_jobs_at_once(
-    broker: Broker, url: str, start_worker, wait_for_workers
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor
 ) -> None:
     queue = "concurrent"
     worker = start_worker("examples.tasks:sleep", queue=queue, url=url, concurrency=3)
@@ -57,7 +64,7 @@ async def test_a_worker_with_concurrency_3_starts_3_jobs_at_once(
 
 @pytest.mark.parametrize(("windows", "expected"), [((4, 4), [2, 2]), ((4, 2), [3, 1])])
 async def test_a_bulk_add_goes_to_the_workers_with_the_most_free_slots(
-    broker: Broker, url: str, wait_for_workers: Callable[..., Awaitable[None]],
+    broker: Broker, url: str, wait_for_workers: WaitFor,
     windows: tuple[int, int], expected: list[int]
 ) -> None:
     # Four jobs at once to two idle workers. Filling the first worker's window before the next
@@ -94,7 +101,8 @@ async def test_a_bulk_add_goes_to_the_workers_with_the_most_free_slots(
 
 
 async def test_a_job_whose_worker_is_killed_completes_on_another_worker(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, tmp_path: Path
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_files: WaitFor, tmp_path: Path
 ) -> None:
     queue = "crash"
     workers = [start_worker("handlers:hold", queue=queue, url=url) for _ in range(2)]
@@ -115,7 +123,8 @@ async def test_a_job_whose_worker_is_killed_completes_on_another_worker(
 
 
 async def test_100k_jobs_are_each_processed_exactly_once_by_2_worker_processes(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_counts, tmp_path: Path
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_counts: WaitFor, tmp_path: Path
 ) -> None:
     queue = "many"
     records = tmp_path / "records"
@@ -142,7 +151,8 @@ async def test_100k_jobs_are_each_processed_exactly_once_by_2_worker_processes(
 
 
 async def test_sigterm_lets_running_jobs_finish_and_exits_0(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, wait_for_counts,
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_files: WaitFor, wait_for_counts: WaitFor,
     tmp_path: Path,
 ) -> None:
     queue = "graceful"
@@ -166,7 +176,8 @@ async def test_sigterm_lets_running_jobs_finish_and_exits_0(
 
 @pytest.mark.parametrize("handler", ["handlers:hold", "handlers:hold_sync"])
 async def test_sigterm_with_a_short_grace_hands_a_long_job_back(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, wait_for_counts,
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_files: WaitFor, wait_for_counts: WaitFor,
     tmp_path: Path, handler: str,
 ) -> None:
     # An async handler is cancelled; a plain one keeps its thread, which must not keep the
@@ -190,7 +201,7 @@ async def test_sigterm_with_a_short_grace_hands_a_long_job_back(
 
 
 @contextlib.asynccontextmanager
-async def running(worker: Worker):
+async def running(worker: Worker) -> AsyncIterator[Worker]:
     """Run an in-process ``worker`` for the duration of the block."""
     task = asyncio.create_task(worker.run())
     try:

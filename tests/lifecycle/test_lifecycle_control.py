@@ -6,6 +6,7 @@ retention (a job's own ``keep_result``, the broker's ``keep_age``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -405,7 +406,7 @@ async def test_the_brokers_keep_age_forgets_finished_jobs(make_broker: MakeBroke
         infos = [await client.get_job(job_id) for job_id in ids]
         for job_id, info in zip(ids, infos, strict=True):
             assert info is not None and info.finished_at is not None
-            await wait_until(lambda job_id=job_id: _gone(client, job_id), timeout=10,
+            await wait_until(functools.partial(_gone, client, job_id), timeout=10,
                              what=f"job {job_id} was forgotten")
             assert time.time() - info.finished_at >= 0.3
         assert await counts_of(client, "aging") == (0, 0, 0, 2, 1)
