@@ -95,8 +95,9 @@ def job_def(
         raise ValueError(f"name must be a string of 1 to {MAX_JOB_NAME} characters, "
                          f"got {name!r}")
     if isinstance(priority, bool) or not isinstance(priority, int) \
-            or not -(1 << 63) <= priority < 1 << 63:
-        raise ValueError(f"priority must be an integer from -2**63 to 2**63 - 1, got "
+            or not -(1 << 63) <= priority < 1 << 64:
+        # The MessagePack integer range: a larger one would fail only when its frame is built.
+        raise ValueError(f"priority must be an integer from -2**63 to 2**64 - 1, got "
                          f"{priority!r}")
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an integer of at least 1, got {attempts!r}")
