@@ -5,6 +5,7 @@ from conveyor.protocol import Backoff, JobError, JobState, QueueSummary
 from .client import Client, connect
 from .connection import Connection, ConnectionStatus, Push
 from .errors import (
+    BulkAddFailed,
     ConnectionLost,
     ConveyorError,
     DiskFull,
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
     "Backoff",
+    "BulkAddFailed",
     "Client",
     "Connection",
     "ConnectionLost",

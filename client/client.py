@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Final, Unpack
-
-import msgspec
+from typing import Any, Final, Unpack, cast
 
 from conveyor.protocol import (
-    NIL,
     Add,
     Added,
     Backoff,
@@ -38,29 +35,20 @@ from conveyor.protocol import (
     RetryFailed,
     Wait,
     Watch,
-    check_queue_name,
 )
 
 from .connection import Connection, Push, Reply
-from .errors import ConnectionLost, ConveyorError, JobFailed
+from .errors import BulkAddFailed, ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
-from .jobs import JobInfo, decode_job, decode_value, encode_value, encode_values
-from .options import JobOptions, JobSpec, job_def
+from .frames import add_envelope, bulk_jobs, check_queue, frames, job_size
+from .jobs import JobInfo, decode_job, decode_value, encode_value
+from .options import JobOptions, job_def
 
 __all__ = ["Client", "connect"]
 
-BULK_FRAME_BYTES: Final = 256 * 1024
-"""Target frame size when splitting a bulk add (bytes); small frames let dispatch start early."""
-BULK_FRAME_JOBS: Final = 2_000
-"""Most jobs per frame of a bulk add."""
-FIRST_FRAME_JOBS: Final = 64
-"""Most jobs in a bulk add's first frame: it leaves at once, and idle workers start on it."""
-_FRAME_SLACK: Final = 1024
-"""Room left in a frame for the message envelope and queue name (bytes)."""
-_JOB_OVERHEAD: Final = 8
-"""Bytes a job's envelope adds to its encoded payload."""
-_OPTIONS_OVERHEAD: Final = 160
-"""Most bytes a job's options other than ``id`` add to it."""
+_ADD_SLACK: Final = 4096
+"""Bytes an ``add`` frame of one job takes beyond its payload, at most (about 2,100 with the
+longest queue name, id and name): a payload this far under the limit is not measured again."""
 RECONNECT_BACKOFF: Final = 0.05
 """Seconds before trying again to reconnect, doubling after each failed try..."""
 MAX_RECONNECT_BACKOFF: Final = 0.5
@@ -223,15 +211,18 @@ class Client:
         finished job is retained. ``name``: what kind of job it is (a worker serving a task
         registry runs the task of that name).
         """
-        _check_queue(queue)
+        check_queue(queue)
         raw = encode_value(data, "job payload")
         job = job_def(raw, id=id, priority=priority, attempts=attempts, backoff=backoff,
                       timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result,
                       name=name)
         connection = await self._open()
-        if len(raw) + _JOB_OVERHEAD + _FRAME_SLACK > connection.max_frame:
-            raise ValueError(f"payload is {len(raw)} bytes encoded; the broker's frame limit is "
-                             f"{connection.max_frame} bytes")
+        max_frame = connection.max_frame
+        if len(raw) + _ADD_SLACK > max_frame:
+            size = add_envelope(queue) + job_size(job)
+            if size > max_frame:
+                raise ValueError(f"job is {size:,} bytes encoded (its payload {len(raw):,}); the "
+                                 f"broker's frame limit is {max_frame:,} bytes")
         reply = await connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]
@@ -245,14 +236,32 @@ class Client:
         raises ``TypeError`` naming its index), then split into frames under the broker's frame
         limit and pipelined. Workers start on the first frame's jobs while later frames are still
         in flight.
+
+        Raises:
+            TypeError: a payload cannot be serialized (nothing was sent).
+            ValueError: an option is out of range, or a job cannot fit in a frame (nothing was
+                sent).
+            BulkAddFailed: some frames were added and others failed; it carries the ids added
+                (``added_ids``) and the error.
+            RequestRefused, ConnectionLost: nothing was added (``DiskFull``,
+                ``ProtocolViolation``...: the error of the first frame).
         """
-        raws, template, own = _bulk_jobs(queue, payloads, options)
+        jobs = bulk_jobs(queue, payloads, options)
         connection = await self._open()
-        futures: list[asyncio.Future[Reply]] = []
-        for chunk in _frames(raws, template, own, connection.max_frame):
-            futures.append(connection.request(functools.partial(_add, queue, chunk)))
-            await connection.drain()
-        return await _added_ids(futures)
+        sent: list[tuple[asyncio.Future[Reply], int]] = []
+        unsent: ConveyorError | None = None
+        try:
+            for chunk in frames(jobs, connection.max_frame):
+                sent.append((connection.request(functools.partial(_add, queue, chunk)),
+                             len(chunk)))
+                await connection.drain()
+        except ConveyorError as exc:
+            unsent = exc  # the connection was lost: the frames sent still get their answers
+        except BaseException:
+            for future, _ in sent:
+                future.cancel()
+            raise
+        return await _added_ids(sent, len(jobs.raws), unsent)
 
     def add_bulk_nowait(self, queue: str, payloads: Iterable[Any],
                         **options: Unpack[JobOptions]) -> asyncio.Future[list[int]]:
@@ -265,17 +274,18 @@ class Client:
         between bulks waits for room). It does not reconnect: on a lost connection it raises
         ``ConnectionLost``.
         """
-        raws, template, own = _bulk_jobs(queue, payloads, options)
+        jobs = bulk_jobs(queue, payloads, options)
         connection = self.connection
-        futures: list[asyncio.Future[Reply]] = []
+        sent: list[tuple[asyncio.Future[Reply], int]] = []
         try:
-            for chunk in _frames(raws, template, own, connection.max_frame):
-                futures.append(connection.request(functools.partial(_add, queue, chunk)))
+            for chunk in frames(jobs, connection.max_frame):
+                sent.append((connection.request(functools.partial(_add, queue, chunk)),
+                             len(chunk)))
         except BaseException:
-            for future in futures:
+            for future, _ in sent:
                 future.cancel()
             raise
-        return asyncio.ensure_future(_added_ids(futures))
+        return asyncio.ensure_future(_added_ids(sent, len(jobs.raws)))
 
     # Queue control.
 
@@ -289,12 +299,12 @@ class Client:
 
     async def pause(self, queue: str) -> None:
         """Stop deliveries from ``queue``; it still accepts jobs. Survives a broker restart."""
-        _check_queue(queue)
+        check_queue(queue)
         await self._ok(functools.partial(_message, Pause, queue=queue, paused=True))
 
     async def resume(self, queue: str) -> None:
         """Restart deliveries from a paused queue."""
-        _check_queue(queue)
+        check_queue(queue)
         await self._ok(functools.partial(_message, Pause, queue=queue, paused=False))
 
     async def retry_failed(self, queue: str | None = None, *, job_id: int | None = None) -> int:
@@ -303,18 +313,18 @@ class Client:
         if (queue is None) == (job_id is None):
             raise ValueError("give either a queue or a job_id")
         if queue is not None:
-            _check_queue(queue)
+            check_queue(queue)
         return await self._count(functools.partial(_message, RetryFailed, queue=queue,
                                                    job=job_id))
 
     async def drain(self, queue: str) -> int:
         """Remove every waiting and delayed job of ``queue``; return how many."""
-        _check_queue(queue)
+        check_queue(queue)
         return await self._count(functools.partial(_message, Drain, queue=queue))
 
     async def clean(self, queue: str, state: JobState | str, older_than: float = 0.0) -> int:
         """Remove ``queue``'s completed or failed jobs finished over ``older_than`` seconds ago."""
-        _check_queue(queue)
+        check_queue(queue)
         return await self._count(functools.partial(
             _message, Clean, queue=queue, state=JobState(state), older_than=older_than))
 
@@ -326,7 +336,7 @@ class Client:
         A reader that falls too far behind gets ``EventsLost``. A lost connection ends the
         stream with ``ConnectionLost``: call ``events()`` again to go on following the queue.
         """
-        _check_queue(queue)
+        check_queue(queue)
         connection = self.connection
         if self._closed:
             raise _closed_error()
@@ -433,7 +443,7 @@ class Client:
                        limit: int = 100) -> list[JobInfo]:
         """``queue``'s jobs in ``state``, in order: waiting in the order they will run, delayed
         by due time, active in delivery order, completed and failed most recent first."""
-        _check_queue(queue)
+        check_queue(queue)
         reply = await (await self._open()).request(functools.partial(
             _message, GetJobs, queue=queue, state=JobState(state), offset=offset, limit=limit))
         assert isinstance(reply, Jobs)
@@ -449,7 +459,7 @@ class Client:
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,
         and the workers subscribed now."""
-        _check_queue(queue)
+        check_queue(queue)
         reply = await (await self._open()).request(
             lambda req: GetCounts(req=req, queue=queue))
         assert isinstance(reply, Counts)
@@ -473,67 +483,36 @@ def _closed_error() -> ConveyorError:
     return ConveyorError("the client is closed")
 
 
-def _bulk_jobs(queue: str, payloads: Iterable[Any], options: JobOptions
-               ) -> tuple[list[msgspec.Raw], JobDef | None, dict[int, JobDef]]:
-    """Encode and check a bulk add's payloads and options: the raw payloads, the call's options
-    as a template (None without any), and the jobs that are ``JobSpec``s, by index."""
-    _check_queue(queue)
-    items = list(payloads)
-    has_specs = JobSpec in map(type, items)
-    raws = encode_values(
-        [item.data if isinstance(item, JobSpec) else item for item in items]
-        if has_specs else items, "payload")
-    # Options are checked once for the call, and once for each JobSpec, before any frame.
-    template = job_def(NIL, **options) if options else None
-    own: dict[int, JobDef] = {}
-    if has_specs:
-        own = {index: job_def(raws[index], **item.options())
-               for index, item in enumerate(items) if isinstance(item, JobSpec)}
-    return raws, template, own
+async def _added_ids(sent: list[tuple[asyncio.Future[Reply], int]], total: int,
+                     unsent: ConveyorError | None = None) -> list[int]:
+    """The ids the ``added`` replies to a bulk add's frames (reply, jobs) carry, in order.
 
-
-def _frames(raws: list[msgspec.Raw], template: JobDef | None, own: dict[int, JobDef],
-            max_frame: int) -> Iterator[list[JobDef]]:
-    """The jobs of each frame of a bulk add; the first ``next`` raises ``ValueError`` when a job
-    cannot fit in a frame of ``max_frame`` bytes."""
-    limit = max_frame - _FRAME_SLACK
-    extra = _job_size(template or JobDef(NIL)) - len(NIL)
-    largest = max(map(len, raws), default=0) + extra
-    sizes: list[int] | None = None
-    if own or largest * BULK_FRAME_JOBS > BULK_FRAME_BYTES:
-        sizes = [len(raw) + extra for raw in raws]
-        for index, spec in own.items():
-            sizes[index] = _job_size(spec)
-        largest = max(sizes)
-    if largest > limit:
-        assert sizes is not None
-        index = next(i for i, size in enumerate(sizes) if size > limit)
-        raise ValueError(f"payload {index} is {len(raws[index])} bytes encoded; the "
-                         f"broker's frame limit is {max_frame} bytes")
-
-    def job(index: int) -> JobDef:
-        if index in own:
-            return own[index]
-        if template is None:
-            return JobDef(raws[index])
-        return msgspec.structs.replace(template, data=raws[index])
-
-    for start, stop in _chunks(len(raws), sizes, min(BULK_FRAME_BYTES, limit)):
-        yield [job(index) for index in range(start, stop)]
-
-
-async def _added_ids(futures: list[asyncio.Future[Reply]]) -> list[int]:
-    """The ids the ``added`` replies to a bulk add's frames carry, in order."""
-    ids: list[int] = []
+    ``total`` jobs were given; those past the frames were not sent, for the reason ``unsent``.
+    Every reply is awaited, also after a failed frame (a later one may still be added). Raises
+    ``BulkAddFailed`` when some frames were added and some not, else the first frame's error.
+    """
+    ids: list[int | None] = []
+    error: ConveyorError | None = None
     try:
-        for future in futures:
-            reply = await future
+        for future, count in sent:
+            try:
+                reply = await future
+            except ConveyorError as exc:
+                error = error or exc
+                ids += [None] * count
+                continue
             assert isinstance(reply, Added)
             ids += reply.ids
     finally:
-        for future in futures:
+        for future, _ in sent:
             future.cancel()
-    return ids
+    error = error or unsent
+    if error is None:
+        return cast(list[int], ids)
+    ids += [None] * (total - len(ids))
+    if all(job_id is None for job_id in ids):
+        raise error
+    raise BulkAddFailed(error, ids) from error
 
 
 def _add(queue: str, jobs: list[JobDef], req: int) -> Add:
@@ -544,49 +523,6 @@ def _message(kind: type[Any], req: int, **fields: Any) -> Any:
     return kind(req=req, **fields)
 
 
-def _job_size(job: JobDef) -> int:
-    """An upper bound of a job's encoded size in an ``add`` frame (bytes)."""
-    size = len(job.data) + _JOB_OVERHEAD
-    if job.id is not None:
-        size += 8 + 4 * len(job.id)
-    if job.name is not None:
-        size += 8 + 4 * len(job.name)
-    if (job.priority or job.attempts != 1 or job.backoff is not None or job.timeout is not None
-            or job.delay or job.run_at is not None or job.keep_result is not None):
-        size += _OPTIONS_OVERHEAD
-    return size
-
-
 def _watch_refused(stream: EventStream, future: asyncio.Future[Reply]) -> None:
     if not future.cancelled() and future.exception() is not None:
         stream.fail(future.exception() or ConnectionLost("watch refused"))
-
-
-def _check_queue(queue: str) -> None:
-    problem = check_queue_name(queue)
-    if problem is not None:
-        raise ValueError(problem)
-
-
-def _chunks(count: int, sizes: list[int] | None, target: int) -> Iterator[tuple[int, int]]:
-    """Split ``count`` jobs into runs of at most ``target`` bytes (``sizes`` None: all small)
-    and ``BULK_FRAME_JOBS`` jobs; yield each run's (start, stop) indices.
-
-    The first run is short (``FIRST_FRAME_JOBS``), so workers start while the rest is built.
-    """
-    most = FIRST_FRAME_JOBS
-    start = 0
-    if sizes is None:
-        while start < count:
-            yield start, min(start + most, count)
-            start += most
-            most = BULK_FRAME_JOBS
-        return
-    total = 0
-    for index, size in enumerate(sizes):
-        if index > start and (total + size > target or index - start >= most):
-            yield start, index
-            start, total, most = index, 0, BULK_FRAME_JOBS
-        total += size
-    if start < count:
-        yield start, count

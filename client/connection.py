@@ -209,7 +209,14 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             for body in self._reader.feed(data):
-                self._receive(_decoder.decode(body))
+                try:
+                    message = _decoder.decode(body)
+                except ProtocolError as exc:
+                    if exc.code != ErrorCode.UNKNOWN_MESSAGE:
+                        raise
+                    self._unknown(exc)
+                    continue
+                self._receive(message)
         except ProtocolError as exc:
             self._fail(ProtocolViolation(exc.code, f"broker sent an unreadable frame: {exc}"))
             if self._transport is not None:
@@ -260,6 +267,17 @@ class Connection(asyncio.Protocol):
         else:
             future.set_result(message)
 
+    def _unknown(self, error: ProtocolError) -> None:
+        """A message of a type this client does not know (protocol.md, section 2): the reply to
+        a pending request fails that request; anything else (a message a later broker pushes)
+        is ignored. The connection stays open."""
+        future = self._pending.get(error.req) if error.req else None
+        if future is not None and not future.done():
+            future.set_exception(ProtocolViolation(
+                error.code, f"broker replied with a message this client does not know: {error}"))
+        else:
+            log.debug("ignored a message of a type this client does not know: %s", error)
+
     def _fail(self, error: ConveyorError) -> None:
         """Fail every pending call, and every later one, with ``error``."""
         if self._said is not None and not isinstance(error, RequestRefused):
@@ -272,3 +290,6 @@ class Connection(asyncio.Protocol):
         if not self._welcome.done():
             # A refused handshake reports what the broker said, not just the closed socket.
             self._welcome.set_exception(self._said or self._failure)
+            # Marked read: a handshake given up (cancelled, timed out) leaves no one to read it,
+            # and one still under way gets it all the same.
+            self._welcome.exception()

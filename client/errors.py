@@ -7,6 +7,7 @@ from conveyor.protocol import ErrorCode
 from .jobs import JobInfo
 
 __all__ = [
+    "BulkAddFailed",
     "ConnectionLost",
     "ConveyorError",
     "DiskFull",
@@ -65,6 +66,26 @@ class InvalidState(RequestRefused):
 
 class ShuttingDown(RequestRefused):
     """The broker is shutting down and takes no new jobs."""
+
+
+class BulkAddFailed(ConveyorError):
+    """Part of a bulk add was added, and the rest failed (a frame refused, or the connection lost).
+
+    ``added_ids``: the ids of the jobs that were added, in input order. ``ids``: one entry per
+    job given, its id, or None where the job was not added. ``error``: what made the rest fail
+    (also the ``__cause__``): ``DiskFull``, ``ProtocolViolation``, ``ConnectionLost``...
+
+    After ``ConnectionLost``, a job listed as not added may have been added all the same (its
+    frame reached the broker, its reply was lost with the connection): adding the jobs again
+    with idempotency keys (``id``) adds each at most once.
+    """
+
+    def __init__(self, error: Exception, ids: list[int | None]) -> None:
+        self.error = error
+        self.ids = ids
+        self.added_ids = [job_id for job_id in ids if job_id is not None]
+        super().__init__(f"{len(self.added_ids)} of {len(ids)} jobs were added, then the bulk "
+                         f"add failed: {error}")
 
 
 class JobFailed(ConveyorError):

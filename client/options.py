@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Final, TypedDict
 
 import msgspec
 
 from conveyor.protocol import MAX_JOB_NAME, Backoff, JobDef
 
 __all__ = ["Backoff", "JobOptions", "JobSpec", "exponential", "fixed", "job_def"]
+
+_MAX_KEY: Final = 255
+"""Longest idempotency key (``id``), in characters (code points), as the broker checks it."""
 
 
 class JobOptions(TypedDict, total=False):
@@ -40,6 +43,12 @@ def fixed(delay: float) -> Backoff:
 
 def exponential(base: float, *, cap: float | None = None, jitter: float = 0.0) -> Backoff:
     """Wait ``base * 2 ** (attempt - 1)`` seconds, at most ``cap``, less up to ``jitter`` of it."""
+    # Defaults are left out, so that they are not sent (msgspec omits a float default only
+    # when it is the very object of the field's default).
+    if cap is None and not jitter:
+        return Backoff(type="exponential", delay=base)
+    if not jitter:
+        return Backoff(type="exponential", delay=base, cap=cap)
     return Backoff(type="exponential", delay=base, cap=cap, jitter=jitter)
 
 
@@ -78,14 +87,18 @@ def job_def(
     keep_result: float | None = None,
     name: str | None = None,
 ) -> JobDef:
-    """The wire form of a job; raises ``ValueError`` naming an option that is out of range."""
-    if id is not None and not (isinstance(id, str) and 0 < len(id) <= 255):
-        raise ValueError(f"id must be a string of 1 to 255 characters, got {id!r}")
-    if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_JOB_NAME):
+    """The wire form of a job, holding only the options that differ from their defaults (the
+    others are not sent); raises ``ValueError`` naming an option that is out of range."""
+    if id is not None and not _text(id, _MAX_KEY):
+        raise ValueError(f"id must be a string of 1 to {_MAX_KEY} characters, got {id!r}")
+    if name is not None and not _text(name, MAX_JOB_NAME):
         raise ValueError(f"name must be a string of 1 to {MAX_JOB_NAME} characters, "
                          f"got {name!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"priority must be an integer, got {priority!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) \
+            or not -(1 << 63) <= priority < 1 << 64:
+        # The MessagePack integer range: a larger one would fail only when its frame is built.
+        raise ValueError(f"priority must be an integer from -2**63 to 2**64 - 1, got "
+                         f"{priority!r}")
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an integer of at least 1, got {attempts!r}")
     _check_seconds("delay", delay)
@@ -102,9 +115,38 @@ def job_def(
         backoff = fixed(float(backoff))
     elif backoff is not None and not isinstance(backoff, Backoff):
         raise ValueError(f"backoff must be seconds or a policy from exponential(), got {backoff!r}")
-    return JobDef(data=data, id=id, priority=priority, attempts=attempts, backoff=backoff,
-                  timeout=None if timeout is None else float(timeout), delay=float(delay),
-                  run_at=run_at, keep_result=keep_result, name=name)
+    options: dict[str, Any] = {}
+    if id is not None:
+        options["id"] = id
+    if priority:
+        options["priority"] = priority
+    if attempts != 1:
+        options["attempts"] = attempts
+    if backoff is not None:
+        options["backoff"] = backoff
+    if timeout is not None:
+        options["timeout"] = float(timeout)
+    if delay:
+        options["delay"] = float(delay)
+    if run_at is not None:
+        options["run_at"] = run_at
+    if keep_result is not None:
+        options["keep_result"] = keep_result
+    if name is not None:
+        options["name"] = name
+    return JobDef(data=data, **options)
+
+
+def _text(value: object, most: int) -> bool:
+    """Whether ``value`` is a string of 1 to ``most`` characters (code points) that UTF-8 can
+    encode (no lone surrogate)."""
+    if not isinstance(value, str) or not 0 < len(value) <= most:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _finite(value: object) -> bool:

@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from conveyor.broker import Broker
+
+# asyncio reports a future or task whose exception nobody read, and a task destroyed while still
+# pending, as ERROR records of its logger when they are garbage-collected, not as warnings:
+# every test fails that leaves one behind.
+
+_ASYNCIO_LEAKS = ("exception was never retrieved", "Task was destroyed but it is pending")
+
+
+class _AsyncioLeaks(logging.Handler):
+    """Keeps the asyncio logger's records of unread exceptions and destroyed pending tasks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(leak in message for leak in _ASYNCIO_LEAKS):
+            self.found.append(self.format(record))
+
+
+_leaks = _AsyncioLeaks()
+logging.getLogger("asyncio").addHandler(_leaks)
+
+
+@pytest.fixture(autouse=True)
+def _no_asyncio_leaks() -> Iterator[None]:
+    """Fail the test when asyncio reported a leak during it (checked after every other fixture
+    of the test, its event loop included, is torn down). Most leaked objects are freed, and
+    reported, as soon as their last reference goes; those held in reference cycles are reported
+    when the garbage collector runs, possibly in a later test, and at the latest at the end of
+    the session (see ``pytest_sessionfinish``): a full collection after every test would cost
+    tens of milliseconds each."""
+    yield
+    found, _leaks.found = _leaks.found, []
+    if found:
+        pytest.fail("asyncio reported:\n" + "\n".join(found), pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when a last garbage collection makes asyncio report a leak."""
+    gc.collect()
+    found, _leaks.found = _leaks.found, []
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line("asyncio reported, after the last test:\n" + "\n".join(found),
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # In-process broker.
 

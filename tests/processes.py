@@ -20,6 +20,17 @@ import."""
 STOP_TIMEOUT = 10.0
 """Seconds a child process gets to exit after SIGTERM before it is killed."""
 
+ASYNCIO_LEAKS = ("exception was never retrieved", "Task was destroyed but it is pending")
+"""What asyncio logs for a future or task whose exception nobody read, or a task destroyed
+while pending: no child process may log either."""
+
+
+def check_asyncio_leaks(output: str, who: str) -> None:
+    """Fail when ``output`` (a child process's log) holds one of ``ASYNCIO_LEAKS``."""
+    for leak in ASYNCIO_LEAKS:
+        if leak in output:
+            raise AssertionError(f"{who} logged {leak!r}; its output:\n{output}")
+
 
 def subprocess_env(here: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes: the repo root and ``here`` (a test directory, for
@@ -97,8 +108,10 @@ class WorkerProcess:
         return self.process.wait()
 
     async def stop(self) -> None:
-        """Wake the group (it may be stopped), SIGTERM it, wait, SIGKILL what is left; reap."""
+        """Wake the group (it may be stopped), SIGTERM it, wait, SIGKILL what is left; reap.
+        Fails when the worker logged one of ``ASYNCIO_LEAKS``."""
         if self.process.returncode is not None:
+            check_asyncio_leaks(self.log, f"worker {self.pid}")
             return
         if not self.exited():
             with contextlib.suppress(ProcessLookupError):
@@ -109,6 +122,7 @@ class WorkerProcess:
                 await asyncio.sleep(0.02)
         self._kill_group()
         self.process.wait()
+        check_asyncio_leaks(self.log, f"worker {self.pid}")
 
     def _kill_group(self) -> None:
         # Safe while the leader is unreaped: the group id cannot have been reused.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InvalidArguments", "Retry", "UnknownTask", "Unrecoverable"]
+__all__ = ["InvalidArguments", "ResultTooLarge", "Retry", "UnknownTask", "Unrecoverable"]
 
 
 class Unrecoverable(Exception):
@@ -28,3 +28,13 @@ class UnknownTask(Unrecoverable):
 class InvalidArguments(Unrecoverable):
     """The job's payload is not a dict of keyword arguments that fit its task's signature: no
     retry could make them fit, so it fails at once."""
+
+
+class ResultTooLarge(Unrecoverable):
+    """A job's result (or a progress value) does not fit in one frame of the broker's (the
+    ``max_frame`` of its ``welcome``), so it cannot be sent.
+
+    The worker fails the try with it, without a retry (the same result would not fit again); a
+    progress value too large raises it in the handler, which may catch it. Other jobs on the
+    connection are not affected.
+    """

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor.client import encode_value
 from conveyor.protocol import Progress
 
+from .limits import check_progress
+
 if TYPE_CHECKING:
     from conveyor.client import Connection
 
@@ -17,8 +19,8 @@ __all__ = ["Job", "current_job"]
 class Job:
     """One delivered job: its id, queue, decoded payload and try number."""
 
-    __slots__ = ("_connection", "attempt", "attempts", "data", "id", "lease", "name", "queue",
-                 "timeout")
+    __slots__ = ("_connection", "_finished", "attempt", "attempts", "data", "id", "lease",
+                 "name", "queue", "timeout")
 
     def __init__(self, connection: Connection, queue: str, job_id: int, lease: int, attempt: int,
                  data: Any, *, attempts: int = 1, timeout: float | None = None,
@@ -36,14 +38,23 @@ class Job:
         self.data = data
         self.name = name
         """The job's name (what kind of job it is), or None."""
+        self._finished: float | None = None
+        """When the worker finished running it (``time.perf_counter()``)."""
 
     def __repr__(self) -> str:
         return f"<Job {self.id} of {self.queue!r}, attempt {self.attempt}>"
 
     async def progress(self, value: Any) -> None:
-        """Report progress (any serializable value, often a percentage)."""
+        """Report progress (any serializable value, often a percentage).
+
+        Raises:
+            TypeError: ``value`` cannot be serialized.
+            ResultTooLarge: ``value`` does not fit in a frame of the broker's (nothing is sent).
+        """
         raw = encode_value(value, "progress value")
-        self._connection.send(Progress(job=self.id, lease=self.lease, progress=raw))
+        message = Progress(job=self.id, lease=self.lease, progress=raw)
+        check_progress(self.id, message, raw, self._connection.max_frame)
+        self._connection.send(message)
 
 
 _current: contextvars.ContextVar[Job] = contextvars.ContextVar("conveyor_current_job")

@@ -41,6 +41,7 @@ from conveyor.protocol import (
 
 from .errors import Retry, UnknownTask, Unrecoverable
 from .job import Job, _current
+from .limits import fit_failure, result_too_large
 from .tasks import Task, Tasks
 
 __all__ = [
@@ -58,6 +59,9 @@ DEFAULT_GRACE: Final = 10.0
 DEFAULT_LEASE: Final = 30.0
 """Seconds the broker waits without hearing from a worker before taking its jobs back; the
 worker speaks up every third of that while it runs jobs."""
+_LOOP_CHECKS: Final = 12
+"""Times per lease the worker checks that its event loop is not blocked (at most once a
+second)."""
 MIN_BACKOFF: Final = 0.05
 MAX_BACKOFF: Final = 2.0
 """Seconds between attempts to reconnect to a broker that went away: doubling, up to this."""
@@ -167,7 +171,12 @@ class Worker:
         self._connection: Connection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
+        self._seen: dict[asyncio.Task[None], Job] = {}
+        """Jobs running at the loop monitor's last check or started since (see ``_watch_loop``)."""
         self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        """Set once ``run()`` is over (or ``close()`` came before it)."""
+        self._ran = False
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -176,12 +185,17 @@ class Worker:
     async def run(self) -> None:
         """Connect, take jobs until ``close()``, then shut down gracefully.
 
-        Raises ``ConnectionLost`` when the first connection cannot be made. A connection lost
-        later is made again (with ``reconnect``), backing off up to ``MAX_BACKOFF`` seconds; the
-        broker has re-queued every job this worker held, so running handlers are cancelled.
+        Returns at once when ``close()`` (or ``stop()``) came first. Raises ``ConnectionLost``
+        when the first connection cannot be made, and ``RuntimeError`` when it already ran. A
+        connection lost later is made again (with ``reconnect``), backing off up to
+        ``MAX_BACKOFF`` seconds; the broker has re-queued every job this worker held, so running
+        handlers are cancelled.
         """
+        if self.status is WorkerStatus.CLOSED and not self._ran:
+            return
         if self.status is not WorkerStatus.NEW:
             raise RuntimeError(f"worker is {self.status.value}")
+        self._ran = True
         self.status = WorkerStatus.RUNNING
         threads = sum(sub.window for sub in self._subscriptions.values() if sub.needs_threads)
         if threads:
@@ -198,10 +212,13 @@ class Worker:
                 connection = await self._reconnect()
         finally:
             self.status = WorkerStatus.CLOSED
-            if self._connection is not None:
-                await self._connection.close()
-            if self._threads is not None:
-                self._threads.shutdown(wait=False, cancel_futures=True)
+            try:
+                if self._connection is not None:
+                    await self._connection.close()
+                if self._threads is not None:
+                    self._threads.shutdown(wait=False, cancel_futures=True)
+            finally:
+                self._finished.set()
 
     async def _connect(self) -> Connection:
         connection = await Connection.open(self.url, name=self.name, on_push=self._push)
@@ -240,6 +257,7 @@ class Worker:
                                              for queue, window in self.queues.items()),
                      extra={"fields": {"queues": self.queues}})
             heartbeat = tasks.create_task(self._extend_leases(connection))
+            monitor = tasks.create_task(self._watch_loop())
             closed = asyncio.ensure_future(connection.wait_closed())
             stop = asyncio.ensure_future(self._stop.wait())
             try:
@@ -255,21 +273,40 @@ class Worker:
             else:
                 await self._shut_down(connection)
             heartbeat.cancel()
+            monitor.cancel()
         self._tasks = None
         return lost and not self._stop.is_set()
 
     async def close(self) -> None:
-        """Stop taking jobs, let running ones finish within the grace period, release the rest.
+        """Stop taking jobs, let running ones finish within the grace period, release the rest
+        and disconnect; return once that is done and ``run()`` is over.
 
-        Idempotent; ``run()`` returns once the shutdown is done.
+        Idempotent, and safe at any time: before ``run()`` it marks the worker closed (``run()``
+        then returns at once); after ``run()`` is over it returns at once. Called from one of
+        this worker's jobs (its handler, or a task the handler started), it starts the shutdown
+        and returns without waiting for it: the shutdown waits for that job to finish, so the
+        job cannot wait for the shutdown. The job then goes on and its outcome is reported as
+        usual (within the grace period).
         """
         self.stop()
+        if self._finished.is_set() or self._in_own_job():
+            return
+        await self._finished.wait()
 
     def stop(self) -> None:
-        """``close()`` for callers that cannot await, such as a signal handler."""
-        if self.status in (WorkerStatus.RUNNING, WorkerStatus.NEW):
+        """Start the shutdown of ``close()`` without waiting for it, for callers that cannot
+        await, such as a signal handler."""
+        if self.status is WorkerStatus.NEW:
+            self.status = WorkerStatus.CLOSED
+            self._finished.set()
+        elif self.status is WorkerStatus.RUNNING:
             self.status = WorkerStatus.CLOSING
         self._stop.set()
+
+    def _in_own_job(self) -> bool:
+        """Whether the caller runs in one of this worker's running jobs."""
+        job = _current.get(None)
+        return job is not None and any(running is job for running in self._running.values())
 
     async def _extend_leases(self, connection: Connection) -> None:
         """Tell the broker every third of a lease that this worker is alive, on every queue.
@@ -282,6 +319,30 @@ class Worker:
             if connection.failure is None:
                 for queue in self._subscriptions:
                     connection.send(Extend(queue=queue))
+
+    async def _watch_loop(self) -> None:
+        """Warn when the event loop was blocked for over a third of the lease, naming the jobs
+        that were running then.
+
+        A blocked loop sends no lease extensions: blocked much longer, the broker takes the
+        worker's jobs back and hands them to others while they still run here. The usual cause
+        is a blocking call (``time.sleep``, synchronous I/O) in an async handler. The check is
+        a sleep that overran: it wakes every ``lease / _LOOP_CHECKS`` seconds (at most once a
+        second), so blocks are measured to within that.
+        """
+        interval = min(self.lease / _LOOP_CHECKS, 1.0)
+        threshold = self.lease / 3
+        while True:
+            self._seen = dict(self._running)
+            due = time.perf_counter() + interval
+            await asyncio.sleep(interval)
+            blocked = time.perf_counter() - due
+            if blocked > threshold:
+                # The loop did not come back to us between ``due`` and now: the jobs running
+                # then are those that had not finished by ``due``.
+                jobs = [job for job in {**self._seen, **self._running}.values()
+                        if job._finished is None or job._finished >= due]
+                _log_blocked(blocked, self.lease, jobs)
 
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
@@ -322,6 +383,7 @@ class Worker:
                       name=delivery.name)
             task = tasks.create_task(self._run_job(connection, subscription, job))
             self._running[task] = job
+            self._seen[task] = job
             task.add_done_callback(self._running.pop)
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
@@ -374,10 +436,12 @@ class Worker:
                     result = await loop.run_in_executor(
                         self._threads, context.run, _call, loop, timer, job, call
                     )
-            outcome: Ack | Fail = Ack(job=job.id, lease=job.lease,
-                                      result=encode_value(result, "job result"))
+            ack = Ack(job=job.id, lease=job.lease, result=encode_value(result, "job result"))
+            too_large = result_too_large(job.id, ack, connection.max_frame)
+            outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
+            job._finished = time.perf_counter()
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
             if logging_jobs:
@@ -391,6 +455,9 @@ class Worker:
                 outcome = _failure(job, exc)
         except Exception as exc:
             outcome = _failure(job, exc)
+        job._finished = time.perf_counter()
+        if isinstance(outcome, Fail):
+            outcome = fit_failure(outcome, connection.max_frame)
         if connection.failure is None:
             connection.send(outcome)
             self.processed += 1
@@ -478,6 +545,24 @@ def _fields(job: Job) -> dict[str, Any]:
 def _log_start(job: Job) -> None:
     log.info("%s started, attempt %d of %d", _describe(job), job.attempt, job.attempts,
              extra={"fields": _fields(job)})
+
+
+def _log_blocked(blocked: float, lease: float, jobs: list[Job]) -> None:
+    """Warn that the loop was blocked for ``blocked`` seconds while ``jobs`` were running."""
+    jobs.sort(key=lambda job: job.id)
+    named = ", ".join(_describe(job) for job in jobs[:_BLOCKED_JOBS_NAMED])
+    if len(jobs) > _BLOCKED_JOBS_NAMED:
+        named += f" and {len(jobs) - _BLOCKED_JOBS_NAMED} more"
+    log.warning("the event loop was blocked for %.2f s, over a third of the %g s lease (the "
+                "broker takes jobs back after a lease without word from the worker); running "
+                "then: %s. A blocking call in an async handler? Make it a plain function (it "
+                "runs in a thread) or use asyncio.to_thread", blocked, lease, named or "no job",
+                extra={"fields": {"blocked_s": round(blocked, 3), "lease": lease,
+                                  "job_ids": [job.id for job in jobs]}})
+
+
+_BLOCKED_JOBS_NAMED: Final = 10
+"""Most jobs a blocked-loop warning names."""
 
 
 def _log_outcome(job: Job, started: float, outcome: Ack | Fail | None) -> None:

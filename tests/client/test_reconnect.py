@@ -104,7 +104,7 @@ async def test_after_a_restart_calls_in_flight_fail_and_the_next_go_through(
         assert after is not None and after.data == "after"
         # The frame limit is the new broker's.
         assert client.connection.max_frame == 65536
-        with pytest.raises(ValueError, match="frame limit is 65536 bytes"):
+        with pytest.raises(ValueError, match="frame limit is 65,536 bytes"):
             await client.add("q", "x" * 100_000)
 
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from processes import ROOT, STOP_TIMEOUT, WorkerProcess, read_line
+from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, read_line
 from processes import subprocess_env as child_env
 
 from conveyor.broker import Broker
@@ -71,6 +71,7 @@ class BrokerProcess:
                 ) from None
         if self.process.stdout is not None and not self.process.stdout.closed:
             self.process.stdout.close()
+        check_asyncio_leaks(self.log, "broker")
         return self.process.returncode
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -23,6 +24,9 @@ from conveyor.protocol import PROTOCOL_VERSION, ErrorCode
 
 if TYPE_CHECKING:
     from conftest import BrokerProcess
+
+MakeBroker = Callable[..., Awaitable[Broker]]
+"""The ``make_broker`` fixture."""
 
 REPLY_TIMEOUT = 5.0
 """Seconds to wait for a reply from the broker."""
@@ -93,7 +97,7 @@ def raw_port(connection: RawConnection) -> int:
 
 
 @pytest.fixture
-async def raw(broker: Broker):
+async def raw(broker: Broker) -> AsyncIterator[RawConnection]:
     """A greeted raw connection to the in-process broker; closed at teardown."""
     connection = await RawConnection.open(broker.port)
     yield connection
@@ -139,7 +143,7 @@ def add_of_size(size: int) -> bytes:
 
 
 async def test_an_oversize_length_prefix_is_refused_and_the_connection_closed(
-    make_broker
+    make_broker: MakeBroker
 ) -> None:
     broker = await make_broker(max_frame=4096)
     raw = await RawConnection.open(broker.port)
@@ -265,7 +269,7 @@ async def test_a_wrong_protocol_version_is_refused_and_the_connection_closed(
 
 
 async def test_a_connection_over_the_limit_is_refused_with_too_many_connections(
-    make_broker
+    make_broker: MakeBroker
 ) -> None:
     broker = await make_broker(max_connections=2)
     url = f"127.0.0.1:{broker.port}"

@@ -8,7 +8,7 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from conveyor.client import Client
 
 if TYPE_CHECKING:
-    from conftest import BrokerProcess
+    from conftest import BrokerProcess, StartWorker
 
 RunWorkerCli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -53,7 +53,8 @@ async def test_the_broker_prints_its_address_serves_it_and_exits_0_on_a_signal(
 
 
 async def test_the_worker_cli_runs_jobs_from_the_broker_cli_and_both_exit_0(
-    broker_process: BrokerProcess, start_worker, wait_for_workers
+    broker_process: BrokerProcess, start_worker: StartWorker,
+    wait_for_workers: Callable[..., Awaitable[None]]
 ) -> None:
     workers = start_worker("examples.tasks:sleep", queue="cli", url=broker_process.url,
                            processes=2)

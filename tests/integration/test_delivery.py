@@ -11,50 +11,98 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import handlers
 import pytest
+from processes import WorkerProcess
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState
-from conveyor.worker import Worker
+from conveyor.worker import Job, Worker
 
-START_SPREAD = 0.1
-"""Most seconds between the first and the last start of jobs that should start together."""
+StartWorker = Callable[..., WorkerProcess]
+WaitFor = Callable[..., Awaitable[Any]]
+"""The ``wait_for_workers``, ``wait_for_counts`` and ``wait_for_files`` fixtures."""
+
+JOB_SECONDS = 1.0
+"""How long the jobs that should run together sleep: each starts before any of them ends (how
+close together they start is measured by ``bench/spread.py``)."""
 
 
 @pytest.mark.parametrize("processes", [3, 8])
 async def test_one_bulk_add_starts_a_job_on_every_idle_worker_process_at_once(
-    broker: Broker, url: str, start_worker, wait_for_workers, processes: int
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    processes: int
 ) -> None:
     queue = f"spread-{processes}"
     workers = start_worker("examples.tasks:sleep", queue=queue, url=url, processes=processes)
     await wait_for_workers(broker, queue, processes, workers)
     async with Client(url) as client:
-        ids = await client.add_bulk(queue, [{"seconds": 1}] * processes)
+        ids = await client.add_bulk(queue, [{"seconds": JOB_SECONDS}] * processes)
         results = await asyncio.gather(*(client.wait(job, timeout=30) for job in ids))
     starts = [result["started"] for result in results]
     assert len({result["pid"] for result in results}) == processes, results
-    assert max(starts) - min(starts) < START_SPREAD, starts
+    assert max(starts) - min(starts) < JOB_SECONDS, starts  # all ran at once
 
 
 async def test_a_worker_with_concurrency_3_starts_3_jobs_at_once(
-    broker: Broker, url: str, start_worker, wait_for_workers
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor
 ) -> None:
     queue = "concurrent"
     worker = start_worker("examples.tasks:sleep", queue=queue, url=url, concurrency=3)
     await wait_for_workers(broker, queue, 1, worker)
     async with Client(url) as client:
-        ids = await client.add_bulk(queue, [{"seconds": 1}] * 3)
+        ids = await client.add_bulk(queue, [{"seconds": JOB_SECONDS}] * 3)
         results = await asyncio.gather(*(client.wait(job, timeout=30) for job in ids))
     starts = [result["started"] for result in results]
     assert {result["pid"] for result in results} == {worker.pid}
-    assert max(starts) - min(starts) < START_SPREAD, starts
+    assert max(starts) - min(starts) < JOB_SECONDS, starts  # all ran at once
+
+
+@pytest.mark.parametrize(("windows", "expected"), [((4, 4), [2, 2]), ((4, 2), [3, 1])])
+async def test_a_bulk_add_goes_to_the_workers_with_the_most_free_slots(
+    broker: Broker, url: str, wait_for_workers: WaitFor,
+    windows: tuple[int, int], expected: list[int]
+) -> None:
+    # Four jobs at once to two idle workers. Filling the first worker's window before the next
+    # would give 4 and 0; spreading one by one, ignoring free slots, 2 and 2 in both cases.
+    queue = "most-free"
+    gate = asyncio.Event()
+    held: dict[str, list[int]] = {"a": [], "b": []}
+
+    def holder(name: str) -> Callable[[Job], Awaitable[None]]:
+        async def hold(job: Job) -> None:
+            held[name].append(job.id)
+            await gate.wait()
+        return hold
+
+    workers = [Worker(queue, holder(name), url=url, concurrency=window, name=name)
+               for name, window in zip(held, windows, strict=True)]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    try:
+        async with Client(url) as client:
+            await wait_for_workers(broker, queue, 2)
+            ids = await client.add_bulk(queue, range(4))
+            # Dispatched as they were added: every job is already active.
+            assert (await client.counts(queue))["active"] == 4
+            async with asyncio.timeout(10):
+                while sum(map(len, held.values())) < 4:  # every job started
+                    await asyncio.sleep(0.01)
+            assert [len(held["a"]), len(held["b"])] == expected, held
+            gate.set()
+            await asyncio.gather(*(client.wait(job_id, timeout=10) for job_id in ids))
+    finally:
+        for worker in workers:
+            await worker.close()
+        await asyncio.gather(*tasks)
 
 
 async def test_a_job_whose_worker_is_killed_completes_on_another_worker(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, tmp_path: Path
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_files: WaitFor, tmp_path: Path
 ) -> None:
     queue = "crash"
     workers = [start_worker("handlers:hold", queue=queue, url=url) for _ in range(2)]
@@ -75,7 +123,8 @@ async def test_a_job_whose_worker_is_killed_completes_on_another_worker(
 
 
 async def test_100k_jobs_are_each_processed_exactly_once_by_2_worker_processes(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_counts, tmp_path: Path
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_counts: WaitFor, tmp_path: Path
 ) -> None:
     queue = "many"
     records = tmp_path / "records"
@@ -102,7 +151,8 @@ async def test_100k_jobs_are_each_processed_exactly_once_by_2_worker_processes(
 
 
 async def test_sigterm_lets_running_jobs_finish_and_exits_0(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, wait_for_counts,
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_files: WaitFor, wait_for_counts: WaitFor,
     tmp_path: Path,
 ) -> None:
     queue = "graceful"
@@ -126,7 +176,8 @@ async def test_sigterm_lets_running_jobs_finish_and_exits_0(
 
 @pytest.mark.parametrize("handler", ["handlers:hold", "handlers:hold_sync"])
 async def test_sigterm_with_a_short_grace_hands_a_long_job_back(
-    broker: Broker, url: str, start_worker, wait_for_workers, wait_for_files, wait_for_counts,
+    broker: Broker, url: str, start_worker: StartWorker, wait_for_workers: WaitFor,
+    wait_for_files: WaitFor, wait_for_counts: WaitFor,
     tmp_path: Path, handler: str,
 ) -> None:
     # An async handler is cancelled; a plain one keeps its thread, which must not keep the
@@ -150,7 +201,7 @@ async def test_sigterm_with_a_short_grace_hands_a_long_job_back(
 
 
 @contextlib.asynccontextmanager
-async def running(worker: Worker):
+async def running(worker: Worker) -> AsyncIterator[Worker]:
     """Run an in-process ``worker`` for the duration of the block."""
     task = asyncio.create_task(worker.run())
     try:

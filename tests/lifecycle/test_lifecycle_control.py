@@ -6,6 +6,7 @@ retention (a job's own ``keep_result``, the broker's ``keep_age``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,15 +62,25 @@ async def settle(client: Client, queue: str, **expected: int) -> None:
 # Pause.
 
 
+async def subscribed(client: Client, queue: str, workers: int = 1) -> None:
+    """Return once ``workers`` workers are subscribed to ``queue``: from then on a job it may
+    deliver is delivered in the loop pass that made it waiting, before any later reply."""
+    async def reached() -> bool:
+        return (await client.counts(queue))["workers"] == workers
+
+    await wait_until(reached, timeout=15, what=f"{workers} workers subscribed to {queue!r}")
+
+
 async def test_a_paused_queue_takes_jobs_but_delivers_none_until_resumed(url: str) -> None:
     handler = Handler()
     async with Client(url) as client:
         await client.pause("p")
         async with running(Worker("p", handler, url=url, concurrency=5)):
+            await subscribed(client, "p")
             ids = await client.add_bulk("p", range(5))
-            await asyncio.sleep(0.2)
-            assert handler.started == []
+            # Not paused, the jobs would be active by now (dispatched as they were added).
             assert await counts_of(client, "p") == (5, 0, 0, 0, 0)
+            assert handler.started == []
             await client.pause("p")  # pausing twice is harmless
             await client.resume("p")
             results = await asyncio.gather(*(client.wait(job_id, timeout=10) for job_id in ids))
@@ -85,9 +96,9 @@ async def test_pausing_lets_running_jobs_finish_and_holds_back_the_rest(url: str
         await client.pause("hold")
         handler.unblock()
         await client.wait(first, timeout=10)
-        await asyncio.sleep(0.2)
-        assert handler.started == [first]
+        # Not paused, the next job would be active by now (dispatched as the slot freed).
         assert await counts_of(client, "hold") == (2, 0, 0, 1, 0)
+        assert handler.started == [first]
         await client.resume("hold")
         assert [await client.wait(job_id, timeout=10) for job_id in rest] == [1, 2]
 
@@ -338,9 +349,11 @@ async def test_keys_and_pause_survive_a_broker_restart(make_broker: MakeBroker,
         assert await client.add_bulk("restart", [JobSpec("z", id="key-2")]) == [delayed]
         assert await counts_of(client, "restart") == (1, 0, 1, 0, 0)
         async with running(Worker("restart", handler, url=url)):
-            await asyncio.sleep(0.7)  # the delayed job comes due meanwhile
-            assert handler.started == []  # still paused
+            await subscribed(client, "restart")
+            # The delayed job comes due and waits, with the other: the queue is still paused.
+            await settle(client, "restart", waiting=2, delayed=0)
             assert await counts_of(client, "restart") == (2, 0, 0, 0, 0)
+            assert handler.started == []
             await client.resume("restart")
             assert await client.wait(job_id, timeout=10) == "x"
             assert await client.wait(delayed, timeout=10) == "later"
@@ -393,7 +406,7 @@ async def test_the_brokers_keep_age_forgets_finished_jobs(make_broker: MakeBroke
         infos = [await client.get_job(job_id) for job_id in ids]
         for job_id, info in zip(ids, infos, strict=True):
             assert info is not None and info.finished_at is not None
-            await wait_until(lambda job_id=job_id: _gone(client, job_id), timeout=10,
+            await wait_until(functools.partial(_gone, client, job_id), timeout=10,
                              what=f"job {job_id} was forgotten")
             assert time.time() - info.finished_at >= 0.3
         assert await counts_of(client, "aging") == (0, 0, 0, 2, 1)

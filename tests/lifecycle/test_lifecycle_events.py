@@ -111,7 +111,7 @@ async def test_events_of_each_job_come_in_lifecycle_order(url: str) -> None:
     assert retrying.error is not None and retrying.error.type == "ValueError"
     assert retrying.error.message == "first try fails"
     assert retrying.run_at == delayed.run_at == pytest.approx(retrying.at + 0.1)
-    assert retried[4].at >= delayed.run_at
+    assert delayed.run_at is not None and retried[4].at >= delayed.run_at
     assert retried[-1].value == "retried ok on try 2"
 
     assert kinds("failing") == [("added", 0), ("active", 1), ("failed", 1)]
@@ -122,7 +122,7 @@ async def test_events_of_each_job_come_in_lifecycle_order(url: str) -> None:
     assert kinds("delayed") == [("added", 0), ("delayed", 0), ("active", 1), ("completed", 1)]
     added, delayed_event, active, _ = per_job[jobs["delayed"]]
     assert delayed_event.run_at == pytest.approx(added.at + 0.2)
-    assert active.at >= delayed_event.run_at
+    assert delayed_event.run_at is not None and active.at >= delayed_event.run_at
 
 
 async def test_a_closed_stream_stops_and_the_queue_is_no_longer_watched(

@@ -162,7 +162,7 @@ def expected_wait(backoff: Backoff | None, attempt: int) -> float:
         return 0.0
     if backoff.type == "fixed":
         return backoff.delay
-    wait = backoff.delay * 2 ** (attempt - 1)
+    wait = backoff.delay * 2.0 ** (attempt - 1)
     return wait if backoff.cap is None else min(wait, backoff.cap)
 
 
@@ -246,12 +246,12 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.attempt[job.id] += 1
                 assert job.attempt == self.attempt[job.id]
                 taken[consumer.queue.name].append(job.id)
-        for name, jobs in taken.items():
+        for name, job_ids in taken.items():
             # Jobs leave from the head of the line, in line order.
             line = self.line[name]
-            assert sorted(jobs) == sorted(line[:len(jobs)]), name
-            del line[:len(jobs)]
-            if jobs:
+            assert sorted(job_ids) == sorted(line[:len(job_ids)]), name
+            del line[:len(job_ids)]
+            if job_ids:
                 assert not self.queues.queues[name].paused
 
     # Rules.

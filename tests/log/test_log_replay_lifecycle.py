@@ -60,7 +60,8 @@ FAILED = JobState.FAILED
 
 QUEUES = ("a", "b")
 OWNERS = ("w1", "w2")
-LIMITS = Limits(keep_completed=4, keep_failed=3, keep_age=30.0, max_redeliveries=1)
+KEEP_AGE = 30.0
+LIMITS = Limits(keep_completed=4, keep_failed=3, keep_age=KEEP_AGE, max_redeliveries=1)
 LEASE = 10.0
 """Seconds a subscriber may stay silent (time passing in the sequences can exceed it)."""
 
@@ -718,7 +719,7 @@ def _keep_age(broker: LoggedBroker) -> None:
     broker.add("a", [Spec()])
     run_one(broker)
     assert broker.ack(0)
-    broker.tick(LIMITS["keep_age"] + 1)
+    broker.tick(KEEP_AGE + 1)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

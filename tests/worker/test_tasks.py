@@ -172,7 +172,7 @@ async def test_closing_stops_credit_on_every_queue_before_running_jobs_finish(
         first = [await tasks["hold"].add(client) for _ in range(2)]
         second = [await tasks["hold_too"].add(client) for _ in range(2)]
         await wait_until(lambda: len(started) == 2, "a job of each queue running")
-        await worker.close()
+        closing = asyncio.create_task(worker.close())  # returns once the jobs are done
 
         def windows() -> list[int]:
             return [consumer.window for queue in ("first", "second")
@@ -181,6 +181,7 @@ async def test_closing_stops_credit_on_every_queue_before_running_jobs_finish(
         await wait_until(lambda: windows() == [0, 0], "both windows closed", timeout=10)
         gate.set()  # the running jobs finish within the grace period; nothing new starts
         async with asyncio.timeout(15):
+            await closing
             await running_run
         assert sorted(started) == sorted([first[0], second[0]])
         assert [await client.wait(job_id, timeout=5) for job_id in (first[0], second[0])] == [

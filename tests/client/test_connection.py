@@ -1,0 +1,144 @@
+"""The client's connection: ``Connection.open`` given up (cancelled at any point, or timed out)
+leaves nothing behind (no open file descriptor, no exception nobody reads), and messages of a
+type the client does not know, which a later broker may send, do not break it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from conveyor.client import Client, Connection, ConnectionLost, ProtocolViolation
+from conveyor.protocol import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    ClientMessage,
+    Counts,
+    FrameEncoder,
+    FrameReader,
+    GetCounts,
+    Hello,
+    MessageDecoder,
+    Welcome,
+)
+
+TRIES = 150
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+async def silent_url() -> AsyncIterator[str]:
+    """A server that accepts connections and never answers ``hello``."""
+    peers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+        for writer in peers:
+            writer.close()
+        await server.wait_closed()
+
+
+async def settle() -> None:
+    """Let closed transports finish closing (their sockets close a loop pass or two later)."""
+    for _ in range(10):
+        await asyncio.sleep(0.001)
+
+
+async def test_cancelled_connects_close_their_sockets(silent_url: str) -> None:
+    await settle()
+    before = open_fds()
+    for n in range(TRIES):
+        opening = asyncio.ensure_future(Connection.open(silent_url, timeout=30))
+        # Cancel at every stage: connecting, connected, hello sent, waiting for welcome.
+        for _ in range(n % 15):
+            await asyncio.sleep(0)
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await opening
+    await settle()
+    assert open_fds() == before
+
+
+async def test_timed_out_handshakes_close_their_sockets(silent_url: str) -> None:
+    await settle()
+    before = open_fds()
+    for n in range(TRIES // 5):
+        with pytest.raises(ConnectionLost, match="did not answer the handshake|no answer"):
+            await Connection.open(silent_url, timeout=0.001 * (n % 5 + 1))
+    await settle()
+    assert open_fds() == before
+
+
+# Messages of a type the client does not know (a later broker's).
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    body = msgspec.msgpack.encode(message)
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.fixture
+async def newer_broker() -> AsyncIterator[str]:
+    """A stand-in for a later broker: it pushes a message of a new type right after
+    ``welcome`` and before every reply, and answers ``get_counts`` of queue ``"new"`` with a
+    reply of a new type."""
+    decoder: MessageDecoder[ClientMessage] = MessageDecoder(ClientMessage)
+    encoder = FrameEncoder()
+    push = frame({"t": "novelty", "note": "a push this client does not know"})
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader()
+        while data := await reader.read(65536):
+            for body in frames.feed(data):
+                message = decoder.decode(body)
+                if isinstance(message, Hello):
+                    writer.write(encoder.frame(Welcome(version=PROTOCOL_VERSION, server="newer",
+                                                       max_frame=DEFAULT_MAX_FRAME)) + push)
+                elif isinstance(message, GetCounts):
+                    writer.write(push)
+                    if message.queue == "new":
+                        writer.write(frame({"t": "counts_v2", "req": message.req}))
+                    else:
+                        writer.write(encoder.frame(Counts(req=message.req, waiting=1, active=0,
+                                                          delayed=0, completed=0, failed=0)))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_pushed_messages_of_unknown_types_are_ignored(newer_broker: str) -> None:
+    async with Client(newer_broker, reconnect=False) as client:
+        assert (await client.counts("q"))["waiting"] == 1
+        assert (await client.counts("q"))["waiting"] == 1
+        assert client.connection.failure is None
+
+
+async def test_a_reply_of_an_unknown_type_fails_only_its_request(newer_broker: str) -> None:
+    async with Client(newer_broker, reconnect=False) as client:
+        with pytest.raises(ProtocolViolation, match="does not know.*counts_v2"):
+            await client.counts("new")
+        assert (await client.counts("q"))["waiting"] == 1
+        assert client.connection.failure is None
