@@ -11,6 +11,7 @@ they cannot block it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -59,6 +60,8 @@ DEFAULT_GRACE: Final = 10.0
 DEFAULT_LEASE: Final = 30.0
 """Seconds the broker waits without hearing from a worker before taking its jobs back; the
 worker speaks up every third of that while it runs jobs."""
+_RECENT_JOBS: Final = 256
+"""Finished jobs the loop monitor keeps, to name one that blocked the loop and then returned."""
 _LOOP_CHECKS: Final = 12
 """Times per lease the worker checks that its event loop is not blocked (at most once a
 second)."""
@@ -171,8 +174,8 @@ class Worker:
         self._connection: Connection | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
-        self._seen: dict[asyncio.Task[None], Job] = {}
-        """Jobs running at the loop monitor's last check or started since (see ``_watch_loop``)."""
+        self._recent: collections.deque[Job] = collections.deque(maxlen=_RECENT_JOBS)
+        """The jobs that finished last, most recent at the end (see ``_watch_loop``)."""
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
         """Set once ``run()`` is over (or ``close()`` came before it)."""
@@ -333,16 +336,17 @@ class Worker:
         interval = min(self.lease / _LOOP_CHECKS, 1.0)
         threshold = self.lease / 3
         while True:
-            self._seen = dict(self._running)
             due = time.perf_counter() + interval
             await asyncio.sleep(interval)
             blocked = time.perf_counter() - due
             if blocked > threshold:
                 # The loop did not come back to us between ``due`` and now: the jobs running
-                # then are those that had not finished by ``due``.
-                jobs = [job for job in {**self._seen, **self._running}.values()
-                        if job._finished is None or job._finished >= due]
-                _log_blocked(blocked, self.lease, jobs)
+                # then are those still running, and those that finished after ``due`` (the
+                # blocking one often among them: its handler blocked, then returned).
+                jobs = dict.fromkeys([*self._running.values(), *(
+                    job for job in self._recent
+                    if job._finished is not None and job._finished >= due)])
+                _log_blocked(blocked, self.lease, list(jobs))
 
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
@@ -383,7 +387,6 @@ class Worker:
                       name=delivery.name)
             task = tasks.create_task(self._run_job(connection, subscription, job))
             self._running[task] = job
-            self._seen[task] = job
             task.add_done_callback(self._running.pop)
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
@@ -442,6 +445,7 @@ class Worker:
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
             job._finished = time.perf_counter()
+            self._recent.append(job)
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
             if logging_jobs:
@@ -456,6 +460,7 @@ class Worker:
         except Exception as exc:
             outcome = _failure(job, exc)
         job._finished = time.perf_counter()
+        self._recent.append(job)
         if isinstance(outcome, Fail):
             outcome = fit_failure(outcome, connection.max_frame)
         if connection.failure is None:
