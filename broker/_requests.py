@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import assert_never
 
 from conveyor.protocol import (
+    MAX_OFFSET,
     Ack,
     Add,
     Clean,
@@ -113,6 +114,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     peer.send(Counts(req=req, **queues.counts(name)))
             case GetJobs(req=req, queue=name, state=state, offset=offset, limit=limit):
                 if _queue_ok(peer, req, name):
+                    # A page past the last int64 position is empty (and slicing must not go there).
+                    limit = min(limit, MAX_OFFSET - offset)
                     page, total = queues.list_jobs(name, state, offset, limit)
                     peer.send(Jobs(req=req, jobs=[job.info() for job in page], total=total))
             # Steering queues.

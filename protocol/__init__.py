@@ -12,6 +12,10 @@ from .framing import (
 )
 from .messages import (
     MAX_JOB_NAME,
+    MAX_OFFSET,
+    MAX_PAGE,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     NIL,
     PROTOCOL_VERSION,
     Ack,
@@ -64,7 +68,11 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "MAX_JOB_NAME",
+    "MAX_OFFSET",
+    "MAX_PAGE",
+    "MAX_PRIORITY",
     "MAX_QUEUE_NAME",
+    "MIN_PRIORITY",
     "NIL",
     "PROTOCOL_VERSION",
     "Ack",

@@ -38,6 +38,9 @@ class ErrorCode(enum.IntEnum):
     """The job is not in a state the request applies to (removing an active job, say)."""
     SLOW_CONSUMER = 14
     """An event watcher fell too far behind; its connection is closed."""
+    INVALID_ARGUMENT = 15
+    """A field holds a value the request cannot take: a float that is not a finite number, or a
+    payload too large to be delivered within the frame limit."""
 
 
 class ProtocolError(Exception):

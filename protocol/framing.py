@@ -8,6 +8,7 @@ buffer so that everything produced in a loop pass leaves in one write.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from typing import Any, Final, Generic, TypeVar
@@ -104,21 +105,20 @@ class MessageDecoder(Generic[M]):
             # with trailing bytes; those are malformed frames, not bad fields.
             try:
                 self._structure.decode(body)
-            except msgspec.DecodeError as malformed:
-                raise ProtocolError(
-                    ErrorCode.MALFORMED_FRAME, f"malformed MessagePack: {malformed}"
-                ) from None
+            except (msgspec.DecodeError, RecursionError) as malformed:
+                raise _malformed(malformed) from None
             text = str(exc)
             if "`$.t`" in text or "field `t`" in text:
                 code = ErrorCode.UNKNOWN_MESSAGE
                 text = f"unknown message type ({text})"
             else:
                 code = ErrorCode.INVALID_FIELD
+                not_finite = _not_finite(body, text)
+                if not_finite is not None:
+                    code, text = ErrorCode.INVALID_ARGUMENT, not_finite
             raise ProtocolError(code, text, req=self._request_id(body)) from None
-        except msgspec.DecodeError as exc:
-            raise ProtocolError(
-                ErrorCode.MALFORMED_FRAME, f"malformed MessagePack: {exc}"
-            ) from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise _malformed(exc) from None
         except UnicodeDecodeError as exc:
             # msgspec raises this, not DecodeError, for a str that is not valid UTF-8.
             raise ProtocolError(
@@ -128,9 +128,43 @@ class MessageDecoder(Generic[M]):
     def _request_id(self, body: bytes) -> int:
         try:
             req = self._envelope.decode(body).req
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return 0
         return req if isinstance(req, int) and 0 <= req < 1 << 63 else 0
+
+
+def _malformed(exc: Exception) -> ProtocolError:
+    if isinstance(exc, RecursionError):
+        # msgspec decodes nested values recursively; a hostile body nests arrays a thousand deep.
+        return ProtocolError(ErrorCode.MALFORMED_FRAME,
+                             "malformed MessagePack: values nested too deeply")
+    return ProtocolError(ErrorCode.MALFORMED_FRAME, f"malformed MessagePack: {exc}")
+
+
+_FLOAT_PATH: Final = re.compile(r"^Expected `float`.* - at `(\$[^`]*)`$")
+_PATH_STEP: Final = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def _not_finite(body: bytes, text: str) -> str | None:
+    """Why the float the validation error ``text`` is about is refused, when it is NaN or an
+    infinity (every float field is bounded, so those fail like a value out of range)."""
+    match = _FLOAT_PATH.match(text)
+    if match is None:
+        return None
+    path = match.group(1)
+    try:
+        value: Any = msgspec.msgpack.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+    for step in _PATH_STEP.finditer(path):
+        key, index = step.groups()
+        try:
+            value = value[key] if key is not None else value[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"`{path}` must be a finite number, got {value}"
+    return None
 
 
 class _Envelope(msgspec.Struct):

@@ -1,0 +1,84 @@
+"""Values outside the wire's domain, sent to a real broker over a raw socket, get a precise
+``error`` and leave the connection usable: floats that are not finite numbers, integers out of
+their ranges, MessagePack nested a thousand deep. What the broker logs of a bad message is
+escaped, and no frame the broker sends exceeds the limit it announced."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import pytest
+from rawwire import Raw
+
+from conveyor.broker import Broker
+from conveyor.protocol import ErrorCode
+
+MAX_OFFSET = (1 << 63) - 1
+"""The last offset `get_jobs` takes (int64)."""
+
+
+@pytest.fixture
+async def raw(broker: Broker) -> AsyncIterator[Raw]:
+    connection = await Raw.open(broker.port)
+    yield connection
+    await connection.close()
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("field", ["delay", "run_at", "timeout", "keep_result"])
+async def test_a_job_option_that_is_not_a_finite_number_is_refused(
+    raw: Raw, field: str, value: float
+) -> None:
+    raw.send({"t": "add", "req": 3, "queue": "q", "jobs": [{"data": 1}, {"data": 2, field: value}]})
+    text = await raw.receive_error(ErrorCode.INVALID_ARGUMENT, req=3)
+    assert f"$.jobs[1].{field}" in text
+    # Nothing was added, and the connection goes on.
+    assert (await raw.counts("q"))["waiting"] == 0
+    raw.send({"t": "add", "req": 4, "queue": "q", "jobs": [{"data": 1, field: 1.0}]})
+    assert (await raw.receive())["t"] == "added"
+
+
+async def test_a_backoff_or_fail_delay_that_is_not_finite_is_refused(raw: Raw) -> None:
+    raw.send({"t": "add", "req": 3, "queue": "q",
+              "jobs": [{"data": 1, "backoff": {"type": "exponential", "delay": 1.0,
+                                                "cap": math.inf}}]})
+    assert "$.jobs[0].backoff.cap" in await raw.receive_error(ErrorCode.INVALID_ARGUMENT, req=3)
+    raw.send({"t": "subscribe", "req": 4, "queue": "q", "window": 1, "lease": math.nan})
+    assert "$.lease" in await raw.receive_error(ErrorCode.INVALID_ARGUMENT, req=4)
+    raw.send({"t": "fail", "job": 1, "lease": 1, "error": {"type": "E", "message": "m"},
+              "delay": -math.inf})
+    assert "$.delay" in await raw.receive_error(ErrorCode.INVALID_ARGUMENT)
+    assert (await raw.counts("q"))["waiting"] == 0
+
+
+async def test_get_jobs_at_the_last_offset_answers_an_empty_page(raw: Raw) -> None:
+    raw.send({"t": "add", "req": 2, "queue": "q", "jobs": [{"data": n} for n in range(3)]})
+    assert (await raw.receive())["t"] == "added"
+    raw.send({"t": "get_jobs", "req": 3, "queue": "q", "state": "waiting", "offset": MAX_OFFSET,
+              "limit": 10_000})
+    reply = await raw.receive()
+    assert reply == {"t": "jobs", "req": 3, "jobs": [], "total": 3}
+    raw.send({"t": "get_jobs", "req": 4, "queue": "q", "state": "waiting",
+              "offset": MAX_OFFSET + 1})
+    assert "$.offset" in await raw.receive_error(ErrorCode.INVALID_FIELD, req=4)
+    assert (await raw.counts("q"))["waiting"] == 3
+
+
+@pytest.mark.parametrize("priority", [1 << 31, -(1 << 31) - 1, 1 << 63])
+async def test_a_priority_out_of_its_range_is_refused(raw: Raw, priority: int) -> None:
+    raw.send({"t": "add", "req": 3, "queue": "q", "jobs": [{"data": 1, "priority": priority}]})
+    assert "$.jobs[0].priority" in await raw.receive_error(ErrorCode.INVALID_FIELD, req=3)
+    assert (await raw.counts("q"))["waiting"] == 0
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+async def test_deeply_nested_messagepack_is_answered_not_dropped(raw: Raw, depth: int) -> None:
+    nested = b"\x91" * depth + b"\xc0"
+    raw.send_body(b"\x84\xa1t\xa3add\xa3req\x03\xa5queue\xa1q\xa4jobs\x91\x81\xa4data" + nested)
+    assert "nested" in await raw.receive_error(ErrorCode.MALFORMED_FRAME)
+    assert (await raw.counts("q"))["waiting"] == 0
+    # A payload nested 500 deep is still a payload.
+    raw.send_body(b"\x84\xa1t\xa3add\xa3req\x04\xa5queue\xa1q\xa4jobs\x91\x81\xa4data"
+                  + b"\x91" * 500 + b"\xc0")
+    assert (await raw.receive())["t"] == "added"
