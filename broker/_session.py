@@ -26,7 +26,7 @@ from conveyor.protocol import (
     Welcome,
 )
 
-__all__ = ["SERVER_NAME", "Host", "Session"]
+__all__ = ["SERVER_NAME", "Host", "Session", "printable"]
 
 SERVER_NAME: Final = "conveyor/0.1"
 
@@ -34,6 +34,17 @@ log = logging.getLogger("broker")
 
 _decoder: Final[MessageDecoder[ClientMessage]] = MessageDecoder(ClientMessage)
 _encoder: Final = FrameEncoder()
+_ESCAPES: Final = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+"""Control characters and line breaks, as the escapes a log line shows instead."""
+
+
+def printable(text: str) -> str:
+    """``text`` fit for one log line: what a client sent (a message tag, a queue name quoted in
+    an error) cannot start a new line or send escape sequences to the operator's terminal."""
+    return text.translate(_ESCAPES)
 
 
 class Host(Protocol):
@@ -152,12 +163,12 @@ class Session(asyncio.Protocol):
 
     def refuse(self, error: ProtocolError) -> None:
         """Reply with an error; the connection stays open."""
-        log.warning("%s: %s: %s", self.peer, error.code.name, error.message)
+        log.warning("%s: %s: %s", self.peer, error.code.name, printable(error.message))
         self.send(Error(req=error.req, code=error.code, message=error.message))
 
     def abort(self, error: ProtocolError) -> None:
         """Reply with an error and close the connection after the write."""
-        log.warning("closing %s: %s: %s", self.peer, error.code.name, error.message)
+        log.warning("closing %s: %s: %s", self.peer, error.code.name, printable(error.message))
         self.send(Error(req=error.req, code=error.code, message=error.message))
         self.flush()
         self.closing = True

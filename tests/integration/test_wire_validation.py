@@ -5,6 +5,7 @@ escaped, and no frame the broker sends exceeds the limit it announced."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator
 
@@ -82,3 +83,22 @@ async def test_deeply_nested_messagepack_is_answered_not_dropped(raw: Raw, depth
     raw.send_body(b"\x84\xa1t\xa3add\xa3req\x04\xa5queue\xa1q\xa4jobs\x91\x81\xa4data"
                   + b"\x91" * 500 + b"\xc0")
     assert (await raw.receive())["t"] == "added"
+
+
+@pytest.mark.parametrize(("tag", "escaped"), [
+    ("ex\nplode 2024-01-01 broker INFO all is well", "ex\\x0aplode 2024-01-01 broker INFO"),
+    ("\x1b[2J\r\u2028x", "\\x1b[2J\\x0d\\u2028x"),
+])
+async def test_what_the_broker_logs_of_a_bad_message_is_escaped(
+    raw: Raw, tag: str, escaped: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="broker"):
+        raw.send({"t": tag, "req": 7})
+        text = await raw.receive_error(ErrorCode.UNKNOWN_MESSAGE, req=7)
+        assert tag in text  # the client is told exactly what it sent
+    logged = [record.getMessage() for record in caplog.records if record.name == "broker"]
+    assert len(logged) == 1, logged
+    line = logged[0]
+    assert "UNKNOWN_MESSAGE" in line
+    assert not any(char in line for char in "\n\r\x1b\u2028"), line
+    assert escaped in line, line
