@@ -14,9 +14,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Final, cast
+from typing import cast
 
-from conveyor.protocol import Added, Deliver, Delivery, ErrorCode, ProtocolError
+from conveyor.protocol import (
+    Added,
+    Deliver,
+    Delivery,
+    ErrorCode,
+    ProtocolError,
+    array_header_size,
+    deliver_size,
+    int_size,
+    str_size,
+)
 
 from ._core import Accepted, Core
 from ._errors import DiskFull
@@ -26,11 +36,6 @@ from ._peer import Peer
 from ._records import JobsAdded, JobsAddedWithOptions, Record
 
 __all__ = ["flush"]
-
-_DELIVER_SLACK: Final = 1024
-"""Room kept in a ``deliver`` frame for its envelope and queue name (bytes)."""
-_DELIVERY_OVERHEAD: Final = 48
-"""Most bytes one delivery adds to a ``deliver`` frame beyond its payload."""
 
 
 def _nothing() -> None:
@@ -105,17 +110,37 @@ def _synced(core: Core, accepted: list[Accepted], wake: Callable[[], None]) -> N
 
 
 def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
-    """Send ``jobs`` in as few ``deliver`` messages as the frame limit allows."""
-    budget = max_frame - _DELIVER_SLACK
+    """Send ``jobs`` in as few ``deliver`` messages as the frame limit allows.
+
+    Each delivery's size is computed exactly (``conveyor.protocol.delivery_size``, inlined: this
+    runs for every job), so no ``deliver`` exceeds ``max_frame``; ``add`` refused any job whose
+    delivery alone could not fit.
+    """
+    envelope = deliver_size(queue, 0, 0) - 1  # without the array header
+    budget = max_frame - envelope
     batch: list[Delivery] = []
     size = 0
     for job in jobs:
-        job_size = len(job.data) + _DELIVERY_OVERHEAD
-        if batch and size + job_size > budget:
+        options = job.options
+        job_id, lease, attempt = job.id, job.lease, job.attempt
+        # delivery_size(): the map header and four keys (24 bytes), three ints, the payload.
+        job_size = (24 + len(job.data)
+                    + (1 if job_id < 0x80 else 2 if job_id < 0x100 else 3 if job_id < 0x10000
+                       else 5 if job_id < 0x100000000 else 9)
+                    + (1 if lease < 0x80 else 2 if lease < 0x100 else 3 if lease < 0x10000
+                       else 5 if lease < 0x100000000 else 9)
+                    + (1 if attempt < 0x80 else 2 if attempt < 0x100 else 3 if attempt < 0x10000
+                       else 5))
+        if options.timeout is not None:
+            job_size += 17
+        if options.attempts != 1:
+            job_size += 9 + int_size(options.attempts)
+        if options.name is not None:
+            job_size += 5 + str_size(options.name)
+        if batch and size + job_size + array_header_size(len(batch) + 1) > budget:
             peer.send(Deliver(queue=queue, jobs=batch))
             batch, size = [], 0
-        options = job.options
-        batch.append(Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
+        batch.append(Delivery(job=job_id, lease=lease, attempt=attempt, data=job.data,
                               timeout=options.timeout, attempts=options.attempts,
                               name=options.name))
         size += job_size

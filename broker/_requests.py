@@ -7,9 +7,11 @@ replies go to the peer's buffer (``Peer.send``), and what must wait for the log 
 
 from __future__ import annotations
 
-from typing import assert_never
+import operator
+from typing import Final, assert_never
 
 from conveyor.protocol import (
+    DELIVERY_MAX_OVERHEAD,
     MAX_OFFSET,
     Ack,
     Add,
@@ -27,6 +29,7 @@ from conveyor.protocol import (
     GetJobs,
     GetQueues,
     Hello,
+    JobDef,
     JobReply,
     Jobs,
     Ok,
@@ -43,6 +46,8 @@ from conveyor.protocol import (
     Wait,
     Watch,
     check_queue_name,
+    deliver_size,
+    delivery_size,
 )
 
 from ._core import Core
@@ -52,6 +57,9 @@ from ._peer import Peer
 from ._queues import Queues
 
 __all__ = ["handle"]
+
+_LARGEST_ID: Final = (1 << 63) - 1
+"""Job ids and leases are counters: sizing a delivery ahead, assume the widest."""
 
 
 def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
@@ -75,7 +83,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 if not core.accepting:
                     peer.refuse(ProtocolError(ErrorCode.SHUTTING_DOWN, "broker is shutting down",
                                               req=req))
-                elif _queue_ok(peer, req, name):
+                elif _queue_ok(peer, req, name) and _deliverable(peer, req, name, jobs,
+                                                                 core.max_frame):
                     core.accepted.append((peer, req, queues.create(name, jobs, now)))
             # Subscriptions.
             case Subscribe(req=req, queue=name, window=window, lease=lease):
@@ -151,6 +160,33 @@ def _queue_ok(peer: Peer, req: int, name: str) -> bool:
     if problem is not None:
         peer.refuse(ProtocolError(ErrorCode.INVALID_QUEUE, problem, req=req))
     return problem is None
+
+
+_data = operator.attrgetter("data")
+
+
+def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame: int) -> bool:
+    """Whether every job's delivery fits in one ``deliver`` frame of ``max_frame`` bytes (with
+    the largest job id, lease and attempt it may get); if not, ``peer`` is told which does not.
+
+    A ``deliver`` carries more around a payload than an ``add`` does, so a payload that just fit
+    in an ``add`` could make the broker send a frame over its own limit.
+    """
+    room = max_frame - deliver_size(queue, 1, DELIVERY_MAX_OVERHEAD)
+    if not jobs or max(map(len, map(_data, jobs))) <= room:
+        return True  # every job fits, whatever its options
+    for index, job in enumerate(jobs):
+        most = max_frame - deliver_size(queue, 1, delivery_size(
+            _LARGEST_ID, _LARGEST_ID, job.attempts, 0, timeout=job.timeout,
+            attempts=job.attempts, name=job.name))
+        if len(job.data) > most:
+            peer.refuse(ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"`$.jobs[{index}].data`: a payload of {len(job.data)} bytes cannot be delivered "
+                f"within the frame limit of {max_frame} bytes (this job's payload may take "
+                f"{most} bytes at most)", req=req))
+            return False
+    return True
 
 
 def _retry_failed(queues: Queues, peer: Peer, req: int, name: str | None,

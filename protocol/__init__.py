@@ -63,9 +63,18 @@ from .messages import (
     Watch,
     Welcome,
 )
+from .sizes import (
+    DELIVERY_MAX_OVERHEAD,
+    array_header_size,
+    deliver_size,
+    delivery_size,
+    int_size,
+    str_size,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "DELIVERY_MAX_OVERHEAD",
     "HEADER_SIZE",
     "MAX_JOB_NAME",
     "MAX_OFFSET",
@@ -125,4 +134,9 @@ __all__ = [
     "Wait",
     "Watch",
     "Welcome",
+    "array_header_size",
+    "deliver_size",
+    "delivery_size",
+    "int_size",
+    "str_size",
 ]

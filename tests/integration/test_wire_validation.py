@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
+import msgspec
 import pytest
 from rawwire import Raw
 
@@ -102,3 +104,72 @@ async def test_what_the_broker_logs_of_a_bad_message_is_escaped(
     assert "UNKNOWN_MESSAGE" in line
     assert not any(char in line for char in "\n\r\x1b\u2028"), line
     assert escaped in line, line
+
+
+# The broker's own frames stay within the limit it announced.
+
+MAX_FRAME = 65536
+
+
+async def test_no_deliver_frame_exceeds_the_announced_limit(make_broker: Any) -> None:
+    broker = await make_broker(max_frame=MAX_FRAME)
+    worker = await Raw.open(broker.port)
+    producer = await Raw.open(broker.port)
+    try:
+        # Jobs whose deliveries carry much besides their payload: a 128-character name of 4-byte
+        # characters, a timeout, a large attempts.
+        job = {"data": "x" * 10, "name": "\U0001f600" * 128, "timeout": 5.0,
+               "attempts": 1_000_000}
+        worker.send({"t": "subscribe", "req": 1, "queue": "q", "window": 0})
+        assert (await worker.receive())["t"] == "ok"
+        for req in range(1, 21):
+            producer.send({"t": "add", "req": req, "queue": "q", "jobs": [job] * 100})
+            assert (await producer.receive())["t"] == "added"
+        # Open the window: 2,000 jobs are leased in one flush.
+        worker.send({"t": "window", "req": 2, "queue": "q", "window": 2000})
+        assert (await worker.receive())["t"] == "ok"
+        frames: list[bytes] = []
+        delivered = 0
+        while delivered < 2000:
+            frames.append(await worker.receive_frame())
+            delivered += len(msgspec.msgpack.decode(frames[-1])["jobs"])
+        assert delivered == 2000
+        assert max(len(frame) for frame in frames) <= MAX_FRAME
+        # Packed tight: the first job of each frame would not have fit in the one before.
+        for frame, after in zip(frames, frames[1:], strict=False):
+            message = msgspec.msgpack.decode(frame)
+            message["jobs"].append(msgspec.msgpack.decode(after)["jobs"][0])
+            assert len(msgspec.msgpack.encode(message)) > MAX_FRAME
+    finally:
+        await worker.close()
+        await producer.close()
+
+
+async def test_a_payload_that_could_not_be_delivered_within_the_limit_is_refused(
+    make_broker: Any
+) -> None:
+    broker = await make_broker(max_frame=MAX_FRAME)
+    raw = await Raw.open(broker.port)
+    try:
+        raw.send({"t": "subscribe", "req": 1, "queue": "q", "window": 5})
+        assert (await raw.receive())["t"] == "ok"
+        # This add fits the limit, but the deliver of its payload would not.
+        payload = msgspec.msgpack.encode(b"x" * (MAX_FRAME - 50))
+        add = {"t": "add", "req": 2, "queue": "q",
+               "jobs": [{"data": 1}, {"data": msgspec.Raw(payload)}]}
+        assert len(msgspec.msgpack.encode(add)) <= MAX_FRAME
+        raw.send(add)
+        text = await raw.receive_error(ErrorCode.INVALID_ARGUMENT, req=2)
+        assert "$.jobs[1].data" in text and str(MAX_FRAME) in text
+        assert (await raw.counts("q"))["waiting"] == 0
+        # The largest payload the broker takes is delivered in a frame within the limit.
+        most = int(text.rsplit("may take ", 1)[1].split()[0])
+        raw.send({"t": "add", "req": 3, "queue": "q",
+                  "jobs": [{"data": msgspec.Raw(b"\xc5" + (most - 3).to_bytes(2, "big")
+                                                + b"x" * (most - 3))}]})
+        replies = [await raw.receive_frame(), await raw.receive_frame()]
+        deliver = next(frame for frame in replies if msgspec.msgpack.decode(frame)["t"]
+                       == "deliver")
+        assert MAX_FRAME - 64 < len(deliver) <= MAX_FRAME
+    finally:
+        await raw.close()
