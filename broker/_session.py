@@ -26,9 +26,13 @@ from conveyor.protocol import (
     Welcome,
 )
 
-__all__ = ["SERVER_NAME", "Host", "Session", "printable"]
+__all__ = ["SERVER_NAME", "SKIP_LIMIT", "Host", "Session", "printable"]
 
 SERVER_NAME: Final = "conveyor/0.1"
+SKIP_LIMIT: Final = 64 << 20
+"""Frames over the frame limit but at most this long (bytes), or 4 times the limit if that is
+more, are skipped and answered; a longer length prefix closes the connection (it is more likely
+garbage, an HTTP request say, than a frame)."""
 
 log = logging.getLogger("broker")
 
@@ -72,7 +76,8 @@ class Session(asyncio.Protocol):
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.reader = FrameReader(host.max_frame)
+        self.reader = FrameReader(host.max_frame,
+                                  skip_limit=max(SKIP_LIMIT, 4 * host.max_frame))
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.greeted = False
@@ -111,7 +116,7 @@ class Session(asyncio.Protocol):
         if self.closing:
             return
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.read(data)
         except ProtocolError as exc:
             frames = []
             self.abort(exc)
@@ -119,6 +124,9 @@ class Session(asyncio.Protocol):
         for body in frames:
             if self.closing:
                 return
+            if isinstance(body, ProtocolError):  # a frame skipped for its size
+                self.refuse(body)
+                continue
             try:
                 message = _decoder.decode(body)
             except ProtocolError as exc:

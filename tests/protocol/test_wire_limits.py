@@ -4,10 +4,13 @@ are not finite numbers, integers outside their ranges, values nested too deeply.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conveyor.protocol import (
     MAX_OFFSET,
@@ -15,6 +18,9 @@ from conveyor.protocol import (
     MIN_PRIORITY,
     ClientMessage,
     ErrorCode,
+    FrameEncoder,
+    FrameReader,
+    GetCounts,
     GetJobs,
     MessageDecoder,
     ProtocolError,
@@ -133,3 +139,63 @@ def test_moderately_nested_payloads_decode() -> None:
     body = msgspec.msgpack.encode({"t": "add", "req": 7, "queue": "q", "jobs": []})
     body = body[:-1] + b"\x91\x81\xa4data" + _nested(200)
     assert decoder.decode(body).jobs[0].data == msgspec.Raw(_nested(200))
+
+
+# Frames over the limit, skipped.
+
+SKIP_MAX_FRAME = 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 400), min_size=1, max_size=8), data=st.data())
+def test_frames_over_the_limit_are_skipped_and_reported_in_place(
+    sizes: list[int], data: st.DataObject
+) -> None:
+    encoder = FrameEncoder()
+    stream = b"".join(
+        encoder.frame(GetCounts(req=n + 1, queue="q" * size)) for n, size in enumerate(sizes))
+    reader = FrameReader(SKIP_MAX_FRAME, skip_limit=1000)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    items: list[bytes | ProtocolError] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        items += reader.read(stream[start:end])
+        # Never more than one frame of the limit is held, however big the frame skipped.
+        assert reader.buffered <= SKIP_MAX_FRAME + 4 + (end - start)
+    assert not reader.partial and reader.buffered == 0
+    assert len(items) == len(sizes)
+    for n, (size, item) in enumerate(zip(sizes, items, strict=True)):
+        body_size = len(encoder.frame(GetCounts(req=n + 1, queue="q" * size))) - 4
+        if body_size <= SKIP_MAX_FRAME:
+            assert isinstance(item, bytes) and decoder.decode(item) == GetCounts(
+                req=n + 1, queue="q" * size)
+        else:
+            assert isinstance(item, ProtocolError), item
+            assert item.code is ErrorCode.FRAME_TOO_LARGE
+            assert f"of {body_size} bytes" in item.message
+            # The request id is read from the body's first bytes when they hold it.
+            assert item.req == n + 1 and "'get_counts'" in item.message
+
+
+def test_a_frame_over_the_skip_limit_ends_the_stream() -> None:
+    reader = FrameReader(SKIP_MAX_FRAME, skip_limit=1000)
+    assert reader.read(struct.pack(">I", 1000) + b"\x80") == []
+    assert reader.partial
+    # The skipped frame is reported first; the next read raises.
+    [skipped] = reader.read(b"\0" * 999 + struct.pack(">I", 1001))
+    assert isinstance(skipped, ProtocolError) and "of 1000 bytes" in skipped.message
+    with pytest.raises(ProtocolError) as caught:
+        reader.read(b"")
+    assert caught.value.code is ErrorCode.FRAME_TOO_LARGE and "1001" in caught.value.message
+
+
+@pytest.mark.parametrize("head", [b"", b"\x93\x01\x02", b"\x82\xa1t", b"\x81\xa1t\xc4\x01x",
+                                  b"\x82\xa1t\xa2\x0a\x0b\xa3req\x05", b"\xdf\xff\xff\xff\xff"])
+def test_a_skipped_frame_whose_start_says_nothing_is_reported_with_request_id_0(
+    head: bytes
+) -> None:
+    reader = FrameReader(2, skip_limit=1000)
+    body = head + b"\0" * (100 - len(head))
+    [item] = reader.read(struct.pack(">I", len(body)) + body)
+    assert isinstance(item, ProtocolError) and item.code is ErrorCode.FRAME_TOO_LARGE
+    assert item.req == (5 if head.endswith(b"req\x05") else 0)
+    assert "\n" not in item.message and "\x0a" not in item.message
