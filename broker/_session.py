@@ -76,6 +76,13 @@ class Session(asyncio.Protocol):
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        self._loop = asyncio.get_running_loop()
+        self.opened_at = self._loop.time()
+        """When the connection was accepted (event loop time)."""
+        self.frame_since: float | None = None
+        """When the frame now unfinished began (event loop time), or None between frames."""
+        self.closed_at: float | None = None
+        """When the broker closed the connection, leaving it to send what was written."""
         self.reader = FrameReader(host.max_frame,
                                   skip_limit=max(SKIP_LIMIT, 4 * host.max_frame))
         self.transport: asyncio.Transport | None = None
@@ -105,12 +112,16 @@ class Session(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it catches up.
+        # It cannot finish a frame meanwhile, so the frame timeout waits too.
         if self.transport is not None:
             self.transport.pause_reading()
+        self.frame_since = None
 
     def resume_writing(self) -> None:
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if self.reader.partial:
+                self.frame_since = self._loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -136,6 +147,11 @@ class Session(asyncio.Protocol):
                 self.greet(message)
             else:
                 received(self, message)
+        if self.reader.partial:
+            if frames or self.frame_since is None:
+                self.frame_since = self._loop.time()
+        else:
+            self.frame_since = None
         if frames and self.reader.buffered and not self.closing:
             # A bad length prefix that followed whole frames is reported after them.
             self.data_received(b"")
@@ -160,8 +176,25 @@ class Session(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection once what was written is sent."""
+        if self.closed_at is None:
+            self.closed_at = self._loop.time()
         if self.transport is not None:
             self.transport.close()
+
+    def expire(self, now: float, *, handshake_timeout: float, frame_timeout: float) -> None:
+        """Close the connection if, at ``now`` (event loop time), it has been waiting for its
+        ``hello`` for over ``handshake_timeout`` seconds or sat in the middle of a frame for over
+        ``frame_timeout``; drop it if the broker closed it over ``frame_timeout`` seconds ago and
+        the client has still not taken what was written (it may never read it)."""
+        if self.closing:
+            if self.closed_at is not None and now - self.closed_at > frame_timeout:
+                self.kill()
+        elif not self.greeted and now - self.opened_at > handshake_timeout:
+            self.abort(ProtocolError(
+                ErrorCode.TIMED_OUT, f"no 'hello' within {handshake_timeout:g} s"))
+        elif self.frame_since is not None and now - self.frame_since > frame_timeout:
+            self.abort(ProtocolError(
+                ErrorCode.TIMED_OUT, f"a frame was left unfinished for {frame_timeout:g} s"))
 
     def kill(self) -> None:
         """Drop the connection at once, without a word."""
@@ -180,8 +213,7 @@ class Session(asyncio.Protocol):
         self.send(Error(req=error.req, code=error.code, message=error.message))
         self.flush()
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def greet(self, message: ClientMessage) -> None:
         """Handle the first message of the connection, which must be ``hello``."""

@@ -13,7 +13,14 @@ from conveyor.protocol import DEFAULT_MAX_FRAME
 
 from ._log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
 from ._queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
-from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_GRACE, Broker
+from ._server import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_GRACE,
+    Broker,
+)
 
 __all__ = ["main"]
 
@@ -51,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="largest frame accepted (default: %(default)s)")
     parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                         help="most open connections (default: %(default)s)")
+    parser.add_argument("--handshake-timeout", type=float, default=DEFAULT_HANDSHAKE_TIMEOUT,
+                        metavar="SECONDS",
+                        help="close a connection that has not sent its hello within this "
+                             "(default: %(default)s)")
+    parser.add_argument("--frame-timeout", type=float, default=DEFAULT_FRAME_TIMEOUT,
+                        metavar="SECONDS",
+                        help="close a connection that sits in the middle of a frame for longer "
+                             "(default: %(default)s)")
     parser.add_argument("--max-redeliveries", type=int, default=DEFAULT_MAX_REDELIVERIES,
                         help="times a job may be re-queued after its worker's connection drops "
                              "before it fails (default: %(default)s)")
@@ -78,6 +93,8 @@ async def _serve(args: argparse.Namespace) -> None:
         shutdown_grace=args.shutdown_grace,
         max_frame=args.max_frame,
         max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        frame_timeout=args.frame_timeout,
         max_redeliveries=args.max_redeliveries,
         keep_completed=args.keep_completed,
         keep_failed=args.keep_failed,
@@ -119,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("max_frame", "max_connections"):
         if getattr(args, name) < 1:
             print(f"broker: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    for name in ("handshake_timeout", "frame_timeout"):
+        if not 0 < getattr(args, name) < float("inf"):
+            print(f"broker: --{name.replace('_', '-')} must be a positive number of seconds",
+                  file=sys.stderr)
             return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

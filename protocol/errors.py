@@ -41,6 +41,9 @@ class ErrorCode(enum.IntEnum):
     INVALID_ARGUMENT = 15
     """A field holds a value the request cannot take: a float that is not a finite number, or a
     payload too large to be delivered within the frame limit."""
+    TIMED_OUT = 16
+    """The handshake, or a frame, did not complete within the broker's timeout; the connection
+    is closed."""
 
 
 class ProtocolError(Exception):
