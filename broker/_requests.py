@@ -10,6 +10,8 @@ from __future__ import annotations
 import operator
 from typing import Final, assert_never
 
+import msgspec
+
 from conveyor.protocol import (
     DELIVERY_MAX_OVERHEAD,
     MAX_OFFSET,
@@ -30,6 +32,7 @@ from conveyor.protocol import (
     GetQueues,
     Hello,
     JobDef,
+    JobInfo,
     JobReply,
     Jobs,
     Ok,
@@ -45,6 +48,7 @@ from conveyor.protocol import (
     Subscribe,
     Wait,
     Watch,
+    array_header_size,
     check_queue_name,
     deliver_size,
     delivery_size,
@@ -126,7 +130,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     # A page past the last int64 position is empty (and slicing must not go there).
                     limit = min(limit, MAX_OFFSET - offset)
                     page, total = queues.list_jobs(name, state, offset, limit)
-                    peer.send(Jobs(req=req, jobs=[job.info() for job in page], total=total))
+                    peer.send(_page(req, page, total, core.max_frame))
             # Steering queues.
             case Promote(req=req, job=job_id):
                 _job_ok(peer, req, job_id, queues.promote(job_id))
@@ -163,6 +167,22 @@ def _queue_ok(peer: Peer, req: int, name: str) -> bool:
 
 
 _data = operator.attrgetter("data")
+_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def _page(req: int, jobs: list[Job], total: int, max_frame: int) -> Jobs:
+    """The ``jobs`` reply: as many of ``jobs`` as fit in a frame of ``max_frame`` bytes (at
+    least one, however large), so that a page of 10,000 large jobs is not 10,000 large jobs."""
+    room = max_frame - (len(_encoder.encode(Jobs(req=req, jobs=[], total=total))) - 1)
+    infos: list[JobInfo] = []
+    size = 0
+    for job in jobs:
+        info = job.info()
+        size += len(_encoder.encode(info))
+        if infos and size + array_header_size(len(infos) + 1) > room:
+            break
+        infos.append(info)
+    return Jobs(req=req, jobs=infos, total=total)
 
 
 def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame: int) -> bool:

@@ -13,6 +13,7 @@ import socket
 from typing import Final, Protocol, cast
 
 from conveyor.protocol import (
+    HEADER_SIZE,
     PROTOCOL_VERSION,
     BrokerMessage,
     ClientMessage,
@@ -26,9 +27,12 @@ from conveyor.protocol import (
     Welcome,
 )
 
-__all__ = ["SERVER_NAME", "SKIP_LIMIT", "Host", "Session", "printable"]
+__all__ = ["OUTPUT_BUDGET", "SERVER_NAME", "SKIP_LIMIT", "Host", "Session", "printable"]
 
 SERVER_NAME: Final = "conveyor/0.1"
+OUTPUT_BUDGET: Final = 1 << 20
+"""Bytes of replies queued for one connection past which the broker reads none of its requests
+until they are written out (a client that does not read cannot make it buffer more)."""
 SKIP_LIMIT: Final = 64 << 20
 """Frames over the frame limit but at most this long (bytes), or 4 times the limit if that is
 more, are skipped and answered; a longer length prefix closes the connection (it is more likely
@@ -90,6 +94,12 @@ class Session(asyncio.Protocol):
         self.greeted = False
         self.closing = False
         self.out = bytearray()
+        self.held: list[bytes | ProtocolError] | None = None
+        """Frames read but not handled yet: the connection owes too much output (reading is
+        paused meanwhile)."""
+        self._write_paused = False
+        """The transport's buffer is over its high-water mark."""
+        self._resume_handle: asyncio.Handle | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.peer}>"
@@ -112,16 +122,12 @@ class Session(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it catches up.
-        # It cannot finish a frame meanwhile, so the frame timeout waits too.
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self.frame_since = None
+        self._write_paused = True
+        self._stop_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-            if self.reader.partial:
-                self.frame_since = self._loop.time()
+        self._write_paused = False
+        self._schedule_resume()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -131,9 +137,29 @@ class Session(asyncio.Protocol):
         except ProtocolError as exc:
             frames = []
             self.abort(exc)
+        if self.reader.partial:
+            if frames or self.frame_since is None:
+                self.frame_since = self._loop.time()
+        else:
+            self.frame_since = None
+        if self.held is not None:
+            # Read before the pause took effect: behind the frames already waiting.
+            self.held += frames
+            return
+        self._handle(frames)
+        if frames and self.reader.buffered and self.held is None and not self.closing:
+            # A bad length prefix that followed whole frames is reported after them.
+            self.data_received(b"")
+
+    def _handle(self, frames: list[bytes | ProtocolError]) -> None:
         received = self.host.received
-        for body in frames:
+        for index, body in enumerate(frames):
             if self.closing:
+                return
+            if len(self.out) > OUTPUT_BUDGET or self._write_paused:
+                # Replies come out in order and none is dropped: the rest waits to be read.
+                self.held = frames[index:]
+                self._stop_reading()
                 return
             if isinstance(body, ProtocolError):  # a frame skipped for its size
                 self.refuse(body)
@@ -147,14 +173,32 @@ class Session(asyncio.Protocol):
                 self.greet(message)
             else:
                 received(self, message)
+
+    def _stop_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+        # The client cannot finish a frame meanwhile: the frame timeout waits too.
+        self.frame_since = None
+
+    def _schedule_resume(self) -> None:
+        if self._resume_handle is None and not self.closing:
+            self._resume_handle = self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """The output drained: handle the frames held back, then read again."""
+        self._resume_handle = None
+        if self.closing or self._write_paused or len(self.out) > OUTPUT_BUDGET:
+            return
+        held, self.held = self.held, None
+        if held:
+            self._handle(held)
+        if self.held is not None or self.closing or self.transport is None:
+            return
+        self.transport.resume_reading()
         if self.reader.partial:
-            if frames or self.frame_since is None:
-                self.frame_since = self._loop.time()
-        else:
-            self.frame_since = None
-        if frames and self.reader.buffered and not self.closing:
-            # A bad length prefix that followed whole frames is reported after them.
-            self.data_received(b"")
+            self.frame_since = self._loop.time()
+            if self.reader.buffered >= HEADER_SIZE:
+                self.data_received(b"")
 
     # Called by the server (a session is the ``Peer`` of its client).
 
@@ -169,10 +213,13 @@ class Session(asyncio.Protocol):
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(bytes(self.out))
         self.out.clear()
+        if self.held is not None and not self._write_paused:
+            self._schedule_resume()
 
     def backlog(self) -> int:
-        """Bytes written to the transport that it has not sent yet."""
-        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+        """Bytes queued for this connection and not sent yet (this pass's and the transport's)."""
+        size = len(self.out)
+        return size if self.transport is None else size + self.transport.get_write_buffer_size()
 
     def close(self) -> None:
         """Close the connection once what was written is sent."""

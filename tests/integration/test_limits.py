@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rawwire import Raw, eventually
 
 from conveyor.broker import Broker
@@ -118,3 +119,75 @@ async def test_a_closed_connection_that_never_reads_is_dropped(make_broker: Any)
         await eventually(lambda: not broker.sessions, "the closed connection is dropped")
     finally:
         await raw.close()
+
+
+# Clients that do not read what they asked for.
+
+
+async def _fill(url: str, jobs: int, size: int) -> None:
+    async with Client(url) as client:
+        await client.add_bulk("q", ["x" * size] * jobs)
+
+
+async def test_a_client_that_never_reads_makes_the_broker_stop_reading_it(
+    broker: Broker, url: str
+) -> None:
+    await _fill(url, 3000, 1024)
+    raw = await Raw.open(broker.port, rcvbuf=4096)
+    try:
+        # 100 requests whose replies are a megabyte each, pipelined, and one small one.
+        for req in range(1, 101):
+            raw.send({"t": "get_jobs", "req": req, "queue": "q", "state": "waiting",
+                      "limit": 10_000})
+        raw.send({"t": "get_counts", "req": 101, "queue": "q"})
+        await raw.writer.drain()
+        [session] = broker.sessions
+        await eventually(lambda: session.held is not None, "the broker stops reading")
+        # What the broker holds for it is bounded, not 100 MiB of replies.
+        assert session.backlog() < 4 * MiB
+        # Once it reads, every request is answered, in order, none lost.
+        for req in range(1, 101):
+            frame = await raw.receive_frame()
+            assert len(frame) <= broker.max_frame
+            reply = msgspec.msgpack.decode(frame)
+            assert (reply["t"], reply["req"], reply["total"]) == ("jobs", req, 3000)
+            assert 0 < len(reply["jobs"]) < 3000
+        assert (await raw.receive())["req"] == 101
+        assert session.held is None
+    finally:
+        await raw.close()
+
+
+async def test_get_jobs_from_a_client_that_never_reads_does_not_grow_the_broker(
+    start_broker: Any
+) -> None:
+    process = start_broker("--in-memory")
+    url = process.url
+    port = int(url.rsplit(":", 1)[1])
+    await _fill(url, 10_000, 1024)
+
+    def rss() -> int:
+        status = Path(f"/proc/{process.process.pid}/status").read_text()
+        return next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                    if line.startswith("VmRSS:"))
+
+    async with Client(url) as client:
+        await client.counts("q")
+        before = rss()
+        raw = await Raw.open(port, rcvbuf=4096)
+        try:
+            # Ten requests of 540 bytes whose unbounded replies would be 10 MiB each.
+            for req in range(1, 11):
+                raw.send({"t": "get_jobs", "req": req, "queue": "q", "state": "waiting",
+                          "limit": 10_000})
+            await raw.writer.drain()
+            # The broker read them (they arrived before this request was sent).
+            await client.counts("q")
+            grown = rss() - before
+            assert grown < 32 * MiB, f"broker RSS grew by {grown / MiB:.0f} MiB"
+            # A short page: fewer than asked although more remain; the client pages on.
+            reply = msgspec.msgpack.decode(await raw.receive_frame())
+            assert reply["req"] == 1 and reply["total"] == 10_000
+            assert 0 < len(reply["jobs"]) < 10_000
+        finally:
+            await raw.close()
