@@ -30,8 +30,12 @@ class Peer(Protocol):
     def abort(self, error: ProtocolError) -> None:
         """Reply with an error and close the connection after the write."""
 
+    def cut_off(self, error: ProtocolError) -> None:
+        """Drop the connection at once, discarding what is queued for it (``error`` is only
+        logged: the client would not read it in time)."""
+
     def backlog(self) -> int:
-        """Bytes written to the connection that it has not sent yet."""
+        """Bytes queued for the connection that it has not sent yet."""
 
     def flush(self) -> None:
         """Write everything queued this pass, in one write."""

@@ -249,6 +249,13 @@ class Session(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def cut_off(self, error: ProtocolError) -> None:
+        """Drop the connection at once and free what is queued for it; ``error`` is logged."""
+        log.warning("dropping %s: %s: %s", self.peer, error.code.name, printable(error.message))
+        self.out.clear()
+        self.held = None
+        self.kill()
+
     def refuse(self, error: ProtocolError) -> None:
         """Reply with an error; the connection stays open."""
         log.warning("%s: %s: %s", self.peer, error.code.name, printable(error.message))

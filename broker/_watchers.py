@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from conveyor.protocol import ErrorCode, Event, Events, Finished, ProtocolError
+import msgspec
+
+from conveyor.protocol import HEADER_SIZE, ErrorCode, Event, Events, Finished, ProtocolError
 
 from ._jobs import Job
 from ._peer import Peer
@@ -14,6 +16,8 @@ __all__ = ["EVENT_BACKLOG", "Waiters", "Watchers"]
 
 EVENT_BACKLOG: Final = 16 * 1024 * 1024
 """Bytes of unsent output past which an event watcher is cut off."""
+
+_encoder: Final = msgspec.msgpack.Encoder()
 
 
 class Waiters:
@@ -106,17 +110,29 @@ class Watchers:
             self.watch(peer, queue, False)
 
     def publish(self, events: list[tuple[str, Event]]) -> None:
-        """Send ``events`` to their queues' watchers, one ``events`` message per queue."""
+        """Send ``events`` to their queues' watchers, one ``events`` message per queue.
+
+        A watcher that would then owe more than ``backlog_limit`` bytes is cut off: its
+        connection is dropped at once, with everything queued for it, rather than closed after
+        what it cannot read (which would hold that memory for as long as it does not read). A
+        watcher that owes nothing gets the batch whatever its size.
+        """
         by_queue: dict[str, list[Event]] = {}
         for queue, event in events:
             by_queue.setdefault(queue, []).append(event)
         for queue, batch in by_queue.items():
-            for peer in list(self._watchers.get(queue, ())):
-                if peer.backlog() > self.backlog_limit:
-                    self.watch(peer, queue, False)
-                    peer.abort(ProtocolError(
+            watchers = self._watchers.get(queue)
+            if not watchers:
+                continue
+            message = Events(queue=queue, events=batch)
+            size = HEADER_SIZE + len(_encoder.encode(message))
+            for peer in list(watchers):
+                backlog = peer.backlog()
+                if backlog and backlog + size > self.backlog_limit:
+                    self.drop(peer)
+                    peer.cut_off(ProtocolError(
                         ErrorCode.SLOW_CONSUMER,
                         f"watcher of queue {queue!r} fell over {self.backlog_limit} bytes behind",
                     ))
                 else:
-                    peer.send(Events(queue=queue, events=batch))
+                    peer.send(message)

@@ -77,6 +77,9 @@ class RecordingPeer:
         self.refuse(error)
         self.aborted = True
 
+    def cut_off(self, error: ProtocolError) -> None:
+        self.abort(error)
+
     def backlog(self) -> int:
         return 0
 

@@ -191,3 +191,50 @@ async def test_get_jobs_from_a_client_that_never_reads_does_not_grow_the_broker(
             assert 0 < len(reply["jobs"]) < 10_000
         finally:
             await raw.close()
+
+
+# Watchers that fall behind.
+
+
+async def test_watchers_that_never_read_are_cut_off_and_their_memory_freed_at_once(
+    make_broker: Any
+) -> None:
+    # Closing (rather than resetting) a reader that never reads would hold its output until the
+    # frame timeout at best: make that long, so only an immediate drop passes.
+    broker: Broker = await make_broker(frame_timeout=120.0)
+    # The cut-off is 16 MiB; 1 MiB here keeps 50 watchers' worth of events small in the test.
+    broker.core.watchers.backlog_limit = MiB
+    before = _rss()
+    watchers = [await Raw.open(broker.port, rcvbuf=4096) for _ in range(50)]
+    worker = await Raw.open(broker.port)
+    try:
+        for raw in watchers:
+            raw.send({"t": "watch", "req": 1, "queue": "q"})
+            assert (await raw.receive())["t"] == "ok"
+        # From now on the watchers read nothing. A worker reports progress with large values.
+        worker.send({"t": "subscribe", "req": 1, "queue": "q", "window": 1})
+        assert (await worker.receive())["t"] == "ok"
+        async with Client(f"127.0.0.1:{broker.port}") as client:
+            job_id = await client.add("q", "job")
+            deliver = await worker.receive()
+            job = deliver["jobs"][0]
+            value = "v" * (64 * 1024)
+            for _ in range(100):
+                worker.send({"t": "progress", "job": job["job"], "lease": job["lease"],
+                             "progress": value})
+                await worker.writer.drain()
+                await asyncio.sleep(0)
+            # Every watcher is dropped, and what was queued for it goes with it.
+            await eventually(lambda: len(broker.sessions) == 2,
+                             "the watchers are cut off and their connections gone")
+            assert sum(session.backlog() for session in broker.sessions) < MiB
+            assert _rss() - before < 200 * MiB
+            for raw in watchers:
+                assert await raw.is_closed_by_peer()
+            # The worker, which kept reading, is unaffected.
+            worker.send({"t": "ack", "job": job["job"], "lease": job["lease"], "result": "ok"})
+            assert await client.wait(job_id, timeout=5) == "ok"
+    finally:
+        for raw in watchers:
+            await raw.close()
+        await worker.close()
