@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from conveyor.protocol import BrokerMessage, ProtocolError
@@ -23,6 +24,10 @@ class Peer(Protocol):
 
     def send(self, message: BrokerMessage) -> None:
         """Queue ``message`` for this pass's write."""
+
+    def send_later(self, messages: Iterator[BrokerMessage]) -> None:
+        """Queue ``messages``, to be produced and written only as fast as the connection reads
+        them (many replies owed at once, each of which may be large)."""
 
     def refuse(self, error: ProtocolError) -> None:
         """Reply with an error; the connection stays open."""

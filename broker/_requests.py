@@ -46,6 +46,7 @@ from conveyor.protocol import (
     RetryFailed,
     SetWindow,
     Subscribe,
+    Unwait,
     Wait,
     Watch,
     array_header_size,
@@ -110,8 +111,13 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
                 elif job.finished_at is not None:
                     peer.send(Finished(req=req, job=job.info()))
-                else:
-                    core.waiters.add(peer, req, job_id)
+                elif not core.waiters.add(peer, req, job_id):
+                    peer.refuse(ProtocolError(
+                        ErrorCode.LIMIT_EXCEEDED,
+                        f"this connection has {core.waiters.limit} waits pending, the most the "
+                        f"broker allows", req=req))
+            case Unwait(job=job_id, wait=wait_req):
+                core.waiters.withdraw(peer, job_id, wait_req)
             case Watch(req=req, queue=name, watching=watching):
                 if _queue_ok(peer, req, name):
                     core.watchers.watch(peer, name, watching)

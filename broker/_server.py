@@ -33,6 +33,7 @@ from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
 from ._session import Session
+from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = [
     "DEFAULT_FRAME_TIMEOUT",
@@ -94,6 +95,7 @@ class Broker:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        max_waits: int = DEFAULT_MAX_WAITS,
     ) -> None:
         self.host = host
         self.port = port
@@ -114,7 +116,7 @@ class Broker:
         self.queues = Queues(max_redeliveries=max_redeliveries, keep_completed=keep_completed,
                              keep_failed=keep_failed, keep_age=keep_age,
                              logged=self.log is not None)
-        self.core = Core(self.queues, self.log, max_frame=max_frame)
+        self.core = Core(self.queues, self.log, max_frame=max_frame, max_waits=max_waits)
         self.recovery: Recovery | None = None
         """What replaying the log found, once started with a ``data_dir``."""
         self.failure: LogError | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
+from collections.abc import Iterator
 from typing import Final, Protocol, cast
 
 from conveyor.protocol import (
@@ -99,6 +101,8 @@ class Session(asyncio.Protocol):
         paused meanwhile)."""
         self._write_paused = False
         """The transport's buffer is over its high-water mark."""
+        self._owed: deque[Iterator[BrokerMessage]] = deque()
+        """Replies owed, produced as the connection reads (``send_later``)."""
         self._resume_handle: asyncio.Handle | None = None
 
     def __repr__(self) -> str:
@@ -156,7 +160,7 @@ class Session(asyncio.Protocol):
         for index, body in enumerate(frames):
             if self.closing:
                 return
-            if len(self.out) > OUTPUT_BUDGET or self._write_paused:
+            if len(self.out) > OUTPUT_BUDGET or self._write_paused or self._owed:
                 # Replies come out in order and none is dropped: the rest waits to be read.
                 self.held = frames[index:]
                 self._stop_reading()
@@ -185,9 +189,16 @@ class Session(asyncio.Protocol):
             self._resume_handle = self._loop.call_soon(self._resume)
 
     def _resume(self) -> None:
-        """The output drained: handle the frames held back, then read again."""
+        """The output drained: produce more of what is owed; once nothing is, handle the frames
+        held back, then read again."""
         self._resume_handle = None
-        if self.closing or self._write_paused or len(self.out) > OUTPUT_BUDGET:
+        if self.closing or self._write_paused:
+            return
+        if self._owed:
+            self._pump()
+            if self._owed:
+                return  # the rest once this is written (``flush``)
+        if len(self.out) > OUTPUT_BUDGET:
             return
         held, self.held = self.held, None
         if held:
@@ -208,12 +219,30 @@ class Session(asyncio.Protocol):
             self.host.wrote(self)
         _encoder.append(self.out, message)
 
+    def send_later(self, messages: Iterator[BrokerMessage]) -> None:
+        """Queue ``messages``, produced as the connection reads them: what fits in the output
+        budget now, the rest as the output drains."""
+        self._owed.append(messages)
+        self._pump()
+        if self._owed:
+            self._stop_reading()
+
+    def _pump(self) -> None:
+        owed = self._owed
+        written = 0 if self.transport is None else self.transport.get_write_buffer_size()
+        while owed and len(self.out) + written < OUTPUT_BUDGET:
+            message = next(owed[0], None)
+            if message is None:
+                owed.popleft()
+            else:
+                self.send(message)
+
     def flush(self) -> None:
         """Write everything queued, in one write."""
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(bytes(self.out))
         self.out.clear()
-        if self.held is not None and not self._write_paused:
+        if (self.held is not None or self._owed) and not self._write_paused:
             self._schedule_resume()
 
     def backlog(self) -> int:
@@ -254,6 +283,7 @@ class Session(asyncio.Protocol):
         log.warning("dropping %s: %s: %s", self.peer, error.code.name, printable(error.message))
         self.out.clear()
         self.held = None
+        self._owed.clear()
         self.kill()
 
     def refuse(self, error: ProtocolError) -> None:

@@ -21,6 +21,7 @@ from ._server import (
     DEFAULT_SHUTDOWN_GRACE,
     Broker,
 )
+from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = ["main"]
 
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="close a connection that sits in the middle of a frame for longer "
                              "(default: %(default)s)")
+    parser.add_argument("--max-waits", type=int, default=DEFAULT_MAX_WAITS, metavar="N",
+                        help="most wait requests one connection may have pending "
+                             "(default: %(default)s)")
     parser.add_argument("--max-redeliveries", type=int, default=DEFAULT_MAX_REDELIVERIES,
                         help="times a job may be re-queued after its worker's connection drops "
                              "before it fails (default: %(default)s)")
@@ -95,6 +99,7 @@ async def _serve(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         handshake_timeout=args.handshake_timeout,
         frame_timeout=args.frame_timeout,
+        max_waits=args.max_waits,
         max_redeliveries=args.max_redeliveries,
         keep_completed=args.keep_completed,
         keep_failed=args.keep_failed,
@@ -133,7 +138,7 @@ def _run(coro_args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker; return the process exit status."""
     args = _parser().parse_args(argv)
-    for name in ("max_frame", "max_connections"):
+    for name in ("max_frame", "max_connections", "max_waits"):
         if getattr(args, name) < 1:
             print(f"broker: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -36,6 +37,7 @@ from conveyor.protocol import (
     QueueSummary,
     Remove,
     RetryFailed,
+    Unwait,
     Wait,
     Watch,
     check_queue_name,
@@ -298,13 +300,25 @@ class Client:
 
         The broker replies when the job completes or fails: nothing polls. Raises
         ``TimeoutError`` after ``timeout`` seconds, and ``UnknownJob`` when no such job is retained.
+        On a timeout or a cancellation the wait is withdrawn at the broker (``unwait``).
         """
-        future = self.connection.request(lambda req: Wait(req=req, job=job_id))
+        connection = self.connection
+        sent: list[int] = []
+
+        def build(req: int) -> Wait:
+            sent.append(req)
+            return Wait(req=req, job=job_id)
+
+        future = connection.request(build)
         try:
             async with asyncio.timeout(timeout):
                 reply = await future
         finally:
-            future.cancel()
+            if future.cancelled() or not future.done():
+                # Timed out or cancelled: withdraw the wait, so the broker forgets it.
+                future.cancel()
+                with contextlib.suppress(ConveyorError):
+                    connection.send(Unwait(job=job_id, wait=sent[0]))
         assert isinstance(reply, Finished)
         job = reply.job
         if job.state is JobState.FAILED:

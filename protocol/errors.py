@@ -44,6 +44,9 @@ class ErrorCode(enum.IntEnum):
     TIMED_OUT = 16
     """The handshake, or a frame, did not complete within the broker's timeout; the connection
     is closed."""
+    LIMIT_EXCEEDED = 17
+    """The connection is at one of the broker's per-connection limits (pending waits); the
+    request had no effect."""
 
 
 class ProtocolError(Exception):

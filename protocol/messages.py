@@ -63,6 +63,7 @@ __all__ = [
     "RetryFailed",
     "SetWindow",
     "Subscribe",
+    "Unwait",
     "Wait",
     "Watch",
     "Welcome",
@@ -313,6 +314,14 @@ class Wait(_Message, tag="wait", frozen=True):
     job: int
 
 
+class Unwait(_Message, tag="unwait", frozen=True):
+    """Withdraw the pending ``wait`` whose request id is ``wait``, on job ``job``: it will get no
+    reply. No reply (a notification); nothing happens if no such wait is pending."""
+
+    job: int
+    wait: RequestId
+
+
 class GetCounts(_Message, tag="get_counts", frozen=True):
     """Read a queue's counters; replied to with ``counts``."""
 
@@ -511,7 +520,7 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues
+    | GetQueues | Unwait
 )
 """Everything a client or worker may send."""
 

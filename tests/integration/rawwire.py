@@ -33,15 +33,18 @@ class Raw:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, *, hello: bool = True, rcvbuf: int | None = None) -> Raw:
-        """Connect (with ``rcvbuf`` bytes of kernel receive buffer, when given) and greet."""
+    async def open(cls, port: int, *, hello: bool = True, rcvbuf: int | None = None,
+                   limit: int = 4096) -> Raw:
+        """Connect (with ``rcvbuf`` bytes of kernel receive buffer, when given) and greet.
+
+        ``limit`` is the stream's buffer limit: what this process takes in while it does not
+        read is about twice that."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        # A small stream limit: an unread connection takes little into this process either.
-        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
         connection = cls(reader, writer)
         if hello:
             connection.send({"t": "hello", "version": PROTOCOL_VERSION, "client": "raw"})

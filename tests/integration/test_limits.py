@@ -238,3 +238,108 @@ async def test_watchers_that_never_read_are_cut_off_and_their_memory_freed_at_on
         for raw in watchers:
             await raw.close()
         await worker.close()
+
+
+# Waits.
+
+
+async def test_many_waits_on_one_large_job_cost_little_until_they_are_read(
+    broker: Broker, url: str
+) -> None:
+    async with Client(url) as client:
+        job_id = await client.add("q", b"x" * 100_000)
+        raw = await Raw.open(broker.port, limit=MiB)
+        worker = await Raw.open(broker.port)
+        try:
+            for req in range(1, 5001):
+                raw.send({"t": "wait", "req": req, "job": job_id})
+            await raw.writer.drain()
+            await eventually(lambda: sum(broker.core.waiters.pending(s)
+                                         for s in broker.sessions) == 5000,
+                             "the broker has the 5,000 waits")
+            [session] = [s for s in broker.sessions if broker.core.waiters.pending(s)]
+            worker.send({"t": "subscribe", "req": 1, "queue": "q", "window": 1})
+            deliver = await worker.receive()
+            if deliver["t"] == "ok":
+                deliver = await worker.receive()
+            job = deliver["jobs"][0]
+            worker.send({"t": "ack", "job": job["job"], "lease": job["lease"], "result": 1})
+            await eventually(lambda: broker.core.waiters.pending(session) == 0,
+                             "the job finishes")
+            # 5,000 replies of 100 KB are owed: what the broker holds is a few of them.
+            assert session.backlog() < 4 * MiB
+            # Read, they all come, in order.
+            for req in range(1, 5001):
+                reply = msgspec.msgpack.decode(await raw.receive_frame())
+                assert (reply["t"], reply["req"], reply["job"]["id"]) == ("finished", req, job_id)
+            raw.send({"t": "get_counts", "req": 9999, "queue": "q"})
+            assert (await raw.receive())["req"] == 9999
+        finally:
+            await raw.close()
+            await worker.close()
+
+
+async def test_a_client_side_timeout_or_cancellation_withdraws_the_wait(
+    broker: Broker, url: str
+) -> None:
+    async with Client(url) as client:
+        job_id = await client.add("q", "never runs")
+        [session] = broker.sessions
+
+        def pending() -> int:
+            return broker.core.waiters.pending(session)
+
+        for _ in range(3):
+            try:
+                await client.wait(job_id, timeout=0.01)
+            except TimeoutError:
+                pass
+            else:
+                raise AssertionError("the wait did not time out")
+        await eventually(lambda: pending() == 0, "the timed-out waits are withdrawn")
+        waiting = asyncio.ensure_future(client.wait(job_id))
+        await eventually(lambda: pending() == 1, "the wait reaches the broker")
+        waiting.cancel()
+        await eventually(lambda: pending() == 0, "the cancelled wait is withdrawn")
+        # A wait that is not withdrawn is still answered.
+        kept = asyncio.ensure_future(client.wait(job_id))
+        await eventually(lambda: pending() == 1, "the wait reaches the broker")
+        async with Client(url) as worker_side:
+            raw = await Raw.open(broker.port)
+            try:
+                raw.send({"t": "subscribe", "req": 1, "queue": "q", "window": 1})
+                assert (await raw.receive())["t"] == "ok"
+                job = (await raw.receive())["jobs"][0]
+                raw.send({"t": "ack", "job": job["job"], "lease": job["lease"], "result": "r"})
+                assert await asyncio.wait_for(kept, 5) == "r"
+            finally:
+                await raw.close()
+            assert await worker_side.counts("q") == {"waiting": 0, "active": 0, "delayed": 0,
+                                                     "completed": 1, "failed": 0, "workers": 0}
+
+
+async def test_the_pending_waits_of_a_connection_are_capped(make_broker: Any) -> None:
+    broker: Broker = await make_broker(max_waits=100)
+    async with Client(f"127.0.0.1:{broker.port}") as client:
+        job_id = await client.add("q", "never runs")
+    raw = await Raw.open(broker.port)
+    try:
+        for req in range(1, 102):
+            raw.send({"t": "wait", "req": req, "job": job_id})
+        text = await raw.receive_error(ErrorCode.LIMIT_EXCEEDED, req=101)
+        assert "100" in text and "wait" in text
+        # Withdrawing one makes room for another.
+        raw.send({"t": "unwait", "job": job_id, "wait": 7})
+        raw.send({"t": "wait", "req": 102, "job": job_id})
+        raw.send({"t": "wait", "req": 103, "job": job_id})
+        await raw.receive_error(ErrorCode.LIMIT_EXCEEDED, req=103)
+        # Removing the job answers the 100 pending waits, and only those.
+        raw.send({"t": "remove", "req": 104, "job": job_id})
+        replies = [await raw.receive() for _ in range(101)]
+        assert {"t": "ok", "req": 104} in replies
+        refused = sorted(r["req"] for r in replies if r["t"] == "error")
+        assert refused == [n for n in range(1, 101) if n != 7] + [102]
+        assert all(ErrorCode(r["code"]) is ErrorCode.UNKNOWN_JOB for r in replies
+                   if r["t"] == "error")
+    finally:
+        await raw.close()
