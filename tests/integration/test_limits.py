@@ -343,3 +343,24 @@ async def test_the_pending_waits_of_a_connection_are_capped(make_broker: Any) ->
                    if r["t"] == "error")
     finally:
         await raw.close()
+
+
+async def test_the_limits_are_broker_options(start_broker: Any) -> None:
+    process = start_broker("--in-memory", "--handshake-timeout", "0.3", "--frame-timeout", "0.3",
+                           "--max-waits", "1")
+    port = int(process.url.rsplit(":", 1)[1])
+    silent = await Raw.open(port, hello=False)
+    stalled = await Raw.open(port)
+    raw = await Raw.open(port)
+    try:
+        assert "0.3 s" in await silent.receive_error(ErrorCode.TIMED_OUT)
+        stalled.write(struct.pack(">I", 100))
+        assert "0.3 s" in await stalled.receive_error(ErrorCode.TIMED_OUT)
+        raw.send({"t": "add", "req": 1, "queue": "q", "jobs": [{"data": 1}]})
+        job_id = (await raw.receive())["ids"][0]
+        raw.send({"t": "wait", "req": 2, "job": job_id})
+        raw.send({"t": "wait", "req": 3, "job": job_id})
+        await raw.receive_error(ErrorCode.LIMIT_EXCEEDED, req=3)
+    finally:
+        for connection in (silent, stalled, raw):
+            await connection.close()
