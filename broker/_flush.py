@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from conveyor.protocol import (
     Added,
@@ -24,13 +24,12 @@ from conveyor.protocol import (
     ProtocolError,
     array_header_size,
     deliver_size,
-    int_size,
-    str_size,
+    delivery_size,
 )
 
 from ._core import Accepted, Core
 from ._errors import DiskFull
-from ._jobs import Job
+from ._jobs import DEFAULT_OPTIONS, Job, JobOptions
 from ._log import FsyncPolicy, Log
 from ._peer import Peer
 from ._records import JobsAdded, JobsAddedWithOptions, Record
@@ -110,38 +109,55 @@ def _synced(core: Core, accepted: list[Accepted], wake: Callable[[], None]) -> N
 
 
 def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
-    """Send ``jobs`` in as few ``deliver`` messages as the frame limit allows.
+    """Send ``jobs`` in as few ``deliver`` messages as the frame limit allows, none over it.
 
-    Each delivery's size is computed exactly (``conveyor.protocol.delivery_size``, inlined: this
-    runs for every job), so no ``deliver`` exceeds ``max_frame``; ``add`` refused any job whose
-    delivery alone could not fit.
+    While a batch is far from the limit, each job counts as an upper bound of its delivery's
+    size (cheap: this runs for every job); once the bound says the next job may not fit, the
+    batch is sized exactly (``conveyor.protocol.delivery_size``) and filled exactly to the limit.
+    ``add`` refused any job whose delivery alone could not fit.
     """
-    envelope = deliver_size(queue, 0, 0) - 1  # without the array header
-    budget = max_frame - envelope
+    budget = max_frame - deliver_size(queue, 0, 0) + 1  # room for the array: header and items
     batch: list[Delivery] = []
     size = 0
+    exact = False
     for job in jobs:
         options = job.options
-        job_id, lease, attempt = job.id, job.lease, job.attempt
-        # delivery_size(): the map header and four keys (24 bytes), three ints, the payload.
-        job_size = (24 + len(job.data)
-                    + (1 if job_id < 0x80 else 2 if job_id < 0x100 else 3 if job_id < 0x10000
-                       else 5 if job_id < 0x100000000 else 9)
-                    + (1 if lease < 0x80 else 2 if lease < 0x100 else 3 if lease < 0x10000
-                       else 5 if lease < 0x100000000 else 9)
-                    + (1 if attempt < 0x80 else 2 if attempt < 0x100 else 3 if attempt < 0x10000
-                       else 5))
-        if options.timeout is not None:
-            job_size += 17
-        if options.attempts != 1:
-            job_size += 9 + int_size(options.attempts)
-        if options.name is not None:
-            job_size += 5 + str_size(options.name)
-        if batch and size + job_size + array_header_size(len(batch) + 1) > budget:
-            peer.send(Deliver(queue=queue, jobs=batch))
-            batch, size = [], 0
-        batch.append(Delivery(job=job_id, lease=lease, attempt=attempt, data=job.data,
-                              timeout=options.timeout, attempts=options.attempts,
-                              name=options.name))
+        delivery = Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
+                            timeout=options.timeout, attempts=options.attempts,
+                            name=options.name)
+        if exact:
+            job_size = _size(delivery)
+        elif options is DEFAULT_OPTIONS:
+            job_size = len(job.data) + _BOUND
+        else:
+            job_size = len(job.data) + _BOUND + _options_bound(options)
+        if batch and size + job_size + 5 > budget:
+            if not exact:
+                # Near the limit: from here on, count exactly.
+                exact = True
+                size = sum(map(_size, batch))
+                job_size = _size(delivery)
+            if size + job_size + array_header_size(len(batch) + 1) > budget:
+                peer.send(Deliver(queue=queue, jobs=batch))
+                batch, size, exact = [], 0, False
+                job_size = len(job.data) + _BOUND + _options_bound(options)
+        batch.append(delivery)
         size += job_size
     peer.send(Deliver(queue=queue, jobs=batch))
+
+
+_BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
+"""The most bytes a delivery takes besides its payload and options (with the widest ints)."""
+
+
+def _options_bound(options: JobOptions) -> int:
+    """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take, when set."""
+    name = options.name
+    return ((0 if options.timeout is None else 17) + (0 if options.attempts == 1 else 14)
+            + (0 if name is None else 8 + 4 * len(name)))
+
+
+def _size(delivery: Delivery) -> int:
+    return delivery_size(delivery.job, delivery.lease, delivery.attempt, len(delivery.data),
+                         timeout=delivery.timeout, attempts=delivery.attempts,
+                         name=delivery.name)

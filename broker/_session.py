@@ -156,27 +156,41 @@ class Session(asyncio.Protocol):
             self.data_received(b"")
 
     def _handle(self, frames: list[bytes | ProtocolError]) -> None:
+        # Per frame, only what can change while frames are handled is checked: the replies made
+        # so far (writes, pauses and owed replies come between passes).
+        if self._write_paused or self._owed:
+            self._hold(frames)
+            return
         received = self.host.received
-        for index, body in enumerate(frames):
+        decode = _decoder.decode
+        out = self.out
+        budget = OUTPUT_BUDGET
+        rest = iter(frames)
+        for body in rest:
             if self.closing:
                 return
-            if len(self.out) > OUTPUT_BUDGET or self._write_paused or self._owed:
-                # Replies come out in order and none is dropped: the rest waits to be read.
-                self.held = frames[index:]
-                self._stop_reading()
+            if len(out) > budget:
+                self._hold([body, *rest])
                 return
-            if isinstance(body, ProtocolError):  # a frame skipped for its size
-                self.refuse(body)
-                continue
-            try:
-                message = _decoder.decode(body)
-            except ProtocolError as exc:
-                self.refuse(exc)
+            if type(body) is bytes:
+                try:
+                    message = decode(body)
+                except ProtocolError as exc:
+                    self.refuse(exc)
+                    continue
+            else:  # a frame skipped for its size: the reader put its error in its place
+                self.refuse(cast(ProtocolError, body))
                 continue
             if not self.greeted:
                 self.greet(message)
             else:
                 received(self, message)
+
+    def _hold(self, frames: list[bytes | ProtocolError]) -> None:
+        """Keep ``frames`` for later and stop reading: the connection owes too much output.
+        Replies come out in order and none is dropped: the rest waits to be read."""
+        self.held = frames
+        self._stop_reading()
 
     def _stop_reading(self) -> None:
         if self.transport is not None:
