@@ -14,7 +14,7 @@ from ._log import Log
 from ._peer import Peer
 from ._queues import Queues
 from ._records import Record
-from ._watchers import Waiters, Watchers
+from ._watchers import DEFAULT_MAX_WAITS, Waiters, Watchers
 
 __all__ = ["Accepted", "Core"]
 
@@ -26,12 +26,12 @@ class Core:
     """One broker's state, and what the current pass left for the flush."""
 
     def __init__(self, queues: Queues, log: Log | None = None, *,
-                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                 max_frame: int = DEFAULT_MAX_FRAME, max_waits: int = DEFAULT_MAX_WAITS) -> None:
         self.queues = queues
         self.log = log
         """The log every change is written to (None: the queues live in memory only)."""
         self.max_frame = max_frame
-        self.waiters = Waiters()
+        self.waiters = Waiters(limit=max_waits)
         self.watchers = Watchers(queues.watched)
         self.accepting = True
         """Whether adds are accepted (not once the broker shuts down)."""

@@ -16,21 +16,25 @@ import functools
 from collections.abc import Callable
 from typing import Final, cast
 
-from conveyor.protocol import Added, Deliver, Delivery, ErrorCode, ProtocolError
+from conveyor.protocol import (
+    Added,
+    Deliver,
+    Delivery,
+    ErrorCode,
+    ProtocolError,
+    array_header_size,
+    deliver_size,
+    delivery_size,
+)
 
 from ._core import Accepted, Core
 from ._errors import DiskFull
-from ._jobs import Job
+from ._jobs import DEFAULT_OPTIONS, Job, JobOptions
 from ._log import FsyncPolicy, Log
 from ._peer import Peer
 from ._records import JobsAdded, JobsAddedWithOptions, Record
 
 __all__ = ["flush"]
-
-_DELIVER_SLACK: Final = 1024
-"""Room kept in a ``deliver`` frame for its envelope and queue name (bytes)."""
-_DELIVERY_OVERHEAD: Final = 48
-"""Most bytes one delivery adds to a ``deliver`` frame beyond its payload."""
 
 
 def _nothing() -> None:
@@ -105,18 +109,55 @@ def _synced(core: Core, accepted: list[Accepted], wake: Callable[[], None]) -> N
 
 
 def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
-    """Send ``jobs`` in as few ``deliver`` messages as the frame limit allows."""
-    budget = max_frame - _DELIVER_SLACK
+    """Send ``jobs`` in as few ``deliver`` messages as the frame limit allows, none over it.
+
+    While a batch is far from the limit, each job counts as an upper bound of its delivery's
+    size (cheap: this runs for every job); once the bound says the next job may not fit, the
+    batch is sized exactly (``conveyor.protocol.delivery_size``) and filled exactly to the limit.
+    ``add`` refused any job whose delivery alone could not fit.
+    """
+    budget = max_frame - deliver_size(queue, 0, 0) + 1  # room for the array: header and items
     batch: list[Delivery] = []
     size = 0
+    exact = False
     for job in jobs:
-        job_size = len(job.data) + _DELIVERY_OVERHEAD
-        if batch and size + job_size > budget:
-            peer.send(Deliver(queue=queue, jobs=batch))
-            batch, size = [], 0
         options = job.options
-        batch.append(Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
-                              timeout=options.timeout, attempts=options.attempts,
-                              name=options.name))
+        delivery = Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
+                            timeout=options.timeout, attempts=options.attempts,
+                            name=options.name)
+        if exact:
+            job_size = _size(delivery)
+        elif options is DEFAULT_OPTIONS:
+            job_size = len(job.data) + _BOUND
+        else:
+            job_size = len(job.data) + _BOUND + _options_bound(options)
+        if batch and size + job_size + 5 > budget:
+            if not exact:
+                # Near the limit: from here on, count exactly.
+                exact = True
+                size = sum(map(_size, batch))
+                job_size = _size(delivery)
+            if size + job_size + array_header_size(len(batch) + 1) > budget:
+                peer.send(Deliver(queue=queue, jobs=batch))
+                batch, size, exact = [], 0, False
+                job_size = len(job.data) + _BOUND + _options_bound(options)
+        batch.append(delivery)
         size += job_size
     peer.send(Deliver(queue=queue, jobs=batch))
+
+
+_BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
+"""The most bytes a delivery takes besides its payload and options (with the widest ints)."""
+
+
+def _options_bound(options: JobOptions) -> int:
+    """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take, when set."""
+    name = options.name
+    return ((0 if options.timeout is None else 17) + (0 if options.attempts == 1 else 14)
+            + (0 if name is None else 8 + 4 * len(name)))
+
+
+def _size(delivery: Delivery) -> int:
+    return delivery_size(delivery.job, delivery.lease, delivery.attempt, len(delivery.data),
+                         timeout=delivery.timeout, attempts=delivery.attempts,
+                         name=delivery.name)

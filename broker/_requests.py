@@ -7,9 +7,14 @@ replies go to the peer's buffer (``Peer.send``), and what must wait for the log 
 
 from __future__ import annotations
 
-from typing import assert_never
+import operator
+from typing import Final, assert_never
+
+import msgspec
 
 from conveyor.protocol import (
+    DELIVERY_MAX_OVERHEAD,
+    MAX_OFFSET,
     Ack,
     Add,
     Clean,
@@ -26,6 +31,8 @@ from conveyor.protocol import (
     GetJobs,
     GetQueues,
     Hello,
+    JobDef,
+    JobInfo,
     JobReply,
     Jobs,
     Ok,
@@ -39,9 +46,13 @@ from conveyor.protocol import (
     RetryFailed,
     SetWindow,
     Subscribe,
+    Unwait,
     Wait,
     Watch,
+    array_header_size,
     check_queue_name,
+    deliver_size,
+    delivery_size,
 )
 
 from ._core import Core
@@ -51,6 +62,9 @@ from ._peer import Peer
 from ._queues import Queues
 
 __all__ = ["handle"]
+
+_LARGEST_ID: Final = (1 << 63) - 1
+"""Job ids and leases are counters: sizing a delivery ahead, assume the widest."""
 
 
 def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
@@ -74,7 +88,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 if not core.accepting:
                     peer.refuse(ProtocolError(ErrorCode.SHUTTING_DOWN, "broker is shutting down",
                                               req=req))
-                elif _queue_ok(peer, req, name):
+                elif _queue_ok(peer, req, name) and _deliverable(peer, req, name, jobs,
+                                                                 core.max_frame):
                     core.accepted.append((peer, req, queues.create(name, jobs, now)))
             # Subscriptions.
             case Subscribe(req=req, queue=name, window=window, lease=lease):
@@ -96,8 +111,13 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
                 elif job.finished_at is not None:
                     peer.send(Finished(req=req, job=job.info()))
-                else:
-                    core.waiters.add(peer, req, job_id)
+                elif not core.waiters.add(peer, req, job_id):
+                    peer.refuse(ProtocolError(
+                        ErrorCode.LIMIT_EXCEEDED,
+                        f"this connection has {core.waiters.limit} waits pending, the most the "
+                        f"broker allows", req=req))
+            case Unwait(job=job_id, wait=wait_req):
+                core.waiters.withdraw(peer, job_id, wait_req)
             case Watch(req=req, queue=name, watching=watching):
                 if _queue_ok(peer, req, name):
                     core.watchers.watch(peer, name, watching)
@@ -113,8 +133,10 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     peer.send(Counts(req=req, **queues.counts(name)))
             case GetJobs(req=req, queue=name, state=state, offset=offset, limit=limit):
                 if _queue_ok(peer, req, name):
+                    # A page past the last int64 position is empty (and slicing must not go there).
+                    limit = min(limit, MAX_OFFSET - offset)
                     page, total = queues.list_jobs(name, state, offset, limit)
-                    peer.send(Jobs(req=req, jobs=[job.info() for job in page], total=total))
+                    peer.send(_page(req, page, total, core.max_frame))
             # Steering queues.
             case Promote(req=req, job=job_id):
                 _job_ok(peer, req, job_id, queues.promote(job_id))
@@ -148,6 +170,49 @@ def _queue_ok(peer: Peer, req: int, name: str) -> bool:
     if problem is not None:
         peer.refuse(ProtocolError(ErrorCode.INVALID_QUEUE, problem, req=req))
     return problem is None
+
+
+_data = operator.attrgetter("data")
+_encoder: Final = msgspec.msgpack.Encoder()
+
+
+def _page(req: int, jobs: list[Job], total: int, max_frame: int) -> Jobs:
+    """The ``jobs`` reply: as many of ``jobs`` as fit in a frame of ``max_frame`` bytes (at
+    least one, however large), so that a page of 10,000 large jobs is not 10,000 large jobs."""
+    room = max_frame - (len(_encoder.encode(Jobs(req=req, jobs=[], total=total))) - 1)
+    infos: list[JobInfo] = []
+    size = 0
+    for job in jobs:
+        info = job.info()
+        size += len(_encoder.encode(info))
+        if infos and size + array_header_size(len(infos) + 1) > room:
+            break
+        infos.append(info)
+    return Jobs(req=req, jobs=infos, total=total)
+
+
+def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame: int) -> bool:
+    """Whether every job's delivery fits in one ``deliver`` frame of ``max_frame`` bytes (with
+    the largest job id, lease and attempt it may get); if not, ``peer`` is told which does not.
+
+    A ``deliver`` carries more around a payload than an ``add`` does, so a payload that just fit
+    in an ``add`` could make the broker send a frame over its own limit.
+    """
+    room = max_frame - deliver_size(queue, 1, DELIVERY_MAX_OVERHEAD)
+    if not jobs or max(map(len, map(_data, jobs))) <= room:
+        return True  # every job fits, whatever its options
+    for index, job in enumerate(jobs):
+        most = max_frame - deliver_size(queue, 1, delivery_size(
+            _LARGEST_ID, _LARGEST_ID, job.attempts, 0, timeout=job.timeout,
+            attempts=job.attempts, name=job.name))
+        if len(job.data) > most:
+            peer.refuse(ProtocolError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"`$.jobs[{index}].data`: a payload of {len(job.data)} bytes cannot be delivered "
+                f"within the frame limit of {max_frame} bytes (this job's payload may take "
+                f"{most} bytes at most)", req=req))
+            return False
+    return True
 
 
 def _retry_failed(queues: Queues, peer: Peer, req: int, name: str | None,

@@ -33,8 +33,11 @@ from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
 from ._session import Session
+from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = [
+    "DEFAULT_FRAME_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -46,6 +49,10 @@ DEFAULT_PORT: Final = 7400
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 """Seconds a graceful shutdown waits for active jobs to be reported."""
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+"""Seconds a new connection has to send its ``hello``."""
+DEFAULT_FRAME_TIMEOUT: Final = 30.0
+"""Seconds a connection may sit in the middle of a frame."""
 _DISK_RETRY: Final = 0.5
 """Seconds between attempts to write records held back by a full disk."""
 
@@ -86,6 +93,9 @@ class Broker:
         keep_failed: int = DEFAULT_KEEP,
         keep_age: float | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        max_waits: int = DEFAULT_MAX_WAITS,
     ) -> None:
         self.host = host
         self.port = port
@@ -93,6 +103,11 @@ class Broker:
         self.max_frame = max_frame
         self.max_connections = max_connections
         self.shutdown_grace = shutdown_grace
+        self.handshake_timeout = handshake_timeout
+        """Seconds a new connection has to send its ``hello`` before it is closed."""
+        self.frame_timeout = frame_timeout
+        """Seconds a connection may sit in the middle of a frame before it is closed (and a
+        connection the broker closed may take to read what it was sent before it is dropped)."""
         self.status = BrokerStatus.NEW
         self.log = None if data_dir is None else Log(
             data_dir, fsync=FsyncPolicy(fsync), salvage=salvage,
@@ -101,7 +116,7 @@ class Broker:
         self.queues = Queues(max_redeliveries=max_redeliveries, keep_completed=keep_completed,
                              keep_failed=keep_failed, keep_age=keep_age,
                              logged=self.log is not None)
-        self.core = Core(self.queues, self.log, max_frame=max_frame)
+        self.core = Core(self.queues, self.log, max_frame=max_frame, max_waits=max_waits)
         self.recovery: Recovery | None = None
         """What replaying the log found, once started with a ``data_dir``."""
         self.failure: LogError | None = None
@@ -111,6 +126,7 @@ class Broker:
         self._disk_retry: asyncio.TimerHandle | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_at = 0.0
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._server: asyncio.Server | None = None
         self._background: asyncio.Task[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -136,6 +152,7 @@ class Broker:
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         self.status = BrokerStatus.SERVING
+        self._sweep()
         if self.log is not None:
             self._background = loop.create_task(self._run_log(self.log))
 
@@ -177,10 +194,10 @@ class Broker:
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         self._flush()
-        for timer in (self._disk_retry, self._tick_handle):
+        for timer in (self._disk_retry, self._tick_handle, self._sweep_handle):
             if timer is not None:
                 timer.cancel()
-        self._disk_retry = self._tick_handle = None
+        self._disk_retry = self._tick_handle = self._sweep_handle = None
         if self.core.held_back:
             log.error("%d changes could not be written to the log (disk full); after a restart "
                       "their jobs are as they were before them", len(self.core.held_back))
@@ -305,6 +322,20 @@ class Broker:
         self._tick_at = deadline
         self._tick_handle = self._loop.call_at(self._loop.time() + max(0.0, deadline - now),
                                                self._tick)
+
+    def _sweep(self) -> None:
+        """Close the connections that overran the handshake or frame timeout; then again, a
+        few times per timeout (one timer for every connection, not one per connection)."""
+        self._sweep_handle = None
+        if self._loop is None or self.status not in (BrokerStatus.SERVING,
+                                                     BrokerStatus.CLOSING):
+            return
+        now = self._loop.time()
+        handshake, frame = self.handshake_timeout, self.frame_timeout
+        for session in list(self.sessions):
+            session.expire(now, handshake_timeout=handshake, frame_timeout=frame)
+        every = min(1.0, max(0.01, min(handshake, frame) / 4))
+        self._sweep_handle = self._loop.call_later(every, self._sweep)
 
     def _tick(self) -> None:
         self._tick_handle = None

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
+from collections.abc import Iterator
 from typing import Final, Protocol, cast
 
 from conveyor.protocol import (
+    HEADER_SIZE,
     PROTOCOL_VERSION,
     BrokerMessage,
     ClientMessage,
@@ -26,14 +29,32 @@ from conveyor.protocol import (
     Welcome,
 )
 
-__all__ = ["SERVER_NAME", "Host", "Session"]
+__all__ = ["OUTPUT_BUDGET", "SERVER_NAME", "SKIP_LIMIT", "Host", "Session", "printable"]
 
 SERVER_NAME: Final = "conveyor/0.1"
+OUTPUT_BUDGET: Final = 1 << 20
+"""Bytes of replies queued for one connection past which the broker reads none of its requests
+until they are written out (a client that does not read cannot make it buffer more)."""
+SKIP_LIMIT: Final = 64 << 20
+"""Frames over the frame limit but at most this long (bytes), or 4 times the limit if that is
+more, are skipped and answered; a longer length prefix closes the connection (it is more likely
+garbage, an HTTP request say, than a frame)."""
 
 log = logging.getLogger("broker")
 
 _decoder: Final[MessageDecoder[ClientMessage]] = MessageDecoder(ClientMessage)
 _encoder: Final = FrameEncoder()
+_ESCAPES: Final = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+"""Control characters and line breaks, as the escapes a log line shows instead."""
+
+
+def printable(text: str) -> str:
+    """``text`` fit for one log line: what a client sent (a message tag, a queue name quoted in
+    an error) cannot start a new line or send escape sequences to the operator's terminal."""
+    return text.translate(_ESCAPES)
 
 
 class Host(Protocol):
@@ -61,12 +82,28 @@ class Session(asyncio.Protocol):
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.reader = FrameReader(host.max_frame)
+        self._loop = asyncio.get_running_loop()
+        self.opened_at = self._loop.time()
+        """When the connection was accepted (event loop time)."""
+        self.frame_since: float | None = None
+        """When the frame now unfinished began (event loop time), or None between frames."""
+        self.closed_at: float | None = None
+        """When the broker closed the connection, leaving it to send what was written."""
+        self.reader = FrameReader(host.max_frame,
+                                  skip_limit=max(SKIP_LIMIT, 4 * host.max_frame))
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.greeted = False
         self.closing = False
         self.out = bytearray()
+        self.held: list[bytes | ProtocolError] | None = None
+        """Frames read but not handled yet: the connection owes too much output (reading is
+        paused meanwhile)."""
+        self._write_paused = False
+        """The transport's buffer is over its high-water mark."""
+        self._owed: deque[Iterator[BrokerMessage]] = deque()
+        """Replies owed, produced as the connection reads (``send_later``)."""
+        self._resume_handle: asyncio.Handle | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.peer}>"
@@ -89,37 +126,104 @@ class Session(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The peer is not reading its replies: stop reading its requests until it catches up.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._write_paused = True
+        self._stop_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        self._write_paused = False
+        self._schedule_resume()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.read(data)
         except ProtocolError as exc:
             frames = []
             self.abort(exc)
+        if self.reader.partial:
+            if frames or self.frame_since is None:
+                self.frame_since = self._loop.time()
+        else:
+            self.frame_since = None
+        if self.held is not None:
+            # Read before the pause took effect: behind the frames already waiting.
+            self.held += frames
+            return
+        self._handle(frames)
+        if frames and self.reader.buffered and self.held is None and not self.closing:
+            # A bad length prefix that followed whole frames is reported after them.
+            self.data_received(b"")
+
+    def _handle(self, frames: list[bytes | ProtocolError]) -> None:
+        # Per frame, only what can change while frames are handled is checked: the replies made
+        # so far (writes, pauses and owed replies come between passes).
+        if self._write_paused or self._owed:
+            self._hold(frames)
+            return
         received = self.host.received
-        for body in frames:
+        decode = _decoder.decode
+        out = self.out
+        budget = OUTPUT_BUDGET
+        rest = iter(frames)
+        for body in rest:
             if self.closing:
                 return
-            try:
-                message = _decoder.decode(body)
-            except ProtocolError as exc:
-                self.refuse(exc)
+            if len(out) > budget:
+                self._hold([body, *rest])
+                return
+            if type(body) is bytes:
+                try:
+                    message = decode(body)
+                except ProtocolError as exc:
+                    self.refuse(exc)
+                    continue
+            else:  # a frame skipped for its size: the reader put its error in its place
+                self.refuse(cast(ProtocolError, body))
                 continue
             if not self.greeted:
                 self.greet(message)
             else:
                 received(self, message)
-        if frames and self.reader.buffered and not self.closing:
-            # A bad length prefix that followed whole frames is reported after them.
-            self.data_received(b"")
+
+    def _hold(self, frames: list[bytes | ProtocolError]) -> None:
+        """Keep ``frames`` for later and stop reading: the connection owes too much output.
+        Replies come out in order and none is dropped: the rest waits to be read."""
+        self.held = frames
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+        # The client cannot finish a frame meanwhile: the frame timeout waits too.
+        self.frame_since = None
+
+    def _schedule_resume(self) -> None:
+        if self._resume_handle is None and not self.closing:
+            self._resume_handle = self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """The output drained: produce more of what is owed; once nothing is, handle the frames
+        held back, then read again."""
+        self._resume_handle = None
+        if self.closing or self._write_paused:
+            return
+        if self._owed:
+            self._pump()
+            if self._owed:
+                return  # the rest once this is written (``flush``)
+        if len(self.out) > OUTPUT_BUDGET:
+            return
+        held, self.held = self.held, None
+        if held:
+            self._handle(held)
+        if self.held is not None or self.closing or self.transport is None:
+            return
+        self.transport.resume_reading()
+        if self.reader.partial:
+            self.frame_since = self._loop.time()
+            if self.reader.buffered >= HEADER_SIZE:
+                self.data_received(b"")
 
     # Called by the server (a session is the ``Peer`` of its client).
 
@@ -129,20 +233,58 @@ class Session(asyncio.Protocol):
             self.host.wrote(self)
         _encoder.append(self.out, message)
 
+    def send_later(self, messages: Iterator[BrokerMessage]) -> None:
+        """Queue ``messages``, produced as the connection reads them: what fits in the output
+        budget now, the rest as the output drains."""
+        self._owed.append(messages)
+        self._pump()
+        if self._owed:
+            self._stop_reading()
+
+    def _pump(self) -> None:
+        owed = self._owed
+        written = 0 if self.transport is None else self.transport.get_write_buffer_size()
+        while owed and len(self.out) + written < OUTPUT_BUDGET:
+            message = next(owed[0], None)
+            if message is None:
+                owed.popleft()
+            else:
+                self.send(message)
+
     def flush(self) -> None:
         """Write everything queued, in one write."""
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(bytes(self.out))
         self.out.clear()
+        if (self.held is not None or self._owed) and not self._write_paused:
+            self._schedule_resume()
 
     def backlog(self) -> int:
-        """Bytes written to the transport that it has not sent yet."""
-        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+        """Bytes queued for this connection and not sent yet (this pass's and the transport's)."""
+        size = len(self.out)
+        return size if self.transport is None else size + self.transport.get_write_buffer_size()
 
     def close(self) -> None:
         """Close the connection once what was written is sent."""
+        if self.closed_at is None:
+            self.closed_at = self._loop.time()
         if self.transport is not None:
             self.transport.close()
+
+    def expire(self, now: float, *, handshake_timeout: float, frame_timeout: float) -> None:
+        """Close the connection if, at ``now`` (event loop time), it has been waiting for its
+        ``hello`` for over ``handshake_timeout`` seconds or sat in the middle of a frame for over
+        ``frame_timeout``; drop it if the broker closed it over ``frame_timeout`` seconds ago and
+        the client has still not taken what was written (it may never read it)."""
+        if self.closing:
+            if self.closed_at is not None and now - self.closed_at > frame_timeout:
+                self.kill()
+        elif not self.greeted and now - self.opened_at > handshake_timeout:
+            self.abort(ProtocolError(
+                ErrorCode.TIMED_OUT, f"no 'hello' within {handshake_timeout:g} s"))
+        elif self.frame_since is not None and now - self.frame_since > frame_timeout:
+            self.abort(ProtocolError(
+                ErrorCode.TIMED_OUT, f"a frame was left unfinished for {frame_timeout:g} s"))
 
     def kill(self) -> None:
         """Drop the connection at once, without a word."""
@@ -150,19 +292,26 @@ class Session(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def cut_off(self, error: ProtocolError) -> None:
+        """Drop the connection at once and free what is queued for it; ``error`` is logged."""
+        log.warning("dropping %s: %s: %s", self.peer, error.code.name, printable(error.message))
+        self.out.clear()
+        self.held = None
+        self._owed.clear()
+        self.kill()
+
     def refuse(self, error: ProtocolError) -> None:
         """Reply with an error; the connection stays open."""
-        log.warning("%s: %s: %s", self.peer, error.code.name, error.message)
+        log.warning("%s: %s: %s", self.peer, error.code.name, printable(error.message))
         self.send(Error(req=error.req, code=error.code, message=error.message))
 
     def abort(self, error: ProtocolError) -> None:
         """Reply with an error and close the connection after the write."""
-        log.warning("closing %s: %s: %s", self.peer, error.code.name, error.message)
+        log.warning("closing %s: %s: %s", self.peer, error.code.name, printable(error.message))
         self.send(Error(req=error.req, code=error.code, message=error.message))
         self.flush()
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def greet(self, message: ClientMessage) -> None:
         """Handle the first message of the connection, which must be ``hello``."""

@@ -5,40 +5,90 @@ from __future__ import annotations
 
 from typing import Final
 
-from conveyor.protocol import ErrorCode, Event, Events, Finished, ProtocolError
+import msgspec
+
+from conveyor.protocol import (
+    HEADER_SIZE,
+    Error,
+    ErrorCode,
+    Event,
+    Events,
+    Finished,
+    ProtocolError,
+)
 
 from ._jobs import Job
 from ._peer import Peer
 
-__all__ = ["EVENT_BACKLOG", "Waiters", "Watchers"]
+__all__ = ["DEFAULT_MAX_WAITS", "EVENT_BACKLOG", "Waiters", "Watchers"]
 
 EVENT_BACKLOG: Final = 16 * 1024 * 1024
 """Bytes of unsent output past which an event watcher is cut off."""
 
+DEFAULT_MAX_WAITS: Final = 10_000
+"""The most ``wait`` requests one connection may have pending."""
+
+_encoder: Final = msgspec.msgpack.Encoder()
+
 
 class Waiters:
-    """Pending ``wait`` requests, by job."""
+    """Pending ``wait`` requests, by job and by connection.
 
-    __slots__ = ("_by_peer", "_waiting")
+    The waits of one connection on one job share one entry (their request ids, in the order
+    asked), and a connection has at most ``limit`` pending. When a job finishes, one ``JobInfo``
+    answers every wait on it, and many replies owed to one connection are produced only as it
+    reads them (``Peer.send_later``), so 5,000 waits on one large job do not queue 5,000 copies.
+    """
 
-    def __init__(self) -> None:
-        self._waiting: dict[int, list[tuple[Peer, int]]] = {}
-        """For each job waited on: (peer, request id), in the order they asked."""
-        self._by_peer: dict[Peer, set[int]] = {}
-        """The jobs each peer waits on."""
+    __slots__ = ("_by_peer", "_counts", "_waiting", "limit")
 
-    def add(self, peer: Peer, req: int, job_id: int) -> None:
-        """``peer`` waits (request ``req``) for job ``job_id`` to finish."""
-        self._waiting.setdefault(job_id, []).append((peer, req))
-        self._by_peer.setdefault(peer, set()).add(job_id)
+    def __init__(self, *, limit: int = DEFAULT_MAX_WAITS) -> None:
+        self.limit = limit
+        """The most waits one connection may have pending."""
+        self._waiting: dict[int, dict[Peer, list[int]]] = {}
+        """For each job waited on: each waiting peer's request ids, in the order asked."""
+        self._by_peer: dict[Peer, dict[int, int]] = {}
+        """For each peer: the jobs it waits on, and how many waits on each."""
+        self._counts: dict[Peer, int] = {}
+        """For each peer: how many waits it has pending."""
+
+    def pending(self, peer: Peer) -> int:
+        """How many waits ``peer`` has pending."""
+        return self._counts.get(peer, 0)
+
+    def add(self, peer: Peer, req: int, job_id: int) -> bool:
+        """``peer`` waits (request ``req``) for job ``job_id`` to finish; False, and nothing
+        changes, when ``peer`` has ``limit`` waits pending already."""
+        count = self._counts.get(peer, 0)
+        if count >= self.limit:
+            return False
+        self._counts[peer] = count + 1
+        self._waiting.setdefault(job_id, {}).setdefault(peer, []).append(req)
+        jobs = self._by_peer.setdefault(peer, {})
+        jobs[job_id] = jobs.get(job_id, 0) + 1
+        return True
+
+    def withdraw(self, peer: Peer, job_id: int, req: int) -> None:
+        """Forget ``peer``'s wait ``req`` on job ``job_id``, if it is pending (``unwait``)."""
+        waiting = self._waiting.get(job_id)
+        reqs = None if waiting is None else waiting.get(peer)
+        if reqs is None or req not in reqs:
+            return
+        reqs.remove(req)
+        if not reqs:
+            del self._waiting[job_id][peer]
+            if not self._waiting[job_id]:
+                del self._waiting[job_id]
+        self._forget(peer, job_id, 1)
 
     def drop(self, peer: Peer) -> None:
         """Forget every wait of ``peer`` (its connection is gone)."""
-        for job_id in self._by_peer.pop(peer, ()):
-            waiters = self._waiting.get(job_id)
-            if waiters is not None:
-                waiters[:] = [w for w in waiters if w[0] is not peer]
-                if not waiters:
+        self._counts.pop(peer, None)
+        for job_id in self._by_peer.pop(peer, {}):
+            waiting = self._waiting.get(job_id)
+            if waiting is not None:
+                waiting.pop(peer, None)
+                if not waiting:
                     del self._waiting[job_id]
 
     def finished(self, jobs: list[Job]) -> None:
@@ -46,26 +96,45 @@ class Waiters:
         if not self._waiting:
             return
         for job in jobs:
-            for peer, req in self._take(job.id):
-                peer.send(Finished(req=req, job=job.info()))
+            waiting = self._take(job.id)
+            if waiting:
+                info = job.info()
+                for peer, reqs in waiting.items():
+                    if len(reqs) == 1:
+                        peer.send(Finished(req=reqs[0], job=info))
+                    else:
+                        peer.send_later(Finished(req=req, job=info) for req in reqs)
 
     def removed(self, job_ids: list[int]) -> None:
         """The jobs were removed before they finished: their waiters get an error."""
+        if not self._waiting:
+            return
         for job_id in job_ids:
-            for peer, req in self._take(job_id):
-                peer.refuse(ProtocolError(
-                    ErrorCode.UNKNOWN_JOB, f"job {job_id} was removed before it finished",
-                    req=req))
+            text = f"job {job_id} was removed before it finished"
+            for peer, reqs in self._take(job_id).items():
+                peer.send_later(Error(req=req, code=ErrorCode.UNKNOWN_JOB, message=text)
+                                for req in reqs)
 
-    def _take(self, job_id: int) -> list[tuple[Peer, int]]:
-        waiters = self._waiting.pop(job_id, [])
-        for peer, _ in waiters:
-            waits = self._by_peer.get(peer)
-            if waits is not None:
-                waits.discard(job_id)
-                if not waits:
-                    del self._by_peer[peer]
-        return waiters
+    def _take(self, job_id: int) -> dict[Peer, list[int]]:
+        waiting = self._waiting.pop(job_id, {})
+        for peer, reqs in waiting.items():
+            self._forget(peer, job_id, len(reqs))
+        return waiting
+
+    def _forget(self, peer: Peer, job_id: int, count: int) -> None:
+        left = self._counts[peer] - count
+        if left:
+            self._counts[peer] = left
+        else:
+            del self._counts[peer]
+        jobs = self._by_peer[peer]
+        left = jobs[job_id] - count
+        if left:
+            jobs[job_id] = left
+        else:
+            del jobs[job_id]
+            if not jobs:
+                del self._by_peer[peer]
 
 
 class Watchers:
@@ -106,17 +175,29 @@ class Watchers:
             self.watch(peer, queue, False)
 
     def publish(self, events: list[tuple[str, Event]]) -> None:
-        """Send ``events`` to their queues' watchers, one ``events`` message per queue."""
+        """Send ``events`` to their queues' watchers, one ``events`` message per queue.
+
+        A watcher that would then owe more than ``backlog_limit`` bytes is cut off: its
+        connection is dropped at once, with everything queued for it, rather than closed after
+        what it cannot read (which would hold that memory for as long as it does not read). A
+        watcher that owes nothing gets the batch whatever its size.
+        """
         by_queue: dict[str, list[Event]] = {}
         for queue, event in events:
             by_queue.setdefault(queue, []).append(event)
         for queue, batch in by_queue.items():
-            for peer in list(self._watchers.get(queue, ())):
-                if peer.backlog() > self.backlog_limit:
-                    self.watch(peer, queue, False)
-                    peer.abort(ProtocolError(
+            watchers = self._watchers.get(queue)
+            if not watchers:
+                continue
+            message = Events(queue=queue, events=batch)
+            size = HEADER_SIZE + len(_encoder.encode(message))
+            for peer in list(watchers):
+                backlog = peer.backlog()
+                if backlog and backlog + size > self.backlog_limit:
+                    self.drop(peer)
+                    peer.cut_off(ProtocolError(
                         ErrorCode.SLOW_CONSUMER,
                         f"watcher of queue {queue!r} fell over {self.backlog_limit} bytes behind",
                     ))
                 else:
-                    peer.send(Events(queue=queue, events=batch))
+                    peer.send(message)

@@ -17,7 +17,15 @@ from conveyor.protocol import DEFAULT_MAX_FRAME
 
 from ._log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
 from ._queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
-from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_GRACE, Broker
+from ._server import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_GRACE,
+    Broker,
+)
+from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = ["main"]
 
@@ -59,6 +67,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         help="largest frame accepted (default: %(default)s)")
     parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                         help="most open connections (default: %(default)s)")
+    parser.add_argument("--handshake-timeout", type=float, default=DEFAULT_HANDSHAKE_TIMEOUT,
+                        metavar="SECONDS",
+                        help="close a connection that has not sent its hello within this "
+                             "(default: %(default)s)")
+    parser.add_argument("--frame-timeout", type=float, default=DEFAULT_FRAME_TIMEOUT,
+                        metavar="SECONDS",
+                        help="close a connection that sits in the middle of a frame for longer "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-waits", type=int, default=DEFAULT_MAX_WAITS, metavar="N",
+                        help="most wait requests one connection may have pending "
+                             "(default: %(default)s)")
     parser.add_argument("--max-redeliveries", type=int, default=DEFAULT_MAX_REDELIVERIES,
                         help="times a job may be re-queued after its worker's connection drops "
                              "before it fails (default: %(default)s)")
@@ -86,6 +105,9 @@ async def _serve(args: argparse.Namespace) -> None:
         shutdown_grace=args.shutdown_grace,
         max_frame=args.max_frame,
         max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        frame_timeout=args.frame_timeout,
+        max_waits=args.max_waits,
         max_redeliveries=args.max_redeliveries,
         keep_completed=args.keep_completed,
         keep_failed=args.keep_failed,
@@ -128,6 +150,11 @@ def _problem(args: argparse.Namespace) -> str | None:
         ("max-frame", MIN_MAX_FRAME <= args.max_frame <= MAX_MAX_FRAME,
          f"a number of bytes from {MIN_MAX_FRAME} to {MAX_MAX_FRAME}"),
         ("max-connections", args.max_connections >= 1, "at least 1"),
+        ("max-waits", args.max_waits >= 1, "at least 1"),
+        ("handshake-timeout", math.isfinite(args.handshake_timeout)
+         and args.handshake_timeout > 0, "a number of seconds above 0"),
+        ("frame-timeout", math.isfinite(args.frame_timeout) and args.frame_timeout > 0,
+         "a number of seconds above 0"),
         ("max-redeliveries", args.max_redeliveries >= 0, "0 or more"),
         ("keep-completed", args.keep_completed >= 0, "0 or more"),
         ("keep-failed", args.keep_failed >= 0, "0 or more"),

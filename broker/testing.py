@@ -8,6 +8,8 @@ drives a ``Core`` as the server does: ``handle`` for each request from a ``Recor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from conveyor.protocol import BrokerMessage, Error, ProtocolError
 
 from ._compaction import load_files, write_base
@@ -70,12 +72,18 @@ class RecordingPeer:
     def send(self, message: BrokerMessage) -> None:
         self.sent.append(message)
 
+    def send_later(self, messages: Iterator[BrokerMessage]) -> None:
+        self.sent.extend(messages)
+
     def refuse(self, error: ProtocolError) -> None:
         self.sent.append(Error(req=error.req, code=error.code, message=error.message))
 
     def abort(self, error: ProtocolError) -> None:
         self.refuse(error)
         self.aborted = True
+
+    def cut_off(self, error: ProtocolError) -> None:
+        self.abort(error)
 
     def backlog(self) -> int:
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Iterable
 from types import TracebackType
@@ -33,6 +34,7 @@ from conveyor.protocol import (
     QueueSummary,
     Remove,
     RetryFailed,
+    Unwait,
     Wait,
     Watch,
 )
@@ -420,9 +422,17 @@ class Client:
 
         The broker replies when the job completes or fails: nothing polls. Raises
         ``TimeoutError`` (naming the job) after ``timeout`` seconds, ``UnknownJob`` when no such
-        job is retained, and ``ConnectionLost`` when the connection drops meanwhile.
+        job is retained, and ``ConnectionLost`` when the connection drops meanwhile. On a timeout
+        or a cancellation the wait is withdrawn at the broker (``unwait``).
         """
-        future = (await self._open()).request(lambda req: Wait(req=req, job=job_id))
+        connection = await self._open()
+        sent: list[int] = []
+
+        def build(req: int) -> Wait:
+            sent.append(req)
+            return Wait(req=req, job=job_id)
+
+        future = connection.request(build)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
@@ -432,7 +442,11 @@ class Client:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s") from None
             raise
         finally:
-            future.cancel()
+            if future.cancelled() or not future.done():
+                # Timed out or cancelled: withdraw the wait, so the broker forgets it.
+                future.cancel()
+                with contextlib.suppress(ConveyorError):
+                    connection.send(Unwait(job=job_id, wait=sent[0]))
         assert isinstance(reply, Finished)
         job = reply.job
         if job.state is JobState.FAILED:

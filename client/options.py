@@ -8,7 +8,7 @@ from typing import Any, Final, TypedDict
 
 import msgspec
 
-from conveyor.protocol import MAX_JOB_NAME, Backoff, JobDef
+from conveyor.protocol import MAX_JOB_NAME, MAX_PRIORITY, MIN_PRIORITY, Backoff, JobDef
 
 __all__ = ["Backoff", "JobOptions", "JobSpec", "exponential", "fixed", "job_def"]
 
@@ -95,10 +95,9 @@ def job_def(
         raise ValueError(f"name must be a string of 1 to {MAX_JOB_NAME} characters, "
                          f"got {name!r}")
     if isinstance(priority, bool) or not isinstance(priority, int) \
-            or not -(1 << 63) <= priority < 1 << 64:
-        # The MessagePack integer range: a larger one would fail only when its frame is built.
-        raise ValueError(f"priority must be an integer from -2**63 to 2**64 - 1, got "
-                         f"{priority!r}")
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}, "
+                         f"got {priority!r}")
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an integer of at least 1, got {attempts!r}")
     _check_seconds("delay", delay)

@@ -12,6 +12,10 @@ from .framing import (
 )
 from .messages import (
     MAX_JOB_NAME,
+    MAX_OFFSET,
+    MAX_PAGE,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     NIL,
     PROTOCOL_VERSION,
     Ack,
@@ -55,16 +59,30 @@ from .messages import (
     RetryFailed,
     SetWindow,
     Subscribe,
+    Unwait,
     Wait,
     Watch,
     Welcome,
 )
+from .sizes import (
+    DELIVERY_MAX_OVERHEAD,
+    array_header_size,
+    deliver_size,
+    delivery_size,
+    int_size,
+    str_size,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "DELIVERY_MAX_OVERHEAD",
     "HEADER_SIZE",
     "MAX_JOB_NAME",
+    "MAX_OFFSET",
+    "MAX_PAGE",
+    "MAX_PRIORITY",
     "MAX_QUEUE_NAME",
+    "MIN_PRIORITY",
     "NIL",
     "PROTOCOL_VERSION",
     "Ack",
@@ -114,7 +132,13 @@ __all__ = [
     "RetryFailed",
     "SetWindow",
     "Subscribe",
+    "Unwait",
     "Wait",
     "Watch",
     "Welcome",
+    "array_header_size",
+    "deliver_size",
+    "delivery_size",
+    "int_size",
+    "str_size",
 ]

@@ -38,6 +38,15 @@ class ErrorCode(enum.IntEnum):
     """The job is not in a state the request applies to (removing an active job, say)."""
     SLOW_CONSUMER = 14
     """An event watcher fell too far behind; its connection is closed."""
+    INVALID_ARGUMENT = 15
+    """A field holds a value the request cannot take: a float that is not a finite number, or a
+    payload too large to be delivered within the frame limit."""
+    TIMED_OUT = 16
+    """The handshake, or a frame, did not complete within the broker's timeout; the connection
+    is closed."""
+    LIMIT_EXCEEDED = 17
+    """The connection is at one of the broker's per-connection limits (pending waits); the
+    request had no effect."""
 
 
 class ProtocolError(Exception):

@@ -9,12 +9,17 @@ broker stores and forwards without decoding.
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Annotated, Final, Literal
 
 import msgspec
 
 __all__ = [
     "MAX_JOB_NAME",
+    "MAX_OFFSET",
+    "MAX_PAGE",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
     "NIL",
     "PROTOCOL_VERSION",
     "Ack",
@@ -58,6 +63,7 @@ __all__ = [
     "RetryFailed",
     "SetWindow",
     "Subscribe",
+    "Unwait",
     "Wait",
     "Watch",
     "Welcome",
@@ -92,10 +98,23 @@ class JobState(enum.Enum):
 
 JobName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_NAME)]
 """A job's name: what kind of job it is."""
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
-"""A duration in seconds."""
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-"""A duration in seconds, above zero."""
+_FLOAT_MAX: Final = sys.float_info.max
+# Every float a client sends is bounded on both sides so that NaN and the infinities fail to
+# decode: ``MessageDecoder`` reports them as ``INVALID_ARGUMENT``.
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=_FLOAT_MAX)]
+"""A duration in seconds: a finite number, 0 or more."""
+Positive = Annotated[float, msgspec.Meta(gt=0, le=_FLOAT_MAX)]
+"""A duration in seconds: a finite number above zero."""
+UnixTime = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
+"""A time in Unix seconds: any finite number."""
+MIN_PRIORITY: Final = -(1 << 31)
+MAX_PRIORITY: Final = (1 << 31) - 1
+Priority = Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
+"""A job's priority: a 32-bit signed integer, higher runs first."""
+MAX_OFFSET: Final = (1 << 63) - 1
+"""The largest ``get_jobs`` offset (an ``int64``)."""
+MAX_PAGE: Final = 10_000
+"""The most jobs one ``get_jobs`` asks for."""
 
 
 class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -117,7 +136,7 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
     data: msgspec.Raw
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     """Idempotency key: adding a key that a retained job has returns that job's id."""
-    priority: int = 0
+    priority: Priority = 0
     """Higher runs first; equal priorities run in the order added."""
     attempts: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
     """Tries in all, the first included."""
@@ -127,7 +146,7 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
     """Seconds one try may run before the worker cancels it."""
     delay: Seconds = 0.0
     """Seconds from now before the job may run."""
-    run_at: float | None = None
+    run_at: UnixTime | None = None
     """Unix time before which the job may not run (the later of this and ``delay`` wins)."""
     keep_result: Seconds | None = None
     """Seconds the finished job is retained, instead of the broker's retention."""
@@ -295,6 +314,14 @@ class Wait(_Message, tag="wait", frozen=True):
     job: int
 
 
+class Unwait(_Message, tag="unwait", frozen=True):
+    """Withdraw the pending ``wait`` whose request id is ``wait``, on job ``job``: it will get no
+    reply. No reply (a notification); nothing happens if no such wait is pending."""
+
+    job: int
+    wait: RequestId
+
+
 class GetCounts(_Message, tag="get_counts", frozen=True):
     """Read a queue's counters; replied to with ``counts``."""
 
@@ -308,8 +335,8 @@ class GetJobs(_Message, tag="get_jobs", frozen=True):
     req: RequestId
     queue: str
     state: JobState
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
-    limit: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_PAGE)] = 100
 
 
 class Promote(_Message, tag="promote", frozen=True):
@@ -493,7 +520,7 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues
+    | GetQueues | Unwait
 )
 """Everything a client or worker may send."""
 

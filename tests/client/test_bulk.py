@@ -12,6 +12,7 @@ from conveyor.client import (
     BulkAddFailed,
     Client,
     ConnectionLost,
+    JobInfo,
     JobSpec,
     ProtocolViolation,
     exponential,
@@ -71,7 +72,11 @@ async def test_many_jobs_over_a_small_frame_limit_keep_their_order(client: Clien
     payloads = [{"n": n, "pad": "x" * 500} for n in range(3_000)]
     ids = await client.add_bulk("bulk", payloads)
     assert ids == sorted(ids) and len(set(ids)) == 3_000
-    waiting = await client.get_jobs("bulk", "waiting", limit=10_000)
+    waiting: list[JobInfo] = []
+    while len(waiting) < len(ids):  # pages are bounded by the frame limit as well as by count
+        page = await client.get_jobs("bulk", "waiting", offset=len(waiting), limit=10_000)
+        assert page, f"no page at offset {len(waiting)}"
+        waiting += page
     assert [job.id for job in waiting] == ids  # they wait in the order given
     data = {job.id: job.data for job in waiting}
     assert [data[job_id] for job_id in ids] == payloads  # ids[i] is the job of payloads[i]

@@ -36,7 +36,7 @@ seconds = st.floats(min_value=0, max_value=1e300, allow_nan=False)
 options: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries({}, optional={
     "id": st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=255),
     "name": st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=128),
-    "priority": st.integers(-(1 << 63), (1 << 64) - 1),
+    "priority": st.integers(-(1 << 31), (1 << 31) - 1),
     "attempts": st.integers(1, 1_000_000),
     "backoff": st.one_of(seconds, st.builds(
         exponential, seconds, cap=st.none() | seconds,

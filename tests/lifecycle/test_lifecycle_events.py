@@ -5,6 +5,7 @@ behind being cut off (by the client's buffer limit, and by the broker's backlog 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections import defaultdict
 from typing import Any
@@ -16,7 +17,7 @@ from lifecycle_support import running
 import conveyor.client.events as client_events
 from conveyor.broker import Broker
 from conveyor.client import Client, EventsLost, JobEvent, JobFailed, fixed
-from conveyor.protocol import PROTOCOL_VERSION, ErrorCode
+from conveyor.protocol import PROTOCOL_VERSION
 from conveyor.worker import Job, Worker
 
 
@@ -190,7 +191,7 @@ class RawWatcher:
 
 
 async def test_the_broker_cuts_off_a_watcher_that_stops_reading(
-    broker: Broker, url: str, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(broker.core.watchers, "backlog_limit", 256 * 1024)  # bytes, not 16 MiB
     queue = "noisy"
@@ -216,13 +217,14 @@ async def test_the_broker_cuts_off_a_watcher_that_stops_reading(
             assert cut_off()
             # Only the watcher was cut off: the producer and the worker carry on.
             assert await client.wait(await client.add(queue, "y"), timeout=10) is None
-        # The watcher reads what was sent before the cut, then the error, then the end.
+        # The watcher reads some of what was sent before the cut, then the connection ends: the
+        # broker dropped it at once with all it held for it (SLOW_CONSUMER is only logged).
         async with asyncio.timeout(30):
-            while (message := await watcher.receive())["t"] == "events":
-                pass
-            assert message["t"] == "error", message
-            assert ErrorCode(message["code"]) is ErrorCode.SLOW_CONSUMER
-            assert queue in message["message"]
-            assert await watcher.reader.read() == b""
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionResetError):
+                while (message := await watcher.receive())["t"] == "events":
+                    pass
+                raise AssertionError(f"the watcher was sent {message} after its events")
+        assert any("SLOW_CONSUMER" in record.getMessage() and queue in record.getMessage()
+                   for record in caplog.records)
     finally:
         watcher.writer.close()

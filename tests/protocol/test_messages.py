@@ -63,6 +63,7 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.Events: "events",
     protocol.GetQueues: "get_queues",
     protocol.QueueList: "queues",
+    protocol.Unwait: "unwait",
 }
 
 EXPECTED_ERROR_CODES = {
@@ -80,6 +81,9 @@ EXPECTED_ERROR_CODES = {
     "DISK_FULL": 12,
     "INVALID_STATE": 13,
     "SLOW_CONSUMER": 14,
+    "INVALID_ARGUMENT": 15,
+    "TIMED_OUT": 16,
+    "LIMIT_EXCEEDED": 17,
 }
 
 EXPECTED_JOB_STATES = {

@@ -1,0 +1,75 @@
+"""Exact encoded sizes of the messages a sender must fit under a frame limit, without encoding them.
+
+MessagePack writes every integer, string and container header in its shortest form (as msgspec
+does), so a message's size follows from its values. The broker sizes its ``deliver`` frames with
+these before it builds them, so that no frame it sends exceeds the limit it announced.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DELIVERY_MAX_OVERHEAD",
+    "array_header_size",
+    "deliver_size",
+    "delivery_size",
+    "int_size",
+    "str_size",
+]
+
+
+def int_size(value: int) -> int:
+    """Bytes of ``value`` as a MessagePack integer."""
+    if value >= 0:
+        return (1 if value < 0x80 else 2 if value < 0x100 else 3 if value < 0x10000
+                else 5 if value < 0x100000000 else 9)
+    return (1 if value >= -0x20 else 2 if value >= -0x80 else 3 if value >= -0x8000
+            else 5 if value >= -0x80000000 else 9)
+
+
+def str_size(text: str) -> int:
+    """Bytes of ``text`` as a MessagePack ``str`` (header included)."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    return size + (1 if size < 32 else 2 if size < 0x100 else 3 if size < 0x10000 else 5)
+
+
+def array_header_size(count: int) -> int:
+    """Bytes of the header of a MessagePack array (or map) of ``count`` items."""
+    return 1 if count < 16 else 3 if count < 0x10000 else 5
+
+
+# A Delivery is a map of ``job``, ``lease``, ``attempt``, ``data`` and, when not at their
+# defaults, ``timeout`` (a float 64), ``attempts`` and ``name``. Keys are fixstr.
+_DELIVERY_KEYS: Final = sum(str_size(key) for key in ("job", "lease", "attempt", "data"))
+_TIMEOUT: Final = str_size("timeout") + 9
+_ATTEMPTS_KEY: Final = str_size("attempts")
+_NAME_KEY: Final = str_size("name")
+_DELIVER_ENVELOPE: Final = (1 + str_size("t") + str_size("deliver") + str_size("queue")
+                            + str_size("jobs"))
+
+DELIVERY_MAX_OVERHEAD: Final = (1 + _DELIVERY_KEYS + 9 + 9 + 5 + _TIMEOUT + _ATTEMPTS_KEY + 5
+                                + _NAME_KEY + 3 + 128 * 4)
+"""The most bytes one delivery adds to a ``deliver`` beyond its payload: the largest ids and
+lease, an ``attempt`` and ``attempts`` up to 1,000,000, a ``timeout`` and a 128-character name of
+4-byte characters."""
+
+
+def delivery_size(job: int, lease: int, attempt: int, data: int, *, timeout: float | None = None,
+                  attempts: int = 1, name: str | None = None) -> int:
+    """Bytes of one ``Delivery`` whose payload is ``data`` bytes long, as the broker encodes it
+    (``timeout``, ``attempts`` and ``name`` left out at their defaults)."""
+    size = 1 + _DELIVERY_KEYS + int_size(job) + int_size(lease) + int_size(attempt) + data
+    if timeout is not None:
+        size += _TIMEOUT
+    if attempts != 1:
+        size += _ATTEMPTS_KEY + int_size(attempts)
+    if name is not None:
+        size += _NAME_KEY + str_size(name)
+    return size
+
+
+def deliver_size(queue: str, count: int, deliveries: int) -> int:
+    """Bytes of the body of a ``deliver`` for ``queue`` holding ``count`` deliveries that take
+    ``deliveries`` bytes in all."""
+    return _DELIVER_ENVELOPE + str_size(queue) + array_header_size(count) + deliveries
