@@ -52,7 +52,7 @@ from conveyor.protocol import (
     array_header_size,
     check_queue_name,
     deliver_size,
-    delivery_size,
+    deliverable_payload,
 )
 
 from ._core import Core
@@ -62,9 +62,6 @@ from ._peer import Peer
 from ._queues import Queues
 
 __all__ = ["handle"]
-
-_LARGEST_ID: Final = (1 << 63) - 1
-"""Job ids and leases are counters: sizing a delivery ahead, assume the widest."""
 
 
 def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
@@ -202,9 +199,8 @@ def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame
     if not jobs or max(map(len, map(_data, jobs))) <= room:
         return True  # every job fits, whatever its options
     for index, job in enumerate(jobs):
-        most = max_frame - deliver_size(queue, 1, delivery_size(
-            _LARGEST_ID, _LARGEST_ID, job.attempts, 0, timeout=job.timeout,
-            attempts=job.attempts, name=job.name))
+        most = deliverable_payload(queue, max_frame, attempts=job.attempts,
+                                   timeout=job.timeout, name=job.name)
         if len(job.data) > most:
             peer.refuse(ProtocolError(
                 ErrorCode.INVALID_ARGUMENT,

@@ -37,6 +37,7 @@ from conveyor.protocol import (
     Unwait,
     Wait,
     Watch,
+    deliverable_payload,
 )
 
 from .connection import Connection, Push, Reply
@@ -225,6 +226,12 @@ class Client:
             if size > max_frame:
                 raise ValueError(f"job is {size:,} bytes encoded (its payload {len(raw):,}); the "
                                  f"broker's frame limit is {max_frame:,} bytes")
+            allowed = deliverable_payload(queue, max_frame, attempts=job.attempts,
+                                          timeout=job.timeout, name=job.name)
+            if len(raw) > allowed:
+                raise ValueError(f"payload is {len(raw):,} bytes encoded; delivered, it would "
+                                 f"not fit in the broker's frame limit of {max_frame:,} bytes "
+                                 f"(at most {allowed:,} bytes for this job)")
         reply = await connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidQueue",
     "InvalidState",
     "JobFailed",
+    "LimitExceeded",
     "ProtocolViolation",
     "RequestRefused",
     "ShuttingDown",
@@ -58,6 +59,11 @@ class VersionMismatch(RequestRefused):
 
 class DiskFull(RequestRefused):
     """The broker's disk had no room for the jobs' log record; none of them was added."""
+
+
+class LimitExceeded(RequestRefused):
+    """The request would take the connection past one of the broker's limits (for instance
+    ``--max-waits`` pending waits); it was refused and the connection stays usable."""
 
 
 class InvalidState(RequestRefused):
@@ -113,6 +119,9 @@ _BY_CODE: dict[int, type[RequestRefused]] = {
     ErrorCode.DISK_FULL: DiskFull,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
     ErrorCode.INVALID_STATE: InvalidState,
+    ErrorCode.INVALID_ARGUMENT: ProtocolViolation,
+    ErrorCode.TIMED_OUT: ProtocolViolation,
+    ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
 }
 
 

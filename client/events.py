@@ -20,7 +20,7 @@ EVENT_BUFFER: Final = 100_000
 
 class EventsLost(ConveyorError):
     """The stream's reader fell too far behind. (A connection the broker cut off for falling
-    behind ends its streams with ``ConnectionLost`` naming ``SLOW_CONSUMER``.)"""
+    behind is dropped at once, and its streams end with ``ConnectionLost``.)"""
 
 
 @dataclass(frozen=True, slots=True)

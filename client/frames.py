@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from conveyor.protocol import NIL, Add, JobDef, check_queue_name
+from conveyor.protocol import NIL, Add, JobDef, check_queue_name, deliverable_payload
 
 from .jobs import encode_values
 from .options import JobOptions, JobSpec, job_def
@@ -131,6 +131,18 @@ def frames(jobs: BulkJobs, max_frame: int) -> Iterator[list[JobDef]]:
         raise ValueError(f"job {index} is {sizes[index]:,} bytes encoded (its payload "
                          f"{len(raws[index]):,}); the broker's frame limit is {max_frame:,} "
                          f"bytes")
+    # A delivery says more around a payload than an add does: the broker refuses a payload whose
+    # delivery could not fit in one of its frames, so it is refused here before anything is sent.
+    most = deliverable_payload(jobs.queue, max_frame)
+    if max(map(len, raws), default=0) > most:
+        for index, raw in enumerate(raws):
+            job = jobs.job(index)
+            allowed = deliverable_payload(jobs.queue, max_frame, attempts=job.attempts,
+                                          timeout=job.timeout, name=job.name)
+            if len(raw) > allowed:
+                raise ValueError(f"payload {index} is {len(raw):,} bytes encoded; delivered, it "
+                                 f"would not fit in the broker's frame limit of {max_frame:,} "
+                                 f"bytes (at most {allowed:,} bytes for this job)")
     for start, stop in chunks(len(raws), sizes, target):
         yield [jobs.job(index) for index in range(start, stop)]
 

@@ -13,6 +13,7 @@ __all__ = [
     "DELIVERY_MAX_OVERHEAD",
     "array_header_size",
     "deliver_size",
+    "deliverable_payload",
     "delivery_size",
     "int_size",
     "str_size",
@@ -73,3 +74,16 @@ def deliver_size(queue: str, count: int, deliveries: int) -> int:
     """Bytes of the body of a ``deliver`` for ``queue`` holding ``count`` deliveries that take
     ``deliveries`` bytes in all."""
     return _DELIVER_ENVELOPE + str_size(queue) + array_header_size(count) + deliveries
+
+
+_LARGEST_ID: Final = (1 << 63) - 1
+"""The largest job id and lease a delivery may carry."""
+
+
+def deliverable_payload(queue: str, max_frame: int, *, attempts: int = 1,
+                        timeout: float | None = None, name: str | None = None) -> int:
+    """The most bytes a job's payload may take so that its delivery, with the largest id and
+    lease it may get, fits in one ``deliver`` frame of ``max_frame`` bytes. The broker refuses at
+    ``add`` a payload larger than this (``INVALID_ARGUMENT``); a client checks it first."""
+    return max_frame - deliver_size(queue, 1, delivery_size(
+        _LARGEST_ID, _LARGEST_ID, attempts, 0, timeout=timeout, attempts=attempts, name=name))

@@ -26,6 +26,7 @@ from conveyor.protocol import (
     Hello,
     MessageDecoder,
     Welcome,
+    deliverable_payload,
 )
 
 MAX_FRAME = 4096
@@ -78,6 +79,15 @@ def frame_of_one(queue: str, job: object, call: JobOptions) -> int:
     return len(msgspec.msgpack.encode(Add(req=MAX_REQ, queue=queue, jobs=[wire])))
 
 
+def sendable(queue: str, job: object, call: JobOptions) -> bool:
+    """Whether ``job`` fits in an ``add`` frame, and its delivery in a ``deliver`` frame."""
+    data = job.data if isinstance(job, JobSpec) else job
+    wire = job_def(msgspec.Raw(msgspec.msgpack.encode(data)), **job_options(job, call))
+    return (frame_of_one(queue, job, call) <= MAX_FRAME
+            and len(wire.data) <= deliverable_payload(queue, MAX_FRAME, attempts=wire.attempts,
+                                                      timeout=wire.timeout, name=wire.name))
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(queue=queues.filter(lambda queue: len(queue.encode()) <= 255), given_jobs=bulks(),
@@ -86,7 +96,7 @@ def frame_of_one(queue: str, job: object, call: JobOptions) -> int:
 def test_every_frame_of_a_bulk_add_is_within_the_brokers_limit(
         queue: str, given_jobs: list[object], call: dict[str, Any]) -> None:
     call_options: JobOptions = call  # type: ignore[assignment]
-    fits = [frame_of_one(queue, job, call_options) <= MAX_FRAME for job in given_jobs]
+    fits = [sendable(queue, job, call_options) for job in given_jobs]
 
     async def run() -> None:
         broker = Broker(port=0, max_frame=MAX_FRAME)
@@ -97,14 +107,15 @@ def test_every_frame_of_a_bulk_add_is_within_the_brokers_limit(
                     ids = await client.add_bulk(queue, given_jobs, **call_options)
                     assert len(ids) == len(given_jobs)
                 else:
-                    with pytest.raises(ValueError, match=f"job {fits.index(False)} is"):
+                    with pytest.raises(ValueError,
+                                       match=f"(job|payload) {fits.index(False)} is"):
                         await client.add_bulk(queue, given_jobs, **call_options)
                 first = given_jobs[0]
                 data = first.data if isinstance(first, JobSpec) else first
                 if fits[0]:
                     await client.add(queue, data, **job_options(first, call_options))
                 else:
-                    with pytest.raises(ValueError, match="job is"):
+                    with pytest.raises(ValueError, match="(job|payload) is"):
                         await client.add(queue, data, **job_options(first, call_options))
                 counts = await client.counts(queue)
                 added = all(fits) or fits[0]
