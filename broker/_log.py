@@ -25,6 +25,7 @@ from typing import Final
 
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor, write_base
 from ._errors import DiskFull, LogError
+from ._failpoints import failpoint
 from ._logfile import FILE_HEADER_SIZE, FileKind, append_record, file_header
 from ._manifest import (
     MANIFEST,
@@ -193,6 +194,7 @@ class Log:
     def _write(self, data: bytearray) -> None:
         done = 0
         try:
+            failpoint("log.write")
             with memoryview(data) as view:
                 while done < len(view):
                     done += os.write(self._fd, view[done:])
@@ -353,6 +355,7 @@ class Log:
 
 
 def _fsync_all(fds: Sequence[int], directory: Path | None) -> None:
+    failpoint("log.fsync")
     for fd in fds:
         os.fsync(fd)
     if directory is not None:
