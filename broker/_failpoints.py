@@ -28,11 +28,13 @@ FAILPOINTS: Final = (
 """Every crash point, in the order compaction reaches them."""
 
 HOOKS: Final = (
+    "log.run",
     "log.write",
     "log.fsync",
 )
 """The other failpoints, for hooks only:
 
+- ``log.run``: each round of the log's background task (on the event loop);
 - ``log.write``: before each write of records (on the event loop); an ``OSError`` raised here is
   a failed write;
 - ``log.fsync``: before each fsync of the log's files (in the fsync thread); an ``OSError``

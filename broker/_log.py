@@ -182,9 +182,18 @@ class Log:
         buffer = self._buffer
         buffer.clear()
         encode = encode_record
-        for record in records:
-            append_record(buffer, encode(record))
-        self._write(buffer)
+        try:
+            for record in records:
+                append_record(buffer, encode(record))
+            self._write(buffer)
+        except (DiskFull, LogError):
+            raise
+        except Exception as exc:
+            # A bug, not the disk: the records are not in the log, so nothing more may be
+            # acknowledged.
+            self.failure = LogError(f"writing the log in {self.directory} failed "
+                                    f"({type(exc).__name__}: {exc})")
+            raise self.failure from exc
         self._size += len(buffer)
         self.written += len(buffer)
         if self.policy is FsyncPolicy.ALWAYS:
@@ -220,7 +229,20 @@ class Log:
     # The background task: fsyncs and compactions.
 
     async def run(self, queues: Queues) -> None:
-        """fsync by the policy and compact when due, until cancelled. Raises ``LogError``."""
+        """fsync by the policy and compact when due, until cancelled.
+
+        Raises ``LogError`` when the log fails, and for any other exception that ends the task:
+        without it nothing is fsynced any more, so the broker must stop.
+        """
+        try:
+            await self._run(queues)
+        except (LogError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise LogError(f"the log's background task failed ({type(exc).__name__}: {exc}); "
+                           f"stopping without acknowledging anything more") from exc
+
+    async def _run(self, queues: Queues) -> None:
         loop = asyncio.get_running_loop()
         interval = 1.0 if self.policy is FsyncPolicy.EVERYSEC else None
         while True:
@@ -228,6 +250,7 @@ class Log:
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
+            failpoint("log.run")
             self.compactor.poll(queues, self._wake.set)
             if self.policy is not FsyncPolicy.NO or self._sync_waiters:
                 await self._sync(loop)
