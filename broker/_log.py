@@ -98,6 +98,8 @@ class Log:
         self._lock_fd = -1
         self._buffer = bytearray()
         self._sync_waiters: list[tuple[int, Callable[[], None]]] = []
+        self._syncing: asyncio.Future[None] | None = None
+        """The fsync under way, or the last one."""
         self._wake = asyncio.Event()
 
     @property
@@ -243,7 +245,6 @@ class Log:
                            f"stopping without acknowledging anything more") from exc
 
     async def _run(self, queues: Queues) -> None:
-        loop = asyncio.get_running_loop()
         interval = 1.0 if self.policy is FsyncPolicy.EVERYSEC else None
         while True:
             with contextlib.suppress(TimeoutError):
@@ -253,26 +254,43 @@ class Log:
             failpoint("log.run")
             self.compactor.poll(queues, self._wake.set)
             if self.policy is not FsyncPolicy.NO or self._sync_waiters:
-                await self._sync(loop)
+                await self.sync()
 
-    async def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def sync(self) -> None:
+        """fsync everything written so far, and the directory if files came or went; answer the
+        waiters it covers (``when_synced``). Raises ``LogError``.
+
+        One fsync runs at a time, in a thread, as a task of its own: a caller cancelled while it
+        runs leaves it to finish (its thread uses the files), and the next caller waits for it.
+        """
         target = self.written
-        if target == self.synced and not self._dir_unsynced:
-            return
+        while self.synced < target or self._dir_unsynced:
+            if self.failure is not None:
+                raise self.failure
+            task = self._syncing
+            if task is None or task.done():
+                task = self._syncing = asyncio.ensure_future(self._fsync())
+                task.add_done_callback(_retrieve)
+            await asyncio.shield(task)
+
+    async def _fsync(self) -> None:
+        target = self.written
         fds = [*self._unsynced_fds, self._fd]
         self._unsynced_fds = []
         sync_dir = self._dir_unsynced
         self._dir_unsynced = False
         try:
-            await loop.run_in_executor(None, _fsync_all, fds,
-                                       self.directory if sync_dir else None)
+            await asyncio.get_running_loop().run_in_executor(
+                None, _fsync_all, fds, self.directory if sync_dir else None)
         except OSError as exc:
             self.failure = LogError(f"fsync of the log in {self.directory} failed: {exc}; "
                                     f"stopping without acknowledging what it did not cover")
             raise self.failure from None
-        for fd in fds[:-1]:
-            os.close(fd)
-        self.synced = target
+        finally:
+            # Files appends moved away from: this fsync was their last.
+            for fd in fds[:-1]:
+                os.close(fd)
+        self.synced = max(self.synced, target)
         waiters = self._sync_waiters
         if waiters:
             ready = [w for w in waiters if w[0] <= target]
@@ -283,21 +301,18 @@ class Log:
             self._wake.set()
 
     async def close(self) -> None:
-        """Write and fsync what is pending, then release the directory. Idempotent."""
+        """Write and fsync what is pending, answering the waiters that covers, then release the
+        directory. Idempotent."""
         await self.compactor.cancel()
-        if self._fd >= 0 and self.failure is None:
-            fds = [*self._unsynced_fds, self._fd]
-            self._unsynced_fds = []
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, _fsync_all, fds, self.directory)
-            except OSError as exc:
-                self.failure = LogError(f"fsync of the log failed on shutdown: {exc}")
-                raise self.failure from None
-            self.synced = self.written
-            for fd in fds[:-1]:
-                os.close(fd)
-        self._release()
+        if self._syncing is not None:
+            # An fsync under way finishes first: its thread still uses the files.
+            await asyncio.wait([self._syncing])
+        try:
+            if self._fd >= 0 and self.failure is None:
+                self._dir_unsynced = True
+                await self.sync()
+        finally:
+            self._release()
 
     def _release(self) -> None:
         for fd in self._unsynced_fds:
@@ -375,6 +390,12 @@ class Log:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise LogError(f"{self.directory} is in use by another broker") from None
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # Its failure is kept as the log's ``failure`` and raised to every caller after it.
+    if not task.cancelled():
+        task.exception()
 
 
 def _fsync_all(fds: Sequence[int], directory: Path | None) -> None:

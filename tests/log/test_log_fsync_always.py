@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-from log_support import Failpoints
+from log_support import Failpoints, raw, wait_until
 
-from conveyor.broker import Broker
+from conveyor.broker import Broker, BrokerStatus, FsyncPolicy
+from conveyor.broker.testing import Log, Queues
 from conveyor.client import Client, JobSpec, JobState, RequestRefused
 from conveyor.protocol import ErrorCode
 
@@ -91,3 +92,52 @@ async def test_a_full_disk_forgets_only_the_jobs_of_the_pass_that_found_it_full(
             assert (await client.counts("q"))["waiting"] == 1
     finally:
         await restarted.close()
+
+
+async def test_adds_waiting_for_their_fsync_when_the_broker_shuts_down_are_answered(
+    tmp_path: Path, failpoints: Failpoints,
+) -> None:
+    data = tmp_path / "data"
+    broker = Broker(port=0, data_dir=data, fsync="always")
+    await broker.start()
+    fsync = failpoints.gate("log.fsync")
+    closing: asyncio.Future[None] | None = None
+    try:
+        async with Client(f"127.0.0.1:{broker.port}") as client:
+            adding = asyncio.ensure_future(client.add("q", "at shutdown"))
+            await fsync.reached()
+            closing = asyncio.ensure_future(broker.close())
+
+            async def shutting_down() -> bool:
+                return broker.status is BrokerStatus.CLOSING
+
+            await wait_until(shutting_down, timeout=10, what="the broker starts shutting down")
+            fsync.open()
+            job_id = await asyncio.wait_for(adding, 10)
+        await asyncio.wait_for(closing, 10)
+    finally:
+        fsync.open()
+        if closing is not None:
+            await closing
+        await broker.close()
+
+    restarted = Broker(port=0, data_dir=data)
+    await restarted.start()
+    try:
+        async with Client(f"127.0.0.1:{restarted.port}") as client:
+            job = await client.get_job(job_id)
+            assert job is not None and job.data == "at shutdown"
+    finally:
+        await restarted.close()
+
+
+async def test_closing_the_log_answers_the_waiters_its_last_fsync_covers(tmp_path: Path) -> None:
+    queues = Queues(logged=True)
+    log = Log(tmp_path / "data", fsync=FsyncPolicy.ALWAYS)
+    log.open(queues)
+    queues.add("q", [raw("x")], 1.0)
+    position = log.append(queues.take_outbox().records)
+    answered: list[int] = []
+    log.when_synced(position, lambda: answered.append(position))
+    await log.close()
+    assert answered == [position]
