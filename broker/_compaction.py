@@ -27,7 +27,7 @@ from typing import Final, Protocol
 from ._errors import LogError
 from ._failpoints import failpoint
 from ._logfile import FileKind, append_record, file_header, read_header, scan
-from ._manifest import base_name, generation_of
+from ._manifest import base_name, create_file, generation_of
 from ._queues import Queues
 from ._records import decode_record, encode_record
 from ._replay import Replayer, snapshot
@@ -195,7 +195,7 @@ def load_files(directory: Path, names: Sequence[str], queues: Queues) -> int:
 def write_base(path: Path, generation: int, queues: Queues) -> None:
     """Write ``queues``' live state to ``path`` as a base file, fsynced."""
     buffer = bytearray(file_header(FileKind.BASE, generation))
-    with open(path, "wb") as file:
+    with os.fdopen(create_file(path, os.O_WRONLY | os.O_TRUNC), "wb") as file:
         for record in snapshot(queues):
             append_record(buffer, encode_record(record))
             if len(buffer) > 1 << 20:

@@ -31,9 +31,11 @@ from ._manifest import (
     MANIFEST,
     Manifest,
     base_name,
+    create_file,
     fsync_dir,
     generation_of,
     increment_name,
+    make_directory,
     read_manifest,
     remove_unreferenced,
     write_manifest,
@@ -117,7 +119,7 @@ class Log:
     def open(self, queues: Queues) -> Recovery:
         """Lock the directory, replay the log into ``queues`` and get ready to append."""
         started = time.perf_counter()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_directory(self.directory)
         self._lock()
         try:
             recovery = self._recover(queues)
@@ -370,8 +372,7 @@ class Log:
         self._fd = fd
 
     def _create_increment(self, name: str) -> int:
-        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                     0o644)
+        fd = create_file(self.directory / name, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
         header = file_header(FileKind.INCREMENT, generation_of(name))
         try:
             os.write(fd, header)
@@ -383,7 +384,7 @@ class Log:
         return fd
 
     def _lock(self) -> None:
-        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = create_file(self.directory / "LOCK", os.O_RDWR)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
