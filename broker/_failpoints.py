@@ -31,6 +31,7 @@ HOOKS: Final = (
     "log.run",
     "log.write",
     "log.fsync",
+    "log.synced",
 )
 """The other failpoints, for hooks only:
 
@@ -38,7 +39,10 @@ HOOKS: Final = (
 - ``log.write``: before each write of records (on the event loop); an ``OSError`` raised here is
   a failed write;
 - ``log.fsync``: before each fsync of the log's files (in the fsync thread); an ``OSError``
-  raised here is a failed fsync.
+  raised here is a failed fsync;
+- ``log.synced``: after each fsync of the log's files (in the fsync thread, before they may be
+  closed), with a ``dict`` of each file descriptor fsynced and the file's size when the fsync
+  began: how much of it a power loss keeps.
 """
 
 Hook = Callable[[object], None]

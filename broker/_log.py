@@ -25,7 +25,7 @@ from typing import Final
 
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor, write_base
 from ._errors import DiskFull, LogError
-from ._failpoints import failpoint
+from ._failpoints import failpoint, hooked
 from ._logfile import FILE_HEADER_SIZE, FileKind, append_record, file_header
 from ._manifest import (
     MANIFEST,
@@ -400,8 +400,11 @@ def _retrieve(task: asyncio.Future[None]) -> None:
 
 
 def _fsync_all(fds: Sequence[int], directory: Path | None) -> None:
+    sizes = {fd: os.fstat(fd).st_size for fd in fds} if hooked("log.synced") else None
     failpoint("log.fsync")
     for fd in fds:
         os.fsync(fd)
     if directory is not None:
         fsync_dir(directory)
+    if sizes is not None:
+        failpoint("log.synced", sizes)
