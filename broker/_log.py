@@ -32,7 +32,6 @@ from ._manifest import (
     Manifest,
     base_name,
     create_file,
-    fsync_dir,
     generation_of,
     increment_name,
     make_directory,
@@ -96,7 +95,6 @@ class Log:
         """Bytes in all files the manifest names (the log's size on disk)."""
         self._unsynced_fds: list[int] = []
         """Files written since their last fsync, besides the current one."""
-        self._dir_unsynced = False
         self._lock_fd = -1
         self._buffer = bytearray()
         self._sync_waiters: list[tuple[int, Callable[[], None]]] = []
@@ -119,12 +117,14 @@ class Log:
     def open(self, queues: Queues) -> Recovery:
         """Lock the directory, replay the log into ``queues`` and get ready to append."""
         started = time.perf_counter()
-        make_directory(self.directory)
-        self._lock()
         try:
+            make_directory(self.directory)
+            self._lock()
             recovery = self._recover(queues)
-        except BaseException:
+        except BaseException as exc:
             self._release()
+            if isinstance(exc, OSError):
+                raise LogError(f"cannot open the log in {self.directory}: {exc}") from None
             raise
         recovery.seconds = time.perf_counter() - started
         return recovery
@@ -148,8 +148,16 @@ class Log:
         if damaged:
             # Salvaged: rewrite what was kept as a clean base, so the next start is clean too.
             self._start_over(queues)
+        elif self._manifest.increments:
+            self._fd = os.open(self.directory / self._manifest.increments[-1],
+                               os.O_WRONLY | os.O_APPEND)
         else:
-            self._open_increment(reuse_last=bool(self._manifest.increments))
+            self._generation += 1
+            manifest = Manifest(version=1, base=self._manifest.base,
+                                increments=[increment_name(self._generation)])
+            self._fd = _create_increment(self.directory, manifest)
+            self._manifest = manifest
+            self._size += FILE_HEADER_SIZE
         recovery.jobs = len(queues.jobs)
         recovery.waiting = sum(len(q.waiting) for q in queues.queues.values())
         return recovery
@@ -161,10 +169,9 @@ class Log:
         base = base_name(self._generation)
         old = self._manifest.files()
         write_base(self.directory / base, self._generation, queues)
-        increment = increment_name(self._generation)
-        self._fd = self._create_increment(increment)
-        self._manifest = Manifest(version=1, base=base, increments=[increment])
-        write_manifest(self.directory, self._manifest)
+        self._manifest = Manifest(version=1, base=base,
+                                  increments=[increment_name(self._generation)])
+        self._fd = _create_increment(self.directory, self._manifest)
         for name in old:
             path = self.directory / name
             if path.exists():
@@ -259,14 +266,14 @@ class Log:
                 await self.sync()
 
     async def sync(self) -> None:
-        """fsync everything written so far, and the directory if files came or went; answer the
-        waiters it covers (``when_synced``). Raises ``LogError``.
+        """fsync everything written so far; answer the waiters it covers (``when_synced``).
+        Raises ``LogError``.
 
         One fsync runs at a time, in a thread, as a task of its own: a caller cancelled while it
         runs leaves it to finish (its thread uses the files), and the next caller waits for it.
         """
         target = self.written
-        while self.synced < target or self._dir_unsynced:
+        while self.synced < target:
             if self.failure is not None:
                 raise self.failure
             task = self._syncing
@@ -279,11 +286,8 @@ class Log:
         target = self.written
         fds = [*self._unsynced_fds, self._fd]
         self._unsynced_fds = []
-        sync_dir = self._dir_unsynced
-        self._dir_unsynced = False
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, _fsync_all, fds, self.directory if sync_dir else None)
+            await asyncio.get_running_loop().run_in_executor(None, _fsync_all, fds)
         except OSError as exc:
             self.failure = LogError(f"fsync of the log in {self.directory} failed: {exc}; "
                                     f"stopping without acknowledging what it did not cover")
@@ -311,7 +315,6 @@ class Log:
             await asyncio.wait([self._syncing])
         try:
             if self._fd >= 0 and self.failure is None:
-                self._dir_unsynced = True
                 await self.sync()
         finally:
             self._release()
@@ -329,59 +332,44 @@ class Log:
 
     # Files (what compaction switches: the ``Files`` it works on).
 
-    def freeze(self) -> tuple[list[str], int]:
-        """Move appends to a new increment; return the files before it, and its generation."""
-        frozen = self._manifest.files()
-        self._open_increment(reuse_last=False)
-        return frozen, self._generation
+    async def freeze(self) -> tuple[list[str], int]:
+        """The files a compaction is to replace, and the generation of the increment after them.
 
-    def switch_base(self, base: str, generation: int) -> None:
+        Appends move to a new increment first, named in the manifest (durably) before its first
+        record; unless files before the current increment are left from a compaction that did
+        not finish (it failed, or the broker crashed): those are replaced, and appends stay where
+        they are, so the retries of a failing compaction do not pile up increments.
+        """
+        increments = self._manifest.increments
+        if len(increments) > 1:
+            return self._manifest.files()[:-1], generation_of(increments[-1])
+        frozen = self._manifest.files()
+        generation = self._generation + 1
+        manifest = Manifest(version=1, base=self._manifest.base,
+                            increments=[*increments, increment_name(generation)])
+        fd = await asyncio.get_running_loop().run_in_executor(
+            None, _create_increment, self.directory, manifest)
+        self._generation = generation
+        self._manifest = manifest
+        self._size += FILE_HEADER_SIZE
+        # The file appends leave gets its last fsync with the next.
+        self._unsynced_fds.append(self._fd)
+        self._fd = fd
+        return frozen, generation
+
+    async def switch_base(self, base: str, generation: int) -> None:
         """Name ``base`` in the manifest instead of every file before increment ``generation``."""
         increments = self._manifest.increments
-        kept = increments[increments.index(increment_name(generation)):]
-        self._manifest = Manifest(version=1, base=base, increments=kept)
-        write_manifest(self.directory, self._manifest)
+        manifest = Manifest(version=1, base=base,
+                            increments=increments[increments.index(increment_name(generation)):])
+        await asyncio.get_running_loop().run_in_executor(
+            None, write_manifest, self.directory, manifest)
+        self._manifest = manifest
 
     def measure(self) -> int:
         """Recount (and return) the bytes in the files the manifest names."""
         self._size = sum((self.directory / n).stat().st_size for n in self._manifest.files())
         return self._size
-
-    def _open_increment(self, *, reuse_last: bool) -> None:
-        if reuse_last:
-            name = self._manifest.increments[-1]
-            fd = os.open(self.directory / name, os.O_WRONLY | os.O_APPEND)
-        else:
-            self._generation += 1
-            name = increment_name(self._generation)
-            fd = self._create_increment(name)
-            self._manifest.increments.append(name)
-            # Renamed into place before the first record, so no record is ever in an unnamed file.
-            try:
-                write_manifest(self.directory, self._manifest, sync=False)
-            except OSError:
-                # Nothing switched: appends go on to the current file, named as it was.
-                self._manifest.increments.pop()
-                os.close(fd)
-                (self.directory / name).unlink(missing_ok=True)
-                self._size -= FILE_HEADER_SIZE
-                raise
-            self._dir_unsynced = True
-        if self._fd >= 0:
-            self._unsynced_fds.append(self._fd)
-        self._fd = fd
-
-    def _create_increment(self, name: str) -> int:
-        fd = create_file(self.directory / name, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
-        header = file_header(FileKind.INCREMENT, generation_of(name))
-        try:
-            os.write(fd, header)
-        except OSError:
-            os.close(fd)
-            (self.directory / name).unlink(missing_ok=True)
-            raise
-        self._size += len(header)
-        return fd
 
     def _lock(self) -> None:
         self._lock_fd = create_file(self.directory / "LOCK", os.O_RDWR)
@@ -399,12 +387,27 @@ def _retrieve(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-def _fsync_all(fds: Sequence[int], directory: Path | None) -> None:
+def _create_increment(directory: Path, manifest: Manifest) -> int:
+    """Create the last increment ``manifest`` names, durably, then make ``manifest`` the log's
+    (durably too); return the new file, open to append. On an error neither is left behind."""
+    name = manifest.increments[-1]
+    path = directory / name
+    fd = create_file(path, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
+    try:
+        os.write(fd, file_header(FileKind.INCREMENT, generation_of(name)))
+        os.fsync(fd)
+        write_manifest(directory, manifest)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def _fsync_all(fds: Sequence[int]) -> None:
     sizes = {fd: os.fstat(fd).st_size for fd in fds} if hooked("log.synced") else None
     failpoint("log.fsync")
     for fd in fds:
         os.fsync(fd)
-    if directory is not None:
-        fsync_dir(directory)
     if sizes is not None:
         failpoint("log.synced", sizes)

@@ -21,6 +21,7 @@ from log_support import (
     Failpoints,
     assert_one_error_line,
     reopen,
+    run_broker,
     start_broker,
     wait_until,
 )
@@ -90,6 +91,8 @@ async def test_an_fsync_error_under_fsync_everysec_stops_the_broker_within_secon
 
 
 async def test_the_broker_cli_exits_with_one_line_when_fsync_fails(tmp_path: Path) -> None:
+    # A log already there: the broker appends to it, and its first fsync is the one that fails.
+    await asyncio.to_thread(reopen, tmp_path / "data")
     broker = await asyncio.to_thread(
         start_broker, tmp_path / "data", "--fsync", "always",
         stderr_path=tmp_path / "broker.stderr",
@@ -103,6 +106,17 @@ async def test_the_broker_cli_exits_with_one_line_when_fsync_fails(tmp_path: Pat
     finally:
         broker.kill()
     assert_one_error_line(broker.stderr, "fsync", "Input/output error", str(tmp_path / "data"))
+
+
+async def test_the_broker_cli_refuses_to_start_when_its_new_log_cannot_be_fsynced(
+    tmp_path: Path,
+) -> None:
+    # A new log's first file and manifest are made durable before anything is acknowledged.
+    done = await asyncio.to_thread(run_broker, tmp_path / "data",
+                                   command=[sys.executable, str(HERE / "log_fsync_fault.py")])
+    assert done.returncode == 1, done.stderr
+    assert_one_error_line(done.stderr, "cannot open the log", str(tmp_path / "data"),
+                          "Input/output error")
 
 
 # A full disk.
