@@ -10,7 +10,9 @@ to the new base, and the child process that replays the frozen files and writes 
 
 A crash at any step leaves the old files in charge (the next start deletes what is left of the
 new ones). A compaction runs when the log outgrew both a floor and a ratio over the live state,
-one at a time; after one failed on an OS error (a full disk), the next waits a while.
+one at a time; after one failed on an OS error (a full disk), the next waits a while, and takes
+the files that one froze again rather than freezing more. Every file operation of steps 1, 3 and
+4 (creating, fsyncing, renaming, deleting) runs in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from ._errors import LogError
 from ._failpoints import failpoint
 from ._logfile import FileKind, append_record, file_header, read_header, scan
-from ._manifest import base_name, generation_of
+from ._manifest import base_name, create_file, generation_of
 from ._queues import Queues
 from ._records import decode_record, encode_record
 from ._replay import Replayer, snapshot
@@ -51,6 +53,8 @@ _CHILD: Final = "conveyor.broker._compaction"
 _RETRY: Final = 1.0
 """Seconds to wait after a compaction failed on an OS error (a full disk) before another."""
 
+_T = TypeVar("_T")
+
 log = logging.getLogger("broker")
 
 
@@ -65,10 +69,11 @@ class Files(Protocol):
     def size(self) -> int:
         """Bytes in the files of the log now."""
 
-    def freeze(self) -> tuple[list[str], int]:
-        """Move appends to a new increment; return the files before it, and its generation."""
+    async def freeze(self) -> tuple[list[str], int]:
+        """The files to replace, and the generation of the increment after them (appends move
+        to a new increment unless files before the current one are left to replace)."""
 
-    def switch_base(self, base: str, generation: int) -> None:
+    async def switch_base(self, base: str, generation: int) -> None:
         """Name ``base`` in the manifest instead of every file before increment ``generation``."""
 
     def measure(self) -> int:
@@ -83,6 +88,8 @@ class Compactor:
         self.files = files
         self.floor = floor
         self.ratio = ratio
+        self.retry = _RETRY
+        """Seconds to wait after a compaction failed on an OS error before another."""
         self.compactions = 0
         """Compactions completed."""
         self._task: asyncio.Future[None] | None = None
@@ -104,7 +111,7 @@ class Compactor:
             except OSError as exc:
                 # No room for its files, say: the log is as it was; try again in a while.
                 log.error("compaction failed: %s", exc)
-                self._retry_at = loop.time() + _RETRY
+                self._retry_at = loop.time() + self.retry
         if (self._task is None and loop.time() >= self._retry_at
                 and self.wanted(queues.live_bytes)):
             retention = queues.retention
@@ -128,8 +135,8 @@ class Compactor:
         try:
             files = self.files
             directory = files.directory
-            # 1. Appends move to a new increment.
-            frozen, generation = files.freeze()
+            # 1. Appends move to a new increment (or an earlier try's files are taken again).
+            frozen, generation = await _whole(files.freeze())
             failpoint("compaction.switched")
             base = base_name(generation)
             tmp = directory / (base + ".tmp")
@@ -154,19 +161,40 @@ class Compactor:
                 raise OSError(f"the compaction process exited with status {process.returncode}: "
                               f"{last[0]}")
             failpoint("compaction.written")
-            # 3. Switch: the new base replaces the frozen files.
-            os.rename(tmp, directory / base)
-            failpoint("compaction.renamed")
-            files.switch_base(base, generation)
-            failpoint("compaction.manifest")
-            # 4. The frozen files are no longer named anywhere.
-            for name in frozen:
-                (directory / name).unlink(missing_ok=True)
+            # 3 and 4. Switch to the new base, then delete the frozen files.
+            await _whole(self._switch(tmp, base, generation, frozen))
             size = files.measure()
             self.compactions += 1
             log.info("compacted the log to %d bytes", size)
         finally:
             self._running = False
+
+    async def _switch(self, tmp: Path, base: str, generation: int, frozen: list[str]) -> None:
+        """Steps 3 and 4, their file operations (renames, fsyncs, unlinks) in a thread."""
+        files = self.files
+        directory = files.directory
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, os.rename, tmp, directory / base)
+        failpoint("compaction.renamed")
+        await files.switch_base(base, generation)
+        failpoint("compaction.manifest")
+        await loop.run_in_executor(None, _remove, directory, frozen)
+
+
+async def _whole(step: Awaitable[_T]) -> _T:
+    """Await ``step`` to its end even if cancelled meanwhile (then re-raise the cancellation):
+    its thread goes on with the files anyway, and the log must know what it did."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+def _remove(directory: Path, names: Sequence[str]) -> None:
+    for name in names:
+        (directory / name).unlink(missing_ok=True)
 
 
 # The child's half.
@@ -195,7 +223,7 @@ def load_files(directory: Path, names: Sequence[str], queues: Queues) -> int:
 def write_base(path: Path, generation: int, queues: Queues) -> None:
     """Write ``queues``' live state to ``path`` as a base file, fsynced."""
     buffer = bytearray(file_header(FileKind.BASE, generation))
-    with open(path, "wb") as file:
+    with os.fdopen(create_file(path, os.O_WRONLY | os.O_TRUNC), "wb") as file:
         for record in snapshot(queues):
             append_record(buffer, encode_record(record))
             if len(buffer) > 1 << 20:

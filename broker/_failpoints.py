@@ -1,17 +1,23 @@
-"""Crash points for testing recovery: the process kills itself where ``CONVEYOR_FAILPOINT`` says.
+"""Failpoints: named steps where a test can crash the broker, or run code of its own.
 
-A failpoint is a named step (``compaction.renamed``, say). With ``CONVEYOR_FAILPOINT`` set to that
-name in the environment, reaching the step sends SIGKILL to the broker's own process, which is
-exactly what a crash at that point leaves on disk. Unset, a failpoint is one string comparison.
+A crash point (``compaction.renamed``, say) is armed by setting ``CONVEYOR_FAILPOINT`` to its name
+in the environment: reaching the step sends SIGKILL to the broker's own process, which is exactly
+what a crash at that point leaves on disk.
+
+Every failpoint also runs the hook a test installed for it in this process (``install``), if any:
+a hook may block (hold an fsync), raise (a full disk, an unexpected error) or record something
+(how far each file is fsynced). Disarmed, a failpoint is one string comparison and one dict
+lookup; it is reached once per loop pass at most, never per job.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Final
 
-__all__ = ["FAILPOINTS", "failpoint"]
+__all__ = ["FAILPOINTS", "HOOKS", "Hook", "failpoint", "hooked", "install"]
 
 FAILPOINTS: Final = (
     "compaction.switched",
@@ -19,12 +25,52 @@ FAILPOINTS: Final = (
     "compaction.renamed",
     "compaction.manifest",
 )
-"""Every failpoint, in the order compaction reaches them."""
+"""Every crash point, in the order compaction reaches them."""
+
+HOOKS: Final = (
+    "log.run",
+    "log.write",
+    "log.fsync",
+    "log.synced",
+)
+"""The other failpoints, for hooks only:
+
+- ``log.run``: each round of the log's background task (on the event loop);
+- ``log.write``: before each write of records (on the event loop); an ``OSError`` raised here is
+  a failed write;
+- ``log.fsync``: before each fsync of the log's files (in the fsync thread); an ``OSError``
+  raised here is a failed fsync;
+- ``log.synced``: after each fsync of the log's files (in the fsync thread, before they may be
+  closed), with a ``dict`` of each file descriptor fsynced and the file's size when the fsync
+  began: how much of it a power loss keeps.
+"""
+
+Hook = Callable[[object], None]
+"""A test's code for a failpoint; it gets what the failpoint passes (``None`` for most)."""
 
 _ARMED: Final = os.environ.get("CONVEYOR_FAILPOINT", "")
+_hooks: dict[str, Hook] = {}
 
 
-def failpoint(name: str) -> None:
-    """Die here, by SIGKILL, if this failpoint is armed."""
+def failpoint(name: str, detail: object = None) -> None:
+    """Die here, by SIGKILL, if this failpoint is armed; run its hook if one is installed."""
     if name == _ARMED:
         os.kill(os.getpid(), signal.SIGKILL)
+    hook = _hooks.get(name)
+    if hook is not None:
+        hook(detail)
+
+
+def hooked(name: str) -> bool:
+    """Whether a hook is installed for ``name`` (to skip working out a detail nobody reads)."""
+    return name in _hooks
+
+
+def install(name: str, hook: Hook | None) -> None:
+    """Run ``hook`` at failpoint ``name`` from now on (``None``: no longer)."""
+    if name not in FAILPOINTS and name not in HOOKS:
+        raise ValueError(f"no failpoint {name!r}")
+    if hook is None:
+        _hooks.pop(name, None)
+    else:
+        _hooks[name] = hook

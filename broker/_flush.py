@@ -2,7 +2,8 @@
 
 1. The pass's log records are written, in one write (after any a full disk held back).
 2. Jobs whose records are durable (written; under ``--fsync always``, fsynced) join their
-   queues, and their producers get ``added``.
+   queues, and their producers get ``added``. An add whose idempotency key matched a job still
+   waiting for its fsync waits for that fsync too.
 3. Dispatch: waiting jobs are leased to subscribers with free credit, in ``deliver`` messages.
 4. Waiters of jobs that finished (or were removed) are answered; watchers get the events.
 5. One write per connection.
@@ -48,7 +49,7 @@ def flush(core: Core, now: float, wake: Callable[[], None] = _nothing) -> None:
     outbox = queues.take_outbox()
     accepted, core.accepted = core.accepted, []
     # 1. The log write.
-    if core.log is not None and (outbox.records or core.held_back):
+    if core.log is not None and (outbox.records or core.held_back or accepted):
         accepted = _write(core, core.log, core.held_back + outbox.records, accepted, wake)
     # 2. Durable jobs join their queues; their producers learn they were accepted.
     if core.durable:
@@ -78,28 +79,63 @@ def flush(core: Core, now: float, wake: Callable[[], None] = _nothing) -> None:
 
 def _write(core: Core, log: Log, records: list[Record], accepted: list[Accepted],
            wake: Callable[[], None]) -> list[Accepted]:
-    """Write the pass's records; return the adds that are durable already."""
+    """Write the pass's records; return the adds that are durable already.
+
+    An add is durable once the records of all its jobs are: its own, and those of the earlier
+    adds whose idempotency keys it matched (under ``--fsync always`` one of those may still wait
+    for its fsync: the add then waits for that same fsync).
+    """
     core.held_back = []
-    try:
-        position = log.append(records)
-    except DiskFull as exc:
-        # Adds are refused; every other change is kept and written once there is room.
-        for peer, req, jobs in accepted:
-            core.queues.discard(jobs)
-            peer.refuse(ProtocolError(ErrorCode.DISK_FULL, str(exc), req=req))
-        kept: list[Record] = [r for r in records
-                              if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
-        if kept:
-            try:
-                log.append(kept)
-            except DiskFull:
-                core.held_back = kept
-        return []
-    if log.policy is FsyncPolicy.ALWAYS and accepted:
-        core.unsynced += len(accepted)
-        log.when_synced(position, functools.partial(_synced, core, accepted, wake))
-        return []
-    return accepted
+    if records:
+        try:
+            log.append(records)
+        except DiskFull as exc:
+            accepted = _refuse_adds(core, records, accepted, exc)
+            # Every other change is kept, and written once there is room.
+            kept: list[Record] = [r for r in records
+                                  if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
+            if kept:
+                try:
+                    log.append(kept)
+                except DiskFull:
+                    core.held_back = kept
+    if log.policy is not FsyncPolicy.ALWAYS or not accepted:
+        return accepted
+    # Jobs join their queues once durable: an add with a job still pending waits for an fsync
+    # of everything written so far, which covers that job's record wherever it was written.
+    ready: list[Accepted] = []
+    waiting: list[Accepted] = []
+    for add in accepted:
+        (waiting if any(job.pending for job in add[2]) else ready).append(add)
+    if waiting:
+        core.unsynced += len(waiting)
+        log.when_synced(log.written, functools.partial(_synced, core, waiting, wake))
+    return ready
+
+
+def _refuse_adds(core: Core, records: list[Record], accepted: list[Accepted],
+                 error: DiskFull) -> list[Accepted]:
+    """The pass's records found no room: refuse the adds that created jobs in this pass, and
+    forget those jobs (only those: a job an earlier pass wrote stays, even if an add of this
+    pass matched its idempotency key). Return the adds that created nothing."""
+    # Ids only grow: every job created in this pass has an id from its first add record on.
+    first_new = min((r.first_id for r in records
+                     if isinstance(r, JobsAdded | JobsAddedWithOptions)),
+                    default=core.queues.last_id + 1)
+    kept: list[Accepted] = []
+    doomed: dict[int, Job] = {}
+    for add in accepted:
+        peer, req, jobs = add
+        new = [job for job in jobs if job.pending and job.id >= first_new]
+        if not new:
+            kept.append(add)
+            continue
+        for job in new:
+            # A job appears twice when a bulk add repeats its idempotency key.
+            doomed[job.id] = job
+        peer.refuse(ProtocolError(ErrorCode.DISK_FULL, str(error), req=req))
+    core.queues.discard(list(doomed.values()))
+    return kept
 
 
 def _synced(core: Core, accepted: list[Accepted], wake: Callable[[], None]) -> None:

@@ -25,14 +25,16 @@ from typing import Final
 
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor, write_base
 from ._errors import DiskFull, LogError
+from ._failpoints import failpoint, hooked
 from ._logfile import FILE_HEADER_SIZE, FileKind, append_record, file_header
 from ._manifest import (
     MANIFEST,
     Manifest,
     base_name,
-    fsync_dir,
+    create_file,
     generation_of,
     increment_name,
+    make_directory,
     read_manifest,
     remove_unreferenced,
     write_manifest,
@@ -93,10 +95,11 @@ class Log:
         """Bytes in all files the manifest names (the log's size on disk)."""
         self._unsynced_fds: list[int] = []
         """Files written since their last fsync, besides the current one."""
-        self._dir_unsynced = False
         self._lock_fd = -1
         self._buffer = bytearray()
         self._sync_waiters: list[tuple[int, Callable[[], None]]] = []
+        self._syncing: asyncio.Future[None] | None = None
+        """The fsync under way, or the last one."""
         self._wake = asyncio.Event()
 
     @property
@@ -114,12 +117,14 @@ class Log:
     def open(self, queues: Queues) -> Recovery:
         """Lock the directory, replay the log into ``queues`` and get ready to append."""
         started = time.perf_counter()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock()
         try:
+            make_directory(self.directory)
+            self._lock()
             recovery = self._recover(queues)
-        except BaseException:
+        except BaseException as exc:
             self._release()
+            if isinstance(exc, OSError):
+                raise LogError(f"cannot open the log in {self.directory}: {exc}") from None
             raise
         recovery.seconds = time.perf_counter() - started
         return recovery
@@ -143,8 +148,16 @@ class Log:
         if damaged:
             # Salvaged: rewrite what was kept as a clean base, so the next start is clean too.
             self._start_over(queues)
+        elif self._manifest.increments:
+            self._fd = os.open(self.directory / self._manifest.increments[-1],
+                               os.O_WRONLY | os.O_APPEND)
         else:
-            self._open_increment(reuse_last=bool(self._manifest.increments))
+            self._generation += 1
+            manifest = Manifest(version=1, base=self._manifest.base,
+                                increments=[increment_name(self._generation)])
+            self._fd = _create_increment(self.directory, manifest)
+            self._manifest = manifest
+            self._size += FILE_HEADER_SIZE
         recovery.jobs = len(queues.jobs)
         recovery.waiting = sum(len(q.waiting) for q in queues.queues.values())
         return recovery
@@ -156,10 +169,9 @@ class Log:
         base = base_name(self._generation)
         old = self._manifest.files()
         write_base(self.directory / base, self._generation, queues)
-        increment = increment_name(self._generation)
-        self._fd = self._create_increment(increment)
-        self._manifest = Manifest(version=1, base=base, increments=[increment])
-        write_manifest(self.directory, self._manifest)
+        self._manifest = Manifest(version=1, base=base,
+                                  increments=[increment_name(self._generation)])
+        self._fd = _create_increment(self.directory, self._manifest)
         for name in old:
             path = self.directory / name
             if path.exists():
@@ -181,9 +193,18 @@ class Log:
         buffer = self._buffer
         buffer.clear()
         encode = encode_record
-        for record in records:
-            append_record(buffer, encode(record))
-        self._write(buffer)
+        try:
+            for record in records:
+                append_record(buffer, encode(record))
+            self._write(buffer)
+        except (DiskFull, LogError):
+            raise
+        except Exception as exc:
+            # A bug, not the disk: the records are not in the log, so nothing more may be
+            # acknowledged.
+            self.failure = LogError(f"writing the log in {self.directory} failed "
+                                    f"({type(exc).__name__}: {exc})")
+            raise self.failure from exc
         self._size += len(buffer)
         self.written += len(buffer)
         if self.policy is FsyncPolicy.ALWAYS:
@@ -193,6 +214,7 @@ class Log:
     def _write(self, data: bytearray) -> None:
         done = 0
         try:
+            failpoint("log.write")
             with memoryview(data) as view:
                 while done < len(view):
                     done += os.write(self._fd, view[done:])
@@ -218,36 +240,63 @@ class Log:
     # The background task: fsyncs and compactions.
 
     async def run(self, queues: Queues) -> None:
-        """fsync by the policy and compact when due, until cancelled. Raises ``LogError``."""
-        loop = asyncio.get_running_loop()
+        """fsync by the policy and compact when due, until cancelled.
+
+        Raises ``LogError`` when the log fails, and for any other exception that ends the task:
+        without it nothing is fsynced any more, so the broker must stop.
+        """
+        try:
+            await self._run(queues)
+        except (LogError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise LogError(f"the log's background task failed ({type(exc).__name__}: {exc}); "
+                           f"stopping without acknowledging anything more") from exc
+
+    async def _run(self, queues: Queues) -> None:
         interval = 1.0 if self.policy is FsyncPolicy.EVERYSEC else None
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
+            failpoint("log.run")
             self.compactor.poll(queues, self._wake.set)
             if self.policy is not FsyncPolicy.NO or self._sync_waiters:
-                await self._sync(loop)
+                await self.sync()
 
-    async def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def sync(self) -> None:
+        """fsync everything written so far; answer the waiters it covers (``when_synced``).
+        Raises ``LogError``.
+
+        One fsync runs at a time, in a thread, as a task of its own: a caller cancelled while it
+        runs leaves it to finish (its thread uses the files), and the next caller waits for it.
+        """
         target = self.written
-        if target == self.synced and not self._dir_unsynced:
-            return
+        while self.synced < target:
+            if self.failure is not None:
+                raise self.failure
+            task = self._syncing
+            if task is None or task.done():
+                task = self._syncing = asyncio.ensure_future(self._fsync())
+                task.add_done_callback(_retrieve)
+            await asyncio.shield(task)
+
+    async def _fsync(self) -> None:
+        target = self.written
         fds = [*self._unsynced_fds, self._fd]
         self._unsynced_fds = []
-        sync_dir = self._dir_unsynced
-        self._dir_unsynced = False
         try:
-            await loop.run_in_executor(None, _fsync_all, fds,
-                                       self.directory if sync_dir else None)
+            await asyncio.get_running_loop().run_in_executor(None, _fsync_all, fds)
         except OSError as exc:
             self.failure = LogError(f"fsync of the log in {self.directory} failed: {exc}; "
                                     f"stopping without acknowledging what it did not cover")
             raise self.failure from None
-        for fd in fds[:-1]:
-            os.close(fd)
-        self.synced = target
+        finally:
+            # Files appends moved away from: this fsync was their last.
+            for fd in fds[:-1]:
+                os.close(fd)
+        self.synced = max(self.synced, target)
         waiters = self._sync_waiters
         if waiters:
             ready = [w for w in waiters if w[0] <= target]
@@ -258,21 +307,17 @@ class Log:
             self._wake.set()
 
     async def close(self) -> None:
-        """Write and fsync what is pending, then release the directory. Idempotent."""
+        """Write and fsync what is pending, answering the waiters that covers, then release the
+        directory. Idempotent."""
         await self.compactor.cancel()
-        if self._fd >= 0 and self.failure is None:
-            fds = [*self._unsynced_fds, self._fd]
-            self._unsynced_fds = []
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, _fsync_all, fds, self.directory)
-            except OSError as exc:
-                self.failure = LogError(f"fsync of the log failed on shutdown: {exc}")
-                raise self.failure from None
-            self.synced = self.written
-            for fd in fds[:-1]:
-                os.close(fd)
-        self._release()
+        if self._syncing is not None:
+            # An fsync under way finishes first: its thread still uses the files.
+            await asyncio.wait([self._syncing])
+        try:
+            if self._fd >= 0 and self.failure is None:
+                await self.sync()
+        finally:
+            self._release()
 
     def _release(self) -> None:
         for fd in self._unsynced_fds:
@@ -287,63 +332,47 @@ class Log:
 
     # Files (what compaction switches: the ``Files`` it works on).
 
-    def freeze(self) -> tuple[list[str], int]:
-        """Move appends to a new increment; return the files before it, and its generation."""
-        frozen = self._manifest.files()
-        self._open_increment(reuse_last=False)
-        return frozen, self._generation
+    async def freeze(self) -> tuple[list[str], int]:
+        """The files a compaction is to replace, and the generation of the increment after them.
 
-    def switch_base(self, base: str, generation: int) -> None:
+        Appends move to a new increment first, named in the manifest (durably) before its first
+        record; unless files before the current increment are left from a compaction that did
+        not finish (it failed, or the broker crashed): those are replaced, and appends stay where
+        they are, so the retries of a failing compaction do not pile up increments.
+        """
+        increments = self._manifest.increments
+        if len(increments) > 1:
+            return self._manifest.files()[:-1], generation_of(increments[-1])
+        frozen = self._manifest.files()
+        generation = self._generation + 1
+        manifest = Manifest(version=1, base=self._manifest.base,
+                            increments=[*increments, increment_name(generation)])
+        fd = await asyncio.get_running_loop().run_in_executor(
+            None, _create_increment, self.directory, manifest)
+        self._generation = generation
+        self._manifest = manifest
+        self._size += FILE_HEADER_SIZE
+        # The file appends leave gets its last fsync with the next.
+        self._unsynced_fds.append(self._fd)
+        self._fd = fd
+        return frozen, generation
+
+    async def switch_base(self, base: str, generation: int) -> None:
         """Name ``base`` in the manifest instead of every file before increment ``generation``."""
         increments = self._manifest.increments
-        kept = increments[increments.index(increment_name(generation)):]
-        self._manifest = Manifest(version=1, base=base, increments=kept)
-        write_manifest(self.directory, self._manifest)
+        manifest = Manifest(version=1, base=base,
+                            increments=increments[increments.index(increment_name(generation)):])
+        await asyncio.get_running_loop().run_in_executor(
+            None, write_manifest, self.directory, manifest)
+        self._manifest = manifest
 
     def measure(self) -> int:
         """Recount (and return) the bytes in the files the manifest names."""
         self._size = sum((self.directory / n).stat().st_size for n in self._manifest.files())
         return self._size
 
-    def _open_increment(self, *, reuse_last: bool) -> None:
-        if reuse_last:
-            name = self._manifest.increments[-1]
-            fd = os.open(self.directory / name, os.O_WRONLY | os.O_APPEND)
-        else:
-            self._generation += 1
-            name = increment_name(self._generation)
-            fd = self._create_increment(name)
-            self._manifest.increments.append(name)
-            # Renamed into place before the first record, so no record is ever in an unnamed file.
-            try:
-                write_manifest(self.directory, self._manifest, sync=False)
-            except OSError:
-                # Nothing switched: appends go on to the current file, named as it was.
-                self._manifest.increments.pop()
-                os.close(fd)
-                (self.directory / name).unlink(missing_ok=True)
-                self._size -= FILE_HEADER_SIZE
-                raise
-            self._dir_unsynced = True
-        if self._fd >= 0:
-            self._unsynced_fds.append(self._fd)
-        self._fd = fd
-
-    def _create_increment(self, name: str) -> int:
-        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                     0o644)
-        header = file_header(FileKind.INCREMENT, generation_of(name))
-        try:
-            os.write(fd, header)
-        except OSError:
-            os.close(fd)
-            (self.directory / name).unlink(missing_ok=True)
-            raise
-        self._size += len(header)
-        return fd
-
     def _lock(self) -> None:
-        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = create_file(self.directory / "LOCK", os.O_RDWR)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -352,8 +381,33 @@ class Log:
             raise LogError(f"{self.directory} is in use by another broker") from None
 
 
-def _fsync_all(fds: Sequence[int], directory: Path | None) -> None:
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # Its failure is kept as the log's ``failure`` and raised to every caller after it.
+    if not task.cancelled():
+        task.exception()
+
+
+def _create_increment(directory: Path, manifest: Manifest) -> int:
+    """Create the last increment ``manifest`` names, durably, then make ``manifest`` the log's
+    (durably too); return the new file, open to append. On an error neither is left behind."""
+    name = manifest.increments[-1]
+    path = directory / name
+    fd = create_file(path, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
+    try:
+        os.write(fd, file_header(FileKind.INCREMENT, generation_of(name)))
+        os.fsync(fd)
+        write_manifest(directory, manifest)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def _fsync_all(fds: Sequence[int]) -> None:
+    sizes = {fd: os.fstat(fd).st_size for fd in fds} if hooked("log.synced") else None
+    failpoint("log.fsync")
     for fd in fds:
         os.fsync(fd)
-    if directory is not None:
-        fsync_dir(directory)
+    if sizes is not None:
+        failpoint("log.synced", sizes)

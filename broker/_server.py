@@ -169,8 +169,9 @@ class Broker:
         1. Stop accepting connections and new jobs.
         2. Tell every client the broker is closing and stop dispatching.
         3. Give active jobs up to ``shutdown_grace`` seconds to be reported.
-        4. Close every connection; jobs still active go back to their queues.
-        5. Write and fsync the log, and release the data directory.
+        4. Write and fsync the log: adds waiting for an fsync get their ``added``.
+        5. Close every connection; jobs still active go back to their queues. Write and fsync
+           that too, and release the data directory.
         """
         if self.status is not BrokerStatus.SERVING:
             if self.status is BrokerStatus.FAILED:
@@ -187,6 +188,13 @@ class Broker:
         deadline = time.monotonic() + self.shutdown_grace
         while self._active_jobs() and time.monotonic() < deadline and self.failure is None:
             await asyncio.sleep(0.02)
+        self._flush()
+        if self.log is not None and self.failure is None:
+            try:
+                await self.log.sync()
+            except LogError as exc:
+                self._fail(exc)
+            self._flush()
         for session in list(self.sessions):
             session.close()
         # Closed connections give their jobs back (re-queue records) as their callbacks run.

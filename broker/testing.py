@@ -16,7 +16,8 @@ from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
 from ._errors import StateError
-from ._failpoints import FAILPOINTS
+from ._failpoints import FAILPOINTS, HOOKS
+from ._failpoints import install as install_failpoint
 from ._flush import flush
 from ._jobs import Consumer, Job, Queue, backoff_delay
 from ._log import Log
@@ -32,6 +33,7 @@ from ._requests import handle
 __all__ = [
     "FAILPOINTS",
     "FILE_HEADER_SIZE",
+    "HOOKS",
     "RECORD_HEADER_SIZE",
     "WINDOW",
     "Consumer",
@@ -52,6 +54,7 @@ __all__ = [
     "backoff_delay",
     "flush",
     "handle",
+    "install_failpoint",
     "load_files",
     "snapshot",
     "write_base",

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
@@ -24,7 +25,7 @@ from processes import ROOT, STOP_TIMEOUT, read_line
 from processes import subprocess_env as child_env
 
 from conveyor.broker import FsyncPolicy
-from conveyor.broker.testing import Job, Log, Queues, Recovery
+from conveyor.broker.testing import Job, Log, Queues, Recovery, install_failpoint
 from conveyor.protocol import JobState
 
 HERE = Path(__file__).resolve().parent
@@ -218,6 +219,57 @@ async def wait_until(condition: Callable[[], Awaitable[Any]], *, timeout: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: still not true after {timeout} s")
         await asyncio.sleep(0.02)
+
+
+# Failpoints of a broker in this process.
+
+
+class Gate:
+    """A failpoint hook that holds whoever reaches it (in any thread) until ``open()``."""
+
+    def __init__(self) -> None:
+        self._reached = threading.Event()
+        self._open = threading.Event()
+
+    def __call__(self, detail: object) -> None:
+        self._reached.set()
+        self._open.wait(60)
+
+    async def reached(self, timeout: float = 10.0) -> None:
+        """Return once something is held at the gate."""
+        if not await asyncio.to_thread(self._reached.wait, timeout):
+            raise AssertionError(f"nothing reached the gate within {timeout} s")
+
+    def open(self) -> None:
+        """Let everything held through, and whatever comes later."""
+        self._open.set()
+
+
+class Failpoints:
+    """Hooks installed at the broker's failpoints for one test; all removed (and every gate
+    opened) at its end."""
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._gates: list[Gate] = []
+
+    def install(self, name: str, hook: Callable[[object], None] | None) -> None:
+        """Run ``hook`` at failpoint ``name`` (``None``: no longer)."""
+        install_failpoint(name, hook)
+        self._names.add(name)
+
+    def gate(self, name: str) -> Gate:
+        """Hold everything that reaches failpoint ``name`` until the gate returned opens."""
+        gate = Gate()
+        self._gates.append(gate)
+        self.install(name, gate)
+        return gate
+
+    def clear(self) -> None:
+        for name in self._names:
+            install_failpoint(name, None)
+        for gate in self._gates:
+            gate.open()
 
 
 # Reopening a data directory in this process.

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from log_support import dir_log_bytes, start_broker, wait_until
+from log_support import Failpoints, dir_log_bytes, reopen, start_broker, wait_until
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import FAILPOINTS
@@ -288,3 +293,80 @@ async def test_a_restart_with_live_data_above_the_floor_does_not_compact_again_a
 
 async def _completed(client: Client, count: int) -> bool:
     return (await client.counts(QUEUE))["completed"] == count
+
+
+async def churn_until(client: Client, condition: Callable[[], bool], what: str) -> None:
+    """Add jobs and drain them (history the log can shed) until ``condition()`` holds."""
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: still not true after 20 s"
+        await client.add_bulk(QUEUE, ["x" * 500] * 10)
+        await client.drain(QUEUE)
+
+
+async def test_a_compaction_that_keeps_failing_adds_no_increment_per_try(
+    tmp_path: Path, failpoints: Failpoints,
+) -> None:
+    data = tmp_path / "data"
+    tries = 0
+
+    def fail(detail: object) -> None:
+        nonlocal tries
+        tries += 1
+        raise OSError(errno.ENOSPC, "no room for the new base")
+
+    failpoints.install("compaction.switched", fail)
+    broker = Broker(port=0, data_dir=data, fsync="always", compact_floor=8192,
+                    compact_ratio=1.5)
+    await broker.start()
+    log = broker.log
+    assert log is not None
+    log.compactor.retry = 0.01
+    try:
+        async with Client(f"127.0.0.1:{broker.port}") as client:
+            await churn_until(client, lambda: tries >= 5, "five compactions fail")
+            # The first try froze the files; every later one took them again.
+            assert len(manifest(data)["increments"]) == 2
+            assert len(list(data.glob("incr-*.log"))) == 2
+
+            failpoints.install("compaction.switched", None)
+            await churn_until(client, lambda: log.compactions > 0, "a compaction succeeds")
+            assert manifest(data)["base"] is not None
+            assert len(manifest(data)["increments"]) == 1
+            kept = await client.add(IDLE, "kept")
+    finally:
+        await broker.close()
+    assert_no_stray_files(data)
+    queues, recovery = await asyncio.to_thread(reopen, data)
+    assert recovery.warnings == []
+    assert bytes(queues.jobs[kept].data) == msgspec.msgpack.encode("kept")
+
+
+async def test_a_compaction_fsyncs_renames_and_deletes_files_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = tmp_path / "data"
+    broker = Broker(port=0, data_dir=data, fsync="always", compact_floor=8192,
+                    compact_ratio=1.5)
+    await broker.start()
+    log = broker.log
+    assert log is not None
+    loop_thread = threading.get_ident()
+    on_the_loop: list[str] = []
+
+    def watch(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == loop_thread:
+                on_the_loop.append(f"{name}{args}")
+            return call(*args, **kwargs)
+        return watched
+
+    for name in ("fsync", "rename", "unlink"):
+        monkeypatch.setattr(os, name, watch(name, getattr(os, name)))
+    try:
+        async with Client(f"127.0.0.1:{broker.port}") as client:
+            await churn_until(client, lambda: log.compactions >= 2, "two compactions")
+    finally:
+        monkeypatch.undo()
+        await broker.close()
+    assert on_the_loop == []

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from log_support import HERE, assert_one_error_line, reopen, start_broker, wait_until
+from log_support import (
+    HERE,
+    Failpoints,
+    assert_one_error_line,
+    reopen,
+    run_broker,
+    start_broker,
+    wait_until,
+)
 
 from conveyor.broker import Broker, BrokerStatus, LogError
 from conveyor.client import Client, ConnectionLost, JobState, RequestRefused
@@ -83,6 +91,8 @@ async def test_an_fsync_error_under_fsync_everysec_stops_the_broker_within_secon
 
 
 async def test_the_broker_cli_exits_with_one_line_when_fsync_fails(tmp_path: Path) -> None:
+    # A log already there: the broker appends to it, and its first fsync is the one that fails.
+    await asyncio.to_thread(reopen, tmp_path / "data")
     broker = await asyncio.to_thread(
         start_broker, tmp_path / "data", "--fsync", "always",
         stderr_path=tmp_path / "broker.stderr",
@@ -96,6 +106,17 @@ async def test_the_broker_cli_exits_with_one_line_when_fsync_fails(tmp_path: Pat
     finally:
         broker.kill()
     assert_one_error_line(broker.stderr, "fsync", "Input/output error", str(tmp_path / "data"))
+
+
+async def test_the_broker_cli_refuses_to_start_when_its_new_log_cannot_be_fsynced(
+    tmp_path: Path,
+) -> None:
+    # A new log's first file and manifest are made durable before anything is acknowledged.
+    done = await asyncio.to_thread(run_broker, tmp_path / "data",
+                                   command=[sys.executable, str(HERE / "log_fsync_fault.py")])
+    assert done.returncode == 1, done.stderr
+    assert_one_error_line(done.stderr, "cannot open the log", str(tmp_path / "data"),
+                          "Input/output error")
 
 
 # A full disk.
@@ -289,3 +310,59 @@ async def test_sigterm_with_jobs_waiting_exits_0_and_a_restart_recovers_every_jo
         assert all(job is not None and job.state is JobState.WAITING for job in jobs)
     finally:
         assert await asyncio.to_thread(restarted.stop) == 0
+
+
+# Unexpected errors.
+
+
+async def test_an_unexpected_error_in_the_log_task_stops_the_broker_with_one_line(
+    tmp_path: Path,
+) -> None:
+    trigger = tmp_path / "trigger"
+    broker = await asyncio.to_thread(
+        start_broker, tmp_path / "data", "--fsync", "everysec",
+        stderr_path=tmp_path / "broker.stderr",
+        command=[sys.executable, str(HERE / "log_failpoint_broker.py")],
+        env={"CONVEYOR_TEST_RAISE": "log.run", "CONVEYOR_TEST_TRIGGER": str(trigger)})
+    try:
+        async with Client(broker.url) as client:
+            kept = await client.add("q", "before")
+            trigger.touch()
+            # The log task's next round (within a second) raises: nothing is fsynced from then
+            # on, so the broker must stop acknowledging and drop its connections.
+            with pytest.raises(ConnectionLost):
+                async with asyncio.timeout(15):
+                    while True:
+                        await client.add("q", "after")
+        assert await asyncio.to_thread(broker.wait, 10) == 1
+    finally:
+        broker.kill()
+    assert_one_error_line(broker.stderr, "log's background task failed", "RuntimeError",
+                          "failpoint log.run triggered")
+    queues, _ = await asyncio.to_thread(reopen, tmp_path / "data")
+    assert bytes(queues.jobs[kept].data) == b"\xa6before"
+
+
+async def test_an_unexpected_error_writing_the_log_stops_the_broker(
+    tmp_path: Path, failpoints: Failpoints,
+) -> None:
+    broker = Broker(port=0, data_dir=tmp_path / "data")
+    await broker.start()
+    serving = asyncio.ensure_future(broker.serve_forever())
+    try:
+        async with Client(f"127.0.0.1:{broker.port}") as client:
+            await client.add("q", "before")
+
+            def bug(detail: object) -> None:
+                raise RuntimeError("a bug in the write path")
+
+            failpoints.install("log.write", bug)
+            with pytest.raises(ConnectionLost):
+                async with asyncio.timeout(10):
+                    await client.add("q", "never acknowledged")
+        with pytest.raises(LogError, match="RuntimeError: a bug in the write path"):
+            await asyncio.wait_for(serving, 10)
+        assert broker.status is BrokerStatus.FAILED
+    finally:
+        serving.cancel()
+        await broker.close()
