@@ -105,15 +105,21 @@ class Dispatcher:
         if consumer.held and consumer.id not in self._leases:
             self._deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
 
-    def take(self, owner: Hashable, job_id: int, lease: int, now: float) -> Job | None:
-        """The job ``owner`` holds under ``lease``, taken from it (its slot is free again, and
-        hearing from it extends its lease); None, and no change, if it holds no such lease."""
+    def holding(self, owner: Hashable, job_id: int, lease: int) -> Job | None:
+        """The job ``owner`` holds under ``lease``; None if it holds no such lease."""
         job = self._store.jobs.get(job_id)
         if job is None or job.lease != lease or lease == 0:
             return None
         consumer = job.holder
         if consumer is None or consumer.owner != owner:
             return None
+        return job
+
+    def take(self, job: Job, now: float) -> None:
+        """Take a job (got from ``holding``) from its holder: its slot is free again, and
+        hearing from the holder extends its lease."""
+        consumer = job.holder
+        assert consumer is not None
         del consumer.held[job.id]
         job.holder = None
         job.lease = 0
@@ -121,7 +127,6 @@ class Dispatcher:
         queue.active -= 1
         self.heard(consumer, now)
         self.wake(queue)
-        return job
 
     def lease_due(self, consumer_id: int, now: float) -> None:
         """The lease of a consumer came due: unless it was heard from since, it loses its jobs."""

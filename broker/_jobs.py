@@ -25,12 +25,14 @@ __all__ = [
     "DELAYED",
     "FAILED",
     "JOB_OVERHEAD",
+    "MAX_DELAY",
     "WAITING",
     "Consumer",
     "Job",
     "JobOptions",
     "Queue",
     "backoff_delay",
+    "clamp_delay",
     "job_options",
     "with_run_at",
 ]
@@ -43,6 +45,12 @@ DEFAULT_LEASE: Final = 30.0
 """Seconds a subscriber may stay silent while holding jobs before they are taken back."""
 JOB_OVERHEAD: Final = 64
 """Bytes a job's record takes in a snapshot beyond its payload and result (an estimate)."""
+MAX_DELAY: Final = 1e9
+"""Longest wait the broker schedules (seconds, about 31 years): a longer delay, backoff or a
+later ``run_at`` is cut to it, so every time it computes is a finite float."""
+_MAX_DOUBLINGS: Final = 1023
+"""Doublings an exponential backoff is computed with at most: ``2.0 ** 1024`` overflows a float,
+and ``2.0 ** 1023`` times any delay above 1e-298 s is past ``MAX_DELAY`` already."""
 
 WAITING: Final = JobState.WAITING
 DELAYED: Final = JobState.DELAYED
@@ -201,8 +209,11 @@ class Queue:
 
 
 def job_options(job: JobDef, now: float) -> JobOptions:
-    """A job's options as kept and logged: the delay turned into an absolute ``run_at``."""
-    run_at = max(now + job.delay, job.run_at or 0.0)
+    """A job's options as kept and logged: the delay turned into an absolute ``run_at``, at
+    most ``MAX_DELAY`` from ``now``."""
+    run_at = now + clamp_delay(job.delay)
+    if job.run_at is not None and job.run_at > run_at:  # (a NaN is never later)
+        run_at = min(job.run_at, now + MAX_DELAY)
     due = run_at if run_at > now else None
     if (job.id is None and job.priority == 0 and job.attempts == 1 and job.backoff is None
             and job.timeout is None and due is None and job.keep_result is None
@@ -219,16 +230,23 @@ def with_run_at(options: JobOptions, *, run_at: float | None) -> JobOptions:
     return msgspec.structs.replace(options, run_at=run_at)
 
 
+def clamp_delay(seconds: float) -> float:
+    """``seconds`` within 0 and ``MAX_DELAY`` (NaN counts as 0)."""
+    if seconds <= MAX_DELAY:
+        return seconds if seconds > 0.0 else 0.0
+    return MAX_DELAY if seconds > MAX_DELAY else 0.0
+
+
 def backoff_delay(backoff: Backoff | None, attempt: int, rng: random.Random) -> float:
-    """Seconds to wait before the try after ``attempt``."""
+    """Seconds to wait before the try after ``attempt``, at most ``MAX_DELAY``."""
     if backoff is None:
         return 0.0
     if backoff.type == "fixed":
         wait = backoff.delay
     else:
-        wait = backoff.delay * 2.0 ** (attempt - 1)
+        wait = backoff.delay * 2.0 ** min(max(attempt - 1, 0), _MAX_DOUBLINGS)
         if backoff.cap is not None:
             wait = min(wait, backoff.cap)
     if backoff.jitter:
         wait *= 1.0 - backoff.jitter * rng.random()
-    return wait
+    return clamp_delay(wait)

@@ -5,6 +5,9 @@ Plain synchronous code with no I/O; the current time is passed in. ``Queues`` ho
 (credit, dispatch, leases), ``Retention`` (finished jobs), ``Deadlines`` (what falls due when).
 What the changes produce beyond the state (log records, events, finished and removed jobs) is
 handed over by ``take_outbox``, once per pass; ``tick`` serves the deadlines that came due.
+
+Every change works out what it will do before it changes anything, so a request that cannot be
+applied leaves the state as it was.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ._jobs import (
     JobOptions,
     Queue,
     backoff_delay,
+    clamp_delay,
     job_options,
     with_run_at,
 )
@@ -105,6 +109,9 @@ class Queues(Store):
         created for it). The flush calls ``enqueue`` once the record is durable, so nothing is
         dispatched before it would survive a crash.
         """
+        # Every job's options first: nothing is changed until all of them are known.
+        given = [job_options(payload, now) if isinstance(payload, JobDef) else DEFAULT_OPTIONS
+                 for payload in payloads]
         queue = self.queue(queue_name)
         jobs = self.jobs
         out: list[Job] = []
@@ -112,19 +119,15 @@ class Queues(Store):
         options: list[JobOptions] = []
         plain = True
         job_id = self.last_id
-        for payload in payloads:
-            if isinstance(payload, JobDef):
-                data = payload.data
-                option = job_options(payload, now)
+        for payload, option in zip(payloads, given, strict=True):
+            data = payload.data if isinstance(payload, JobDef) else payload
+            if option is not DEFAULT_OPTIONS:
                 if option.key is not None:
                     existing = self.keys.get(option.key)
                     if existing is not None:
                         out.append(jobs[existing])
                         continue
-                plain = plain and option is DEFAULT_OPTIONS
-            else:
-                data = payload
-                option = DEFAULT_OPTIONS
+                plain = False
             job_id += 1
             job = Job(job_id, queue_name, data, now, option)
             job.pending = True
@@ -202,9 +205,10 @@ class Queues(Store):
     def ack(self, owner: Hashable, job_id: int, lease: int, result: msgspec.Raw,
             now: float) -> Job | None:
         """Complete the job under ``lease``; None (and no change) if the lease is not held."""
-        job = self.dispatcher.take(owner, job_id, lease, now)
+        job = self.dispatcher.holding(owner, job_id, lease)
         if job is None:
             return None
+        self.dispatcher.take(job, now)
         job.result = result
         job.error = None
         self.retention.finish(job, COMPLETED, now)
@@ -214,23 +218,28 @@ class Queues(Store):
              retry: bool = True, delay: float | None = None) -> Job | None:
         """Fail the try under ``lease``: retry while attempts are left (and ``retry``), after
         ``delay`` or the job's backoff; else the job fails. None if the lease is not held."""
-        job = self.dispatcher.take(owner, job_id, lease, now)
+        job = self.dispatcher.holding(owner, job_id, lease)
         if job is None:
             return None
+        retrying = retry and job.attempt < job.options.attempts
+        if retrying:
+            wait = clamp_delay(delay) if delay is not None else backoff_delay(
+                job.options.backoff, job.attempt, self.rng)
+            run_at = now + wait if wait > 0 else None
+        self.dispatcher.take(job, now)
         job.error = error
-        if retry and job.attempt < job.options.attempts:
-            wait = delay if delay is not None else backoff_delay(job.options.backoff, job.attempt,
-                                                                 self.rng)
-            self._retry(job, error, now, wait)
+        if retrying:
+            self._retry(job, error, now, run_at)
         else:
             self.retention.finish(job, FAILED, now)
         return job
 
     def release(self, owner: Hashable, job_id: int, lease: int, now: float = 0.0) -> Job | None:
         """Put the job under ``lease`` back at the head of its queue, its try given back."""
-        job = self.dispatcher.take(owner, job_id, lease, now)
+        job = self.dispatcher.holding(owner, job_id, lease)
         if job is None:
             return None
+        self.dispatcher.take(job, now)
         job.attempt -= 1
         self.dispatcher.requeue(self.queues[job.queue], [job])
         return job
@@ -369,9 +378,8 @@ class Queues(Store):
         queue.delayed[job.id] = job
         self.deadlines.set(Kind.DUE, job.id, run_at)
 
-    def _retry(self, job: Job, error: JobError, now: float, wait: float) -> None:
+    def _retry(self, job: Job, error: JobError, now: float, run_at: float | None) -> None:
         queue = self.queues[job.queue]
-        run_at = now + wait if wait > 0 else None
         output = self.output
         watched = queue.name in output.watched
         if output.logged:

@@ -3,10 +3,16 @@
 ``handle`` is one ``match`` over the messages a client may send after ``hello``. It does no I/O:
 replies go to the peer's buffer (``Peer.send``), and what must wait for the log (an ``add``'s
 ``added``), for dispatch or for a job to finish is left in the ``Core`` for the flush.
+
+No exception leaves ``handle``: a request the state machine refuses gets ``INVALID_STATE``, and
+one that fails for any other reason (a bug) gets ``INTERNAL`` and one logged traceback, while the
+connection stays open. The state machine works out what a change will do before it changes
+anything, so such a request leaves the state as it was.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import assert_never
 
 from conveyor.protocol import (
@@ -51,6 +57,8 @@ from ._peer import Peer
 from ._queues import Queues
 
 __all__ = ["handle"]
+
+log = logging.getLogger("broker")
 
 
 def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
@@ -140,6 +148,13 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
     except StateError as exc:
         peer.refuse(ProtocolError(ErrorCode.INVALID_STATE, str(exc),
                                   req=getattr(message, "req", 0)))
+    except Exception as exc:
+        tag = message.__struct_config__.tag
+        log.exception("internal error handling a %r request from %r", tag, peer)
+        peer.refuse(ProtocolError(
+            ErrorCode.INTERNAL,
+            f"internal error handling {tag!r} ({type(exc).__name__}); the request had no effect",
+            req=getattr(message, "req", 0)))
 
 
 def _queue_ok(peer: Peer, req: int, name: str) -> bool:

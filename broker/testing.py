@@ -16,7 +16,7 @@ from ._deadlines import Deadlines, Kind
 from ._errors import StateError
 from ._failpoints import FAILPOINTS
 from ._flush import flush
-from ._jobs import Consumer, Job, Queue, backoff_delay
+from ._jobs import MAX_DELAY, Consumer, Job, Queue, backoff_delay
 from ._log import Log
 from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
 from ._outbox import Outbox
@@ -30,6 +30,7 @@ from ._requests import handle
 __all__ = [
     "FAILPOINTS",
     "FILE_HEADER_SIZE",
+    "MAX_DELAY",
     "RECORD_HEADER_SIZE",
     "WINDOW",
     "Consumer",

@@ -15,6 +15,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from state_checks import check_active_exactly_when_held
 
 from conveyor.broker.testing import Consumer, Job, Queues
 from conveyor.protocol import JobError, JobState
@@ -682,6 +683,10 @@ class QueuesMachine(RuleBasedStateMachine):
         self._dispatch()
 
     # Invariants.
+
+    @invariant()
+    def active_exactly_when_held(self) -> None:
+        check_active_exactly_when_held(self.queues)
 
     @invariant()
     def every_job_is_in_exactly_one_place(self) -> None:
