@@ -21,6 +21,7 @@ from collections.abc import Hashable
 
 from conveyor.protocol import JobError
 
+from ._clock import Timeline
 from ._deadlines import Deadlines, Kind
 from ._jobs import (
     ACTIVE,
@@ -44,12 +45,15 @@ class Dispatcher:
     """The subscriptions of one broker and the dispatch of waiting jobs to them."""
 
     __slots__ = ("_by_id", "_deadlines", "_last_consumer", "_last_lease", "_leases", "_output",
-                 "_owners", "_ready", "_retention", "_served", "_store", "max_redeliveries")
+                 "_owners", "_ready", "_retention", "_served", "_store", "_timeline",
+                 "max_redeliveries")
 
     def __init__(self, store: Store, deadlines: Deadlines, output: Output, retention: Retention,
-                 *, max_redeliveries: int = DEFAULT_MAX_REDELIVERIES) -> None:
+                 timeline: Timeline, *,
+                 max_redeliveries: int = DEFAULT_MAX_REDELIVERIES) -> None:
         self.max_redeliveries = max_redeliveries
         self._store = store
+        self._timeline = timeline
         self._retention = retention
         self._deadlines = deadlines
         self._leases = deadlines.live(Kind.LEASE)
@@ -97,8 +101,9 @@ class Dispatcher:
             self._ready.add(queue)
 
     def heard(self, consumer: Consumer, now: float) -> None:
-        """The consumer's owner is alive: its lease runs for another lease period from ``now``."""
-        consumer.deadline = now + consumer.lease
+        """The consumer's owner is alive: its lease runs for another lease period from ``now``
+        (on the monotonic clock: a step of the wall clock neither shortens nor stretches it)."""
+        consumer.deadline = now + self._timeline.offset + consumer.lease
         if consumer.silent:
             consumer.silent = False
             self.wake(consumer.queue)
@@ -133,7 +138,7 @@ class Dispatcher:
         consumer = self._by_id.get(consumer_id)
         if consumer is None or not consumer.held:
             return
-        if consumer.deadline > now:
+        if consumer.deadline > self._timeline.monotonic(now):
             self._deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
             return
         # Silent for a whole lease (a blocked loop, a stopped process): its jobs go elsewhere,

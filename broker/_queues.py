@@ -1,10 +1,12 @@
 """The queue state machine's facade: every request and timer event that changes the queues.
 
-Plain synchronous code with no I/O; the current time is passed in. ``Queues`` holds the state
-(it is the ``Store``) and moves jobs between their states; its parts do the rest: ``Dispatcher``
-(credit, dispatch, leases), ``Retention`` (finished jobs), ``Deadlines`` (what falls due when).
-What the changes produce beyond the state (log records, events, finished and removed jobs) is
-handed over by ``take_outbox``, once per pass; ``tick`` serves the deadlines that came due.
+Plain synchronous code with no I/O; the current wall time is passed in (``now``, read with
+``Queues.now()`` from the clock the state was given). ``Queues`` holds the state (it is the
+``Store``) and moves jobs between their states; its parts do the rest: ``Dispatcher`` (credit,
+dispatch, leases), ``Retention`` (finished jobs), ``Deadlines`` (what falls due when, on the
+monotonic clock: see ``_clock``). What the changes produce beyond the state (log records,
+events, finished and removed jobs) is handed over by ``take_outbox``, once per pass; ``tick``
+serves the deadlines that came due.
 
 Every change works out what it will do before it changes anything, so a request that cannot be
 applied leaves the state as it was.
@@ -20,6 +22,7 @@ import msgspec
 
 from conveyor.protocol import JobDef, JobError, JobState
 
+from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
 from ._dispatch import Dispatcher
 from ._errors import StateError
@@ -75,19 +78,26 @@ class Queues(Store):
         keep_age: float | None = None,
         logged: bool = False,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__()
         self.rng = rng or random.Random()
         """Jitters retry backoffs."""
+        self.timeline = Timeline(clock)
+        """The clock, and how wall times turn into times on the deadlines (monotonic)."""
         self.output = Output(logged=logged)
         self.watched = self.output.watched
         """Queues whose events are collected (the watchers keep it up to date)."""
         self.deadlines = Deadlines()
-        self.retention = Retention(self, self.output, self.deadlines,
+        self.retention = Retention(self, self.output, self.deadlines, self.timeline,
                                    keep_completed=keep_completed, keep_failed=keep_failed,
                                    keep_age=keep_age)
         self.dispatcher = Dispatcher(self, self.deadlines, self.output, self.retention,
-                                     max_redeliveries=max_redeliveries)
+                                     self.timeline, max_redeliveries=max_redeliveries)
+
+    def now(self) -> float:
+        """The wall time now, from the state's clock: what ``now`` arguments take."""
+        return self.timeline.now()
 
     def take_outbox(self) -> Outbox:
         """What the changes since the last take produced: records, events, finished jobs."""
@@ -268,7 +278,7 @@ class Queues(Store):
     # Deadlines.
 
     def next_deadline(self) -> float | None:
-        """When ``tick`` next has something to do (Unix seconds), or None."""
+        """When ``tick`` next has something to do (on the monotonic clock), or None."""
         return self.deadlines.next()
 
     def tick(self, now: float) -> None:
@@ -276,7 +286,8 @@ class Queues(Store):
         their jobs, finished jobs past their retention are forgotten."""
         deadlines = self.deadlines
         jobs = self.jobs
-        while (due := deadlines.pop(now)) is not None:
+        monotonic = self.timeline.monotonic(now)
+        while (due := deadlines.pop(monotonic)) is not None:
             kind, key = due
             if kind is Kind.DUE:
                 job = jobs.get(cast(int, key))
@@ -372,11 +383,12 @@ class Queues(Store):
     # Moving jobs.
 
     def delay_job(self, queue: Queue, job: Job) -> None:
-        """Hold a delayed job until its ``run_at``."""
+        """Hold a delayed job until its ``run_at`` (the wall time turned into a monotonic one
+        now, once: a later step of the wall clock does not move it)."""
         run_at = job.options.run_at
         assert run_at is not None
         queue.delayed[job.id] = job
-        self.deadlines.set(Kind.DUE, job.id, run_at)
+        self.deadlines.set(Kind.DUE, job.id, self.timeline.monotonic(run_at))
 
     def _retry(self, job: Job, error: JobError, now: float, run_at: float | None) -> None:
         queue = self.queues[job.queue]

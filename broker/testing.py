@@ -8,8 +8,11 @@ drives a ``Core`` as the server does: ``handle`` for each request from a ``Recor
 
 from __future__ import annotations
 
+import time
+
 from conveyor.protocol import BrokerMessage, Error, ProtocolError
 
+from ._clock import SYSTEM_CLOCK, Clock, SystemClock
 from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
@@ -32,13 +35,16 @@ __all__ = [
     "FILE_HEADER_SIZE",
     "MAX_DELAY",
     "RECORD_HEADER_SIZE",
+    "SYSTEM_CLOCK",
     "WINDOW",
+    "Clock",
     "Consumer",
     "Core",
     "Deadlines",
     "Job",
     "Kind",
     "Log",
+    "ManualClock",
     "Outbox",
     "Queue",
     "Queues",
@@ -48,6 +54,8 @@ __all__ = [
     "Recovery",
     "Replayer",
     "StateError",
+    "SteppedClock",
+    "SystemClock",
     "backoff_delay",
     "flush",
     "handle",
@@ -88,3 +96,46 @@ class RecordingPeer:
         """What was sent since the last take."""
         sent, self.sent = self.sent, []
         return sent
+
+
+class ManualClock:
+    """A clock that moves only when told: ``advance`` moves both clocks (time passes), ``step``
+    moves the wall clock alone (an operator or NTP set it)."""
+
+    def __init__(self, wall: float = 1_700_000_000.0, monotonic: float = 1000.0) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+
+    def wall(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        """``seconds`` pass."""
+        self._wall += seconds
+        self._monotonic += seconds
+
+    def step(self, seconds: float) -> None:
+        """The wall clock is set ``seconds`` forward (or back, if negative)."""
+        self._wall += seconds
+
+
+class SteppedClock:
+    """The system's clocks, with the wall clock set ``step``-ped away from the system's: a real
+    broker given it sees the wall clock jump when a test calls ``step``."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        """Seconds added to the system's wall clock."""
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def step(self, seconds: float) -> None:
+        """The wall clock is set ``seconds`` forward (or back, if negative)."""
+        self.offset += seconds
