@@ -3,6 +3,7 @@ them)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Hashable
@@ -48,9 +49,6 @@ JOB_OVERHEAD: Final = 64
 MAX_DELAY: Final = 1e9
 """Longest wait the broker schedules (seconds, about 31 years): a longer delay, backoff or a
 later ``run_at`` is cut to it, so every time it computes is a finite float."""
-_MAX_DOUBLINGS: Final = 1023
-"""Doublings an exponential backoff is computed with at most: ``2.0 ** 1024`` overflows a float,
-and ``2.0 ** 1023`` times any delay above 1e-298 s is past ``MAX_DELAY`` already."""
 
 WAITING: Final = JobState.WAITING
 DELAYED: Final = JobState.DELAYED
@@ -244,7 +242,11 @@ def backoff_delay(backoff: Backoff | None, attempt: int, rng: random.Random) -> 
     if backoff.type == "fixed":
         wait = backoff.delay
     else:
-        wait = backoff.delay * 2.0 ** min(max(attempt - 1, 0), _MAX_DOUBLINGS)
+        try:
+            # ldexp(d, n) is d * 2 ** n, exactly; 2.0 ** n alone overflows past n = 1023.
+            wait = math.ldexp(backoff.delay, max(attempt - 1, 0))
+        except OverflowError:
+            wait = MAX_DELAY
         if backoff.cap is not None:
             wait = min(wait, backoff.cap)
     if backoff.jitter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from fractions import Fraction
 from typing import Any
 
 import msgspec
@@ -162,15 +163,11 @@ def test_fixed_backoff_with_jitter_stays_within_its_bounds() -> None:
 def test_backoff_delay_stays_within_its_bounds(kind: str, delay: float, cap: float | None,
                                                jitter: float, attempt: int, seed: int) -> None:
     backoff = Backoff(type=kind, delay=delay, cap=cap, jitter=jitter)  # type: ignore[arg-type]
-    if kind == "fixed":
-        most = delay
-    elif attempt > 1000:  # 2.0 ** 1024 overflows: past any delay the broker schedules
-        most = MAX_DELAY if delay > 0 else 0.0
-    else:
-        most = delay * 2.0 ** (attempt - 1)
+    # Exact arithmetic: 2.0 ** 1024 overflows a float, and a million attempts are valid.
+    exact = Fraction(delay) * (1 if kind == "fixed" else 2 ** (attempt - 1))
     if kind == "exponential" and cap is not None:
-        most = min(most, cap)
-    most = min(most, MAX_DELAY)  # no wait is ever longer
+        exact = min(exact, Fraction(cap))
+    most = float(min(exact, Fraction(MAX_DELAY)))  # no wait is ever longer
     wait = backoff_delay(backoff, attempt, random.Random(seed))
     assert most * (1 - jitter) - 1e-9 <= wait <= most + 1e-9
     assert backoff_delay(None, attempt, random.Random(seed)) == 0.0
