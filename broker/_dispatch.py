@@ -92,7 +92,7 @@ class Dispatcher:
             del consumer.queue.consumers[owner]
             del self._by_id[consumer.id]
             self._deadlines.cancel(Kind.LEASE, consumer.id)
-            requeued += self._take_back(consumer, now)
+            requeued += self._take_back(consumer, now, "the worker's connection dropped")
         return requeued
 
     def wake(self, queue: Queue) -> None:
@@ -144,7 +144,8 @@ class Dispatcher:
         # Silent for a whole lease (a blocked loop, a stopped process): its jobs go elsewhere,
         # and it gets no more until it is heard from.
         consumer.silent = True
-        self._take_back(consumer, now)
+        self._take_back(consumer, now, f"the worker's lease of {consumer.lease:g} s ran out "
+                                       f"(it was not heard from for that long)")
 
     def requeue(self, queue: Queue, jobs: list[Job]) -> None:
         """Put jobs taken from their holder back at the head of ``queue``, in order."""
@@ -158,9 +159,9 @@ class Dispatcher:
                 output.records.append(JobRequeued(id=job.id, drops=job.drops))
         self.wake(queue)
 
-    def _take_back(self, consumer: Consumer, now: float) -> list[Job]:
-        """The consumer's worker is lost: its jobs go back, or fail after too many losses.
-        Returns the jobs that went back."""
+    def _take_back(self, consumer: Consumer, now: float, why: str) -> list[Job]:
+        """The consumer's worker is lost (``why`` says how): its jobs go back, or fail after
+        too many losses, with ``why`` in their error. Returns the jobs that went back."""
         jobs = list(consumer.held.values())
         consumer.held.clear()
         consumer.queue.active -= len(jobs)
@@ -172,8 +173,8 @@ class Dispatcher:
             if job.drops > self.max_redeliveries:
                 job.error = JobError(
                     type="WorkerLost",
-                    message=f"the worker running it was lost {job.drops} times "
-                            f"(limit {self.max_redeliveries} redeliveries)",
+                    message=f"lost with its worker {job.drops} times, more than the "
+                            f"{self.max_redeliveries} redeliveries allowed; the last time, {why}",
                 )
                 self._retention.finish(job, FAILED, now)
             else:
