@@ -1,0 +1,63 @@
+"""What the broker keeps stays bounded by what is live, whatever clients do: through a real broker.
+
+- The deadline heap holds no entries for removed, drained, promoted or forgotten jobs beyond a
+  constant factor of the live deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+from lifecycle_support import running
+
+from conveyor.broker import Broker
+from conveyor.broker.testing import Deadlines
+from conveyor.client import Client, JobSpec
+from conveyor.worker import Job, Worker
+
+T = TypeVar("T")
+MakeBroker = Callable[..., Awaitable[Broker]]
+
+HOUR = 3600.0
+
+
+async def in_batches(calls: Iterable[Awaitable[T]], size: int = 500) -> list[T]:
+    """Await ``calls`` ``size`` at a time (each batch pipelined on the connection)."""
+    pending = list(calls)
+    results: list[T] = []
+    for start in range(0, len(pending), size):
+        results += await asyncio.gather(*pending[start:start + size])
+    return results
+
+
+def assert_bounded(deadlines: Deadlines) -> None:
+    assert deadlines.entries <= 3 * len(deadlines) + 16, (deadlines.entries, len(deadlines))
+
+
+async def test_jobs_that_leave_leave_no_deadline_behind(broker: Broker, url: str) -> None:
+    deadlines = broker.queues.deadlines
+
+    async def done(job: Job) -> str:
+        return "done"
+
+    async with Client(url) as client, running(Worker("kept", done, url=url)):
+        for _ in range(4):
+            # Removed one by one, promoted (then drained), and drained while delayed.
+            ids = await client.add_bulk("later", [JobSpec(n, delay=HOUR) for n in range(3000)])
+            await in_batches(client.remove(job_id) for job_id in ids[:1000])
+            await in_batches(client.promote(job_id) for job_id in ids[1000:2000])
+            assert_bounded(deadlines)
+            assert await client.drain("later") == 2000
+            assert_bounded(deadlines)
+            # Finished jobs with a keep_result of their own, forgotten by a clean.
+            kept = await client.add_bulk("kept", [JobSpec(n, keep_result=HOUR)
+                                                  for n in range(1000)])
+            await in_batches(client.wait(job_id, timeout=30) for job_id in kept)
+            assert await client.clean("kept", "completed") == 1000
+            assert_bounded(deadlines)
+        counts = await client.counts("later")
+    assert (counts["waiting"], counts["delayed"]) == (0, 0)
+    # What is left: at most the lease of the one subscription.
+    assert len(deadlines) <= 1 and deadlines.entries <= 3 + 16
