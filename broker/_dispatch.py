@@ -95,6 +95,10 @@ class Dispatcher:
             requeued += self._take_back(consumer, now, "the worker's connection dropped")
         return requeued
 
+    def forget(self, queue: Queue) -> None:
+        """``queue`` is forgotten (it has no subscriber)."""
+        self._ready.discard(queue)
+
     def wake(self, queue: Queue) -> None:
         """``queue`` may have work to hand out: look at it in the next ``dispatch``."""
         if queue.waiting and queue.consumers:

@@ -182,7 +182,7 @@ class Queue:
 
     __slots__ = ("active", "added_rate", "completed", "completed_rate", "consumers", "delayed",
                  "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own", "name",
-                 "paused", "waiting")
+                 "paused", "pending", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -191,6 +191,8 @@ class Queue:
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False
         self.active = 0
+        self.pending = 0
+        """Jobs created and not yet in line (their record is not durable yet)."""
         self.completed = 0
         """Jobs completed since the queue was created."""
         self.failed = 0
@@ -204,6 +206,15 @@ class Queue:
         self.completed_rate = Rate()
         self.failed_rate = Rate()
         """Jobs added, completed and failed over the last minute (not logged)."""
+
+    def unused(self) -> bool:
+        """Whether nothing would be lost if the queue were forgotten: it holds no job in any
+        state, nobody is subscribed, it is not paused and it never finished a job (its totals
+        are 0). Whether it is watched is the caller's to check."""
+        return (not self.waiting and not self.delayed and not self.consumers and not self.pending
+                and not self.active and not self.paused and not self.completed
+                and not self.failed and not self.kept_completed and not self.kept_failed
+                and not self.kept_own)
 
 
 def job_options(job: JobDef, now: float) -> JobOptions:

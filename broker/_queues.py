@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Sequence
-from typing import cast
+from typing import Final, cast
 
 import msgspec
 
@@ -65,6 +65,9 @@ __all__ = [
     "Queues",
 ]
 
+_UNUSED_QUEUES: Final = 1024
+"""Unused queues tolerated beyond the queues in use before ``sweep`` forgets them."""
+
 
 class Queues(Store):
     """Every queue, job and subscription of one broker, and the moves between job states."""
@@ -94,6 +97,8 @@ class Queues(Store):
                                    keep_age=keep_age)
         self.dispatcher = Dispatcher(self, self.deadlines, self.output, self.retention,
                                      self.timeline, max_redeliveries=max_redeliveries)
+        self._kept_queues = 0
+        """Queues left by the last ``forget_unused``."""
 
     def now(self) -> float:
         """The wall time now, from the state's clock: what ``now`` arguments take."""
@@ -150,6 +155,7 @@ class Queues(Store):
             self.live_bytes += len(data) + JOB_OVERHEAD
         if not created:
             return out
+        queue.pending += len(created)
         queue.added_rate.mark(len(created), now)
         self.last_id = job_id
         if self.output.logged:
@@ -173,6 +179,7 @@ class Queues(Store):
         if not fresh:
             return
         queue = self.queues[fresh[0].queue]
+        queue.pending -= len(fresh)
         watched = queue.name in self.watched
         event = self.output.event
         waiting = []
@@ -193,7 +200,30 @@ class Queues(Store):
         """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""
         for job in jobs:
             if job.pending:
+                job.pending = False
+                self.queues[job.queue].pending -= 1
                 self.retention.forget(job)
+
+    # Unused queues.
+
+    def sweep(self) -> None:
+        """Forget unused queues once they could outnumber the others by ``_UNUSED_QUEUES``:
+        cheap on every pass, and a sweep's cost is repaid by the queues created since the last.
+        """
+        if len(self.queues) > 2 * self._kept_queues + _UNUSED_QUEUES:
+            self.forget_unused()
+
+    def forget_unused(self) -> int:
+        """Forget every queue that is unused and unwatched (it reads as one that never existed);
+        return how many."""
+        watched = self.watched
+        unused = [queue for queue in self.queues.values()
+                  if queue.unused() and queue.name not in watched]
+        for queue in unused:
+            del self.queues[queue.name]
+            self.dispatcher.forget(queue)
+        self._kept_queues = len(self.queues)
+        return len(unused)
 
     # Subscribers and their reports.
 

@@ -135,6 +135,8 @@ class Broker:
         if self.log is not None:
             self.queues.now()  # replay arms the deadlines of delayed jobs against the clock now
             self.recovery = self.log.open(self.queues)
+            # The log remembers queues that were in use once; the unused ones are forgotten.
+            self.queues.forget_unused()
         try:
             self._server = await loop.create_server(
                 lambda: Session(self), self.host, self.port, reuse_address=True

@@ -61,3 +61,32 @@ async def test_jobs_that_leave_leave_no_deadline_behind(broker: Broker, url: str
     assert (counts["waiting"], counts["delayed"]) == (0, 0)
     # What is left: at most the lease of the one subscription.
     assert len(deadlines) <= 1 and deadlines.entries <= 3 + 16
+
+
+# Unused queues.
+
+QUEUE_NAMES = 100_000
+
+
+async def test_100k_queues_used_once_are_forgotten(broker: Broker, url: str) -> None:
+    """Every request that names a queue may create it; one left with nothing in it is forgotten,
+    so a client naming 100,000 queues does not leave 100,000 behind."""
+    async with Client(url) as client:
+        await client.add("kept", "a job")  # a queue in use
+        await client.pause("paused")  # and one that is paused
+        # Created and left unused at once (a resume creates the queue it names).
+        await in_batches((client.resume(f"q{n}") for n in range(QUEUE_NAMES)), size=2000)
+        # Used, then emptied: a job added then removed, and a queue drained.
+        for n in range(100):
+            await client.remove(await client.add(f"r{n}", n))
+        await client.add_bulk("drained", list(range(100)))
+        await client.drain("drained")
+        names = {queue.name for queue in await client.queues()}
+        assert len(broker.queues.queues) <= 2 * 2 + 1024 + 2
+        assert {"kept", "paused"} <= names and len(names) <= 1024 + 2
+        # A forgotten queue reads as one that never existed, and comes back when used.
+        assert await client.counts("q7") == {"waiting": 0, "active": 0, "delayed": 0,
+                                              "completed": 0, "failed": 0, "workers": 0}
+        await client.add("q7", "again")
+        assert (await client.counts("q7"))["waiting"] == 1
+        assert (await client.counts("kept"))["waiting"] == 1
