@@ -13,7 +13,7 @@ anything, so such a request leaves the state as it was.
 from __future__ import annotations
 
 import logging
-from typing import assert_never
+from typing import Final, assert_never
 
 from conveyor.protocol import (
     Ack,
@@ -56,7 +56,11 @@ from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
 
-__all__ = ["handle"]
+__all__ = ["MIN_LEASE", "handle"]
+
+MIN_LEASE: Final = 1.0
+"""Shortest lease a subscription may ask for (seconds): a shorter one would take jobs from
+healthy workers whose event loop merely paused (a garbage collection, a slow callback)."""
 
 log = logging.getLogger("broker")
 
@@ -86,7 +90,12 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     core.accepted.append((peer, req, queues.create(name, jobs, now)))
             # Subscriptions.
             case Subscribe(req=req, queue=name, window=window, lease=lease):
-                if _queue_ok(peer, req, name):
+                if not lease >= MIN_LEASE:
+                    peer.refuse(ProtocolError(
+                        ErrorCode.INVALID_FIELD,
+                        f"a lease of {lease:g} s is below the minimum of {MIN_LEASE:g} s "
+                        f"- at `$.lease`", req=req))
+                elif _queue_ok(peer, req, name):
                     queues.subscribe(peer, name, window, lease)
                     peer.send(Ok(req=req))
             case SetWindow(req=req, queue=name, window=window):

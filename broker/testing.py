@@ -28,12 +28,13 @@ from ._rates import WINDOW, Rate
 from ._records import Record
 from ._recovery import Recovery
 from ._replay import Replayer, snapshot
-from ._requests import handle
+from ._requests import MIN_LEASE, handle
 
 __all__ = [
     "FAILPOINTS",
     "FILE_HEADER_SIZE",
     "MAX_DELAY",
+    "MIN_LEASE",
     "RECORD_HEADER_SIZE",
     "SYSTEM_CLOCK",
     "WINDOW",

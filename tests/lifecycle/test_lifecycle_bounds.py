@@ -2,6 +2,8 @@
 
 - The deadline heap holds no entries for removed, drained, promoted or forgotten jobs beyond a
   constant factor of the live deadlines.
+- Queues left unused are forgotten.
+- A subscription's lease is at least a second.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import pytest
 from lifecycle_support import running
 
 from conveyor.broker import Broker
-from conveyor.broker.testing import Deadlines
-from conveyor.client import Client, JobSpec
+from conveyor.broker.testing import MIN_LEASE, Deadlines
+from conveyor.client import Client, Connection, JobSpec, ProtocolViolation
+from conveyor.protocol import ErrorCode, Subscribe
 from conveyor.worker import Job, Worker
 
 T = TypeVar("T")
@@ -90,3 +94,25 @@ async def test_100k_queues_used_once_are_forgotten(broker: Broker, url: str) -> 
         await client.add("q7", "again")
         assert (await client.counts("q7"))["waiting"] == 1
         assert (await client.counts("kept"))["waiting"] == 1
+
+
+# Leases.
+
+
+@pytest.mark.parametrize("lease", [0.001, 0.999])
+async def test_a_subscription_with_a_lease_under_a_second_is_refused(
+        broker: Broker, url: str, lease: float) -> None:
+    connection = await Connection.open(url)
+    try:
+        with pytest.raises(ProtocolViolation) as refused:
+            await connection.request(lambda req: Subscribe(req=req, queue="short", window=1,
+                                                           lease=lease))
+        assert refused.value.code == ErrorCode.INVALID_FIELD
+        assert "$.lease" in str(refused.value) and f"{MIN_LEASE:g} s" in str(refused.value)
+        assert broker.queues.counts("short")["workers"] == 0
+        # The connection goes on, and a lease of exactly the minimum is taken.
+        await connection.request(lambda req: Subscribe(req=req, queue="short", window=1,
+                                                       lease=MIN_LEASE))
+        assert broker.queues.counts("short")["workers"] == 1
+    finally:
+        await connection.close()
