@@ -69,7 +69,8 @@ class Dispatcher:
 
     def subscribe(self, owner: Hashable, queue: Queue, window: int,
                   lease: float = DEFAULT_LEASE) -> Consumer:
-        """Subscribe ``owner`` to ``queue`` with a credit window (or change the window)."""
+        """Subscribe ``owner`` to ``queue`` with a credit window and a lease, or change the
+        window of its subscription (whose lease stays the one it was made with)."""
         consumer = queue.consumers.get(owner)
         if consumer is None:
             self._served += 1
@@ -79,7 +80,6 @@ class Dispatcher:
             self._owners.setdefault(owner, []).append(consumer)
             self._by_id[consumer.id] = consumer
         consumer.window = window
-        consumer.lease = lease
         if consumer.free > 0:
             self.wake(queue)
         return consumer

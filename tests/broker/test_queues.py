@@ -806,3 +806,17 @@ def test_unused_queues_are_swept_once_they_could_outnumber_the_others() -> None:
     queues.pause("one more", False)
     queues.sweep()
     assert len(queues.queues) == 0
+
+
+def test_subscribing_again_changes_the_window_but_keeps_the_lease() -> None:
+    """protocol.md: a repeated ``subscribe`` changes the window as ``window`` does; the lease
+    stays the one the first ``subscribe`` set."""
+    queues = Queues()
+    queues.subscribe("w", "q", 1, lease=5.0)
+    queues.add("q", payloads(2), 0.0)
+    queues.dispatch(0.0)
+    consumer = queues.subscribe("w", "q", 2, lease=60.0)
+    assert (consumer.window, consumer.lease) == (2, 5.0)
+    queues.dispatch(1.0)
+    queues.tick(5.0)  # five seconds without a word: the jobs go back
+    assert consumer.held == {} and counts(queues)[:2] == (2, 0)
