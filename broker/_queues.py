@@ -92,6 +92,7 @@ class Queues(Store):
         self.watched = self.output.watched
         """Queues whose events are collected (the watchers keep it up to date)."""
         self.deadlines = Deadlines()
+        self._due = self.deadlines.live(Kind.DUE)
         self.retention = Retention(self, self.output, self.deadlines, self.timeline,
                                    keep_completed=keep_completed, keep_failed=keep_failed,
                                    keep_age=keep_age)
@@ -147,6 +148,10 @@ class Queues(Store):
             job = Job(job_id, queue_name, data, now, option)
             job.pending = True
             jobs[job_id] = job
+            if option.run_at is not None:
+                # Its delay counts from now, whatever the wall clock does while its record waits
+                # for the disk (``enqueue`` finds out if it came due meanwhile).
+                self.deadlines.set(Kind.DUE, job_id, self.timeline.monotonic(option.run_at))
             if option.key is not None:
                 self.keys[option.key] = job_id
             out.append(job)
@@ -169,7 +174,8 @@ class Queues(Store):
         return out
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
-        """Put jobs made by ``create`` in line (the delayed ones among the deadlines)."""
+        """Put jobs made by ``create`` in line (the delayed ones with the delayed jobs, or in
+        line when they came due while their record waited for the disk)."""
         fresh = []
         for job in jobs:
             # A job appears more than once when one bulk add repeats its idempotency key.
@@ -183,9 +189,12 @@ class Queues(Store):
         watched = queue.name in self.watched
         event = self.output.event
         waiting = []
+        due = []
         for job in fresh:
             if job.state is DELAYED:
-                self.delay_job(queue, job)
+                queue.delayed[job.id] = job
+                if job.id not in self._due:
+                    due.append(job)
             else:
                 waiting.append(job)
             if watched:
@@ -195,6 +204,8 @@ class Queues(Store):
         if waiting:
             queue.waiting.extend(waiting)
             self.dispatcher.wake(queue)
+        for job in due:
+            self._promote(job)
 
     def discard(self, jobs: Sequence[Job]) -> None:
         """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""

@@ -175,3 +175,38 @@ def test_without_a_clock_the_timers_run_on_the_times_passed_in() -> None:
     assert queues.next_deadline() == 100.0 + LEASE
     with pytest.raises(RuntimeError):
         queues.now()
+
+
+@pytest.mark.parametrize("step", [HOUR, -HOUR])
+def test_a_step_while_an_add_waits_for_its_fsync_does_not_move_its_due_time(
+        step: float) -> None:
+    """Under ``--fsync always`` a job joins its line only once its record is fsynced: its
+    delay still counts from when it was added."""
+    clock = ManualClock()
+    queues = Queues(clock=clock)
+    (job,) = queues.create("q", [JobDef(data=raw("later"), delay=60.0)], queues.now())
+    clock.step(step)
+    clock.advance(1)
+    queues.tick(queues.now())
+    queues.enqueue([job])  # the fsync came
+    clock.advance(58)
+    queues.tick(queues.now())
+    assert state(job) is JobState.DELAYED
+    clock.advance(1)
+    queues.tick(queues.now())
+    assert state(job) is JobState.WAITING
+    check_state(queues)
+
+
+def test_a_job_due_before_its_fsync_is_waiting_once_it_is_durable() -> None:
+    clock = ManualClock()
+    queues = Queues(clock=clock, logged=True)
+    (job,) = queues.create("q", [JobDef(data=raw("soon"), delay=2.0)], queues.now())
+    clock.advance(3)
+    queues.tick(queues.now())  # due while its record waits for the disk: nothing to do yet
+    assert job.pending and state(job) is JobState.DELAYED
+    queues.enqueue([job])
+    assert state(job) is JobState.WAITING and list(queues.queue("q").waiting) == [job]
+    assert [type(record).__name__ for record in queues.take_outbox().records] == [
+        "JobsAddedWithOptions", "JobPromoted"]
+    check_state(queues)
