@@ -21,6 +21,7 @@ from collections.abc import Hashable
 
 from conveyor.protocol import JobError
 
+from ._clock import Timeline
 from ._deadlines import Deadlines, Kind
 from ._jobs import (
     ACTIVE,
@@ -44,12 +45,15 @@ class Dispatcher:
     """The subscriptions of one broker and the dispatch of waiting jobs to them."""
 
     __slots__ = ("_by_id", "_deadlines", "_last_consumer", "_last_lease", "_leases", "_output",
-                 "_owners", "_ready", "_retention", "_served", "_store", "max_redeliveries")
+                 "_owners", "_ready", "_retention", "_served", "_store", "_timeline",
+                 "max_redeliveries")
 
     def __init__(self, store: Store, deadlines: Deadlines, output: Output, retention: Retention,
-                 *, max_redeliveries: int = DEFAULT_MAX_REDELIVERIES) -> None:
+                 timeline: Timeline, *,
+                 max_redeliveries: int = DEFAULT_MAX_REDELIVERIES) -> None:
         self.max_redeliveries = max_redeliveries
         self._store = store
+        self._timeline = timeline
         self._retention = retention
         self._deadlines = deadlines
         self._leases = deadlines.live(Kind.LEASE)
@@ -65,7 +69,8 @@ class Dispatcher:
 
     def subscribe(self, owner: Hashable, queue: Queue, window: int,
                   lease: float = DEFAULT_LEASE) -> Consumer:
-        """Subscribe ``owner`` to ``queue`` with a credit window (or change the window)."""
+        """Subscribe ``owner`` to ``queue`` with a credit window and a lease, or change the
+        window of its subscription (whose lease stays the one it was made with)."""
         consumer = queue.consumers.get(owner)
         if consumer is None:
             self._served += 1
@@ -75,7 +80,6 @@ class Dispatcher:
             self._owners.setdefault(owner, []).append(consumer)
             self._by_id[consumer.id] = consumer
         consumer.window = window
-        consumer.lease = lease
         if consumer.free > 0:
             self.wake(queue)
         return consumer
@@ -88,8 +92,12 @@ class Dispatcher:
             del consumer.queue.consumers[owner]
             del self._by_id[consumer.id]
             self._deadlines.cancel(Kind.LEASE, consumer.id)
-            requeued += self._take_back(consumer, now)
+            requeued += self._take_back(consumer, now, "the worker's connection dropped")
         return requeued
+
+    def forget(self, queue: Queue) -> None:
+        """``queue`` is forgotten (it has no subscriber)."""
+        self._ready.discard(queue)
 
     def wake(self, queue: Queue) -> None:
         """``queue`` may have work to hand out: look at it in the next ``dispatch``."""
@@ -97,23 +105,30 @@ class Dispatcher:
             self._ready.add(queue)
 
     def heard(self, consumer: Consumer, now: float) -> None:
-        """The consumer's owner is alive: its lease runs for another lease period from ``now``."""
-        consumer.deadline = now + consumer.lease
+        """The consumer's owner is alive: its lease runs for another lease period from ``now``
+        (on the monotonic clock: a step of the wall clock neither shortens nor stretches it)."""
+        consumer.deadline = now + self._timeline.offset + consumer.lease
         if consumer.silent:
             consumer.silent = False
             self.wake(consumer.queue)
         if consumer.held and consumer.id not in self._leases:
             self._deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
 
-    def take(self, owner: Hashable, job_id: int, lease: int, now: float) -> Job | None:
-        """The job ``owner`` holds under ``lease``, taken from it (its slot is free again, and
-        hearing from it extends its lease); None, and no change, if it holds no such lease."""
+    def holding(self, owner: Hashable, job_id: int, lease: int) -> Job | None:
+        """The job ``owner`` holds under ``lease``; None if it holds no such lease."""
         job = self._store.jobs.get(job_id)
         if job is None or job.lease != lease or lease == 0:
             return None
         consumer = job.holder
         if consumer is None or consumer.owner != owner:
             return None
+        return job
+
+    def take(self, job: Job, now: float) -> None:
+        """Take a job (got from ``holding``) from its holder: its slot is free again, and
+        hearing from the holder extends its lease."""
+        consumer = job.holder
+        assert consumer is not None
         del consumer.held[job.id]
         job.holder = None
         job.lease = 0
@@ -121,20 +136,20 @@ class Dispatcher:
         queue.active -= 1
         self.heard(consumer, now)
         self.wake(queue)
-        return job
 
     def lease_due(self, consumer_id: int, now: float) -> None:
         """The lease of a consumer came due: unless it was heard from since, it loses its jobs."""
         consumer = self._by_id.get(consumer_id)
         if consumer is None or not consumer.held:
             return
-        if consumer.deadline > now:
+        if consumer.deadline > self._timeline.monotonic(now):
             self._deadlines.set(Kind.LEASE, consumer.id, consumer.deadline)
             return
         # Silent for a whole lease (a blocked loop, a stopped process): its jobs go elsewhere,
         # and it gets no more until it is heard from.
         consumer.silent = True
-        self._take_back(consumer, now)
+        self._take_back(consumer, now, f"the worker's lease of {consumer.lease:g} s ran out "
+                                       f"(it was not heard from for that long)")
 
     def requeue(self, queue: Queue, jobs: list[Job]) -> None:
         """Put jobs taken from their holder back at the head of ``queue``, in order."""
@@ -148,9 +163,9 @@ class Dispatcher:
                 output.records.append(JobRequeued(id=job.id, drops=job.drops))
         self.wake(queue)
 
-    def _take_back(self, consumer: Consumer, now: float) -> list[Job]:
-        """The consumer's worker is lost: its jobs go back, or fail after too many losses.
-        Returns the jobs that went back."""
+    def _take_back(self, consumer: Consumer, now: float, why: str) -> list[Job]:
+        """The consumer's worker is lost (``why`` says how): its jobs go back, or fail after
+        too many losses, with ``why`` in their error. Returns the jobs that went back."""
         jobs = list(consumer.held.values())
         consumer.held.clear()
         consumer.queue.active -= len(jobs)
@@ -162,8 +177,8 @@ class Dispatcher:
             if job.drops > self.max_redeliveries:
                 job.error = JobError(
                     type="WorkerLost",
-                    message=f"the worker running it was lost {job.drops} times "
-                            f"(limit {self.max_redeliveries} redeliveries)",
+                    message=f"lost with its worker {job.drops} times, more than the "
+                            f"{self.max_redeliveries} redeliveries allowed; the last time, {why}",
                 )
                 self._retention.finish(job, FAILED, now)
             else:

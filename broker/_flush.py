@@ -7,6 +7,7 @@
 3. Dispatch: waiting jobs are leased to subscribers with free credit, in ``deliver`` messages.
 4. Waiters of jobs that finished (or were removed) are answered; watchers get the events.
 5. One write per connection.
+6. Unused queues are forgotten, once there are many (``Queues.sweep``).
 
 The server runs it once per pass; the tests call it to drive a ``Core`` as the server does.
 """
@@ -75,6 +76,8 @@ def flush(core: Core, now: float, wake: Callable[[], None] = _nothing) -> None:
     for peer in core.dirty:
         peer.flush()
     core.dirty.clear()
+    # 6. Unused queues.
+    queues.sweep()
 
 
 def _write(core: Core, log: Log, records: list[Record], accepted: list[Accepted],

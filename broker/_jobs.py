@@ -3,6 +3,7 @@ them)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Hashable
@@ -25,12 +26,14 @@ __all__ = [
     "DELAYED",
     "FAILED",
     "JOB_OVERHEAD",
+    "MAX_DELAY",
     "WAITING",
     "Consumer",
     "Job",
     "JobOptions",
     "Queue",
     "backoff_delay",
+    "clamp_delay",
     "job_options",
     "with_run_at",
 ]
@@ -43,6 +46,9 @@ DEFAULT_LEASE: Final = 30.0
 """Seconds a subscriber may stay silent while holding jobs before they are taken back."""
 JOB_OVERHEAD: Final = 64
 """Bytes a job's record takes in a snapshot beyond its payload and result (an estimate)."""
+MAX_DELAY: Final = 1e9
+"""Longest wait the broker schedules (seconds, about 31 years): a longer delay, backoff or a
+later ``run_at`` is cut to it, so every time it computes is a finite float."""
 
 WAITING: Final = JobState.WAITING
 DELAYED: Final = JobState.DELAYED
@@ -176,7 +182,7 @@ class Queue:
 
     __slots__ = ("active", "added_rate", "completed", "completed_rate", "consumers", "delayed",
                  "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own", "name",
-                 "paused", "waiting")
+                 "paused", "pending", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -185,6 +191,8 @@ class Queue:
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False
         self.active = 0
+        self.pending = 0
+        """Jobs created and not yet in line (their record is not durable yet)."""
         self.completed = 0
         """Jobs completed since the queue was created."""
         self.failed = 0
@@ -199,10 +207,22 @@ class Queue:
         self.failed_rate = Rate()
         """Jobs added, completed and failed over the last minute (not logged)."""
 
+    def unused(self) -> bool:
+        """Whether nothing would be lost if the queue were forgotten: it holds no job in any
+        state, nobody is subscribed, it is not paused and it never finished a job (its totals
+        are 0). Whether it is watched is the caller's to check."""
+        return (not self.waiting and not self.delayed and not self.consumers and not self.pending
+                and not self.active and not self.paused and not self.completed
+                and not self.failed and not self.kept_completed and not self.kept_failed
+                and not self.kept_own)
+
 
 def job_options(job: JobDef, now: float) -> JobOptions:
-    """A job's options as kept and logged: the delay turned into an absolute ``run_at``."""
-    run_at = max(now + job.delay, job.run_at or 0.0)
+    """A job's options as kept and logged: the delay turned into an absolute ``run_at``, at
+    most ``MAX_DELAY`` from ``now``."""
+    run_at = now + clamp_delay(job.delay)
+    if job.run_at is not None and job.run_at > run_at:  # (a NaN is never later)
+        run_at = min(job.run_at, now + MAX_DELAY)
     due = run_at if run_at > now else None
     if (job.id is None and job.priority == 0 and job.attempts == 1 and job.backoff is None
             and job.timeout is None and due is None and job.keep_result is None
@@ -219,16 +239,27 @@ def with_run_at(options: JobOptions, *, run_at: float | None) -> JobOptions:
     return msgspec.structs.replace(options, run_at=run_at)
 
 
+def clamp_delay(seconds: float) -> float:
+    """``seconds`` within 0 and ``MAX_DELAY`` (NaN counts as 0)."""
+    if seconds <= MAX_DELAY:
+        return seconds if seconds > 0.0 else 0.0
+    return MAX_DELAY if seconds > MAX_DELAY else 0.0
+
+
 def backoff_delay(backoff: Backoff | None, attempt: int, rng: random.Random) -> float:
-    """Seconds to wait before the try after ``attempt``."""
+    """Seconds to wait before the try after ``attempt``, at most ``MAX_DELAY``."""
     if backoff is None:
         return 0.0
     if backoff.type == "fixed":
         wait = backoff.delay
     else:
-        wait = backoff.delay * 2.0 ** (attempt - 1)
+        try:
+            # ldexp(d, n) is d * 2 ** n, exactly; 2.0 ** n alone overflows past n = 1023.
+            wait = math.ldexp(backoff.delay, max(attempt - 1, 0))
+        except OverflowError:
+            wait = MAX_DELAY
         if backoff.cap is not None:
             wait = min(wait, backoff.cap)
     if backoff.jitter:
         wait *= 1.0 - backoff.jitter * rng.random()
-    return wait
+    return clamp_delay(wait)

@@ -1,22 +1,28 @@
 """The queue state machine's facade: every request and timer event that changes the queues.
 
-Plain synchronous code with no I/O; the current time is passed in. ``Queues`` holds the state
-(it is the ``Store``) and moves jobs between their states; its parts do the rest: ``Dispatcher``
-(credit, dispatch, leases), ``Retention`` (finished jobs), ``Deadlines`` (what falls due when).
-What the changes produce beyond the state (log records, events, finished and removed jobs) is
-handed over by ``take_outbox``, once per pass; ``tick`` serves the deadlines that came due.
+Plain synchronous code with no I/O; the current wall time is passed in (``now``, read with
+``Queues.now()`` from the clock the state was given). ``Queues`` holds the state (it is the
+``Store``) and moves jobs between their states; its parts do the rest: ``Dispatcher`` (credit,
+dispatch, leases), ``Retention`` (finished jobs), ``Deadlines`` (what falls due when, on the
+monotonic clock: see ``_clock``). What the changes produce beyond the state (log records,
+events, finished and removed jobs) is handed over by ``take_outbox``, once per pass; ``tick``
+serves the deadlines that came due.
+
+Every change works out what it will do before it changes anything, so a request that cannot be
+applied leaves the state as it was.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Sequence
-from typing import cast
+from typing import Final, cast
 
 import msgspec
 
 from conveyor.protocol import JobDef, JobError, JobState
 
+from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
 from ._dispatch import Dispatcher
 from ._errors import StateError
@@ -36,6 +42,7 @@ from ._jobs import (
     JobOptions,
     Queue,
     backoff_delay,
+    clamp_delay,
     job_options,
     with_run_at,
 )
@@ -58,6 +65,9 @@ __all__ = [
     "Queues",
 ]
 
+_UNUSED_QUEUES: Final = 1024
+"""Unused queues tolerated beyond the queues in use before ``sweep`` forgets them."""
+
 
 class Queues(Store):
     """Every queue, job and subscription of one broker, and the moves between job states."""
@@ -71,19 +81,29 @@ class Queues(Store):
         keep_age: float | None = None,
         logged: bool = False,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__()
         self.rng = rng or random.Random()
         """Jitters retry backoffs."""
+        self.timeline = Timeline(clock)
+        """The clock, and how wall times turn into times on the deadlines (monotonic)."""
         self.output = Output(logged=logged)
         self.watched = self.output.watched
         """Queues whose events are collected (the watchers keep it up to date)."""
         self.deadlines = Deadlines()
-        self.retention = Retention(self, self.output, self.deadlines,
+        self._due = self.deadlines.live(Kind.DUE)
+        self.retention = Retention(self, self.output, self.deadlines, self.timeline,
                                    keep_completed=keep_completed, keep_failed=keep_failed,
                                    keep_age=keep_age)
         self.dispatcher = Dispatcher(self, self.deadlines, self.output, self.retention,
-                                     max_redeliveries=max_redeliveries)
+                                     self.timeline, max_redeliveries=max_redeliveries)
+        self._kept_queues = 0
+        """Queues left by the last ``forget_unused``."""
+
+    def now(self) -> float:
+        """The wall time now, from the state's clock: what ``now`` arguments take."""
+        return self.timeline.now()
 
     def take_outbox(self) -> Outbox:
         """What the changes since the last take produced: records, events, finished jobs."""
@@ -105,6 +125,9 @@ class Queues(Store):
         created for it). The flush calls ``enqueue`` once the record is durable, so nothing is
         dispatched before it would survive a crash.
         """
+        # Every job's options first: nothing is changed until all of them are known.
+        given = [job_options(payload, now) if isinstance(payload, JobDef) else DEFAULT_OPTIONS
+                 for payload in payloads]
         queue = self.queue(queue_name)
         jobs = self.jobs
         out: list[Job] = []
@@ -112,23 +135,23 @@ class Queues(Store):
         options: list[JobOptions] = []
         plain = True
         job_id = self.last_id
-        for payload in payloads:
-            if isinstance(payload, JobDef):
-                data = payload.data
-                option = job_options(payload, now)
+        for payload, option in zip(payloads, given, strict=True):
+            data = payload.data if isinstance(payload, JobDef) else payload
+            if option is not DEFAULT_OPTIONS:
                 if option.key is not None:
                     existing = self.keys.get(option.key)
                     if existing is not None:
                         out.append(jobs[existing])
                         continue
-                plain = plain and option is DEFAULT_OPTIONS
-            else:
-                data = payload
-                option = DEFAULT_OPTIONS
+                plain = False
             job_id += 1
             job = Job(job_id, queue_name, data, now, option)
             job.pending = True
             jobs[job_id] = job
+            if option.run_at is not None:
+                # Its delay counts from now, whatever the wall clock does while its record waits
+                # for the disk (``enqueue`` finds out if it came due meanwhile).
+                self.deadlines.set(Kind.DUE, job_id, self.timeline.monotonic(option.run_at))
             if option.key is not None:
                 self.keys[option.key] = job_id
             out.append(job)
@@ -137,6 +160,7 @@ class Queues(Store):
             self.live_bytes += len(data) + JOB_OVERHEAD
         if not created:
             return out
+        queue.pending += len(created)
         queue.added_rate.mark(len(created), now)
         self.last_id = job_id
         if self.output.logged:
@@ -150,7 +174,8 @@ class Queues(Store):
         return out
 
     def enqueue(self, jobs: Sequence[Job]) -> None:
-        """Put jobs made by ``create`` in line (the delayed ones among the deadlines)."""
+        """Put jobs made by ``create`` in line (the delayed ones with the delayed jobs, or in
+        line when they came due while their record waited for the disk)."""
         fresh = []
         for job in jobs:
             # A job appears more than once when one bulk add repeats its idempotency key.
@@ -160,12 +185,16 @@ class Queues(Store):
         if not fresh:
             return
         queue = self.queues[fresh[0].queue]
+        queue.pending -= len(fresh)
         watched = queue.name in self.watched
         event = self.output.event
         waiting = []
+        due = []
         for job in fresh:
             if job.state is DELAYED:
-                self.delay_job(queue, job)
+                queue.delayed[job.id] = job
+                if job.id not in self._due:
+                    due.append(job)
             else:
                 waiting.append(job)
             if watched:
@@ -175,12 +204,37 @@ class Queues(Store):
         if waiting:
             queue.waiting.extend(waiting)
             self.dispatcher.wake(queue)
+        for job in due:
+            self._promote(job)
 
     def discard(self, jobs: Sequence[Job]) -> None:
         """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""
         for job in jobs:
             if job.pending:
+                job.pending = False
+                self.queues[job.queue].pending -= 1
                 self.retention.forget(job)
+
+    # Unused queues.
+
+    def sweep(self) -> None:
+        """Forget unused queues once they could outnumber the others by ``_UNUSED_QUEUES``:
+        cheap on every pass, and a sweep's cost is repaid by the queues created since the last.
+        """
+        if len(self.queues) > 2 * self._kept_queues + _UNUSED_QUEUES:
+            self.forget_unused()
+
+    def forget_unused(self) -> int:
+        """Forget every queue that is unused and unwatched (it reads as one that never existed);
+        return how many."""
+        watched = self.watched
+        unused = [queue for queue in self.queues.values()
+                  if queue.unused() and queue.name not in watched]
+        for queue in unused:
+            del self.queues[queue.name]
+            self.dispatcher.forget(queue)
+        self._kept_queues = len(self.queues)
+        return len(unused)
 
     # Subscribers and their reports.
 
@@ -202,9 +256,10 @@ class Queues(Store):
     def ack(self, owner: Hashable, job_id: int, lease: int, result: msgspec.Raw,
             now: float) -> Job | None:
         """Complete the job under ``lease``; None (and no change) if the lease is not held."""
-        job = self.dispatcher.take(owner, job_id, lease, now)
+        job = self.dispatcher.holding(owner, job_id, lease)
         if job is None:
             return None
+        self.dispatcher.take(job, now)
         job.result = result
         job.error = None
         self.retention.finish(job, COMPLETED, now)
@@ -214,23 +269,28 @@ class Queues(Store):
              retry: bool = True, delay: float | None = None) -> Job | None:
         """Fail the try under ``lease``: retry while attempts are left (and ``retry``), after
         ``delay`` or the job's backoff; else the job fails. None if the lease is not held."""
-        job = self.dispatcher.take(owner, job_id, lease, now)
+        job = self.dispatcher.holding(owner, job_id, lease)
         if job is None:
             return None
+        retrying = retry and job.attempt < job.options.attempts
+        if retrying:
+            wait = clamp_delay(delay) if delay is not None else backoff_delay(
+                job.options.backoff, job.attempt, self.rng)
+            run_at = now + wait if wait > 0 else None
+        self.dispatcher.take(job, now)
         job.error = error
-        if retry and job.attempt < job.options.attempts:
-            wait = delay if delay is not None else backoff_delay(job.options.backoff, job.attempt,
-                                                                 self.rng)
-            self._retry(job, error, now, wait)
+        if retrying:
+            self._retry(job, error, now, run_at)
         else:
             self.retention.finish(job, FAILED, now)
         return job
 
     def release(self, owner: Hashable, job_id: int, lease: int, now: float = 0.0) -> Job | None:
         """Put the job under ``lease`` back at the head of its queue, its try given back."""
-        job = self.dispatcher.take(owner, job_id, lease, now)
+        job = self.dispatcher.holding(owner, job_id, lease)
         if job is None:
             return None
+        self.dispatcher.take(job, now)
         job.attempt -= 1
         self.dispatcher.requeue(self.queues[job.queue], [job])
         return job
@@ -259,7 +319,7 @@ class Queues(Store):
     # Deadlines.
 
     def next_deadline(self) -> float | None:
-        """When ``tick`` next has something to do (Unix seconds), or None."""
+        """When ``tick`` next has something to do (on the monotonic clock), or None."""
         return self.deadlines.next()
 
     def tick(self, now: float) -> None:
@@ -267,7 +327,8 @@ class Queues(Store):
         their jobs, finished jobs past their retention are forgotten."""
         deadlines = self.deadlines
         jobs = self.jobs
-        while (due := deadlines.pop(now)) is not None:
+        monotonic = self.timeline.monotonic(now)
+        while (due := deadlines.pop(monotonic)) is not None:
             kind, key = due
             if kind is Kind.DUE:
                 job = jobs.get(cast(int, key))
@@ -363,15 +424,15 @@ class Queues(Store):
     # Moving jobs.
 
     def delay_job(self, queue: Queue, job: Job) -> None:
-        """Hold a delayed job until its ``run_at``."""
+        """Hold a delayed job until its ``run_at`` (the wall time turned into a monotonic one
+        now, once: a later step of the wall clock does not move it)."""
         run_at = job.options.run_at
         assert run_at is not None
         queue.delayed[job.id] = job
-        self.deadlines.set(Kind.DUE, job.id, run_at)
+        self.deadlines.set(Kind.DUE, job.id, self.timeline.monotonic(run_at))
 
-    def _retry(self, job: Job, error: JobError, now: float, wait: float) -> None:
+    def _retry(self, job: Job, error: JobError, now: float, run_at: float | None) -> None:
         queue = self.queues[job.queue]
-        run_at = now + wait if wait > 0 else None
         output = self.output
         watched = queue.name in output.watched
         if output.logged:

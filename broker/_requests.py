@@ -3,10 +3,16 @@
 ``handle`` is one ``match`` over the messages a client may send after ``hello``. It does no I/O:
 replies go to the peer's buffer (``Peer.send``), and what must wait for the log (an ``add``'s
 ``added``), for dispatch or for a job to finish is left in the ``Core`` for the flush.
+
+No exception leaves ``handle``: a request the state machine refuses gets ``INVALID_STATE``, and
+one that fails for any other reason (a bug) gets ``INTERNAL`` and one logged traceback, while the
+connection stays open. The state machine works out what a change will do before it changes
+anything, so such a request leaves the state as it was.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from typing import Final, assert_never
 
@@ -61,7 +67,13 @@ from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
 
-__all__ = ["handle"]
+__all__ = ["MIN_LEASE", "handle"]
+
+MIN_LEASE: Final = 1.0
+"""Shortest lease a subscription may ask for (seconds): a shorter one would take jobs from
+healthy workers whose event loop merely paused (a garbage collection, a slow callback)."""
+
+log = logging.getLogger("broker")
 
 
 def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
@@ -90,7 +102,12 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     core.accepted.append((peer, req, queues.create(name, jobs, now)))
             # Subscriptions.
             case Subscribe(req=req, queue=name, window=window, lease=lease):
-                if _queue_ok(peer, req, name):
+                if not lease >= MIN_LEASE:
+                    peer.refuse(ProtocolError(
+                        ErrorCode.INVALID_FIELD,
+                        f"a lease of {lease:g} s is below the minimum of {MIN_LEASE:g} s "
+                        f"- at `$.lease`", req=req))
+                elif _queue_ok(peer, req, name):
                     queues.subscribe(peer, name, window, lease)
                     peer.send(Ok(req=req))
             case SetWindow(req=req, queue=name, window=window):
@@ -159,6 +176,13 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
     except StateError as exc:
         peer.refuse(ProtocolError(ErrorCode.INVALID_STATE, str(exc),
                                   req=getattr(message, "req", 0)))
+    except Exception as exc:
+        tag = message.__struct_config__.tag
+        log.exception("internal error handling a %r request from %r", tag, peer)
+        peer.refuse(ProtocolError(
+            ErrorCode.INTERNAL,
+            f"internal error handling {tag!r} ({type(exc).__name__}); the request had no effect",
+            req=getattr(message, "req", 0)))
 
 
 def _queue_ok(peer: Peer, req: int, name: str) -> bool:

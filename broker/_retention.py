@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from conveyor.protocol import NIL, JobState
 
+from ._clock import Timeline
 from ._deadlines import Deadlines, Kind
 from ._jobs import (
     COMPLETED,
@@ -36,14 +37,16 @@ __all__ = ["Retention"]
 class Retention:
     """Finished jobs of one broker: their counters, retention lists and forgetting."""
 
-    __slots__ = ("_deadlines", "_output", "_store", "keep_age", "keep_completed", "keep_failed")
+    __slots__ = ("_deadlines", "_output", "_store", "_timeline", "keep_age", "keep_completed",
+                 "keep_failed")
 
-    def __init__(self, store: Store, output: Output, deadlines: Deadlines, *,
+    def __init__(self, store: Store, output: Output, deadlines: Deadlines, timeline: Timeline, *,
                  keep_completed: int = DEFAULT_KEEP, keep_failed: int = DEFAULT_KEEP,
                  keep_age: float | None = None) -> None:
         self._store = store
         self._output = output
         self._deadlines = deadlines
+        self._timeline = timeline
         self.keep_completed = keep_completed
         self.keep_failed = keep_failed
         self.keep_age = keep_age
@@ -88,7 +91,7 @@ class Retention:
         kept, limit = ((queue.kept_completed, self.keep_completed) if state is COMPLETED
                        else (queue.kept_failed, self.keep_failed))
         if self.keep_age is not None and not queue.kept_completed and not queue.kept_failed:
-            self._deadlines.set(Kind.AGE, queue.name, now + self.keep_age)
+            self._age_at(queue, now + self.keep_age)
         kept.append(job.id)
         jobs = store.jobs
         while len(kept) > limit:
@@ -160,8 +163,12 @@ class Retention:
         return len(jobs)
 
     def expire_at(self, job: Job, when: float) -> None:
-        """Forget finished ``job`` at ``when`` (its own ``keep_result``)."""
-        self._deadlines.set(Kind.EXPIRE, job.id, when)
+        """Forget finished ``job`` at wall time ``when`` (its own ``keep_result``)."""
+        self._deadlines.set(Kind.EXPIRE, job.id, self._timeline.monotonic(when))
+
+    def _age_at(self, queue: Queue, when: float) -> None:
+        """Look at the queue's oldest retained jobs again at wall time ``when``."""
+        self._deadlines.set(Kind.AGE, queue.name, self._timeline.monotonic(when))
 
     def age_retained(self, queue: Queue) -> None:
         """Start retention by age for jobs retained without ``finish`` (restored on start)."""
@@ -172,7 +179,7 @@ class Retention:
                                                          queue.kept_failed) if kept]
         times = [when for when in oldest if when is not None]
         if times:
-            self._deadlines.set(Kind.AGE, queue.name, min(times) + self.keep_age)
+            self._age_at(queue, min(times) + self.keep_age)
 
     def age_out(self, queue: Queue, now: float) -> None:
         """Forget the queue's retained jobs that finished ``keep_age`` or more before ``now``."""
@@ -197,4 +204,4 @@ class Retention:
         if gone and self._output.logged:
             self._output.records.append(JobsRemoved(ids=[job.id for job in gone]))
         if oldest is not None:
-            self._deadlines.set(Kind.AGE, queue.name, oldest + keep_age)
+            self._age_at(queue, oldest + keep_age)

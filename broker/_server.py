@@ -23,6 +23,7 @@ from conveyor.protocol import (
     ProtocolError,
 )
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
 from ._core import Core
 from ._errors import LogError
@@ -55,6 +56,8 @@ DEFAULT_FRAME_TIMEOUT: Final = 30.0
 """Seconds a connection may sit in the middle of a frame."""
 _DISK_RETRY: Final = 0.5
 """Seconds between attempts to write records held back by a full disk."""
+_LONGEST_SLEEP: Final = 3600.0
+"""Seconds the timer sleeps at most: a deadline further off is looked at again then."""
 
 log = logging.getLogger("broker")
 
@@ -73,7 +76,9 @@ class Broker:
     """A Conveyor broker, embeddable in any asyncio program.
 
     With ``data_dir`` every change is written to an append-only log there and replayed by
-    ``start()``; without it, queues live in memory only.
+    ``start()``; without it, queues live in memory only. ``clock`` is where the broker reads
+    the wall time (kept and shown) and the monotonic time (leases and timers); tests give their
+    own.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class Broker:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
         max_waits: int = DEFAULT_MAX_WAITS,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.host = host
         self.port = port
@@ -113,9 +119,11 @@ class Broker:
             data_dir, fsync=FsyncPolicy(fsync), salvage=salvage,
             compact_floor=compact_floor, compact_ratio=compact_ratio,
         )
+        self.clock = clock
+        """Wall time for what is kept and shown, monotonic time for leases and timers."""
         self.queues = Queues(max_redeliveries=max_redeliveries, keep_completed=keep_completed,
                              keep_failed=keep_failed, keep_age=keep_age,
-                             logged=self.log is not None)
+                             logged=self.log is not None, clock=clock)
         self.core = Core(self.queues, self.log, max_frame=max_frame, max_waits=max_waits)
         self.recovery: Recovery | None = None
         """What replaying the log found, once started with a ``data_dir``."""
@@ -141,7 +149,10 @@ class Broker:
         self._loop = loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         if self.log is not None:
+            self.queues.now()  # replay arms the deadlines of delayed jobs against the clock now
             self.recovery = self.log.open(self.queues)
+            # The log remembers queues that were in use once; the unused ones are forgotten.
+            self.queues.forget_unused()
         try:
             self._server = await loop.create_server(
                 lambda: Session(self), self.host, self.port, reuse_address=True
@@ -278,12 +289,12 @@ class Broker:
         self.core.waiters.drop(session)
         self.core.watchers.drop(session)
         if self.status is not BrokerStatus.FAILED:
-            self.queues.drop(session, time.time())
+            self.queues.drop(session, self.queues.now())
             self.schedule_flush()
 
     def received(self, session: Session, message: ClientMessage) -> None:
         """Apply one request from ``session``; what it causes goes out in the pass's flush."""
-        handle(self.core, session, message, time.time())
+        handle(self.core, session, message, self.queues.now())
         self.schedule_flush()
 
     def wrote(self, session: Session) -> None:
@@ -302,15 +313,14 @@ class Broker:
         self._flush_handle = None
         if self.status in (BrokerStatus.FAILED, BrokerStatus.CLOSED):
             return
-        now = time.time()
         try:
-            flush(self.core, now, self.schedule_flush)
+            flush(self.core, self.queues.now(), self.schedule_flush)
         except LogError as exc:
             self._fail(exc)
             return
         if self.core.held_back:
             self._retry_disk()
-        self._arm(self.queues.next_deadline(), now)
+        self._arm(self.queues.next_deadline())
 
     def _retry_disk(self) -> None:
         if self._disk_retry is None and self._loop is not None:
@@ -319,8 +329,9 @@ class Broker:
                 self.schedule_flush()
             self._disk_retry = self._loop.call_later(_DISK_RETRY, retry)
 
-    def _arm(self, deadline: float | None, now: float) -> None:
-        """Have ``_tick`` run at ``deadline`` (Unix seconds), unless it runs sooner already."""
+    def _arm(self, deadline: float | None) -> None:
+        """Have ``_tick`` run at ``deadline`` (on the clock's monotonic time), unless it runs
+        sooner already."""
         if deadline is None or self._loop is None:
             return
         if self._tick_handle is not None:
@@ -328,8 +339,8 @@ class Broker:
                 return
             self._tick_handle.cancel()
         self._tick_at = deadline
-        self._tick_handle = self._loop.call_at(self._loop.time() + max(0.0, deadline - now),
-                                               self._tick)
+        sleep = min(max(0.0, deadline - self.clock.monotonic()), _LONGEST_SLEEP)
+        self._tick_handle = self._loop.call_at(self._loop.time() + sleep, self._tick)
 
     def _sweep(self) -> None:
         """Close the connections that overran the handshake or frame timeout; then again, a
@@ -348,5 +359,5 @@ class Broker:
     def _tick(self) -> None:
         self._tick_handle = None
         if self.status is BrokerStatus.SERVING:
-            self.queues.tick(time.time())
+            self.queues.tick(self.queues.now())
         self.schedule_flush()

@@ -8,10 +8,12 @@ drives a ``Core`` as the server does: ``handle`` for each request from a ``Recor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from conveyor.protocol import BrokerMessage, Error, ProtocolError
 
+from ._clock import SYSTEM_CLOCK, Clock, SystemClock
 from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
@@ -19,7 +21,7 @@ from ._errors import StateError
 from ._failpoints import FAILPOINTS, HOOKS
 from ._failpoints import install as install_failpoint
 from ._flush import flush
-from ._jobs import Consumer, Job, Queue, backoff_delay
+from ._jobs import MAX_DELAY, Consumer, Job, Queue, backoff_delay
 from ._log import Log
 from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
 from ._outbox import Outbox
@@ -28,20 +30,25 @@ from ._rates import WINDOW, Rate
 from ._records import Record
 from ._recovery import Recovery
 from ._replay import Replayer, snapshot
-from ._requests import handle
+from ._requests import MIN_LEASE, handle
 
 __all__ = [
     "FAILPOINTS",
     "FILE_HEADER_SIZE",
     "HOOKS",
+    "MAX_DELAY",
+    "MIN_LEASE",
     "RECORD_HEADER_SIZE",
+    "SYSTEM_CLOCK",
     "WINDOW",
+    "Clock",
     "Consumer",
     "Core",
     "Deadlines",
     "Job",
     "Kind",
     "Log",
+    "ManualClock",
     "Outbox",
     "Queue",
     "Queues",
@@ -51,6 +58,8 @@ __all__ = [
     "Recovery",
     "Replayer",
     "StateError",
+    "SteppedClock",
+    "SystemClock",
     "backoff_delay",
     "flush",
     "handle",
@@ -98,3 +107,46 @@ class RecordingPeer:
         """What was sent since the last take."""
         sent, self.sent = self.sent, []
         return sent
+
+
+class ManualClock:
+    """A clock that moves only when told: ``advance`` moves both clocks (time passes), ``step``
+    moves the wall clock alone (an operator or NTP set it)."""
+
+    def __init__(self, wall: float = 1_700_000_000.0, monotonic: float = 1000.0) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+
+    def wall(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        """``seconds`` pass."""
+        self._wall += seconds
+        self._monotonic += seconds
+
+    def step(self, seconds: float) -> None:
+        """The wall clock is set ``seconds`` forward (or back, if negative)."""
+        self._wall += seconds
+
+
+class SteppedClock:
+    """The system's clocks, with the wall clock set ``step``-ped away from the system's: a real
+    broker given it sees the wall clock jump when a test calls ``step``."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        """Seconds added to the system's wall clock."""
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def step(self, seconds: float) -> None:
+        """The wall clock is set ``seconds`` forward (or back, if negative)."""
+        self.offset += seconds

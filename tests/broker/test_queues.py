@@ -15,6 +15,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from state_checks import check_active_exactly_when_held
 
 from conveyor.broker.testing import Consumer, Job, Queues
 from conveyor.protocol import JobError, JobState
@@ -684,6 +685,10 @@ class QueuesMachine(RuleBasedStateMachine):
     # Invariants.
 
     @invariant()
+    def active_exactly_when_held(self) -> None:
+        check_active_exactly_when_held(self.queues)
+
+    @invariant()
     def every_job_is_in_exactly_one_place(self) -> None:
         places: list[int] = []
         for name, queue in self.queues.queues.items():
@@ -757,3 +762,61 @@ QueuesMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 TestQueuesMachine = QueuesMachine.TestCase
+
+
+# Unused queues.
+
+
+def test_only_queues_with_nothing_to_lose_are_forgotten() -> None:
+    queues = Queues()
+    queues.pause("resumed", False)  # created, never used
+    queues.subscribe("w", "dropped", 1)
+    queues.drop("w", 0.0)  # its only subscriber left
+    queues.add("removed", payloads(1), 0.0)
+    queues.remove(queues.queue("removed").waiting.first()[0].id)
+    queues.add("waiting", payloads(1), 0.0)
+    queues.pause("paused", True)
+    queues.subscribe("w", "subscribed", 1)
+    queues.pause("watched", False)
+    queues.watched.add("watched")
+    pending = queues.create("pending", payloads(1), 0.0)  # its record is not durable yet
+    queues.subscribe("x", "done", 1)
+    queues.add("done", payloads(1), 0.0)
+    queues.dispatch(0.0)
+    ack_all(queues, "x", queue="done")
+    queues.clean("done", COMPLETED, 0.0, 1.0)  # nothing retained, but it has a history
+    queues.drop("x", 1.0)
+    assert queues.forget_unused() == 3
+    assert sorted(queues.queues) == ["done", "paused", "pending", "subscribed", "waiting",
+                                     "watched"]
+    assert counts(queues, "resumed") == (0, 0, 0, 0, 0, 0)
+    assert queues.queue("done").completed == 1
+    queues.enqueue(pending)
+    assert ids(queues.queue("pending").waiting) == ids(pending)
+    queues.discard(queues.create("discarded", payloads(1), 0.0))  # a full disk refused it
+    assert queues.forget_unused() == 1 and "discarded" not in queues.queues
+
+
+def test_unused_queues_are_swept_once_they_could_outnumber_the_others() -> None:
+    queues = Queues()
+    for n in range(1024):
+        queues.pause(f"q{n}", False)
+    queues.sweep()
+    assert len(queues.queues) == 1024  # cheap: nothing to do yet
+    queues.pause("one more", False)
+    queues.sweep()
+    assert len(queues.queues) == 0
+
+
+def test_subscribing_again_changes_the_window_but_keeps_the_lease() -> None:
+    """protocol.md: a repeated ``subscribe`` changes the window as ``window`` does; the lease
+    stays the one the first ``subscribe`` set."""
+    queues = Queues()
+    queues.subscribe("w", "q", 1, lease=5.0)
+    queues.add("q", payloads(2), 0.0)
+    queues.dispatch(0.0)
+    consumer = queues.subscribe("w", "q", 2, lease=60.0)
+    assert (consumer.window, consumer.lease) == (2, 5.0)
+    queues.dispatch(1.0)
+    queues.tick(5.0)  # five seconds without a word: the jobs go back
+    assert consumer.held == {} and counts(queues)[:2] == (2, 0)

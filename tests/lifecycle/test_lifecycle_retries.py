@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from fractions import Fraction
 from typing import Any
 
 import msgspec
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lifecycle_support import running
 
-from conveyor.broker.testing import Job, Queues, backoff_delay
+from conveyor.broker.testing import MAX_DELAY, Job, Queues, backoff_delay
 from conveyor.client import Client, JobFailed, JobState, exponential, fixed
 from conveyor.protocol import Backoff, JobDef, JobError
 from conveyor.worker import Job as WorkerJob
@@ -156,15 +157,17 @@ def test_fixed_backoff_with_jitter_stays_within_its_bounds() -> None:
     delay=st.floats(0, 100),
     cap=st.none() | st.floats(0, 1000),
     jitter=st.floats(0, 1),
-    attempt=st.integers(1, 60),
+    attempt=st.integers(1, 60) | st.integers(1, 1_000_000),
     seed=st.integers(0, 2**32),
 )
 def test_backoff_delay_stays_within_its_bounds(kind: str, delay: float, cap: float | None,
                                                jitter: float, attempt: int, seed: int) -> None:
     backoff = Backoff(type=kind, delay=delay, cap=cap, jitter=jitter)  # type: ignore[arg-type]
-    most = delay if kind == "fixed" else delay * 2.0 ** (attempt - 1)
+    # Exact arithmetic: 2.0 ** 1024 overflows a float, and a million attempts are valid.
+    exact = Fraction(delay) * (1 if kind == "fixed" else 2 ** (attempt - 1))
     if kind == "exponential" and cap is not None:
-        most = min(most, cap)
+        exact = min(exact, Fraction(cap))
+    most = float(min(exact, Fraction(MAX_DELAY)))  # no wait is ever longer
     wait = backoff_delay(backoff, attempt, random.Random(seed))
     assert most * (1 - jitter) - 1e-9 <= wait <= most + 1e-9
     assert backoff_delay(None, attempt, random.Random(seed)) == 0.0

@@ -194,11 +194,11 @@ async def test_leases_are_kept_alive_on_every_queue(url: str) -> None:
     tasks = Tasks()
 
     async def slow() -> int:
-        await asyncio.sleep(1.0)  # over three leases of 0.3 s
+        await asyncio.sleep(3.5)  # over three leases of 1 s, the shortest the broker allows
         return current_job().attempt
 
     tasks.job(queue="first")(slow)
     tasks.job(queue="second", name="slow_too")(slow)
-    async with Client(url) as client, running(Worker(tasks, url=url, lease=0.3)):
+    async with Client(url) as client, running(Worker(tasks, url=url, lease=1.0)):
         ids = [await tasks["slow"].add(client), await tasks["slow_too"].add(client)]
         assert [await client.wait(job_id, timeout=10) for job_id in ids] == [1, 1]
