@@ -96,4 +96,5 @@ class Store:
         else:
             jobs = self.finished_jobs(queue, state)[::-1]
             total = len(jobs)
-        return list(islice(jobs, offset, offset + limit)), total
+        # Past the end is empty (islice takes no index past sys.maxsize; offsets may be 2**64).
+        return list(islice(jobs, min(offset, total), min(offset + limit, total))), total
