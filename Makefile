@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --policies always everysec no
 	$(BIN)/python bench/durability.py
 	$(BIN)/python bench/add_file.py
+	$(BIN)/python bench/restart_memory.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -22,13 +22,21 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
+from ._census import Census
 from ._errors import LogError
 from ._failpoints import failpoint
-from ._logfile import FileKind, append_record, file_header, read_header, scan
+from ._logfile import (
+    FILE_HEADER_SIZE,
+    FileKind,
+    RecordReader,
+    append_record,
+    file_header,
+    read_header,
+)
 from ._manifest import base_name, create_file, generation_of
 from ._queues import Queues
 from ._records import decode_record, encode_record
@@ -203,21 +211,31 @@ def _remove(directory: Path, names: Sequence[str]) -> None:
 def load_files(directory: Path, names: Sequence[str], queues: Queues) -> int:
     """Replay ``names`` (already validated by a running broker) into ``queues``; return records.
 
-    Used by the compaction child on files the broker froze: any damage here is an error.
+    Used by the compaction child on files the broker froze: any damage here is an error. Two
+    passes, as on start: the census, then the replay of the jobs that outlive the files.
     """
-    replayer = Replayer(queues)
+    retention = queues.retention
+    census = Census(keep_completed=retention.keep_completed, keep_failed=retention.keep_failed)
+    for body in _bodies(directory, names):
+        census.apply(body)
+    replayer = Replayer(queues, census)
     count = 0
-    for name in names:
-        data = (directory / name).read_bytes()
-        read_header(data)
-        bodies, damage = scan(data)
-        if damage is not None:
-            raise LogError(f"{directory / name} is damaged at byte {damage.offset}")
-        for body in bodies:
+    for body in _bodies(directory, names):
+        if not census.skips(body):
             replayer.apply(decode_record(body))
-        count += len(bodies)
+        count += 1
     replayer.finish()
     return count
+
+
+def _bodies(directory: Path, names: Sequence[str]) -> Iterator[memoryview]:
+    for name in names:
+        with open(directory / name, "rb") as file:
+            read_header(file.read(FILE_HEADER_SIZE))
+            reader = RecordReader(file, os.fstat(file.fileno()).st_size)
+            yield from reader
+        if reader.damage is not None:
+            raise LogError(f"{directory / name} is damaged at byte {reader.damage.offset}")
 
 
 def write_base(path: Path, generation: int, queues: Queues) -> None:

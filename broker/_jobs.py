@@ -104,7 +104,9 @@ class Job:
                  options: JobOptions = DEFAULT_OPTIONS) -> None:
         self.id = job_id
         self.queue = queue
-        self.data = data
+        # Decoded, ``data`` is a view of its whole frame (or of a chunk of the log, on replay):
+        # the job keeps a copy of its own bytes, so one job cannot keep the rest alive.
+        self.data = data.copy()
         self.created_at = created_at
         self.options = options
         self.priority = options.priority

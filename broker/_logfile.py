@@ -6,8 +6,8 @@
 
 All integers are big-endian. ``body_crc`` is the CRC-32 of the body; ``head_crc`` is the CRC-32 of
 the first 8 bytes of the record (length and body_crc), so a damaged length is told apart from a
-record cut short by a crash. ``scan`` walks a file and says where its valid records end and
-whether anything valid follows the damage (damage before the tail) or not (a torn tail).
+record cut short by a crash. ``RecordReader`` walks a file and says where its valid records end
+and whether anything valid follows the damage (damage before the tail) or not (a torn tail).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import BinaryIO, Final
 
 from ._errors import BrokerError
 
@@ -29,10 +30,10 @@ __all__ = [
     "Damage",
     "FileKind",
     "FormatError",
+    "RecordReader",
     "append_record",
     "file_header",
     "read_header",
-    "scan",
 ]
 
 MAGIC: Final = b"CNVYLOG\0"
@@ -45,6 +46,8 @@ _RECORD_HEADER: Final = struct.Struct(">III")
 _LENGTH_CRC: Final = struct.Struct(">II")
 FILE_HEADER_SIZE: Final = _FILE_HEADER.size
 RECORD_HEADER_SIZE: Final = _RECORD_HEADER.size
+_CHUNK: Final = 1 << 20
+"""Bytes read at a time when replaying a file."""
 
 
 class FileKind(enum.IntEnum):
@@ -118,21 +121,65 @@ def _valid_at(data: memoryview, offset: int, end: int) -> int:
     return int(length)
 
 
-def scan(data: bytes | memoryview, start: int = FILE_HEADER_SIZE) -> tuple[list[memoryview],
-                                                                         Damage | None]:
-    """Return the bodies of the valid records from ``start`` on, and the damage that ends them."""
-    view = memoryview(data)
-    end = len(view)
-    bodies: list[memoryview] = []
-    offset = start
-    while offset < end:
-        length = _valid_at(view, offset, end)
-        if length < 0:
-            return bodies, Damage(offset, _resync(view, offset + 1, end), end)
-        body_start = offset + RECORD_HEADER_SIZE
-        bodies.append(view[body_start : body_start + length])
-        offset = body_start + length
-    return bodies, None
+class RecordReader:
+    """The valid records of one log file, from ``start`` on, read a chunk at a time.
+
+    Iterating gives each record's body as a view into the chunk it was read with: decode it, and
+    copy what is kept (a ``msgspec.Raw`` decoded from it would keep the whole chunk alive). Then
+    ``damage`` says where the valid records stop, or is None when they run to the end. Memory
+    is one chunk (or one record, if larger), never the whole file; only damage makes it read
+    the rest of the file, to find whether valid records follow.
+    """
+
+    def __init__(self, file: BinaryIO, size: int, start: int = FILE_HEADER_SIZE, *,
+                 chunk: int = _CHUNK) -> None:
+        self._file = file
+        self._size = size
+        self._start = start
+        self._chunk = chunk
+        self.damage: Damage | None = None
+
+    def __iter__(self) -> Iterator[memoryview]:
+        end = self._size
+        offset = self._start  # in the file, of the next record
+        need = RECORD_HEADER_SIZE  # bytes the next chunk must hold
+        unpack = _RECORD_HEADER.unpack_from
+        crc32 = zlib.crc32
+        while offset < end:
+            view = self._read(offset, need)
+            size = len(view)
+            at = 0
+            need = RECORD_HEADER_SIZE
+            damaged = False
+            while size - at >= RECORD_HEADER_SIZE:
+                length, body_crc, head_crc = unpack(view, at)
+                if length > MAX_RECORD or crc32(view[at : at + 8]) != head_crc:
+                    damaged = True
+                    break
+                stop = at + RECORD_HEADER_SIZE + length
+                if stop > size:
+                    need = stop - at  # the record runs past the chunk: read it whole
+                    break
+                body = view[at + RECORD_HEADER_SIZE : stop]
+                if crc32(body) != body_crc:
+                    damaged = True
+                    break
+                yield body
+                at = stop
+            offset += at
+            if damaged or (offset < end and offset + need > end):
+                self.damage = Damage(offset, self._resume_after(offset), end)
+                return
+
+    def _read(self, offset: int, need: int) -> memoryview:
+        self._file.seek(offset)
+        return memoryview(self._file.read(max(self._chunk, need)))
+
+    def _resume_after(self, offset: int) -> int | None:
+        self._file.seek(offset)
+        rest = self._file.read(self._size - offset)
+        found = _resync(memoryview(rest), 1, len(rest))
+        return None if found is None else offset + found
 
 
 def _resync(view: memoryview, offset: int, end: int) -> int | None:

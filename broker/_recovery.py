@@ -9,19 +9,31 @@ kept and the damage skipped, with a warning each time (the caller then rewrites 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import msgspec
 
+from ._census import Census
 from ._errors import LogDamaged, LogError
-from ._logfile import FILE_HEADER_SIZE, FileKind, FormatError, file_header, read_header, scan
+from ._logfile import (
+    FILE_HEADER_SIZE,
+    FileKind,
+    FormatError,
+    RecordReader,
+    file_header,
+    read_header,
+)
 from ._manifest import MANIFEST, Manifest, generation_of, write_manifest
 from ._queues import Queues
 from ._records import decode_record
 from ._replay import Replayer
 
 __all__ = ["Recovery", "recover"]
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -42,75 +54,120 @@ def recover(directory: Path, manifest: Manifest, queues: Queues, recovery: Recov
             salvage: bool) -> bool:
     """Replay the files ``manifest`` names into ``queues``; return True when salvage skipped
     damage. A last increment cut short in its header is dropped from ``manifest`` (rewritten).
-    Raises ``LogDamaged`` or ``LogError``."""
-    replayer = Replayer(queues)
-    names = manifest.files()
-    damaged = False
-    for index, name in enumerate(names):
-        path = directory / name
-        last = index == len(names) - 1
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise LogError(f"{path} is named in {MANIFEST} but missing") from None
-        recovery.bytes += len(data)
-        try:
-            read_header(data)
-        except FormatError as exc:
-            if last and len(data) < FILE_HEADER_SIZE and data == file_header(
-                    FileKind.INCREMENT, generation_of(name))[: len(data)]:
-                # The crash came while the header was being written.
-                _truncate(directory, manifest, path, 0, recovery, len(data))
-                continue
-            if not salvage:
-                raise LogDamaged(f"{path}: {exc}; start with --salvage to keep what is "
-                                 f"readable in the other files") from None
-            recovery.warnings.append(f"{path}: {exc}; skipped the whole file")
-            damaged = True
-            continue
-        offset = FILE_HEADER_SIZE
-        while True:
-            bodies, damage = scan(data, offset)
-            for body in bodies:
-                try:
-                    record = decode_record(body)
-                except msgspec.DecodeError as exc:
-                    raise LogError(f"{path}: a record with a valid checksum does not "
-                                   f"decode ({exc}); was it written by a newer broker?") from None
-                replayer.apply(record)
-            recovery.records += len(bodies)
-            if damage is None:
-                break
-            if damage.at_tail and last:
-                _truncate(directory, manifest, path, damage.offset, recovery,
-                          damage.size - damage.offset)
-                break
-            where = (f"{path} is damaged at byte {damage.offset} of {damage.size}"
-                     + (", before valid records" if not damage.at_tail else
-                        ", and is not the last file"))
-            if not salvage:
-                raise LogDamaged(f"{where}; refusing to start. Start with --salvage to keep "
-                                 f"every valid record and skip the damage")
-            damaged = True
-            resume = damage.resumes_at if damage.resumes_at is not None else damage.size
-            recovery.warnings.append(f"{where}: skipped {resume - damage.offset} bytes")
-            if damage.resumes_at is None:
-                break
-            offset = damage.resumes_at
+    Raises ``LogDamaged`` or ``LogError``.
+
+    Two passes: the census (which jobs the log does not outlive), then the replay proper, which
+    builds only the others. The first pass reads only; the second cuts off a torn tail.
+    """
+    retention = queues.retention
+    census = Census(keep_completed=retention.keep_completed, keep_failed=retention.keep_failed)
+    for path, bodies in _Files(directory, manifest, None, salvage=salvage):
+        for body in bodies:
+            _decoded(path, census.apply, body)
+    replayer = Replayer(queues, census)
+    files = _Files(directory, manifest, recovery, salvage=salvage)
+    skips = census.skips
+    apply = replayer.apply
+    for path, bodies in files:
+        for body in bodies:
+            if not skips(body):
+                apply(_decoded(path, decode_record, body))
+            recovery.records += 1
     replayer.finish()
     if replayer.skipped:
         recovery.warnings.append(
             f"{replayer.skipped} records referred to jobs the log no longer holds")
-    return damaged
+    return files.damaged
 
 
-def _truncate(directory: Path, manifest: Manifest, path: Path, offset: int, recovery: Recovery,
-              dropped: int) -> None:
-    recovery.warnings.append(
-        f"{path}: cut off a torn or damaged tail of {dropped} bytes at byte {offset}")
-    if offset == 0:
-        path.unlink()
-        manifest.increments.remove(path.name)
-        write_manifest(directory, manifest)
-    else:
-        os.truncate(path, offset)
+def _decoded(path: Path, decode: Callable[[memoryview], _T], body: memoryview) -> _T:
+    try:
+        return decode(body)
+    except msgspec.DecodeError as exc:
+        raise LogError(f"{path}: a record with a valid checksum does not decode ({exc}); was "
+                       f"it written by a newer broker?") from None
+
+
+class _Files:
+    """Every file ``manifest`` names, in order, each with the bodies of its valid records. Damage
+    before the tail raises ``LogDamaged``, unless ``salvage``: then it is skipped (``damaged``
+    says so). With a ``recovery`` to report to, a torn tail of the last file is cut off (and a
+    last file cut short in its header dropped); without, the files are only read."""
+
+    def __init__(self, directory: Path, manifest: Manifest, recovery: Recovery | None, *,
+                 salvage: bool) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.recovery = recovery
+        self.salvage = salvage
+        self.damaged = False
+
+    def __iter__(self) -> Iterator[tuple[Path, Iterator[memoryview]]]:
+        names = self.manifest.files()
+        for index, name in enumerate(names):
+            path = self.directory / name
+            try:
+                file = open(path, "rb")  # noqa: SIM115 (a with block just below: only open fails)
+            except FileNotFoundError:
+                raise LogError(f"{path} is named in {MANIFEST} but missing") from None
+            with file:
+                yield path, self._file(path, file, last=index == len(names) - 1)
+
+    def _file(self, path: Path, file: BinaryIO, *, last: bool) -> Iterator[memoryview]:
+        recovery = self.recovery
+        size = os.fstat(file.fileno()).st_size
+        if recovery is not None:
+            recovery.bytes += size
+        header = file.read(FILE_HEADER_SIZE)
+        try:
+            read_header(header)
+        except FormatError as exc:
+            if last and size < FILE_HEADER_SIZE and header == file_header(
+                    FileKind.INCREMENT, generation_of(path.name))[:size]:
+                # The crash came while the header was being written.
+                self._cut(path, 0, size)
+                return
+            if not self.salvage:
+                raise LogDamaged(f"{path}: {exc}; start with --salvage to keep what is "
+                                 f"readable in the other files") from None
+            self._skipped(f"{path}: {exc}; skipped the whole file")
+            return
+        offset = FILE_HEADER_SIZE
+        while True:
+            reader = RecordReader(file, size, offset)
+            yield from reader
+            damage = reader.damage
+            if damage is None:
+                return
+            if damage.at_tail and last:
+                self._cut(path, damage.offset, damage.size - damage.offset)
+                return
+            where = (f"{path} is damaged at byte {damage.offset} of {damage.size}"
+                     + (", before valid records" if not damage.at_tail else
+                        ", and is not the last file"))
+            if not self.salvage:
+                raise LogDamaged(f"{where}; refusing to start. Start with --salvage to keep "
+                                 f"every valid record and skip the damage")
+            resume = damage.resumes_at if damage.resumes_at is not None else damage.size
+            self._skipped(f"{where}: skipped {resume - damage.offset} bytes")
+            if damage.resumes_at is None:
+                return
+            offset = damage.resumes_at
+
+    def _skipped(self, warning: str) -> None:
+        self.damaged = True
+        if self.recovery is not None:
+            self.recovery.warnings.append(warning)
+
+    def _cut(self, path: Path, offset: int, dropped: int) -> None:
+        """Cut off a torn or damaged tail of the last file (when reporting to a recovery)."""
+        if self.recovery is None:
+            return
+        self.recovery.warnings.append(
+            f"{path}: cut off a torn or damaged tail of {dropped} bytes at byte {offset}")
+        if offset == 0:
+            path.unlink()
+            self.manifest.increments.remove(path.name)
+            write_manifest(self.directory, self.manifest)
+        else:
+            os.truncate(path, offset)

@@ -16,6 +16,7 @@ import msgspec
 
 from conveyor.protocol import JobState
 
+from ._census import Census
 from ._jobs import DEFAULT_OPTIONS, JOB_OVERHEAD, Job, JobOptions
 from ._queues import Queues
 from ._records import (
@@ -40,10 +41,15 @@ _STATES = {state.value: state for state in JobState}
 
 
 class Replayer:
-    """Applies records, in log order, to a fresh ``Queues``; ``finish()`` completes the state."""
+    """Applies records, in log order, to a fresh ``Queues``; ``finish()`` completes the state.
 
-    def __init__(self, queues: Queues) -> None:
+    Given the ``Census`` of the same records, it builds only the jobs that outlive them, and
+    takes the queues' counters from it.
+    """
+
+    def __init__(self, queues: Queues, census: Census | None = None) -> None:
         self.queues = queues
+        self.census = census
         self.skipped = 0
         """Records that referred to jobs the log does not hold (possible only after salvage)."""
         self._moves = 0
@@ -67,18 +73,18 @@ class Replayer:
             case JobFinished(id=job_id, attempt=attempt, at=at, result=result, error=error):
                 finished = jobs.get(job_id)
                 if finished is None or finished.finished_at is not None:
-                    self.skipped += 1
+                    self._skip(job_id)
                     return
                 self._unline(finished)
                 finished.attempt = attempt
-                finished.result = result
+                finished.result = result.copy()  # not a view of the whole chunk read
                 finished.error = error
                 state = JobState.FAILED if error is not None else JobState.COMPLETED
                 queues.retention.finish(finished, state, at, record=False)
             case JobRetrying(id=job_id, attempt=attempt, error=error, run_at=run_at):
                 retried = jobs.get(job_id)
                 if retried is None:
-                    self.skipped += 1
+                    self._skip(job_id)
                     return
                 self._unline(retried)
                 retried.attempt = attempt
@@ -93,7 +99,7 @@ class Replayer:
             case JobRequeued(id=job_id, drops=drops):
                 requeued = jobs.get(job_id)
                 if requeued is None:
-                    self.skipped += 1
+                    self._skip(job_id)
                     return
                 requeued.drops = drops
                 self._unline(requeued)
@@ -103,7 +109,7 @@ class Replayer:
             case JobPromoted(id=job_id):
                 promoted = jobs.get(job_id)
                 if promoted is None or promoted.state is not JobState.DELAYED:
-                    self.skipped += 1
+                    self._skip(job_id)
                     return
                 del queues.queues[promoted.queue].delayed[job_id]
                 promoted.options = msgspec.structs.replace(promoted.options, run_at=None)
@@ -113,7 +119,7 @@ class Replayer:
                 for job_id in ids:
                     removed = jobs.get(job_id)
                     if removed is None:
-                        self.skipped += 1
+                        self._skip(job_id)
                         continue
                     self._unline(removed)
                     queues.retention.detach(removed)
@@ -122,7 +128,7 @@ class Replayer:
                 for job_id in ids:
                     failed = jobs.get(job_id)
                     if failed is None or failed.state is not JobState.FAILED:
-                        self.skipped += 1
+                        self._skip(job_id)
                         continue
                     queues.retention.renew(failed)
                     self._tail(failed)
@@ -156,6 +162,12 @@ class Replayer:
         for name in self._restored_kept:
             queues.retention.age_retained(queues.queues[name])
         self._restored_kept.clear()
+        if self.census is not None:
+            # It counted the jobs not built too.
+            for name, (completed, failed) in self.census.counters.items():
+                queue = queues.queue(name)
+                queue.completed = completed
+                queue.failed = failed
         self._heads.clear()
         self._tails.clear()
 
@@ -164,8 +176,13 @@ class Replayer:
         queues = self.queues
         queue = queues.queue(name)
         jobs = queues.jobs
+        census = self.census
+        some_gone = census is not None and census.any_dead(first_id, len(payloads))
         job_id = first_id
         for data, option in zip(payloads, options, strict=True):
+            if some_gone and census is not None and census.dead(job_id):
+                job_id += 1
+                continue
             job = Job(job_id, name, data, created_at, option)
             jobs[job_id] = job
             if option.key is not None:
@@ -174,8 +191,8 @@ class Replayer:
                 queue.delayed[job_id] = job
             else:
                 self._tails[job_id] = job
+            queues.live_bytes += len(data) + JOB_OVERHEAD
             job_id += 1
-        queues.live_bytes += sum(len(data) for data in payloads) + JOB_OVERHEAD * len(payloads)
         queues.last_id = max(queues.last_id, job_id - 1)
 
     def _tail(self, job: Job) -> None:
@@ -187,8 +204,18 @@ class Replayer:
         self._heads.pop(job.id, None)
         self._tails.pop(job.id, None)
 
+    def _skip(self, job_id: int) -> None:
+        """A record about a job that is not there: gone by the end (the census knew), or lost
+        to salvage."""
+        if self.census is None or not self.census.dead(job_id):
+            self.skipped += 1
+
     def _restore(self, record: JobSnapshot) -> None:
         queues = self.queues
+        if self.census is not None and self.census.dead(record.id):
+            queues.queue(record.queue)
+            queues.last_id = max(queues.last_id, record.id)
+            return
         job = Job(record.id, record.queue, record.data, record.created_at, record.options)
         job.attempt = record.attempt
         job.drops = record.drops
@@ -203,7 +230,7 @@ class Replayer:
         if state in (JobState.COMPLETED, JobState.FAILED):
             queues.live_bytes += len(record.result)  # as ``Retention.finish`` counts it
             job.finished_at = record.finished_at
-            job.result = record.result
+            job.result = record.result.copy()  # not a view of the whole chunk read
             job.error = record.error
             if record.options.keep_result is not None:
                 queue.kept_own[job.id] = job

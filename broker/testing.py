@@ -23,7 +23,7 @@ from ._failpoints import install as install_failpoint
 from ._flush import flush
 from ._jobs import MAX_DELAY, Consumer, Job, Queue, backoff_delay
 from ._log import Log
-from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE
+from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordReader, append_record
 from ._outbox import Outbox
 from ._queues import Queues
 from ._rates import WINDOW, Rate
@@ -54,12 +54,14 @@ __all__ = [
     "Queues",
     "Rate",
     "Record",
+    "RecordReader",
     "RecordingPeer",
     "Recovery",
     "Replayer",
     "StateError",
     "SteppedClock",
     "SystemClock",
+    "append_record",
     "backoff_delay",
     "flush",
     "handle",

@@ -4,12 +4,15 @@ unless the operator salvages, and a data directory serves one broker at a time."
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from log_support import assert_one_error_line, raw, reopen, run_broker, start_broker
 
 from conveyor.broker import Broker, FsyncPolicy, LogDamaged, LogError
@@ -20,7 +23,9 @@ from conveyor.broker.testing import (
     Log,
     Queues,
     RecordingPeer,
+    RecordReader,
     Recovery,
+    append_record,
     flush,
     handle,
 )
@@ -296,3 +301,43 @@ async def test_a_second_broker_on_the_same_data_directory_is_refused(tmp_path: P
             assert (await client.counts("q"))["waiting"] == 1
     finally:
         await third.close()
+
+
+# Reading a file a chunk at a time.
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), max_size=30), chunk=st.integers(1, 400),
+       cut=st.none() | st.integers(0, 10_000), garbage=st.none() | st.integers(0, 10_000))
+def test_reading_a_file_in_chunks_finds_every_record_and_where_damage_starts(
+    sizes: list[int], chunk: int, cut: int | None, garbage: int | None,
+) -> None:
+    """Whatever the chunk size: every valid record, in order, then the damage (a torn tail, or
+    garbage with or without valid records after it) at the first byte that is not a record."""
+    bodies = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    data = bytearray(b"H" * FILE_HEADER_SIZE)
+    spans = []
+    for body in bodies:
+        start = len(data)
+        append_record(data, body)
+        spans.append((start, len(data)))
+    hit = None
+    if garbage is not None and spans:
+        # A bad byte in one record's header: that record is damage; the next ones are valid.
+        hit = spans[garbage % len(spans)][0]
+        data[hit + 1] ^= 0xFF
+    if cut is not None:
+        del data[FILE_HEADER_SIZE + cut % (len(data) - FILE_HEADER_SIZE + 1):]
+    reader = RecordReader(io.BytesIO(bytes(data)), len(data), chunk=chunk)
+    read = [bytes(body) for body in reader]
+    # Records wholly cut off are not there at all; one cut short, or hit, is damage.
+    present = [(start, end) for start, end in spans if start < len(data)]
+    bad = [n for n, (start, end) in enumerate(present) if end > len(data) or start == hit]
+    assert read == bodies[: bad[0] if bad else len(present)]
+    if not bad:
+        assert reader.damage is None
+        return
+    damage = reader.damage
+    assert damage is not None and damage.offset == present[bad[0]][0]
+    following = [start for n, (start, _) in enumerate(present) if n > bad[0] and n not in bad]
+    assert damage.resumes_at == (following[0] if following else None)
