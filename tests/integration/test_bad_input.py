@@ -9,7 +9,6 @@ replies are decoded as plain maps, so these tests do not lean on the code they c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
+from rawwire import Raw as RawConnection
 
 from conveyor.broker import Broker
 from conveyor.client import Client, ConnectionLost, JobState, RequestRefused, UnknownJob
@@ -30,65 +30,6 @@ MakeBroker = Callable[..., Awaitable[Broker]]
 
 REPLY_TIMEOUT = 5.0
 """Seconds to wait for a reply from the broker."""
-
-
-class RawConnection:
-    """A bare TCP connection speaking the framing by hand."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, *, hello: bool = True) -> RawConnection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        connection = cls(reader, writer)
-        if hello:
-            connection.send({"t": "hello", "version": PROTOCOL_VERSION, "client": "raw"})
-            welcome = await connection.receive()
-            assert welcome["t"] == "welcome", welcome
-        return connection
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_body(msgspec.msgpack.encode(message))
-
-    def send_body(self, body: bytes) -> None:
-        self.writer.write(struct.pack(">I", len(body)) + body)
-
-    async def receive(self) -> dict[str, Any]:
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            (length,) = struct.unpack(">I", await self.reader.readexactly(4))
-            message = msgspec.msgpack.decode(await self.reader.readexactly(length))
-        assert isinstance(message, dict)
-        return message
-
-    async def receive_error(self, code: ErrorCode, req: int = 0) -> str:
-        """Read the next message, which must be an ``error`` with ``code``; return its text."""
-        message = await self.receive()
-        assert message["t"] == "error", message
-        assert ErrorCode(message["code"]) is code, message
-        assert message["req"] == req, message
-        return str(message["message"])
-
-    async def is_closed_by_peer(self) -> bool:
-        """Whether the broker closes the connection (within the reply timeout)."""
-        try:
-            async with asyncio.timeout(REPLY_TIMEOUT):
-                return await self.reader.read(1) == b""
-        except ConnectionResetError:
-            return True
-
-    async def counts(self, queue: str, req: int = 1000) -> dict[str, Any]:
-        """Ask for counts on this connection: proves it is still open and in sync."""
-        self.send({"t": "get_counts", "req": req, "queue": queue})
-        reply = await self.receive()
-        assert reply["t"] == "counts" and reply["req"] == req, reply
-        return reply
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
 
 
 def raw_port(connection: RawConnection) -> int:
