@@ -39,13 +39,9 @@ class SystemClock:
 
     __slots__ = ()
 
-    def wall(self) -> float:
-        """Unix seconds now."""
-        return time.time()
-
-    def monotonic(self) -> float:
-        """``time.monotonic()``."""
-        return time.monotonic()
+    # The functions themselves, not methods calling them: read on every request.
+    wall = staticmethod(time.time)
+    monotonic = staticmethod(time.monotonic)
 
 
 SYSTEM_CLOCK: Final = SystemClock()
@@ -77,7 +73,7 @@ class Timeline:
         if clock is None:
             raise RuntimeError("this state has no clock: pass the times by hand")
         wall = clock.wall()
-        if not abs(clock.monotonic() - wall - self.offset) <= _STEP:
+        if not -_STEP <= clock.monotonic() - wall - self.offset <= _STEP:
             # A step, or only a pause between the two readings: measure again, with care.
             self.offset = self._measure(clock, self.offset)
         return wall

@@ -125,6 +125,8 @@ class Broker:
                              keep_failed=keep_failed, keep_age=keep_age,
                              logged=self.log is not None, clock=clock)
         self.core = Core(self.queues, self.log, max_frame=max_frame, max_waits=max_waits)
+        self._now = self.queues.timeline.now
+        """The wall time now (``Queues.now``), looked up once: it is read for every request."""
         self.recovery: Recovery | None = None
         """What replaying the log found, once started with a ``data_dir``."""
         self.failure: LogError | None = None
@@ -294,7 +296,7 @@ class Broker:
 
     def received(self, session: Session, message: ClientMessage) -> None:
         """Apply one request from ``session``; what it causes goes out in the pass's flush."""
-        handle(self.core, session, message, self.queues.now())
+        handle(self.core, session, message, self._now())
         self.schedule_flush()
 
     def wrote(self, session: Session) -> None:
