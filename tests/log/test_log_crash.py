@@ -93,6 +93,15 @@ async def test_a_broker_killed_at_random_moments_loses_no_acknowledged_job(
     workers = WorkerProcess("log_handlers:record_payload", queue=QUEUE, url=url, processes=2,
                             concurrency=8, env={RECORDS_ENV: str(processed)},
                             log_path=tmp_path / "workers.log")
+    # The kills start once both worker processes serve the queue: a worker whose very first
+    # connection is refused exits (a broker that was never reached is a start-up mistake), and
+    # nothing would drain the queue.
+    async with Client(url, reconnect=False) as client:
+
+        async def serving() -> bool:
+            return (await client.counts(QUEUE))["workers"] >= 2
+
+        await wait_until(serving, timeout=60, what="both worker processes subscribe")
     producer = Producer(url, random.Random(rng.random()))
     producing = asyncio.ensure_future(producer.run())
     try:
