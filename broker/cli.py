@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
-from ._log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
+from ._log import (
+    DEFAULT_COMPACT_FLOOR,
+    DEFAULT_COMPACT_RATIO,
+    DEFAULT_DISK_RESERVE,
+    FsyncPolicy,
+    LogError,
+)
 from ._queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
 from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT, DEFAULT_SHUTDOWN_GRACE, Broker
 
@@ -44,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compact-ratio", type=float, default=DEFAULT_COMPACT_RATIO,
                         help="compact once the log is this many times the live state "
                              "(default: %(default)s)")
+    parser.add_argument("--disk-reserve", type=int, default=DEFAULT_DISK_RESERVE,
+                        metavar="BYTES",
+                        help="disk space the log holds in reserve for when its disk fills up "
+                             "(at least; the live state's size if larger; 0: none) "
+                             "(default: %(default)s)")
     parser.add_argument("--shutdown-grace", type=float, default=DEFAULT_SHUTDOWN_GRACE,
                         metavar="SECONDS",
                         help="on SIGTERM, wait this long for active jobs (default: %(default)s)")
@@ -75,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> None:
         salvage=args.salvage,
         compact_floor=args.compact_floor,
         compact_ratio=args.compact_ratio,
+        disk_reserve=args.disk_reserve,
         shutdown_grace=args.shutdown_grace,
         max_frame=args.max_frame,
         max_connections=args.max_connections,
@@ -120,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"broker: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if args.disk_reserve < 0:
+        print("broker: --disk-reserve must be at least 0", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
