@@ -109,8 +109,8 @@ class Broker:
         """Why the broker stopped, when the log failed."""
         self.sessions: set[Session] = set()
         self._deferred: list[tuple[Session, ClientMessage | None]] = []
-        """What arrived while the log had no room even for the changes already applied (None:
-        the connection closed): applied, in order, once they are written."""
+        """What arrived while requests were held back (``_held``; None: the connection closed):
+        applied, in order, once the log has room."""
         self._paused: set[Session] = set()
         """Connections not read from meanwhile."""
         self._flush_handle: asyncio.Handle | None = None
@@ -293,7 +293,8 @@ class Broker:
         """Apply nothing more (and read no more from this connection) until the log has room
         again: no change is ever made that the log does not get."""
         self._deferred.append((session, message))
-        if session not in self._paused and session.transport is not None:
+        if session.transport is not None:
+            # Again each time: the session resumes reading on its own when its output drains.
             session.transport.pause_reading()
             self._paused.add(session)
 
