@@ -60,6 +60,10 @@ _CHILD: Final = "conveyor.broker._compaction"
 """The module the child process runs."""
 _RETRY: Final = 1.0
 """Seconds to wait after a compaction failed on an OS error (a full disk) before another."""
+_URGENT_RATIO: Final = 1.25
+_URGENT_SLACK: Final = 64 * 1024
+"""On a full disk, a log larger than this ratio of the live state plus this many bytes is
+compacted, whatever the floor: what it frees is what lets the broker go on."""
 
 _T = TypeVar("_T")
 
@@ -104,12 +108,22 @@ class Compactor:
         self._running = False
         self._retry_at = 0.0
 
-    def wanted(self, live_bytes: int) -> bool:
-        """True when the log outgrew both the floor and the ratio over the live state."""
-        size = self.files.size
-        return not self._running and size > self.floor and size > self.ratio * live_bytes
+    @property
+    def busy(self) -> bool:
+        """Whether a compaction is under way."""
+        return self._task is not None
 
-    def poll(self, queues: Queues, wake: Callable[[], None]) -> None:
+    def wanted(self, live_bytes: int, *, urgent: bool = False) -> bool:
+        """True when the log outgrew both the floor and the ratio over the live state; or, when
+        ``urgent`` (the disk is full), when a good part of it is dead, whatever its size."""
+        size = self.files.size
+        if self._running:
+            return False
+        if urgent:
+            return size > _URGENT_RATIO * live_bytes + _URGENT_SLACK
+        return size > self.floor and size > self.ratio * live_bytes
+
+    def poll(self, queues: Queues, wake: Callable[[], None], *, urgent: bool = False) -> None:
         """Reap a finished compaction; start one if due (``wake`` is called when it ends)."""
         loop = asyncio.get_running_loop()
         if self._task is not None and self._task.done():
@@ -121,7 +135,7 @@ class Compactor:
                 log.error("compaction failed: %s", exc)
                 self._retry_at = loop.time() + self.retry
         if (self._task is None and loop.time() >= self._retry_at
-                and self.wanted(queues.live_bytes)):
+                and self.wanted(queues.live_bytes, urgent=urgent)):
             retention = queues.retention
             self._task = asyncio.ensure_future(
                 self._compact(retention.keep_completed, retention.keep_failed))

@@ -32,17 +32,20 @@ HOOKS: Final = (
     "log.write",
     "log.fsync",
     "log.synced",
+    "log.reserve",
 )
 """The other failpoints, for hooks only:
 
 - ``log.run``: each round of the log's background task (on the event loop);
-- ``log.write``: before each write of records (on the event loop); an ``OSError`` raised here is
-  a failed write;
+- ``log.write``: before each write of records (on the event loop), with the number of bytes to
+  write; an ``OSError`` raised here is a failed write;
 - ``log.fsync``: before each fsync of the log's files (in the fsync thread); an ``OSError``
   raised here is a failed fsync;
 - ``log.synced``: after each fsync of the log's files (in the fsync thread, before they may be
   closed), with a ``dict`` of each file descriptor fsynced and the file's size when the fsync
-  began: how much of it a power loss keeps.
+  began: how much of it a power loss keeps;
+- ``log.reserve``: before disk space is taken for the log's reserve (in a thread, or at start),
+  with the size it is to have; an ``OSError`` raised here (ENOSPC) is no room.
 """
 
 Hook = Callable[[object], None]

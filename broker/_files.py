@@ -1,21 +1,28 @@
-"""The log's files in its data directory: the lock, the manifest and the files it names, and the
-increment appended to.
+"""The log's files in its data directory: the lock, the manifest and the files it names, the
+increment appended to, and the reserve.
 
 ``MANIFEST`` names the base file and the increments in replay order (``_manifest``); only the
 last increment is appended to; ``LOCK`` is held (``flock``) while a broker uses the directory.
 Opening the files replays them (``_recovery``); compaction moves appends to a new increment and
 switches the manifest to a new base (this is the ``Files`` it works on).
+
+``RESERVE`` holds disk space for the day the disk fills up: given up in two steps (most of it,
+then the rest), it leaves room for the changes that must still be written and for the
+compaction that gives the log's dead space back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 from pathlib import Path
+from typing import Final
 
 from ._compaction import write_base
 from ._errors import LogError
+from ._failpoints import failpoint
 from ._logfile import FILE_HEADER_SIZE, FileKind, file_header
 from ._manifest import (
     MANIFEST,
@@ -31,7 +38,15 @@ from ._manifest import (
 from ._queues import Queues
 from ._recovery import Recovery, recover
 
-__all__ = ["LogFiles"]
+__all__ = ["RESERVE", "SPACE_ERRORS", "LogFiles"]
+
+RESERVE: Final = "RESERVE"
+SPACE_ERRORS: Final = (errno.ENOSPC, errno.EDQUOT)
+"""What a write gets when the disk (or the user's quota) has no room."""
+_LAST_RESORT: Final = 64 * 1024
+"""Bytes of the reserve kept after its first step is given up (bytes): room for the changes
+made in the pass that finds the disk full again."""
+_ZEROS: Final = bytes(64 * 1024)
 
 
 class LogFiles:
@@ -159,6 +174,48 @@ class LogFiles:
             None, write_manifest, self.directory, manifest)
         self._manifest = manifest
 
+    # The reserve.
+
+    def make_reserve(self, size: int) -> bool:
+        """Hold ``size`` bytes of the disk in ``RESERVE`` (more is cut back to it); False when
+        there is no room. Blocking: in a thread, but at start."""
+        fd = create_file(self.directory / RESERVE, os.O_WRONLY)
+        try:
+            held = os.fstat(fd).st_size
+            if held > size:
+                os.ftruncate(fd, size)
+            elif held < size:
+                try:
+                    failpoint("log.reserve", size)
+                    _allocate(fd, held, size)
+                except OSError as exc:
+                    os.ftruncate(fd, held)  # what was held, it still is
+                    if exc.errno not in SPACE_ERRORS:
+                        raise
+                    return False
+        finally:
+            os.close(fd)
+        return True
+
+    def shrink_reserve(self) -> int:
+        """Give up the reserve's space: all but a last resort, then that too. Return how much
+        is left of it (-1 when nothing was: there was none to give up)."""
+        path = self.directory / RESERVE
+        try:
+            held = path.stat().st_size
+        except FileNotFoundError:
+            return -1
+        left = _LAST_RESORT if held > _LAST_RESORT else 0
+        if not held:
+            return -1
+        os.truncate(path, left)
+        return left
+
+    def free_space(self) -> int:
+        """Bytes the disk holding the log has free for it."""
+        stat = os.statvfs(self.directory)
+        return stat.f_bavail * stat.f_frsize
+
     def measure(self) -> int:
         """Recount (and return) the bytes in the files the manifest names."""
         self.size = sum((self.directory / n).stat().st_size for n in self._manifest.files())
@@ -180,3 +237,16 @@ def _create_increment(directory: Path, manifest: Manifest) -> int:
         path.unlink(missing_ok=True)
         raise
     return fd
+
+
+def _allocate(fd: int, start: int, end: int) -> None:
+    """Give the file real blocks from ``start`` to ``end`` (``OSError`` ENOSPC if no room)."""
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        if exc.errno in SPACE_ERRORS:
+            raise
+        # No fallocate on this file system: zeros take the room as well.
+        os.lseek(fd, start, os.SEEK_SET)
+        while start < end:
+            start += os.write(fd, _ZEROS[: end - start])

@@ -87,21 +87,24 @@ def _write(core: Core, log: Log, records: list[Record], accepted: list[Accepted]
     An add is durable once the records of all its jobs are: its own, and those of the earlier
     adds whose idempotency keys it matched (under ``--fsync always`` one of those may still wait
     for its fsync: the add then waits for that same fsync).
+
+    A full disk refuses adds (until the log holds its reserve again); every other change is
+    written into the reserve the log gives up for it. Only when nothing is left to give up are
+    records held back, and the server applies nothing more until they are written.
     """
-    core.held_back = []
+    held, core.held_back = core.held_back, []
+    if log.full and accepted:
+        accepted = _refuse_adds(core, records, accepted, DiskFull(
+            f"no room for the log in {log.directory}: adds are refused until compaction or "
+            f"freed space make room"))
+        records = _not_adds(records)
+    records = held + records
     if records:
         try:
             log.append(records)
         except DiskFull as exc:
             accepted = _refuse_adds(core, records, accepted, exc)
-            # Every other change is kept, and written once there is room.
-            kept: list[Record] = [r for r in records
-                                  if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
-            if kept:
-                try:
-                    log.append(kept)
-                except DiskFull:
-                    core.held_back = kept
+            core.held_back = _write_into_reserve(log, _not_adds(records))
     if log.policy is not FsyncPolicy.ALWAYS or not accepted:
         return accepted
     # Jobs join their queues once durable: an add with a job still pending waits for an fsync
@@ -114,6 +117,25 @@ def _write(core: Core, log: Log, records: list[Record], accepted: list[Accepted]
         core.unsynced += len(waiting)
         log.when_synced(log.written, functools.partial(_synced, core, waiting, wake))
     return ready
+
+
+def _not_adds(records: list[Record]) -> list[Record]:
+    return [r for r in records if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
+
+
+def _write_into_reserve(log: Log, records: list[Record]) -> list[Record]:
+    """Write ``records`` into the room the log's reserve gives up (the log is full from now on);
+    return them if even that had no room."""
+    while True:
+        room = log.make_room()
+        if not records:
+            return []
+        try:
+            log.append(records)
+            return []
+        except DiskFull:
+            if not room:
+                return records
 
 
 def _refuse_adds(core: Core, records: list[Record], accepted: list[Accepted],

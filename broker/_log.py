@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +22,7 @@ from typing import Final
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor
 from ._errors import DiskFull, LogError
 from ._failpoints import failpoint, hooked
-from ._files import LogFiles
+from ._files import SPACE_ERRORS, LogFiles
 from ._logfile import append_record
 from ._manifest import make_directory
 from ._queues import Queues
@@ -33,13 +33,22 @@ __all__ = [
     # Log's option defaults and errors come with it.
     "DEFAULT_COMPACT_FLOOR",
     "DEFAULT_COMPACT_RATIO",
+    "DEFAULT_DISK_RESERVE",
     "DiskFull",
     "FsyncPolicy",
     "Log",
     "LogError",
 ]
 
-_SPACE_ERRORS: Final = (errno.ENOSPC, errno.EDQUOT)
+DEFAULT_DISK_RESERVE: Final = 1024 * 1024
+"""The least disk space the log holds in reserve (bytes); it holds the estimated size of the
+live state instead when that is larger, so a compaction fits in it."""
+_NO_RESERVE_ROOM: Final = 64 * 1024
+"""With no reserve, the free space (bytes) a full log waits for, twice over, to take adds."""
+_ROOM_RETRY: Final = 1.0
+"""Seconds between attempts to take the reserve back while the disk is full."""
+
+log = logging.getLogger("broker")
 
 
 class FsyncPolicy(enum.Enum):
@@ -64,10 +73,21 @@ class Log:
         salvage: bool = False,
         compact_floor: int = DEFAULT_COMPACT_FLOOR,
         compact_ratio: float = DEFAULT_COMPACT_RATIO,
+        disk_reserve: int = DEFAULT_DISK_RESERVE,
     ) -> None:
         self.directory = Path(directory)
         self.policy = fsync
         self.salvage = salvage
+        self.reserve = disk_reserve
+        """The least disk space held in reserve (bytes; 0: none)."""
+        self.full = False
+        """The disk had no room for the log: the reserve is being given up, and adds are
+        refused until it is held again."""
+        self.exhausted = False
+        """...and all of it is given up: nothing more may be changed until it is held again
+        (the server holds every request back)."""
+        self.on_room: Callable[[], None] = _nothing
+        """Called once the reserve is held again after the disk was full."""
         self.written = 0
         """Bytes appended since the log was opened: a position that only grows."""
         self.synced = 0
@@ -80,6 +100,12 @@ class Log:
         self._syncing: asyncio.Future[None] | None = None
         """The fsync under way, or the last one."""
         self._wake = asyncio.Event()
+        self._room_at = 0.0
+        """When (loop time) to try next to take the reserve back."""
+        self._room_given = 0
+        """Times part of the reserve was given up (an attempt to take it back that began
+        before the last of them proves nothing)."""
+        self._compacted = 0
 
     @property
     def size(self) -> int:
@@ -100,6 +126,11 @@ class Log:
             make_directory(self.directory)
             self.files.lock()
             recovery = self.files.open(queues, salvage=self.salvage)
+            if not self.files.make_reserve(self._reserve_size(queues)):
+                self.full = True
+                recovery.warnings.append(
+                    f"no room for the log's reserve of {self._reserve_size(queues)} bytes in "
+                    f"{self.directory}: adds are refused until there is")
         except BaseException as exc:
             self.files.release()
             if isinstance(exc, OSError):
@@ -145,7 +176,7 @@ class Log:
         fd = self.files.fd
         done = 0
         try:
-            failpoint("log.write")
+            failpoint("log.write", len(data))
             with memoryview(data) as view:
                 while done < len(view):
                     done += os.write(fd, view[done:])
@@ -155,10 +186,31 @@ class Log:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - done)
                     os.lseek(fd, 0, os.SEEK_END)
-            if exc.errno in _SPACE_ERRORS:
+            if exc.errno in SPACE_ERRORS:
                 raise DiskFull(f"no space left to write the log in {self.directory}") from None
             self.failure = LogError(f"writing the log in {self.directory} failed: {exc}")
             raise self.failure from None
+
+    def make_room(self) -> bool:
+        """The disk had no room for records: give up part of the reserve for the records that
+        must still be written. False when nothing was left to give up.
+
+        The first time, most of it: adds are refused from then on, until the reserve is held
+        again. The second, the last of it: that pass's records are written, and then nothing
+        more is changed (``exhausted``) until the reserve is held again.
+        """
+        if not self.full:
+            self.full = True
+            log.warning("no room left for the log in %s: adds are refused until compaction or "
+                        "freed space make room", self.directory)
+            self._wake.set()  # compaction gives the log's dead space back
+        self._room_given += 1
+        left = self.files.shrink_reserve()
+        if left <= 0 and not self.exhausted:
+            self.exhausted = True
+            log.warning("the log's reserve in %s is used up: requests wait until there is room",
+                        self.directory)
+        return left >= 0
 
     def when_synced(self, position: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` once an fsync covers ``position`` (at once when one already has)."""
@@ -185,16 +237,61 @@ class Log:
                            f"stopping without acknowledging anything more") from exc
 
     async def _run(self, queues: Queues) -> None:
-        interval = 1.0 if self.policy is FsyncPolicy.EVERYSEC else None
         while True:
+            interval = (_ROOM_RETRY if self.full else
+                        1.0 if self.policy is FsyncPolicy.EVERYSEC else None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
             failpoint("log.run")
-            self.compactor.poll(queues, self._wake.set)
+            compactor = self.compactor
+            compactor.poll(queues, self._wake.set, urgent=self.full)
+            if compactor.compactions != self._compacted:
+                self._compacted = compactor.compactions
+                await self._after_compaction(queues)
+            if self.full and not compactor.busy:
+                await self._take_room_back(queues)
             if self.policy is not FsyncPolicy.NO or self._sync_waiters:
                 await self.sync()
+
+    def _reserve_size(self, queues: Queues) -> int:
+        return max(self.reserve, queues.live_bytes) if self.reserve > 0 else 0
+
+    async def _after_compaction(self, queues: Queues) -> None:
+        """The files compaction replaced are closed, their space given back; the reserve follows
+        the live state; on a full disk, try to take the reserve back at once."""
+        await self.sync()
+        if self.full:
+            self._room_at = 0.0
+            return
+        size = self._reserve_size(queues)
+        if not await asyncio.get_running_loop().run_in_executor(
+                None, self.files.make_reserve, size):
+            self.full = True
+            log.warning("no room for the log's reserve of %d bytes in %s: adds are refused "
+                        "until there is", size, self.directory)
+
+    async def _take_room_back(self, queues: Queues) -> None:
+        """Hold the reserve again, if the disk has room for it and as much again (for the adds
+        to come): then adds are accepted again."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._room_at:
+            return
+        self._room_at = loop.time() + _ROOM_RETRY
+        files = self.files
+        size = self._reserve_size(queues)
+        given = self._room_given
+
+        def take_back() -> bool:
+            if not size:  # no reserve: room enough for a few passes' records will do
+                return files.free_space() >= 2 * _NO_RESERVE_ROOM
+            return files.make_reserve(2 * size) and files.make_reserve(size)
+
+        if await loop.run_in_executor(None, take_back) and given == self._room_given:
+            self.full = self.exhausted = False
+            log.warning("room again for the log in %s: adds are accepted", self.directory)
+            self.on_room()
 
     async def sync(self) -> None:
         """fsync everything written so far; answer the waiters it covers (``when_synced``).
@@ -212,6 +309,13 @@ class Log:
                 task = self._syncing = asyncio.ensure_future(self._fsync())
                 task.add_done_callback(_retrieve)
             await asyncio.shield(task)
+        files = self.files
+        if files.unsynced and self.synced >= self.written:
+            # Files appends left with nothing unsynced in them (no fsync under way uses them):
+            # closed now, so the disk space of those compaction deleted is given back.
+            for fd in files.unsynced:
+                os.close(fd)
+            files.unsynced = []
 
     async def _fsync(self) -> None:
         target = self.written
@@ -250,6 +354,10 @@ class Log:
                 await self.sync()
         finally:
             self.files.release()
+
+def _nothing() -> None:
+    pass
+
 
 def _retrieve(task: asyncio.Future[None]) -> None:
     # Its failure is kept as the log's ``failure`` and raised to every caller after it.

@@ -17,7 +17,7 @@ import msgspec
 from conveyor.protocol import JobState
 
 from ._census import Census
-from ._jobs import DEFAULT_OPTIONS, JOB_OVERHEAD, Job, JobOptions
+from ._jobs import DEFAULT_OPTIONS, DELAYED, JOB_OVERHEAD, Job, JobOptions
 from ._queues import Queues
 from ._records import (
     JobFinished,
@@ -175,25 +175,28 @@ class Replayer:
              options: list[JobOptions]) -> None:
         queues = self.queues
         queue = queues.queue(name)
-        jobs = queues.jobs
+        jobs, keys, delayed, tails = queues.jobs, queues.keys, queue.delayed, self._tails
         census = self.census
-        some_gone = census is not None and census.any_dead(first_id, len(payloads))
-        job_id = first_id
+        # Only the jobs that outlive the log are built.
+        gone = census.dead if census is not None and census.any_dead(
+            first_id, len(payloads)) else None
+        job_id = first_id - 1
+        size = 0
         for data, option in zip(payloads, options, strict=True):
-            if some_gone and census is not None and census.dead(job_id):
-                job_id += 1
+            job_id += 1
+            if gone is not None and gone(job_id):
                 continue
             job = Job(job_id, name, data, created_at, option)
             jobs[job_id] = job
             if option.key is not None:
-                queues.keys[option.key] = job_id
-            if job.state is JobState.DELAYED:
-                queue.delayed[job_id] = job
+                keys[option.key] = job_id
+            if job.state is DELAYED:
+                delayed[job_id] = job
             else:
-                self._tails[job_id] = job
-            queues.live_bytes += len(data) + JOB_OVERHEAD
-            job_id += 1
-        queues.last_id = max(queues.last_id, job_id - 1)
+                tails[job_id] = job
+            size += len(data) + JOB_OVERHEAD
+        queues.live_bytes += size
+        queues.last_id = max(queues.last_id, job_id)
 
     def _tail(self, job: Job) -> None:
         self._heads.pop(job.id, None)

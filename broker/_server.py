@@ -29,7 +29,7 @@ from ._core import Core
 from ._errors import LogError
 from ._flush import flush
 from ._jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
-from ._log import FsyncPolicy, Log
+from ._log import DEFAULT_DISK_RESERVE, FsyncPolicy, Log
 from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
@@ -91,6 +91,7 @@ class Broker:
         salvage: bool = False,
         compact_floor: int = DEFAULT_COMPACT_FLOOR,
         compact_ratio: float = DEFAULT_COMPACT_RATIO,
+        disk_reserve: int = DEFAULT_DISK_RESERVE,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
@@ -117,7 +118,7 @@ class Broker:
         self.status = BrokerStatus.NEW
         self.log = None if data_dir is None else Log(
             data_dir, fsync=FsyncPolicy(fsync), salvage=salvage,
-            compact_floor=compact_floor, compact_ratio=compact_ratio,
+            compact_floor=compact_floor, compact_ratio=compact_ratio, disk_reserve=disk_reserve,
         )
         self.clock = clock
         """Wall time for what is kept and shown, monotonic time for leases and timers."""
@@ -132,6 +133,11 @@ class Broker:
         self.failure: LogError | None = None
         """Why the broker stopped, when the log failed."""
         self.sessions: set[Session] = set()
+        self._deferred: list[tuple[Session, ClientMessage | None]] = []
+        """What arrived while requests were held back (``_held``; None: the connection closed):
+        applied, in order, once the log has room."""
+        self._paused: set[Session] = set()
+        """Connections not read from meanwhile."""
         self._flush_handle: asyncio.Handle | None = None
         self._disk_retry: asyncio.TimerHandle | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -167,6 +173,7 @@ class Broker:
         self.status = BrokerStatus.SERVING
         self._sweep()
         if self.log is not None:
+            self.log.on_room = self.schedule_flush
             self._background = loop.create_task(self._run_log(self.log))
 
     async def serve_forever(self) -> None:
@@ -290,13 +297,48 @@ class Broker:
         self.sessions.discard(session)
         self.core.waiters.drop(session)
         self.core.watchers.drop(session)
-        if self.status is not BrokerStatus.FAILED:
+        self._paused.discard(session)
+        if self.status is BrokerStatus.FAILED:
+            return
+        if self._held():
+            self._deferred.append((session, None))
+        else:
             self.queues.drop(session, self.queues.now())
             self.schedule_flush()
 
     def received(self, session: Session, message: ClientMessage) -> None:
         """Apply one request from ``session``; what it causes goes out in the pass's flush."""
+        if self._held():
+            self._defer(session, message)
+            return
         handle(self.core, session, message, self._now())
+        self.schedule_flush()
+
+    def _held(self) -> bool:
+        """Whether requests are held back: the log's disk is full and its reserve used up, so
+        no change may be made that the log might not get."""
+        return bool(self.core.held_back) or (self.log is not None and self.log.exhausted)
+
+    def _defer(self, session: Session, message: ClientMessage) -> None:
+        """Apply nothing more (and read no more from this connection) until the log has room
+        again: no change is ever made that the log does not get."""
+        self._deferred.append((session, message))
+        if session.transport is not None:
+            # Again each time: the session resumes reading on its own when its output drains.
+            session.transport.pause_reading()
+            self._paused.add(session)
+
+    def _apply_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for session, message in deferred:
+            if message is None:
+                self.queues.drop(session, self.queues.now())
+            else:
+                handle(self.core, session, message, self._now())
+        for session in self._paused:
+            if not session.closing and session.transport is not None:
+                session.transport.resume_reading()
+        self._paused.clear()
         self.schedule_flush()
 
     def wrote(self, session: Session) -> None:
@@ -322,6 +364,11 @@ class Broker:
             return
         if self.core.held_back:
             self._retry_disk()
+        if self._held():
+            # Nothing more is applied, the timer's changes neither, until the log has room.
+            return
+        if self._deferred:
+            self._apply_deferred()
         self._arm(self.queues.next_deadline())
 
     def _retry_disk(self) -> None:
@@ -360,6 +407,8 @@ class Broker:
 
     def _tick(self) -> None:
         self._tick_handle = None
+        if self._held():
+            return  # armed again once the log has room (``_flush``)
         if self.status is BrokerStatus.SERVING:
             self.queues.tick(self.queues.now())
         self.schedule_flush()

@@ -15,7 +15,13 @@ from typing import Final
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
-from ._log import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, FsyncPolicy, LogError
+from ._log import (
+    DEFAULT_COMPACT_FLOOR,
+    DEFAULT_COMPACT_RATIO,
+    DEFAULT_DISK_RESERVE,
+    FsyncPolicy,
+    LogError,
+)
 from ._queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
 from ._server import (
     DEFAULT_FRAME_TIMEOUT,
@@ -60,6 +66,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--compact-ratio", type=float, default=DEFAULT_COMPACT_RATIO,
                         help="compact once the log is this many times the live state "
                              "(default: %(default)s)")
+    parser.add_argument("--disk-reserve", type=int, default=DEFAULT_DISK_RESERVE,
+                        metavar="BYTES",
+                        help="disk space the log holds in reserve for when its disk fills up "
+                             "(at least; the live state's size if larger; 0: none) "
+                             "(default: %(default)s)")
     parser.add_argument("--shutdown-grace", type=float, default=DEFAULT_SHUTDOWN_GRACE,
                         metavar="SECONDS",
                         help="on SIGTERM, wait this long for active jobs (default: %(default)s)")
@@ -102,6 +113,7 @@ async def _serve(args: argparse.Namespace) -> None:
         salvage=args.salvage,
         compact_floor=args.compact_floor,
         compact_ratio=args.compact_ratio,
+        disk_reserve=args.disk_reserve,
         shutdown_grace=args.shutdown_grace,
         max_frame=args.max_frame,
         max_connections=args.max_connections,
@@ -161,6 +173,7 @@ def _problem(args: argparse.Namespace) -> str | None:
         ("keep-age", args.keep_age is None or (math.isfinite(args.keep_age) and args.keep_age > 0),
          "a number of seconds above 0"),
         ("compact-floor", args.compact_floor >= 0, "a number of bytes, 0 or more"),
+        ("disk-reserve", args.disk_reserve >= 0, "a number of bytes, 0 or more"),
         ("compact-ratio", math.isfinite(args.compact_ratio) and args.compact_ratio > 1,
          "a number above 1"),
         ("shutdown-grace", math.isfinite(args.shutdown_grace) and args.shutdown_grace >= 0,

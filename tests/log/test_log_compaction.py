@@ -42,9 +42,9 @@ def manifest(directory: Path) -> dict[str, Any]:
 
 
 def named_files(directory: Path) -> set[str]:
-    """The manifest, the lock, and the files the manifest names."""
+    """The manifest, the lock, the reserve, and the files the manifest names."""
     named = manifest(directory)
-    files = {"MANIFEST", "LOCK", *named["increments"]}
+    files = {"MANIFEST", "LOCK", "RESERVE", *named["increments"]}
     if named["base"] is not None:
         files.add(named["base"])
     return files
@@ -329,8 +329,10 @@ async def test_a_compaction_that_keeps_failing_adds_no_increment_per_try(
             assert len(manifest(data)["increments"]) == 2
             assert len(list(data.glob("incr-*.log"))) == 2
 
+            frozen = manifest(data)["increments"][0]
             failpoints.install("compaction.switched", None)
             await churn_until(client, lambda: log.compactions > 0, "a compaction succeeds")
+            # It replaced the files the first try froze (another may have begun since).
             assert manifest(data)["base"] is not None
 
             async def one_increment() -> bool:
@@ -339,6 +341,7 @@ async def test_a_compaction_that_keeps_failing_adds_no_increment_per_try(
                 return len(manifest(data)["increments"]) == 1
 
             await wait_until(one_increment, timeout=30, what="one increment after compacting")
+            assert not (data / frozen).exists()
             kept = await client.add(IDLE, "kept")
     finally:
         await broker.close()
