@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import msgspec
 
-from conveyor.protocol import JobDef, JobError, JobState
+from conveyor.protocol import JobDef, JobError, JobState, QueueSummary
 
 from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
@@ -105,6 +105,11 @@ class Queues(Store):
         """The wall time now, from the state's clock: what ``now`` arguments take."""
         return self.timeline.now()
 
+    def summaries(self, now: float) -> list[QueueSummary]:
+        """Every queue, by name: its counts and its rates over the last minute (the rates
+        count on the monotonic clock, so a step of the wall clock does not reset them)."""
+        return super().summaries(self.timeline.monotonic(now))
+
     def take_outbox(self) -> Outbox:
         """What the changes since the last take produced: records, events, finished jobs."""
         return self.output.take()
@@ -161,7 +166,7 @@ class Queues(Store):
         if not created:
             return out
         queue.pending += len(created)
-        queue.added_rate.mark(len(created), now)
+        queue.added_rate.mark(len(created), now + self.timeline.offset)
         self.last_id = job_id
         if self.output.logged:
             first_id = created[0].id

@@ -18,7 +18,7 @@ class Rate:
     def __init__(self) -> None:
         self._counts = [0] * WINDOW
         self._second = 0
-        """The second (Unix time, whole) the newest bucket counts."""
+        """The second (whole, on the clock ``mark`` is given) the newest bucket counts."""
 
     def mark(self, count: int, now: float) -> None:
         """Count ``count`` events at time ``now``."""

@@ -76,10 +76,10 @@ class Retention:
                 output.event(queue.name, "failed", job, now, error=job.error)
         if state is COMPLETED:
             queue.completed += 1
-            queue.completed_rate.mark(1, now)
+            queue.completed_rate.mark(1, now + self._timeline.offset)
         else:
             queue.failed += 1
-            queue.failed_rate.mark(1, now)
+            queue.failed_rate.mark(1, now + self._timeline.offset)
         keep = job.options.keep_result
         if keep is not None:
             if keep <= 0:

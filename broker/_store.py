@@ -66,7 +66,8 @@ class Store:
         }
 
     def summaries(self, now: float) -> list[QueueSummary]:
-        """Every queue, by name: its counts and its rates over the last minute."""
+        """Every queue, by name: its counts and its rates over the last minute (``now`` on the
+        clock the rates were marked with)."""
         return [
             QueueSummary(
                 name=queue.name, waiting=len(queue.waiting), active=queue.active,

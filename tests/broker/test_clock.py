@@ -210,3 +210,14 @@ def test_a_job_due_before_its_fsync_is_waiting_once_it_is_durable() -> None:
     assert [type(record).__name__ for record in queues.take_outbox().records] == [
         "JobsAddedWithOptions", "JobPromoted"]
     check_state(queues)
+
+
+@pytest.mark.parametrize("step", [HOUR, -HOUR])
+def test_a_step_of_the_wall_clock_does_not_reset_the_rates(step: float) -> None:
+    clock = ManualClock()
+    queues = Queues(clock=clock)
+    queues.add("q", [raw(n) for n in range(60)], queues.now())
+    clock.step(step)
+    clock.advance(1)
+    (summary,) = queues.summaries(queues.now())
+    assert summary.added_rate == 1.0  # 60 jobs over the last minute
