@@ -127,7 +127,11 @@ class Broker:
                              logged=self.log is not None, clock=clock)
         self.core = Core(self.queues, self.log, max_frame=max_frame, max_waits=max_waits)
         self._now = self.queues.timeline.now
-        """The wall time now (``Queues.now``), looked up once: it is read for every request."""
+        """The wall time now (``Queues.now``), looked up once."""
+        self._pass_now: float | None = None
+        """The wall time of this loop pass's requests, read by its first request and forgotten
+        by the flush that ends the pass: requests read together are applied at one time, and
+        the clocks (~0.2 us, as much as the rest of an ack) are not read once per job."""
         self.recovery: Recovery | None = None
         """What replaying the log found, once started with a ``data_dir``."""
         self.failure: LogError | None = None
@@ -308,11 +312,16 @@ class Broker:
 
     def received(self, session: Session, message: ClientMessage) -> None:
         """Apply one request from ``session``; what it causes goes out in the pass's flush."""
-        if self._held():
+        core = self.core
+        if core.held_back or (self.log is not None and self.log.exhausted):  # ``_held()``
             self._defer(session, message)
             return
-        handle(self.core, session, message, self._now())
-        self.schedule_flush()
+        now = self._pass_now
+        if now is None:
+            now = self._pass_now = self._now()
+        handle(core, session, message, now)
+        if self._flush_handle is None:
+            self.schedule_flush()
 
     def _held(self) -> bool:
         """Whether requests are held back: the log's disk is full and its reserve used up, so
@@ -355,6 +364,7 @@ class Broker:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._pass_now = None
         if self.status in (BrokerStatus.FAILED, BrokerStatus.CLOSED):
             return
         try:
