@@ -23,6 +23,7 @@ from conveyor.protocol import (
     ProtocolError,
 )
 
+from ._auth import DEFAULT_FAILURE_DELAY, Gate, rights_hold
 from ._clock import SYSTEM_CLOCK, Clock
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
 from ._core import Core
@@ -34,6 +35,7 @@ from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
 from ._session import Session
+from ._users import Users, UsersError
 from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = [
@@ -102,6 +104,8 @@ class Broker:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
         max_waits: int = DEFAULT_MAX_WAITS,
+        users: str | os.PathLike[str] | Users | None = None,
+        auth_failure_delay: float = DEFAULT_FAILURE_DELAY,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.host = host
@@ -115,6 +119,13 @@ class Broker:
         self.frame_timeout = frame_timeout
         """Seconds a connection may sit in the middle of a frame before it is closed (and a
         connection the broker closed may take to read what it was sent before it is dropped)."""
+        self.users_path = None if users is None or isinstance(users, Users) else users
+        """The users file, read again by ``reload_users`` (SIGHUP)."""
+        if users is not None and not isinstance(users, Users):
+            users = Users.load(users)
+        self.gate = Gate(users, failure_delay=auth_failure_delay)
+        """Who may connect: without users, anyone who reaches the port (loopback only unless
+        the operator says ``--insecure``)."""
         self.status = BrokerStatus.NEW
         self.log = None if data_dir is None else Log(
             data_dir, fsync=FsyncPolicy(fsync), salvage=salvage,
@@ -277,6 +288,37 @@ class Broker:
         return sum(queue.active for queue in self.queues.queues.values())
 
     # Sessions (the ``Host`` of each).
+
+    def reload_users(self) -> bool:
+        """Read the users file again (SIGHUP). Connections whose user still has every right it
+        had stay as they are; those whose user is gone or lost a right are closed. A file that
+        cannot be read changes nothing. Return whether the file was taken."""
+        if self.users_path is None:
+            log.warning("no users file to reload (the broker was started without --users)")
+            return False
+        try:
+            users = Users.load(self.users_path)
+        except UsersError as exc:
+            log.error("kept the users as they were: %s", exc)
+            return False
+        self.gate.users = users
+        closed = 0
+        for session in list(self.sessions):
+            old = session.user
+            if old is None or session.closing:
+                continue
+            new = users.get(old.name)
+            if new is not None and rights_hold(old, new):
+                session.user = new
+                continue
+            closed += 1
+            session.abort(ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"user {old.name!r} was removed from the users file" if new is None else
+                f"the rights of user {old.name!r} were reduced; connect again"))
+        log.warning("reloaded the users file %s: %d users, %d connections closed",
+                    self.users_path, len(users.users), closed)
+        return True
 
     def connected(self, session: Session) -> None:
         """A connection was accepted."""

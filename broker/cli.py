@@ -31,6 +31,7 @@ from ._server import (
     DEFAULT_SHUTDOWN_GRACE,
     Broker,
 )
+from ._users import UsersError
 from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = ["main"]
@@ -99,6 +100,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--keep-age", type=float, default=None, metavar="SECONDS",
                         help="forget completed and failed jobs this long after they finish "
                              "(default: no age limit, only the counts)")
+    parser.add_argument("--users", metavar="PATH",
+                        help="users file (TOML; `conveyor user` edits it): every client must "
+                             "log in as one of its users, and may do only what its permissions "
+                             "allow; read again on SIGHUP")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser
@@ -124,6 +129,7 @@ async def _serve(args: argparse.Namespace) -> None:
         keep_completed=args.keep_completed,
         keep_failed=args.keep_failed,
         keep_age=args.keep_age,
+        users=args.users,
     )
     await broker.start()
     recovery = broker.recovery
@@ -138,6 +144,7 @@ async def _serve(args: argparse.Namespace) -> None:
     serving = asyncio.ensure_future(broker.serve_forever())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, serving.cancel)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_users)
     try:
         await serving
     except asyncio.CancelledError:
@@ -219,7 +226,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         _run(args)
-    except LogError as exc:
+    except (LogError, UsersError) as exc:
         print(f"broker: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -31,6 +31,7 @@ from ._records import Record
 from ._recovery import Recovery
 from ._replay import Replayer, snapshot
 from ._requests import MIN_LEASE, handle
+from ._users import User
 
 __all__ = [
     "FAILPOINTS",
@@ -77,6 +78,7 @@ class RecordingPeer:
 
     def __init__(self, name: str = "peer") -> None:
         self.name = name
+        self.user: User | None = None
         self.sent: list[BrokerMessage] = []
         self.aborted = False
 

@@ -5,10 +5,12 @@ from conveyor.protocol import Backoff, JobError, JobState, QueueSummary
 from .client import Client, connect
 from .connection import Connection, ConnectionStatus, Push
 from .errors import (
+    AuthenticationFailed,
     BulkAddFailed,
     ConnectionLost,
     ConveyorError,
     DiskFull,
+    Forbidden,
     InvalidQueue,
     InvalidState,
     JobFailed,
@@ -28,6 +30,7 @@ from .urls import DEFAULT_URL, URL_ENV, parse_url
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
+    "AuthenticationFailed",
     "Backoff",
     "BulkAddFailed",
     "Client",
@@ -38,6 +41,7 @@ __all__ = [
     "DiskFull",
     "EventStream",
     "EventsLost",
+    "Forbidden",
     "InvalidQueue",
     "InvalidState",
     "JobError",

@@ -15,10 +15,14 @@ import socket
 from collections.abc import Callable
 from typing import Final, cast
 
+import scramp
+
 from conveyor.protocol import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
+    Authenticate,
     BrokerMessage,
+    Challenge,
     Closing,
     Deliver,
     Error,
@@ -33,6 +37,7 @@ from conveyor.protocol import (
 )
 
 from .errors import (
+    AuthenticationFailed,
     ConnectionLost,
     ConveyorError,
     ProtocolViolation,
@@ -40,7 +45,7 @@ from .errors import (
     VersionMismatch,
     error_for,
 )
-from .urls import parse_url
+from .urls import credentials, parse_url
 
 __all__ = ["Connection", "ConnectionStatus", "Push", "Reply"]
 
@@ -48,6 +53,7 @@ log = logging.getLogger("client")
 
 _decoder: Final[MessageDecoder[BrokerMessage]] = MessageDecoder(BrokerMessage)
 _encoder: Final = FrameEncoder()
+MECHANISM: Final = "SCRAM-SHA-256"
 _REPLY_FRAME_LIMIT: Final = 1 << 30
 """Replies are trusted more than requests; this only guards against a corrupt stream (bytes)."""
 
@@ -81,7 +87,8 @@ class Connection(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._welcome: asyncio.Future[Welcome] = self._loop.create_future()
+        self._welcome: asyncio.Future[Welcome | Challenge] = self._loop.create_future()
+        """The broker's answer to the handshake's last message."""
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._write_ready = asyncio.Event()
         self._write_ready.set()
@@ -114,8 +121,7 @@ class Connection(asyncio.Protocol):
             ) from None
         try:
             async with asyncio.timeout(timeout):
-                connection.send(Hello(version=PROTOCOL_VERSION, client=name))
-                welcome = await connection._welcome
+                welcome = await connection._handshake(name, credentials(url))
         except BaseException as exc:
             if connection._transport is not None:
                 connection._transport.abort()
@@ -134,6 +140,41 @@ class Connection(asyncio.Protocol):
         connection.server = welcome.server
         connection.status = ConnectionStatus.OPEN
         return connection
+
+    async def _handshake(self, name: str, login: tuple[str, str] | None) -> Welcome:
+        """Say ``hello``; with ``login`` (user, secret), prove it with SCRAM-SHA-256: the secret
+        never leaves this process, and the broker proves in turn that it holds its hash."""
+        if login is None:
+            self.send(Hello(version=PROTOCOL_VERSION, client=name))
+            reply = await self._welcome
+            if isinstance(reply, Challenge):
+                raise AuthenticationFailed(ErrorCode.AUTH_REQUIRED, "the broker challenged a "
+                                           "client that gave no credentials")
+            return reply
+        user, secret = login
+        scram = scramp.ScramClient([MECHANISM], user, secret)
+        self.send(Hello(version=PROTOCOL_VERSION, client=name, mechanism=MECHANISM,
+                        auth=scram.get_client_first()))
+        reply = await self._welcome
+        if isinstance(reply, Challenge):
+            try:
+                scram.set_server_first(reply.data)
+                final = scram.get_client_final()
+            except scramp.ScramException as exc:
+                raise AuthenticationFailed(ErrorCode.AUTH_FAILED,
+                                           f"the broker's challenge is not valid: {exc}") from None
+            self._welcome = self._loop.create_future()
+            self.send(Authenticate(data=final))
+            reply = await self._welcome
+        if isinstance(reply, Challenge) or not reply.auth:
+            raise AuthenticationFailed(ErrorCode.AUTH_FAILED, "the broker did not authenticate "
+                                       "the user (does it run without a users file?)")
+        try:
+            scram.set_server_final(reply.auth)
+        except scramp.ScramException:
+            raise AuthenticationFailed(ErrorCode.AUTH_FAILED, "the broker could not prove that it "
+                                       "holds the user's secret") from None
+        return reply
 
     # Sending.
 
@@ -245,7 +286,7 @@ class Connection(asyncio.Protocol):
             if self._on_push is not None:
                 self._on_push(message)
             return
-        if isinstance(message, Welcome):
+        if isinstance(message, Welcome | Challenge):
             if not self._welcome.done():
                 self._welcome.set_result(message)
             return
