@@ -27,7 +27,14 @@ from typing import Any, Final, overload
 
 import msgspec
 
-from conveyor.client import Connection, ConnectionLost, ConveyorError, Push, encode_value
+from conveyor.client import (
+    Connection,
+    ConnectionLost,
+    ConveyorError,
+    Push,
+    RequestRefused,
+    encode_value,
+)
 from conveyor.protocol import (
     Ack,
     Deliver,
@@ -248,6 +255,7 @@ class Worker:
     async def _serve(self, connection: Connection) -> bool:
         """Take jobs on ``connection``; True when it was lost, False after a graceful stop."""
         lost = False
+        refused: RequestRefused | None = None
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
@@ -256,28 +264,36 @@ class Worker:
                     for sub in self._subscriptions.values())
             except ConnectionLost:
                 return True
-            log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
-                                             for queue, window in self.queues.items()),
-                     extra={"fields": {"queues": self.queues}})
-            heartbeat = tasks.create_task(self._extend_leases(connection))
-            monitor = tasks.create_task(self._watch_loop())
-            closed = asyncio.ensure_future(connection.wait_closed())
-            stop = asyncio.ensure_future(self._stop.wait())
-            try:
-                await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closed.cancel()
-                stop.cancel()
-            lost = connection.failure is not None
-            if lost:
-                # The broker has re-queued our jobs: nothing to report them to.
-                for task in self._running:
-                    task.cancel()
-            else:
-                await self._shut_down(connection)
-            heartbeat.cancel()
-            monitor.cancel()
+            except RequestRefused as exc:
+                # Raised after the task group, so that it reaches the caller as itself (a
+                # queue name or a permission refused), not wrapped in an exception group.
+                refused = exc
+            if refused is None:
+                log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
+                                                 for queue, window in self.queues.items()),
+                         extra={"fields": {"queues": self.queues}})
+                heartbeat = tasks.create_task(self._extend_leases(connection))
+                monitor = tasks.create_task(self._watch_loop())
+                closed = asyncio.ensure_future(connection.wait_closed())
+                stop = asyncio.ensure_future(self._stop.wait())
+                try:
+                    await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closed.cancel()
+                    stop.cancel()
+                lost = connection.failure is not None
+                if lost:
+                    # The broker has re-queued our jobs: nothing to report them to.
+                    for task in self._running:
+                        task.cancel()
+                else:
+                    await self._shut_down(connection)
+                heartbeat.cancel()
+                monitor.cancel()
         self._tasks = None
+        if refused is not None:
+            await connection.close()
+            raise refused
         return lost and not self._stop.is_set()
 
     async def close(self) -> None:
