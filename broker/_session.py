@@ -29,6 +29,8 @@ from conveyor.protocol import (
     Welcome,
 )
 
+from ._tls import certificate_user
+
 __all__ = ["OUTPUT_BUDGET", "SERVER_NAME", "SKIP_LIMIT", "Host", "Session", "printable"]
 
 SERVER_NAME: Final = "conveyor/0.1"
@@ -93,6 +95,8 @@ class Session(asyncio.Protocol):
                                   skip_limit=max(SKIP_LIMIT, 4 * host.max_frame))
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.certificate_user: str | None = None
+        """The CN of the client certificate verified in the TLS handshake, if any."""
         self.greeted = False
         self.closing = False
         self.out = bytearray()
@@ -115,6 +119,7 @@ class Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.certificate_user = certificate_user(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
