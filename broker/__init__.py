@@ -8,6 +8,7 @@ reach the internals they drive through ``conveyor.broker.testing``.
 from ._errors import BrokerError, DiskFull, LogDamaged, LogError
 from ._log import FsyncPolicy
 from ._server import Broker, BrokerStatus
+from ._tls import server_context
 
 __all__ = [
     "Broker",
@@ -17,4 +18,5 @@ __all__ = [
     "FsyncPolicy",
     "LogDamaged",
     "LogError",
+    "server_context",
 ]

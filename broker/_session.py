@@ -33,6 +33,7 @@ from conveyor.protocol import (
 
 from ._auth import Accepted, Challenged, Gate, Login, Refused
 from ._text import printable
+from ._tls import certificate_user
 from ._users import User
 
 __all__ = ["OUTPUT_BUDGET", "SERVER_NAME", "SKIP_LIMIT", "Host", "Session"]
@@ -121,6 +122,7 @@ class Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.certificate_user = certificate_user(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

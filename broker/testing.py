@@ -18,6 +18,7 @@ from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
 from ._errors import StateError
+from ._exposure import peer_allowed
 from ._failpoints import FAILPOINTS, HOOKS
 from ._failpoints import install as install_failpoint
 from ._flush import flush
@@ -68,6 +69,7 @@ __all__ = [
     "handle",
     "install_failpoint",
     "load_files",
+    "peer_allowed",
     "snapshot",
     "write_base",
 ]

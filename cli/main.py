@@ -122,8 +122,11 @@ def priority(text: str) -> int:
 
 def _common() -> _Parser:
     parent = _Parser(add_help=False)
-    parent.add_argument("--url", default=None, metavar="HOST:PORT",
-                        help="broker address (default: $CONVEYOR_URL, else 127.0.0.1:7400)")
+    parent.add_argument("--url", default=None, metavar="URL",
+                        help="broker address: HOST:PORT, conveyor://[USER@]HOST[:PORT], or "
+                             "conveyors://... for TLS (CA and client certificate from "
+                             "$CONVEYOR_TLS_CA, $CONVEYOR_TLS_CERT, $CONVEYOR_TLS_KEY) "
+                             "(default: $CONVEYOR_URL, else 127.0.0.1:7400)")
     parent.add_argument("--json", action="store_true",
                         help="machine-readable output on stdout (JSON; JSON lines when live)")
     return parent

@@ -25,13 +25,15 @@ from .events import EventsLost, EventStream, JobEvent
 from .jobs import JobInfo, decode_value, encode_value
 from .options import JobOptions, JobSpec, exponential, fixed
 from .sync import SyncClient
-from .urls import DEFAULT_URL, URL_ENV, parse_url
+from .tls import client_context as tls_context
+from .urls import DEFAULT_URL, URL_ENV, BrokerAddress, parse_url
 
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
     "AuthenticationFailed",
     "Backoff",
+    "BrokerAddress",
     "BulkAddFailed",
     "Client",
     "Connection",
@@ -66,4 +68,5 @@ __all__ = [
     "exponential",
     "fixed",
     "parse_url",
+    "tls_context",
 ]

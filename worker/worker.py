@@ -19,6 +19,7 @@ import enum
 import functools
 import inspect
 import logging
+import ssl as _ssl
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -125,13 +126,13 @@ class Worker:
     def __init__(self, queue: str, handler: Handler, *, url: str | None = None,
                  concurrency: int = 1, grace: float = DEFAULT_GRACE,
                  lease: float = DEFAULT_LEASE, reconnect: bool = True,
-                 name: str = "worker") -> None: ...
+                 name: str = "worker", ssl: _ssl.SSLContext | None = None) -> None: ...
 
     @overload
     def __init__(self, tasks: Tasks, /, *, queues: Iterable[str] | None = None,
                  url: str | None = None, concurrency: int = 1, grace: float = DEFAULT_GRACE,
                  lease: float = DEFAULT_LEASE, reconnect: bool = True,
-                 name: str = "worker") -> None: ...
+                 name: str = "worker", ssl: _ssl.SSLContext | None = None) -> None: ...
 
     def __init__(
         self,
@@ -145,6 +146,7 @@ class Worker:
         lease: float = DEFAULT_LEASE,
         reconnect: bool = True,
         name: str = "worker",
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         """Raises ``ValueError`` for a bad queue name, a concurrency below 1, or queues the
         registry does not have."""
@@ -170,6 +172,9 @@ class Worker:
         self.queues: dict[str, int] = {sub.queue: sub.window for sub in subscriptions}
         """The queues served, with their windows (jobs run at once)."""
         self.url = url
+        self.ssl = ssl
+        """The TLS context for a ``conveyors://`` URL (default: one built from
+        ``$CONVEYOR_TLS_CA``, ``$CONVEYOR_TLS_CERT`` and ``$CONVEYOR_TLS_KEY``)."""
         self.concurrency = concurrency
         self.grace = grace
         self.lease = lease
@@ -231,7 +236,8 @@ class Worker:
                 self._finished.set()
 
     async def _connect(self) -> Connection:
-        connection = await Connection.open(self.url, name=self.name, on_push=self._push)
+        connection = await Connection.open(self.url, name=self.name, on_push=self._push,
+                                           ssl=self.ssl)
         self._connection = connection
         return connection
 
