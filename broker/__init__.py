@@ -8,6 +8,7 @@ reach the internals they drive through ``conveyor.broker.testing``.
 from ._errors import BrokerError, DiskFull, LogDamaged, LogError
 from ._log import FsyncPolicy
 from ._server import Broker, BrokerStatus
+from ._users import Permission, User, Users, UsersError, make_secret, write_users
 
 __all__ = [
     "Broker",
@@ -17,4 +18,10 @@ __all__ = [
     "FsyncPolicy",
     "LogDamaged",
     "LogError",
+    "Permission",
+    "User",
+    "Users",
+    "UsersError",
+    "make_secret",
+    "write_users",
 ]
