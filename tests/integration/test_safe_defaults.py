@@ -13,7 +13,7 @@ import pytest
 from conftest import subprocess_env
 from processes import ROOT
 
-from conveyor.broker import Broker
+from conveyor.broker import Broker, Users
 from conveyor.broker.testing import peer_allowed
 from conveyor.client import Client, RequestRefused
 
@@ -76,7 +76,7 @@ async def test_an_insecure_broker_warns_even_on_loopback(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="broker"):
         await make_broker()
-        await make_broker(insecure=True, users=object())
+        await make_broker(insecure=True, users=Users({}))
     assert not any("--insecure" in r.getMessage() for r in caplog.records)
 
 
