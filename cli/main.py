@@ -133,7 +133,7 @@ def permission_rule(text: str) -> tuple[str, str]:
     permission, colon, glob = text.partition(":")
     if not colon or permission not in PERMISSIONS or not glob:
         raise argparse.ArgumentTypeError(
-            f"expected PERMISSION:GLOB with PERMISSION one of {', '.join(PERMISSIONS)} and a "
+            f"expected PERM:GLOB with PERM one of {', '.join(PERMISSIONS)} and a "
             f"queue-name glob (emails, reports.*, *), got {text!r}")
     return permission, glob
 
