@@ -1,9 +1,12 @@
-"""Security's cost: end-to-end throughput and add-to-start latency, plaintext beside TLS.
+"""Security's cost: end-to-end throughput and add-to-start latency, plaintext beside TLS and
+authentication.
 
 Each variant is a way for producers and workers to reach the broker: ``plain`` (TCP on
-loopback) and ``tls`` (``--tls-cert``/``--tls-key``; clients and workers connect to a
-``conveyors://`` URL and verify the broker's certificate, a CA made by ``trustme`` for the run).
-Rounds alternate between the variants (plain, tls, plain, tls, ...) so that a machine getting
+loopback), ``tls`` (``--tls-cert``/``--tls-key``; clients and workers connect to a
+``conveyors://`` URL and verify the broker's certificate, a CA made by ``trustme`` for the run),
+``auth`` (``--users``: every connection logs in with SCRAM-SHA-256 and every request is checked
+against the user's permissions) and ``tls+auth`` (both).
+Rounds alternate between the variants (plain, tls, auth, ...) so that a machine getting
 faster or slower during the run weighs on both alike. Each round, on a fresh broker (fsync
 everysec):
 
@@ -41,12 +44,15 @@ from latency import measure as measure_latency  # noqa: E402
 from measure import rounded  # noqa: E402
 from throughput import end_to_end  # noqa: E402
 
+from conveyor.broker import Permission, User, Users, make_secret, write_users  # noqa: E402
 from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
 
 TARGET_TLS_COST = 0.30
 """Most of the plaintext end-to-end throughput that TLS may cost (a fraction)."""
 LATENCY_QUEUE = "latency"
+BENCH_SECRET = "bench-secret"
+"""The secret of the bench's one user (every permission on every queue)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +76,18 @@ def variants(directory: Path) -> list[Variant]:
     cert.private_key_pem.write_to_path(str(key_file))
     # The producer here and the worker processes read the CA from the environment.
     os.environ["CONVEYOR_TLS_CA"] = str(ca_file)
+    users_file = directory / "users.toml"
+    everything = {permission: ("*",) for permission in Permission}
+    write_users(users_file, Users({"bench": User("bench", make_secret(BENCH_SECRET),
+                                                 rules=everything)}))
+    tls = ["--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+    login = ["--users", str(users_file)]
     return [
         Variant("plain"),
-        Variant("tls", ["--tls-cert", str(cert_file), "--tls-key", str(key_file)],
-                lambda address: f"conveyors://{address}"),
+        Variant("tls", tls, lambda address: f"conveyors://{address}"),
+        Variant("auth", login, lambda address: f"conveyor://bench:{BENCH_SECRET}@{address}"),
+        Variant("tls+auth", tls + login,
+                lambda address: f"conveyors://bench:{BENCH_SECRET}@{address}"),
     ]
 
 
