@@ -8,6 +8,8 @@ reach the internals they drive through ``conveyor.broker.testing``.
 from ._errors import BrokerError, DiskFull, LogDamaged, LogError
 from ._log import FsyncPolicy
 from ._server import Broker, BrokerStatus
+from ._tls import server_context
+from ._users import Permission, User, Users, UsersError, make_secret, write_users
 
 __all__ = [
     "Broker",
@@ -17,4 +19,11 @@ __all__ = [
     "FsyncPolicy",
     "LogDamaged",
     "LogError",
+    "Permission",
+    "User",
+    "Users",
+    "UsersError",
+    "make_secret",
+    "server_context",
+    "write_users",
 ]

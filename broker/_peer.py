@@ -11,6 +11,8 @@ from typing import Protocol
 
 from conveyor.protocol import BrokerMessage, ProtocolError
 
+from ._users import User
+
 __all__ = ["Peer"]
 
 
@@ -19,6 +21,9 @@ class Peer(Protocol):
 
     Peers are hashable by identity: a peer owns its subscriptions, waits and watches.
     """
+
+    user: User | None
+    """Who the client proved to be (its permissions are checked); None: no users file."""
 
     def __hash__(self) -> int: ...
 

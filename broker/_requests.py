@@ -23,6 +23,7 @@ from conveyor.protocol import (
     MAX_OFFSET,
     Ack,
     Add,
+    Authenticate,
     Clean,
     ClientMessage,
     Count,
@@ -61,6 +62,7 @@ from conveyor.protocol import (
     deliverable_payload,
 )
 
+from ._access import refusal
 from ._core import Core
 from ._errors import StateError
 from ._jobs import Job
@@ -79,6 +81,12 @@ log = logging.getLogger("broker")
 def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
     """Apply one message from ``peer`` at time ``now``, and reply (or leave the reply due)."""
     queues = core.queues
+    user = peer.user
+    if user is not None:
+        forbidden = refusal(user, message, queues.jobs)
+        if forbidden is not None:
+            peer.refuse(forbidden)
+            return
     try:
         match message:
             # Workers, on the jobs they hold (no replies).
@@ -141,7 +149,10 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 job = queues.jobs.get(job_id)
                 peer.send(JobReply(req=req, job=None if job is None else job.info()))
             case GetQueues(req=req):
-                peer.send(QueueList(req=req, queues=queues.summaries(now)))
+                summaries = queues.summaries(now)
+                if user is not None:
+                    summaries = [summary for summary in summaries if user.may_any(summary.name)]
+                peer.send(QueueList(req=req, queues=summaries))
             case GetCounts(req=req, queue=name):
                 if _queue_ok(peer, req, name):
                     peer.send(Counts(req=req, **queues.counts(name)))
@@ -169,7 +180,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
             case Clean(req=req, queue=name, state=state, older_than=older_than):
                 if _queue_ok(peer, req, name):
                     peer.send(Count(req=req, count=queues.clean(name, state, older_than, now)))
-            case Hello():
+            case Hello() | Authenticate():
                 peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
             case _:
                 assert_never(message)

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import os
+import ssl as _ssl
 import time
 from typing import Final
 
@@ -23,10 +24,12 @@ from conveyor.protocol import (
     ProtocolError,
 )
 
+from ._auth import DEFAULT_FAILURE_DELAY, Gate, rights_hold
 from ._clock import SYSTEM_CLOCK, Clock
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
 from ._core import Core
 from ._errors import LogError
+from ._exposure import binding_problem, insecure_warning, peer_allowed
 from ._flush import flush
 from ._jobs import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
 from ._log import DEFAULT_DISK_RESERVE, FsyncPolicy, Log
@@ -34,6 +37,7 @@ from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
 from ._session import Session
+from ._users import Users, UsersError
 from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = [
@@ -79,6 +83,11 @@ class Broker:
     ``start()``; without it, queues live in memory only. ``clock`` is where the broker reads
     the wall time (kept and shown) and the monotonic time (leases and timers); tests give their
     own.
+
+    ``ssl``: a server context (``conveyor broker --tls-cert ...``) to speak TLS with. Without
+    ``users`` the broker serves this machine only: it refuses to bind to an address other than
+    loopback and turns away connections from other addresses, unless ``insecure`` (logged as a
+    warning at every start).
     """
 
     def __init__(
@@ -102,8 +111,17 @@ class Broker:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
         max_waits: int = DEFAULT_MAX_WAITS,
+        users: str | os.PathLike[str] | Users | None = None,
+        auth_failure_delay: float = DEFAULT_FAILURE_DELAY,
         clock: Clock = SYSTEM_CLOCK,
+        ssl: _ssl.SSLContext | None = None,
+        insecure: bool = False,
     ) -> None:
+        """Raises ``ValueError`` for a ``host`` other than loopback without ``users`` or
+        ``insecure``."""
+        problem = binding_problem(host, users=users, insecure=insecure)
+        if problem is not None:
+            raise ValueError(problem)
         self.host = host
         self.port = port
         """The bound port once started (useful with ``port=0``)."""
@@ -115,6 +133,17 @@ class Broker:
         self.frame_timeout = frame_timeout
         """Seconds a connection may sit in the middle of a frame before it is closed (and a
         connection the broker closed may take to read what it was sent before it is dropped)."""
+        self.users_path = None if users is None or isinstance(users, Users) else users
+        """The users file, read again by ``reload_users`` (SIGHUP)."""
+        if users is not None and not isinstance(users, Users):
+            users = Users.load(users)
+        self.gate = Gate(users, failure_delay=auth_failure_delay)
+        """Who may connect: without users, anyone who reaches the port (loopback only unless
+        the operator says ``--insecure``)."""
+        self.ssl = ssl
+        """The TLS context connections are served with, or None for plain TCP."""
+        self.insecure = insecure
+        """Whether a broker without users may serve other machines."""
         self.status = BrokerStatus.NEW
         self.log = None if data_dir is None else Log(
             data_dir, fsync=FsyncPolicy(fsync), salvage=salvage,
@@ -167,13 +196,15 @@ class Broker:
             self.queues.forget_unused()
         try:
             self._server = await loop.create_server(
-                lambda: Session(self), self.host, self.port, reuse_address=True
+                lambda: Session(self), self.host, self.port, reuse_address=True, ssl=self.ssl
             )
         except BaseException:
             if self.log is not None:
                 await self.log.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.insecure and self.gate.users is None:
+            log.warning("%s", insecure_warning(self.host, self.port))
         self.status = BrokerStatus.SERVING
         self._sweep()
         if self.log is not None:
@@ -282,10 +313,46 @@ class Broker:
 
     # Sessions (the ``Host`` of each).
 
+    def reload_users(self) -> bool:
+        """Read the users file again (SIGHUP). Connections whose user still has every right it
+        had stay as they are; those whose user is gone or lost a right are closed. A file that
+        cannot be read changes nothing. Return whether the file was taken."""
+        if self.users_path is None:
+            log.warning("no users file to reload (the broker was started without --users)")
+            return False
+        try:
+            users = Users.load(self.users_path)
+        except UsersError as exc:
+            log.error("kept the users as they were: %s", exc)
+            return False
+        self.gate.users = users
+        closed = 0
+        for session in list(self.sessions):
+            old = session.user
+            if old is None or session.closing:
+                continue
+            new = users.get(old.name)
+            if new is not None and rights_hold(old, new):
+                session.user = new
+                continue
+            closed += 1
+            session.abort(ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"user {old.name!r} was removed from the users file" if new is None else
+                f"the rights of user {old.name!r} were reduced; connect again"))
+        log.warning("reloaded the users file %s: %d users, %d connections closed",
+                    self.users_path, len(users.users), closed)
+        return True
+
     def connected(self, session: Session) -> None:
         """A connection was accepted."""
         if self.status is not BrokerStatus.SERVING:
             session.abort(ProtocolError(ErrorCode.SHUTTING_DOWN, "broker is shutting down"))
+        elif not self._may_serve(session):
+            session.abort(ProtocolError(
+                ErrorCode.AUTH_REQUIRED,
+                "this broker has no users file and serves connections from this machine only",
+            ))
         elif len(self.sessions) >= self.max_connections:
             session.abort(ProtocolError(
                 ErrorCode.TOO_MANY_CONNECTIONS,
@@ -293,6 +360,13 @@ class Broker:
             ))
         else:
             self.sessions.add(session)
+
+    def _may_serve(self, session: Session) -> bool:
+        transport = session.transport
+        peer = None if transport is None else transport.get_extra_info("peername")
+        if not isinstance(peer, tuple):
+            return True  # not an IP connection (a Unix socket): this machine's
+        return peer_allowed(str(peer[0]), users=self.gate.users, insecure=self.insecure)
 
     def disconnected(self, session: Session) -> None:
         """A connection closed: its jobs go back to their queues, its waits are dropped."""

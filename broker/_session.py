@@ -17,7 +17,9 @@ from typing import Final, Protocol, cast
 from conveyor.protocol import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
+    Authenticate,
     BrokerMessage,
+    Challenge,
     ClientMessage,
     Error,
     ErrorCode,
@@ -29,7 +31,12 @@ from conveyor.protocol import (
     Welcome,
 )
 
-__all__ = ["OUTPUT_BUDGET", "SERVER_NAME", "SKIP_LIMIT", "Host", "Session", "printable"]
+from ._auth import Accepted, Challenged, Gate, Login, Refused
+from ._text import printable
+from ._tls import certificate_user
+from ._users import User
+
+__all__ = ["OUTPUT_BUDGET", "SERVER_NAME", "SKIP_LIMIT", "Host", "Session"]
 
 SERVER_NAME: Final = "conveyor/0.1"
 OUTPUT_BUDGET: Final = 1 << 20
@@ -44,25 +51,16 @@ log = logging.getLogger("broker")
 
 _decoder: Final[MessageDecoder[ClientMessage]] = MessageDecoder(ClientMessage)
 _encoder: Final = FrameEncoder()
-_ESCAPES: Final = {
-    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
-}
-"""Control characters and line breaks, as the escapes a log line shows instead."""
-
-
-def printable(text: str) -> str:
-    """``text`` fit for one log line: what a client sent (a message tag, a queue name quoted in
-    an error) cannot start a new line or send escape sequences to the operator's terminal."""
-    return text.translate(_ESCAPES)
-
-
 class Host(Protocol):
     """What a session needs of the server that accepted its connection."""
 
     @property
     def max_frame(self) -> int:
         """The largest frame accepted or sent (bytes)."""
+
+    @property
+    def gate(self) -> Gate:
+        """Who may connect, and how they prove it."""
 
     def connected(self, session: Session) -> None:
         """The connection is up (the host may still turn it away with ``abort``)."""
@@ -93,6 +91,14 @@ class Session(asyncio.Protocol):
                                   skip_limit=max(SKIP_LIMIT, 4 * host.max_frame))
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.address = "?"
+        """The client's IP address (failed logins are limited per address)."""
+        self.certificate_user: str | None = None
+        """The common name of the client's verified TLS certificate, if it sent one."""
+        self.user: User | None = None
+        """Who the client proved to be; None when the broker has no users file."""
+        self._login: Login | None = None
+        """The authentication under way, between ``challenge`` and ``authenticate``."""
         self.greeted = False
         self.closing = False
         self.out = bytearray()
@@ -115,6 +121,8 @@ class Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.certificate_user = certificate_user(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -314,8 +322,18 @@ class Session(asyncio.Protocol):
         self.close()
 
     def greet(self, message: ClientMessage) -> None:
-        """Handle the first message of the connection, which must be ``hello``."""
-        if not isinstance(message, Hello):
+        """Handle a message of the handshake: ``hello`` first, then ``authenticate`` if the
+        broker challenged it."""
+        if self._login is not None:
+            login, self._login = self._login, None
+            if isinstance(message, Authenticate):
+                self._admit(login.finish(message.data))
+            else:
+                self.abort(ProtocolError(
+                    ErrorCode.AUTH_REQUIRED,
+                    f"expected 'authenticate', got '{message.__struct_config__.tag}'",
+                    req=getattr(message, "req", 0)))
+        elif not isinstance(message, Hello):
             self.abort(ProtocolError(
                 ErrorCode.HANDSHAKE_REQUIRED,
                 f"the first message must be 'hello', got '{message.__struct_config__.tag}'",
@@ -328,6 +346,32 @@ class Session(asyncio.Protocol):
                 f"this broker speaks version {PROTOCOL_VERSION}",
             ))
         else:
-            self.greeted = True
-            self.send(Welcome(version=PROTOCOL_VERSION, server=SERVER_NAME,
-                              max_frame=self.host.max_frame))
+            self._admit(self.host.gate.start(message, self.address, self.certificate_user))
+
+    def _admit(self, outcome: Accepted | Challenged | Refused) -> None:
+        match outcome:
+            case Accepted(user=user, final=final):
+                self.greeted = True
+                self.user = user
+                self.send(Welcome(version=PROTOCOL_VERSION, server=SERVER_NAME,
+                                  max_frame=self.host.max_frame,
+                                  user="" if user is None else user.name, auth=final))
+            case Challenged(login=login, data=data):
+                self._login = login
+                self.send(Challenge(data=data))
+            case Refused(error=error, late=False):
+                self.abort(error)
+            case Refused(error=error):
+                # Answered late, on this connection alone; it reads nothing more meanwhile.
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                self._loop.call_later(self.host.gate.failure_delay, self._refuse, error)
+
+    def _refuse(self, error: ProtocolError) -> None:
+        """Answer a failed authentication (already logged) and close the connection."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.send(Error(req=error.req, code=error.code, message=error.message))
+        self.flush()
+        self.close()

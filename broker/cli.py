@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Final
 
 from conveyor.protocol import DEFAULT_MAX_FRAME
 
+from ._exposure import binding_problem
 from ._log import (
     DEFAULT_COMPACT_FLOOR,
     DEFAULT_COMPACT_RATIO,
@@ -31,6 +33,8 @@ from ._server import (
     DEFAULT_SHUTDOWN_GRACE,
     Broker,
 )
+from ._tls import ClientAuth, TLSError, server_context
+from ._users import UsersError
 from ._watchers import DEFAULT_MAX_WAITS
 
 __all__ = ["main"]
@@ -101,11 +105,32 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                              "(default: no age limit, only the counts)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    security = parser.add_argument_group("security")
+    security.add_argument("--users", default=None, metavar="PATH",
+                          help="users file (TOML; `conveyor user` edits it): every client "
+                               "must log in as one of its users, and may do only what its "
+                               "permissions allow; read again on SIGHUP")
+    security.add_argument("--insecure", action="store_true",
+                          help="without --users, serve other machines too (anyone who reaches "
+                               "the port controls every queue; logged as a warning)")
+    security.add_argument("--tls-cert", default=None, metavar="PATH",
+                          help="speak TLS with this certificate chain (PEM); needs --tls-key")
+    security.add_argument("--tls-key", default=None, metavar="PATH",
+                          help="the certificate's private key (PEM)")
+    security.add_argument("--tls-client-ca", default=None, metavar="PATH",
+                          help="verify client certificates against these CAs (mutual TLS)")
+    security.add_argument("--tls-client-auth", default=None,
+                          choices=[auth.value for auth in ClientAuth],
+                          help="with --tls-client-ca: must a client show a certificate "
+                               "(default: required)")
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, context: ssl.SSLContext | None) -> None:
     broker = Broker(
+        ssl=context,
+        insecure=args.insecure,
+        users=args.users,
         host=args.host,
         port=args.port,
         data_dir=None if args.in_memory else args.data_dir,
@@ -138,6 +163,7 @@ async def _serve(args: argparse.Namespace) -> None:
     serving = asyncio.ensure_future(broker.serve_forever())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, serving.cancel)
+    loop.add_signal_handler(signal.SIGHUP, broker.reload_users)
     try:
         await serving
     except asyncio.CancelledError:
@@ -146,13 +172,13 @@ async def _serve(args: argparse.Namespace) -> None:
         await broker.close()
 
 
-def _run(coro_args: argparse.Namespace) -> None:
+def _run(coro_args: argparse.Namespace, context: ssl.SSLContext | None) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(coro_args))
+        asyncio.run(_serve(coro_args, context))
     else:
-        uvloop.run(_serve(coro_args))
+        uvloop.run(_serve(coro_args, context))
 
 
 def _problem(args: argparse.Namespace) -> str | None:
@@ -183,7 +209,21 @@ def _problem(args: argparse.Namespace) -> str | None:
         if not ok:
             value = getattr(args, name.replace("-", "_"))
             return f"--{name} must be {wanted}, got {value}"
-    return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together: give both, or neither"
+    if args.tls_cert is None and args.tls_client_ca is not None:
+        return "--tls-client-ca needs --tls-cert and --tls-key"
+    if args.tls_client_auth is not None and args.tls_client_ca is None:
+        return "--tls-client-auth needs --tls-client-ca"
+    return binding_problem(args.host, users=args.users, insecure=args.insecure)
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the options ask for, or None; raises ``TLSError``."""
+    if args.tls_cert is None:
+        return None
+    return server_context(args.tls_cert, args.tls_key, args.tls_client_ca,
+                          args.tls_client_auth or ClientAuth.REQUIRED)
 
 
 def _data_dir_problem(path: str) -> str | None:
@@ -215,11 +255,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
             print(f"broker: cannot use data directory {args.data_dir}: {problem}",
                   file=sys.stderr)
             return 1
+    try:
+        context = _tls(args)
+    except TLSError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        _run(args)
-    except LogError as exc:
+        _run(args, context)
+    except (LogError, UsersError) as exc:
         print(f"broker: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

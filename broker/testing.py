@@ -18,6 +18,7 @@ from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
 from ._errors import StateError
+from ._exposure import peer_allowed
 from ._failpoints import FAILPOINTS, HOOKS
 from ._failpoints import install as install_failpoint
 from ._flush import flush
@@ -31,6 +32,7 @@ from ._records import Record
 from ._recovery import Recovery
 from ._replay import Replayer, snapshot
 from ._requests import MIN_LEASE, handle
+from ._users import User
 
 __all__ = [
     "FAILPOINTS",
@@ -67,6 +69,7 @@ __all__ = [
     "handle",
     "install_failpoint",
     "load_files",
+    "peer_allowed",
     "snapshot",
     "write_base",
 ]
@@ -77,6 +80,7 @@ class RecordingPeer:
 
     def __init__(self, name: str = "peer") -> None:
         self.name = name
+        self.user: User | None = None
         self.sent: list[BrokerMessage] = []
         self.aborted = False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
@@ -20,6 +21,8 @@ STATES: Final = ("waiting", "delayed", "active", "completed", "failed")
 MAX_LIST: Final = 10_000
 """Most jobs one ``jobs`` listing may ask for (the broker's limit)."""
 MAX_JOB_ID: Final = (1 << 63) - 1
+PERMISSIONS: Final = ("produce", "consume", "read", "admin")
+_USER_NAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 _DELEGATED: Final = {
     "broker": "run a broker (conveyor broker --help lists its options)",
@@ -117,13 +120,34 @@ def priority(text: str) -> int:
     return _integer(text, -(1 << 63), MAX_JOB_ID, "an integer")
 
 
+def user_name(text: str) -> str:
+    """A user name, as the users file allows it."""
+    if not _USER_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"a user name is 1 to 64 of the characters A-Z a-z 0-9 _ . @ -, got {text!r}")
+    return text
+
+
+def permission_rule(text: str) -> tuple[str, str]:
+    """``PERMISSION:GLOB``: a permission and the queue-name glob it is held on."""
+    permission, colon, glob = text.partition(":")
+    if not colon or permission not in PERMISSIONS or not glob:
+        raise argparse.ArgumentTypeError(
+            f"expected PERM:GLOB with PERM one of {', '.join(PERMISSIONS)} and a "
+            f"queue-name glob (emails, reports.*, *), got {text!r}")
+    return permission, glob
+
+
 # The parser.
 
 
 def _common() -> _Parser:
     parent = _Parser(add_help=False)
-    parent.add_argument("--url", default=None, metavar="HOST:PORT",
-                        help="broker address (default: $CONVEYOR_URL, else 127.0.0.1:7400)")
+    parent.add_argument("--url", default=None, metavar="URL",
+                        help="broker address: HOST:PORT, conveyor://[USER@]HOST[:PORT], or "
+                             "conveyors://... for TLS (CA and client certificate from "
+                             "$CONVEYOR_TLS_CA, $CONVEYOR_TLS_CERT, $CONVEYOR_TLS_KEY) "
+                             "(default: $CONVEYOR_URL, else 127.0.0.1:7400)")
     parent.add_argument("--json", action="store_true",
                         help="machine-readable output on stdout (JSON; JSON lines when live)")
     return parent
@@ -195,7 +219,60 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--state", required=True, choices=("completed", "failed"))
     sub.add_argument("--older-than", type=seconds, default=0.0, metavar="SECONDS",
                      help="only jobs finished at least this long ago (default: all)")
+
+    _user_parser(commands.add_parser(
+        "user", help="edit the users file: add, passwd, remove, grant, revoke, list",
+        description="Edit the users file that the broker reads with --users. A change applies "
+                    "once the broker reloads the file (SIGHUP) or restarts."))
     return parser
+
+
+def _user_parser(user: argparse.ArgumentParser) -> None:
+    actions = user.add_subparsers(title="actions", metavar="ACTION", required=True)
+    file = _Parser(add_help=False)
+    file.add_argument("--users", metavar="PATH",
+                      help="the users file (default: $CONVEYOR_USERS, else ./conveyor-users.toml)")
+    file.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    password = _Parser(add_help=False)
+    source = password.add_mutually_exclusive_group()
+    source.add_argument("--password-stdin", action="store_true",
+                        help="read the password as one line of standard input (the default "
+                             "when standard input is not a terminal; on a terminal it is asked "
+                             "twice)")
+    source.add_argument("--password-file", metavar="PATH",
+                        help="read the password from this file (a trailing newline is dropped)")
+
+    def rules(sub: argparse.ArgumentParser, *, required: bool) -> None:
+        sub.add_argument("--permission", type=permission_rule, metavar="PERM:GLOB",
+                         action="append", required=required,
+                         help="PERM (produce, consume, read or admin) held on the queues "
+                              "matching GLOB; repeat it for more")
+
+    def action(name: str, run: str, help: str, *, secret: bool = False,
+               named: bool = True) -> argparse.ArgumentParser:
+        parents = [file, password] if secret else [file]
+        sub = actions.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                 parents=parents)
+        sub.set_defaults(run=f"users:{run}")
+        if named:
+            sub.add_argument("name", metavar="NAME", type=user_name)
+        return sub
+
+    sub = action("add", "add", "add a user with a password (asked, never an argument), a "
+                 "certificate or both", secret=True)
+    rules(sub, required=False)
+    sub.add_argument("--certificate", action="store_true",
+                     help="a client certificate whose CN is NAME logs in as this user")
+    sub.add_argument("--no-secret", action="store_true",
+                     help="no password: only the certificate logs in (with --certificate)")
+    action("passwd", "passwd", "give a user a new password", secret=True)
+    action("remove", "remove", "remove a user")
+    sub = action("grant", "grant", "give a user more permissions")
+    rules(sub, required=True)
+    sub = action("revoke", "revoke", "take permissions (exact globs) from a user")
+    rules(sub, required=True)
+    action("list", "list_users", "list the users, how they log in and their permissions",
+           named=False)
 
 
 def _add_parser(sub: argparse.ArgumentParser) -> None:

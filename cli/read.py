@@ -79,8 +79,7 @@ async def _watch(client: Client, args: argparse.Namespace) -> int:
 def _status_table(queues: list[QueueSummary], url: str | None, console: Console, *,
                   live: bool = False) -> Table:
     """The queues as a table; without the rates when the terminal is too narrow for them."""
-    host, port = parse_url(url)
-    title = f"conveyor at {host}:{port}"
+    title = f"conveyor at {parse_url(url)}"
     if live:
         title += f", {clock(time.time())}"
     table = _queue_table(queues, title, rates=True)

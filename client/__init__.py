@@ -5,10 +5,12 @@ from conveyor.protocol import Backoff, JobError, JobState, QueueSummary
 from .client import Client, connect
 from .connection import Connection, ConnectionStatus, Push
 from .errors import (
+    AuthenticationFailed,
     BulkAddFailed,
     ConnectionLost,
     ConveyorError,
     DiskFull,
+    Forbidden,
     InvalidQueue,
     InvalidState,
     JobFailed,
@@ -23,12 +25,15 @@ from .events import EventsLost, EventStream, JobEvent
 from .jobs import JobInfo, decode_value, encode_value
 from .options import JobOptions, JobSpec, exponential, fixed
 from .sync import SyncClient
-from .urls import DEFAULT_URL, URL_ENV, parse_url
+from .tls import client_context as tls_context
+from .urls import DEFAULT_URL, URL_ENV, BrokerAddress, parse_url
 
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
+    "AuthenticationFailed",
     "Backoff",
+    "BrokerAddress",
     "BulkAddFailed",
     "Client",
     "Connection",
@@ -38,6 +43,7 @@ __all__ = [
     "DiskFull",
     "EventStream",
     "EventsLost",
+    "Forbidden",
     "InvalidQueue",
     "InvalidState",
     "JobError",
@@ -62,4 +68,5 @@ __all__ = [
     "exponential",
     "fixed",
     "parse_url",
+    "tls_context",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ssl as _ssl
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Final, Unpack, cast
@@ -67,11 +68,19 @@ class Client:
     which those calls fail with ``ConnectionLost``. Event streams open on the lost connection end
     with ``ConnectionLost``; call ``events()`` again to follow the queue on the new one. With
     ``reconnect=False`` a lost connection stays lost: every later call raises ``ConnectionLost``.
+
+    ``url`` is ``conveyor://[user[:secret]@]host[:port]``, ``conveyors://...`` for TLS, or
+    ``HOST:PORT`` (default: ``$CONVEYOR_URL``, else ``127.0.0.1:7400``). ``ssl``: the TLS context
+    to use (``tls_context(...)``); without it a ``conveyors://`` URL uses one built from
+    ``$CONVEYOR_TLS_CA``, ``$CONVEYOR_TLS_CERT`` and ``$CONVEYOR_TLS_KEY``.
     """
 
     def __init__(self, url: str | None = None, *, name: str = "client",
-                 timeout: float = 10.0, reconnect: bool = True) -> None:
+                 timeout: float = 10.0, reconnect: bool = True,
+                 ssl: _ssl.SSLContext | None = None) -> None:
         self.url = url
+        self.ssl = ssl
+        """The TLS context given, if any."""
         self.name = name
         self.timeout = timeout
         """Seconds connecting (or reconnecting) may take."""
@@ -95,7 +104,7 @@ class Client:
             raise _closed_error()
         if self._connection is None:
             self._adopt(await Connection.open(self.url, name=self.name, timeout=self.timeout,
-                                              on_push=self._push))
+                                              on_push=self._push, ssl=self.ssl))
         return self
 
     async def __aenter__(self) -> Client:
@@ -161,7 +170,7 @@ class Client:
                     try:
                         connection = await Connection.open(self.url, name=self.name,
                                                            on_push=self._push,
-                                                           timeout=self.timeout)
+                                                           timeout=self.timeout, ssl=self.ssl)
                     except ConnectionLost as exc:
                         failure = exc
                         await asyncio.sleep(pause)
@@ -495,9 +504,11 @@ class Client:
 
 
 async def connect(url: str | None = None, *, name: str = "client",
-                  timeout: float = 10.0, reconnect: bool = True) -> Client:
+                  timeout: float = 10.0, reconnect: bool = True,
+                  ssl: _ssl.SSLContext | None = None) -> Client:
     """Open a ``Client`` connected to ``url`` (raises as ``Client.connect`` does)."""
-    return await Client(url, name=name, timeout=timeout, reconnect=reconnect).connect()
+    return await Client(url, name=name, timeout=timeout, reconnect=reconnect,
+                        ssl=ssl).connect()
 
 
 def _closed_error() -> ConveyorError:

@@ -12,13 +12,18 @@ import enum
 import itertools
 import logging
 import socket
+import ssl as _ssl
 from collections.abc import Callable
 from typing import Final, cast
+
+import scramp
 
 from conveyor.protocol import (
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
+    Authenticate,
     BrokerMessage,
+    Challenge,
     Closing,
     Deliver,
     Error,
@@ -33,6 +38,7 @@ from conveyor.protocol import (
 )
 
 from .errors import (
+    AuthenticationFailed,
     ConnectionLost,
     ConveyorError,
     ProtocolViolation,
@@ -40,6 +46,7 @@ from .errors import (
     VersionMismatch,
     error_for,
 )
+from .tls import env_context, tls_reason
 from .urls import parse_url
 
 __all__ = ["Connection", "ConnectionStatus", "Push", "Reply"]
@@ -48,6 +55,7 @@ log = logging.getLogger("client")
 
 _decoder: Final[MessageDecoder[BrokerMessage]] = MessageDecoder(BrokerMessage)
 _encoder: Final = FrameEncoder()
+MECHANISM: Final = "SCRAM-SHA-256"
 _REPLY_FRAME_LIMIT: Final = 1 << 30
 """Replies are trusted more than requests; this only guards against a corrupt stream (bytes)."""
 
@@ -73,15 +81,19 @@ class Connection(asyncio.Protocol):
         self.max_frame = DEFAULT_MAX_FRAME
         """The broker's frame limit, learned from its ``welcome`` (bytes)."""
         self.server = ""
+        self.address = ""
+        """The broker's address as shown in errors (``str(BrokerAddress)``: never a secret)."""
         self._on_push = on_push
         self._reader = FrameReader(_REPLY_FRAME_LIMIT)
         self._transport: asyncio.Transport | None = None
+        self._tls = False
         self._loop = asyncio.get_running_loop()
         self._out = bytearray()
         self._flush_handle: asyncio.Handle | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._welcome: asyncio.Future[Welcome] = self._loop.create_future()
+        self._welcome: asyncio.Future[Welcome | Challenge] = self._loop.create_future()
+        """The broker's answer to the handshake's last message."""
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._write_ready = asyncio.Event()
         self._write_ready.set()
@@ -98,30 +110,53 @@ class Connection(asyncio.Protocol):
         name: str = "",
         on_push: Callable[[Push], None] | None = None,
         timeout: float = 10.0,
+        ssl: _ssl.SSLContext | None = None,
     ) -> Connection:
-        """Connect to the broker at ``url`` and complete the handshake."""
-        host, port = parse_url(url)
+        """Connect to the broker at ``url`` and complete the handshake.
+
+        TLS is spoken with a ``conveyors://`` URL, or whenever ``ssl`` is given: with ``ssl``
+        as the context, else one built from ``$CONVEYOR_TLS_CA``, ``$CONVEYOR_TLS_CERT`` and
+        ``$CONVEYOR_TLS_KEY`` (``client_context``). The broker's certificate must name the URL's
+        host.
+
+        Raises ``ValueError`` for an address (or a TLS file) that cannot be used,
+        ``ConnectionLost`` when the broker cannot be reached or the TLS handshake fails.
+        """
+        address = parse_url(url)
+        host, port, where = address.host, address.port, str(address)
+        context = ssl if ssl is not None or not address.tls else env_context()
         loop = asyncio.get_running_loop()
+
+        def made() -> Connection:
+            connection = cls(on_push)
+            connection.address = where
+            return connection
+
         try:
             async with asyncio.timeout(timeout):
-                _, connection = await loop.create_connection(lambda: cls(on_push), host, port)
+                _, connection = await loop.create_connection(
+                    made, host, port, ssl=context,
+                    server_hostname=host if context is not None else None)
         except TimeoutError:
-            raise ConnectionLost(f"no answer from broker at {host}:{port} within {timeout} s")\
+            raise ConnectionLost(f"no answer from broker at {where} within {timeout} s")\
                 from None
+        except _ssl.SSLError as exc:
+            raise ConnectionLost(
+                f"TLS handshake with broker at {where} failed: {tls_reason(exc)}") from None
         except OSError as exc:
             raise ConnectionLost(
-                f"cannot connect to broker at {host}:{port}: {exc.strerror or exc}"
+                f"cannot connect to broker at {where}: {exc.strerror or exc}"
             ) from None
         try:
             async with asyncio.timeout(timeout):
-                connection.send(Hello(version=PROTOCOL_VERSION, client=name))
-                welcome = await connection._welcome
+                welcome = await connection._handshake(
+                    name, None if address.user is None else (address.user, address.secret or ""))
         except BaseException as exc:
             if connection._transport is not None:
                 connection._transport.abort()
             if isinstance(exc, TimeoutError):
                 raise ConnectionLost(
-                    f"broker at {host}:{port} did not answer the handshake within {timeout} s"
+                    f"broker at {where} did not answer the handshake within {timeout} s"
                 ) from None
             raise
         if welcome.version != PROTOCOL_VERSION:
@@ -134,6 +169,41 @@ class Connection(asyncio.Protocol):
         connection.server = welcome.server
         connection.status = ConnectionStatus.OPEN
         return connection
+
+    async def _handshake(self, name: str, login: tuple[str, str] | None) -> Welcome:
+        """Say ``hello``; with ``login`` (user, secret), prove it with SCRAM-SHA-256: the secret
+        never leaves this process, and the broker proves in turn that it holds its hash."""
+        if login is None:
+            self.send(Hello(version=PROTOCOL_VERSION, client=name))
+            reply = await self._welcome
+            if isinstance(reply, Challenge):
+                raise AuthenticationFailed(ErrorCode.AUTH_REQUIRED, "the broker challenged a "
+                                           "client that gave no credentials")
+            return reply
+        user, secret = login
+        scram = scramp.ScramClient([MECHANISM], user, secret)
+        self.send(Hello(version=PROTOCOL_VERSION, client=name, mechanism=MECHANISM,
+                        auth=scram.get_client_first()))
+        reply = await self._welcome
+        if isinstance(reply, Challenge):
+            try:
+                scram.set_server_first(reply.data)
+                final = scram.get_client_final()
+            except scramp.ScramException as exc:
+                raise AuthenticationFailed(ErrorCode.AUTH_FAILED,
+                                           f"the broker's challenge is not valid: {exc}") from None
+            self._welcome = self._loop.create_future()
+            self.send(Authenticate(data=final))
+            reply = await self._welcome
+        if isinstance(reply, Challenge) or not reply.auth:
+            raise AuthenticationFailed(ErrorCode.AUTH_FAILED, "the broker did not authenticate "
+                                       "the user (does it run without a users file?)")
+        try:
+            scram.set_server_final(reply.auth)
+        except scramp.ScramException:
+            raise AuthenticationFailed(ErrorCode.AUTH_FAILED, "the broker could not prove that it "
+                                       "holds the user's secret") from None
+        return reply
 
     # Sending.
 
@@ -196,6 +266,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("sslcontext") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -225,6 +296,17 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.status is ConnectionStatus.CLOSING:
             self._fail(ConnectionLost("connection closed"))
+        elif isinstance(exc, _ssl.SSLError):
+            self._fail(ConnectionLost(f"TLS error from broker at {self.address}: "
+                                      f"{tls_reason(exc)}"))
+        elif self._tls and not self._welcome.done() and self._said is None:
+            # A broker that turns away this client's certificate (or the lack of one) in the
+            # TLS handshake usually resets the connection before its alert can be read.
+            reason = f" ({exc})" if exc is not None else ""
+            self._fail(ConnectionLost(
+                f"broker at {self.address} closed the TLS connection during the handshake"
+                f"{reason}: it may require a client certificate ($CONVEYOR_TLS_CERT) signed "
+                "by a CA it trusts"))
         else:
             reason = f": {exc}" if exc is not None else ""
             self._fail(ConnectionLost(f"connection to broker lost{reason}"))
@@ -245,7 +327,7 @@ class Connection(asyncio.Protocol):
             if self._on_push is not None:
                 self._on_push(message)
             return
-        if isinstance(message, Welcome):
+        if isinstance(message, Welcome | Challenge):
             if not self._welcome.done():
                 self._welcome.set_result(message)
             return

@@ -7,10 +7,12 @@ from conveyor.protocol import ErrorCode
 from .jobs import JobInfo
 
 __all__ = [
+    "AuthenticationFailed",
     "BulkAddFailed",
     "ConnectionLost",
     "ConveyorError",
     "DiskFull",
+    "Forbidden",
     "InvalidQueue",
     "InvalidState",
     "JobFailed",
@@ -70,6 +72,17 @@ class InvalidState(RequestRefused):
     """The job is not in a state the request applies to (removing an active job, say)."""
 
 
+class AuthenticationFailed(RequestRefused):
+    """The broker did not let the client in: a wrong user name or secret, no credentials where
+    the broker requires them, or too many failed attempts from this address. Also raised when
+    the broker could not prove that it holds the user's secret."""
+
+
+class Forbidden(RequestRefused):
+    """The user lacks the permission the request needs on its queue; nothing was done and the
+    connection stays usable."""
+
+
 class ShuttingDown(RequestRefused):
     """The broker is shutting down and takes no new jobs."""
 
@@ -122,6 +135,9 @@ _BY_CODE: dict[int, type[RequestRefused]] = {
     ErrorCode.INVALID_ARGUMENT: ProtocolViolation,
     ErrorCode.TIMED_OUT: ProtocolViolation,
     ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
+    ErrorCode.AUTH_FAILED: AuthenticationFailed,
+    ErrorCode.AUTH_REQUIRED: AuthenticationFailed,
+    ErrorCode.FORBIDDEN: Forbidden,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import ssl as _ssl
 import threading
 import weakref
 from collections.abc import Coroutine, Iterable
@@ -42,12 +43,12 @@ class SyncClient:
     exit. A call made after ``close()`` raises ``ConveyorError``.
 
     Async code should use ``Client``: a ``SyncClient`` call blocks its thread, and with it any
-    event loop that thread runs.
+    event loop that thread runs. ``url`` and ``ssl`` are as for ``Client``.
     """
 
     def __init__(self, url: str | None = None, *, name: str = "client", timeout: float = 10.0,
-                 reconnect: bool = True) -> None:
-        self._client = Client(url, name=name, timeout=timeout, reconnect=reconnect)
+                 reconnect: bool = True, ssl: _ssl.SSLContext | None = None) -> None:
+        self._client = Client(url, name=name, timeout=timeout, reconnect=reconnect, ssl=ssl)
         self._runner = _Runner(self._client, name)
         # Closes the runner when this object is collected; it holds the runner, never self, so
         # an unclosed client can be collected. Interpreter exit is _close_at_exit's.

@@ -47,6 +47,15 @@ class ErrorCode(enum.IntEnum):
     LIMIT_EXCEEDED = 17
     """The connection is at one of the broker's per-connection limits (pending waits); the
     request had no effect."""
+    AUTH_FAILED = 18
+    """The user name or secret is wrong, the mechanism is not supported, or the address made too
+    many failed attempts; the connection is closed. Which of these is not said."""
+    FORBIDDEN = 19
+    """The user lacks the permission the request needs on its queue; the request had no effect
+    and the connection stays open."""
+    AUTH_REQUIRED = 20
+    """The broker requires authentication and the ``hello`` had none, or a message other than
+    ``authenticate`` came before it completed; the connection is closed."""
 
 
 class ProtocolError(Exception):

@@ -225,10 +225,20 @@ class _Message(msgspec.Struct, frozen=True, tag_field="t"):
 
 
 class Hello(_Message, tag="hello", frozen=True):
-    """First message on every connection."""
+    """First message on every connection. ``mechanism`` and ``auth`` start an authentication
+    (``SCRAM-SHA-256`` and its client-first-message); without them a broker that requires
+    authentication accepts only a client certificate."""
 
     version: int
     client: str = ""
+    mechanism: str = ""
+    auth: str = ""
+
+
+class Authenticate(_Message, tag="authenticate", frozen=True):
+    """The client's answer to ``challenge``: its SCRAM client-final-message."""
+
+    data: str
 
 
 class Add(_Message, tag="add", frozen=True):
@@ -402,12 +412,23 @@ class Watch(_Message, tag="watch", frozen=True):
 # Broker to client.
 
 
+class Challenge(_Message, tag="challenge", frozen=True):
+    """The broker's reply to a ``hello`` that starts an authentication: its SCRAM
+    server-first-message (the salt, the iteration count and the nonce)."""
+
+    data: str
+
+
 class Welcome(_Message, tag="welcome", frozen=True):
-    """Reply to ``hello``: the broker's version and the largest frame it accepts (bytes)."""
+    """Reply to ``hello`` (or ``authenticate``): the broker's version and the largest frame it
+    accepts (bytes); after an authentication, the user and the SCRAM server-final-message that
+    proves the broker knows the user's secret."""
 
     version: int
     server: str
     max_frame: int
+    user: str = ""
+    auth: str = ""
 
 
 class Ok(_Message, tag="ok", frozen=True):
@@ -520,12 +541,12 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues | Unwait
+    | GetQueues | Unwait | Authenticate
 )
 """Everything a client or worker may send."""
 
 BrokerMessage = (
     Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing | Jobs | Count
-    | Events | QueueList
+    | Events | QueueList | Challenge
 )
 """Everything the broker may send."""

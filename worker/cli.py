@@ -56,8 +56,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                              "registry's tasks.queue(..., concurrency=) wins (default: 1)")
     parser.add_argument("--processes", type=int, default=1, metavar="P",
                         help="worker processes, each with its own connection (default: 1)")
-    parser.add_argument("--url", default=None, metavar="HOST:PORT",
-                        help="broker address HOST:PORT (default: $CONVEYOR_URL or 127.0.0.1:7400)")
+    parser.add_argument("--url", default=None, metavar="URL",
+                        help="broker address: HOST:PORT, conveyor://[USER@]HOST[:PORT], or "
+                             "conveyors://... for TLS (CA and client certificate from "
+                             "$CONVEYOR_TLS_CA, $CONVEYOR_TLS_CERT, $CONVEYOR_TLS_KEY) "
+                             "(default: $CONVEYOR_URL or 127.0.0.1:7400)")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
                         help="seconds running jobs get to finish on shutdown "
                              "(default: %(default)s)")

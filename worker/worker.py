@@ -19,6 +19,7 @@ import enum
 import functools
 import inspect
 import logging
+import ssl as _ssl
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -27,7 +28,14 @@ from typing import Any, Final, overload
 
 import msgspec
 
-from conveyor.client import Connection, ConnectionLost, ConveyorError, Push, encode_value
+from conveyor.client import (
+    Connection,
+    ConnectionLost,
+    ConveyorError,
+    Push,
+    RequestRefused,
+    encode_value,
+)
 from conveyor.protocol import (
     Ack,
     Deliver,
@@ -118,13 +126,13 @@ class Worker:
     def __init__(self, queue: str, handler: Handler, *, url: str | None = None,
                  concurrency: int = 1, grace: float = DEFAULT_GRACE,
                  lease: float = DEFAULT_LEASE, reconnect: bool = True,
-                 name: str = "worker") -> None: ...
+                 name: str = "worker", ssl: _ssl.SSLContext | None = None) -> None: ...
 
     @overload
     def __init__(self, tasks: Tasks, /, *, queues: Iterable[str] | None = None,
                  url: str | None = None, concurrency: int = 1, grace: float = DEFAULT_GRACE,
                  lease: float = DEFAULT_LEASE, reconnect: bool = True,
-                 name: str = "worker") -> None: ...
+                 name: str = "worker", ssl: _ssl.SSLContext | None = None) -> None: ...
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class Worker:
         lease: float = DEFAULT_LEASE,
         reconnect: bool = True,
         name: str = "worker",
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         """Raises ``ValueError`` for a bad queue name, a concurrency below 1, or queues the
         registry does not have."""
@@ -163,6 +172,9 @@ class Worker:
         self.queues: dict[str, int] = {sub.queue: sub.window for sub in subscriptions}
         """The queues served, with their windows (jobs run at once)."""
         self.url = url
+        self.ssl = ssl
+        """The TLS context for a ``conveyors://`` URL (default: one built from
+        ``$CONVEYOR_TLS_CA``, ``$CONVEYOR_TLS_CERT`` and ``$CONVEYOR_TLS_KEY``)."""
         self.concurrency = concurrency
         self.grace = grace
         self.lease = lease
@@ -224,7 +236,8 @@ class Worker:
                 self._finished.set()
 
     async def _connect(self) -> Connection:
-        connection = await Connection.open(self.url, name=self.name, on_push=self._push)
+        connection = await Connection.open(self.url, name=self.name, on_push=self._push,
+                                           ssl=self.ssl)
         self._connection = connection
         return connection
 
@@ -248,6 +261,7 @@ class Worker:
     async def _serve(self, connection: Connection) -> bool:
         """Take jobs on ``connection``; True when it was lost, False after a graceful stop."""
         lost = False
+        refused: RequestRefused | None = None
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
@@ -256,28 +270,36 @@ class Worker:
                     for sub in self._subscriptions.values())
             except ConnectionLost:
                 return True
-            log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
-                                             for queue, window in self.queues.items()),
-                     extra={"fields": {"queues": self.queues}})
-            heartbeat = tasks.create_task(self._extend_leases(connection))
-            monitor = tasks.create_task(self._watch_loop())
-            closed = asyncio.ensure_future(connection.wait_closed())
-            stop = asyncio.ensure_future(self._stop.wait())
-            try:
-                await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closed.cancel()
-                stop.cancel()
-            lost = connection.failure is not None
-            if lost:
-                # The broker has re-queued our jobs: nothing to report them to.
-                for task in self._running:
-                    task.cancel()
-            else:
-                await self._shut_down(connection)
-            heartbeat.cancel()
-            monitor.cancel()
+            except RequestRefused as exc:
+                # Raised after the task group, so that it reaches the caller as itself (a
+                # queue name or a permission refused), not wrapped in an exception group.
+                refused = exc
+            if refused is None:
+                log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
+                                                 for queue, window in self.queues.items()),
+                         extra={"fields": {"queues": self.queues}})
+                heartbeat = tasks.create_task(self._extend_leases(connection))
+                monitor = tasks.create_task(self._watch_loop())
+                closed = asyncio.ensure_future(connection.wait_closed())
+                stop = asyncio.ensure_future(self._stop.wait())
+                try:
+                    await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closed.cancel()
+                    stop.cancel()
+                lost = connection.failure is not None
+                if lost:
+                    # The broker has re-queued our jobs: nothing to report them to.
+                    for task in self._running:
+                        task.cancel()
+                else:
+                    await self._shut_down(connection)
+                heartbeat.cancel()
+                monitor.cancel()
         self._tasks = None
+        if refused is not None:
+            await connection.close()
+            raise refused
         return lost and not self._stop.is_set()
 
     async def close(self) -> None:

@@ -64,6 +64,8 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.GetQueues: "get_queues",
     protocol.QueueList: "queues",
     protocol.Unwait: "unwait",
+    protocol.Authenticate: "authenticate",
+    protocol.Challenge: "challenge",
 }
 
 EXPECTED_ERROR_CODES = {
@@ -84,6 +86,9 @@ EXPECTED_ERROR_CODES = {
     "INVALID_ARGUMENT": 15,
     "TIMED_OUT": 16,
     "LIMIT_EXCEEDED": 17,
+    "AUTH_FAILED": 18,
+    "FORBIDDEN": 19,
+    "AUTH_REQUIRED": 20,
 }
 
 EXPECTED_JOB_STATES = {
