@@ -126,11 +126,14 @@ async def test_a_bad_data_directory_is_not_reported_as_a_listen_error(
 
 
 LOOKALIKE_HANDLER = '''
-import worker
+import importlib
+
+# The project's own worker.py, imported as the project would (by its top-level name).
+own_worker = importlib.import_module("worker")
 
 
 def handle(job: object) -> str:
-    return worker.WHO
+    return str(own_worker.WHO)
 '''
 
 

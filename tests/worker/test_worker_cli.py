@@ -152,19 +152,21 @@ def test_the_conveyor_command_shows_its_own_name_in_the_usage(
 
 
 SHADOWING_MODULE = '''
-import broker
-import client
-import protocol
-import worker
+import importlib
 
 from conveyor.worker import Tasks
+
+# The project's own modules of these names, imported as the project would (by their top-level
+# names), beside conveyor's.
+NAMES = ("worker", "client", "broker", "protocol")
+OWN = {name: importlib.import_module(name) for name in NAMES}
 
 tasks = Tasks()
 
 
 @tasks.job(queue="local")
 def where() -> list[str]:
-    return [worker.WHO, client.WHO, broker.WHO, protocol.WHO]
+    return [OWN[name].WHO for name in NAMES]
 '''
 
 
