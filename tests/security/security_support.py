@@ -16,19 +16,19 @@ import base64
 import contextlib
 import json
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import msgspec
+import rawwire
 import scramp
 from processes import ROOT, STOP_TIMEOUT, check_asyncio_leaks, read_line, subprocess_env
+from rawwire import REPLY_TIMEOUT
 
 from conveyor.broker import Broker
 from conveyor.protocol import (
@@ -65,8 +65,6 @@ from conveyor.protocol import (
 
 HERE = Path(__file__).resolve().parent
 MECHANISM = "SCRAM-SHA-256"
-REPLY_TIMEOUT = 10.0
-"""Seconds to wait for a reply from the broker."""
 FAILURE_DELAY = 0.05
 """Seconds the in-process brokers of these tests wait before answering a failed login."""
 PERMISSIONS = ("produce", "consume", "read", "admin")
@@ -171,28 +169,15 @@ def req_of(message: ClientMessage) -> int:
 # A raw connection.
 
 
-class Raw:
-    """A bare connection to a broker: frames written and read by hand, replies as plain maps."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class Raw(rawwire.Raw):
+    """A raw connection (``rawwire``'s) that can log in by hand."""
 
     @classmethod
-    async def open(cls, port: int, *, source: str | None = None) -> Raw:
+    async def open(cls, port: int, *, hello: bool = False, rcvbuf: int | None = None,
+                   limit: int = 4096, source: str | None = None) -> Self:
         """Connect to the broker on ``port`` (from the loopback address ``source``, if given);
-        say nothing yet."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            if source is not None:
-                sock.bind((source, 0))
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        except BaseException:
-            sock.close()
-            raise
-        reader, writer = await asyncio.open_connection(sock=sock)
-        return cls(reader, writer)
+        say nothing yet, unless ``hello``."""
+        return await super().open(port, hello=hello, rcvbuf=rcvbuf, limit=limit, source=source)
 
     @classmethod
     async def login(cls, port: int, user: str, password: str, *,
@@ -225,43 +210,20 @@ class Raw:
             scram.set_server_final(reply["auth"])
         return reply
 
-    def send(self, message: dict[str, Any] | ClientMessage) -> None:
-        """Frame and write ``message`` (a plain map, or a message struct)."""
-        body = msgspec.msgpack.encode(message)
-        self.writer.write(struct.pack(">I", len(body)) + body)
-
-    async def receive_frame(self) -> bytes:
-        """The next frame's body."""
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            (length,) = struct.unpack(">I", await self.reader.readexactly(4))
-            return await self.reader.readexactly(length)
-
-    async def receive(self) -> dict[str, Any]:
-        """The next message, as a plain map."""
-        message = msgspec.msgpack.decode(await self.receive_frame())
-        assert isinstance(message, dict)
-        return message
-
-    async def rest(self) -> bytes:
+    async def rest(self, timeout: float = REPLY_TIMEOUT) -> bytes:
         """Everything the broker writes until it closes the connection (fails if it does not
-        within ``REPLY_TIMEOUT``)."""
+        within ``timeout`` seconds)."""
         data = b""
-        async with asyncio.timeout(REPLY_TIMEOUT):
+        async with asyncio.timeout(timeout):
             with contextlib.suppress(ConnectionResetError):
                 while chunk := await self.reader.read(65536):
                     data += chunk
         return data
 
-    async def is_closed_by_peer(self) -> bool:
+    async def is_closed_by_peer(self, timeout: float = REPLY_TIMEOUT) -> bool:
         """Whether the broker closes the connection (within ``REPLY_TIMEOUT``) without sending
-        anything more."""
-        return await self.rest() == b""
-
-    async def close(self) -> None:
-        """Close without waiting for anything unread."""
-        self.writer.transport.abort()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
+        anything more (stricter than ``rawwire``'s, which skips what was sent)."""
+        return await self.rest(timeout) == b""
 
 
 class RawConnections:
@@ -302,21 +264,6 @@ def is_error(message: Mapping[str, Any], code: ErrorCode, req: int = 0) -> bool:
     """Whether ``message`` is an ``error`` with ``code`` and ``req``."""
     return message.get("t") == "error" and message.get("code") == code \
         and message.get("req") == req
-
-
-async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout: float = REPLY_TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 # Broker subprocesses.

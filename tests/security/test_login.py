@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import scramp
+from rawwire import eventually
 from security_support import (
     MECHANISM,
     SECURITY_BROKER,
@@ -21,7 +22,6 @@ from security_support import (
     SecureBroker,
     StartBroker,
     client_messages,
-    eventually,
     frames,
     is_error,
     req_of,

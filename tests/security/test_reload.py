@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rawwire import eventually
 from security_support import (
     CONVEYOR_BROKER,
     BrokerProcess,
     RawConnections,
     StartBroker,
-    eventually,
     frames,
     is_error,
     run_conveyor,

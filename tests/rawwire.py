@@ -1,6 +1,6 @@
 """A bare TCP connection to a broker that speaks the framing by hand, for tests of what the broker
-does with careless or hostile clients (importable as ``rawwire``: pytest puts this directory on
-``sys.path``).
+does with careless or hostile clients (importable as ``rawwire`` from every test directory:
+pytest puts ``tests/`` on ``sys.path``).
 
 Frames are built by hand (4-byte big-endian length, a MessagePack map with a ``t`` tag) and
 replies decoded as plain maps, so the tests do not lean on the code they check. A connection can
@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 
@@ -34,16 +34,22 @@ class Raw:
 
     @classmethod
     async def open(cls, port: int, *, hello: bool = True, rcvbuf: int | None = None,
-                   limit: int = 4096) -> Raw:
+                   limit: int = 4096, source: str | None = None) -> Self:
         """Connect (with ``rcvbuf`` bytes of kernel receive buffer, when given) and greet.
 
         ``limit`` is the stream's buffer limit: what this process takes in while it does not
         read is about twice that."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        try:
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if source is not None:
+                sock.bind((source, 0))  # another loopback address (127.0.0.2, say)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
         reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
         connection = cls(reader, writer)
         if hello:
@@ -52,8 +58,8 @@ class Raw:
             assert welcome["t"] == "welcome", welcome
         return connection
 
-    def send(self, message: dict[str, Any]) -> None:
-        """Frame and write ``message``."""
+    def send(self, message: dict[str, Any] | msgspec.Struct) -> None:
+        """Frame and write ``message`` (a plain map, or a message struct)."""
         self.send_body(msgspec.msgpack.encode(message))
 
     def send_body(self, body: bytes) -> None:
