@@ -10,6 +10,7 @@ about a job that does not exist needs nothing here (the request handler answers 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Final
 
 from conveyor.protocol import (
     Ack,
@@ -49,34 +50,46 @@ PRODUCE, CONSUME, READ, ADMIN = (Permission.PRODUCE, Permission.CONSUME, Permiss
                                  Permission.ADMIN)
 
 
+_BY_QUEUE: Final[dict[type, Permission]] = {
+    Add: PRODUCE,
+    Subscribe: CONSUME, SetWindow: CONSUME, Extend: CONSUME,
+    GetCounts: READ, GetJobs: READ, Watch: READ,
+    Pause: ADMIN, Drain: ADMIN, Clean: ADMIN,
+}
+"""Messages judged on their ``queue``, and the permission each needs there."""
+_BY_JOB: Final[dict[type, Permission]] = {
+    Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME,
+    GetJob: READ, Wait: READ,
+    Promote: ADMIN, Remove: ADMIN,
+}
+"""Messages judged on the queue of their ``job``, and the permission each needs there."""
+_FREE: Final = frozenset({GetQueues, Unwait, Hello, Authenticate})
+"""Messages that need no permission."""
+
+
 def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job]) -> ProtocolError | None:
-    """The ``FORBIDDEN`` error ``message`` gets from ``user``, or None when it may be sent."""
-    match message:
-        case Add(req=req, queue=queue):
-            return _on_queue(user, PRODUCE, queue, req)
-        case Subscribe(req=req, queue=queue) | SetWindow(req=req, queue=queue):
-            return _on_queue(user, CONSUME, queue, req)
-        case Extend(queue=queue):
-            return _on_queue(user, CONSUME, queue, 0)
-        case Ack(job=job) | Fail(job=job) | Release(job=job) | Progress(job=job):
-            return _on_job(user, CONSUME, jobs, job, 0)
-        case GetJob(req=req, job=job) | Wait(req=req, job=job):
-            return _on_job(user, READ, jobs, job, req)
-        case GetCounts(req=req, queue=queue) | GetJobs(req=req, queue=queue) | Watch(
-                req=req, queue=queue):
-            return _on_queue(user, READ, queue, req)
-        case Promote(req=req, job=job) | Remove(req=req, job=job):
-            return _on_job(user, ADMIN, jobs, job, req)
-        case RetryFailed(req=req, queue=queue, job=job):
-            if queue is not None:
-                return _on_queue(user, ADMIN, queue, req)
-            return None if job is None else _on_job(user, ADMIN, jobs, job, req)
-        case Pause(req=req, queue=queue) | Drain(req=req, queue=queue) | Clean(
-                req=req, queue=queue):
-            return _on_queue(user, ADMIN, queue, req)
-        case GetQueues() | Unwait() | Hello() | Authenticate():
-            return None
-    return None
+    """The ``FORBIDDEN`` error ``message`` gets from ``user``, or None when it may be sent.
+
+    Looked up by the message's type, as it runs for every message of a logged-in connection; a
+    type in none of the tables is refused (a new message must be given its permission here).
+    """
+    kind = type(message)
+    fields: Any = message  # the tables say which of ``queue`` and ``job`` it has
+    req: int = getattr(message, "req", 0)  # notifications (ack, fail...) have none
+    permission = _BY_QUEUE.get(kind)
+    if permission is not None:
+        return _on_queue(user, permission, fields.queue, req)
+    permission = _BY_JOB.get(kind)
+    if permission is not None:
+        return _on_job(user, permission, jobs, fields.job, req)
+    if isinstance(message, RetryFailed):
+        if message.queue is not None:
+            return _on_queue(user, ADMIN, message.queue, req)
+        return None if message.job is None else _on_job(user, ADMIN, jobs, message.job, req)
+    if kind in _FREE:
+        return None
+    tag = message.__struct_config__.tag
+    return ProtocolError(ErrorCode.FORBIDDEN, f"no permission allows {tag!r}", req=req)
 
 
 def _on_queue(user: User, permission: Permission, queue: str, req: int) -> ProtocolError | None:

@@ -46,6 +46,8 @@ MIN_SALT: Final = 12
 """Bytes of salt scramp requires at least (a new secret gets 32)."""
 KEY_SIZE: Final = 32
 """Bytes of a SHA-256 StoredKey or ServerKey."""
+MAX_DECIDED: Final = 4096
+"""Permission decisions a user remembers (per queue name and permission) at most."""
 MAX_NAME: Final = 64
 
 _NAME: Final = re.compile(rf"[A-Za-z0-9_.@-]{{1,{MAX_NAME}}}")
@@ -93,6 +95,9 @@ class User:
     """True: a client certificate whose CN is ``name`` logs in as this user (mutual TLS)."""
     rules: Mapping[Permission, tuple[str, ...]] = field(default_factory=_no_rules)
     """Queue-name globs per permission; a permission missing here is held on no queue."""
+    _decided: dict[tuple[Permission, str], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    """``may``'s answers so far: it is asked for every message of the user's connections."""
 
     def __post_init__(self) -> None:
         # Every permission present, globs as tuples, read-only: two users with the same rules
@@ -102,7 +107,13 @@ class User:
 
     def may(self, permission: Permission, queue: str) -> bool:
         """Whether this user holds ``permission`` on the queue named ``queue``."""
-        return any(fnmatchcase(queue, glob) for glob in self.rules.get(permission, ()))
+        key = (permission, queue)
+        allowed = self._decided.get(key)
+        if allowed is None:
+            allowed = any(fnmatchcase(queue, glob) for glob in self.rules.get(permission, ()))
+            if len(self._decided) < MAX_DECIDED:  # queue names are the client's to choose
+                self._decided[key] = allowed
+        return allowed
 
     def may_any(self, queue: str) -> bool:
         """Whether this user holds any permission on ``queue`` (so may learn that it exists)."""
