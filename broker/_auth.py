@@ -106,8 +106,13 @@ class FailureLimiter:
         return self._tokens(address, now) < 1.0
 
     def failed(self, address: str, now: float) -> bool:
-        """Count a failure of ``address``; return whether it is blocked from now on."""
-        tokens = self._tokens(address, now) - 1.0
+        """Count a failure of ``address``; return whether it is blocked from now on. An attempt
+        made while blocked (refused unchecked) takes nothing more: an address is never refused
+        for longer than its burst takes to come back, however often it knocks meanwhile."""
+        tokens = self._tokens(address, now)
+        if tokens < 1.0:
+            return True
+        tokens -= 1.0
         self._buckets.pop(address, None)
         self._buckets[address] = (tokens, now)
         while len(self._buckets) > self.max_addresses:
@@ -169,12 +174,10 @@ class Gate:
     def _fail(self, address: str, name: str | None, why: str) -> Refused:
         """Count a failed attempt; the answer is the same whatever went wrong."""
         now = self._clock()
-        was_blocked = self.limiter.blocked(address, now)
-        blocked = self.limiter.failed(address, now)
-        who = "" if name is None else f" as {printable(name)!r}"
-        if not was_blocked:
+        if not self.limiter.blocked(address, now):  # else refused unchecked, logged already
+            who = "" if name is None else f" as {printable(name)!r}"
             log.warning("%s failed to log in%s: %s", address, who, printable(why))
-            if blocked:
+            if self.limiter.failed(address, now):
                 log.warning("%s is refused for a while: %d failed attempts", address,
                             self.limiter.burst)
         return Refused(ProtocolError(ErrorCode.AUTH_FAILED, "authentication failed"), late=True)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from conveyor.protocol import BrokerMessage, Error, ProtocolError
 
+from ._auth import FailureLimiter
 from ._clock import SYSTEM_CLOCK, Clock, SystemClock
 from ._compaction import load_files, write_base
 from ._core import Core
@@ -47,6 +48,7 @@ __all__ = [
     "Consumer",
     "Core",
     "Deadlines",
+    "FailureLimiter",
     "Job",
     "Kind",
     "Log",
