@@ -51,7 +51,7 @@ def flush(core: Core, now: float, wake: Callable[[], None] = _nothing) -> None:
     accepted, core.accepted = core.accepted, []
     # 1. The log write.
     if core.log is not None and (outbox.records or core.held_back or accepted):
-        accepted = _write(core, core.log, core.held_back + outbox.records, accepted, wake)
+        accepted = _write(core, core.log, outbox.records, accepted, wake)
     # 2. Durable jobs join their queues; their producers learn they were accepted.
     if core.durable:
         accepted += core.durable
