@@ -303,11 +303,11 @@ class Queues(Store):
     def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw,
                  now: float = 0.0) -> bool:
         """Record progress for the job under ``lease``; False if the lease is not held."""
-        job = self.jobs.get(job_id)
-        if job is None or job.lease != lease or job.holder is None or job.holder.owner != owner:
+        job = self.dispatcher.holding(owner, job_id, lease)
+        if job is None:
             return False
         job.progress = value
-        self.dispatcher.heard(job.holder, now)
+        self.dispatcher.heard(cast(Consumer, job.holder), now)  # held: ``holding`` said so
         if job.queue in self.watched:
             self.output.event(job.queue, "progress", job, now, value=value)
         return True

@@ -78,13 +78,6 @@ class WaitingLine(Generic[Job]):
             priority = -self._levels.pop(0)
             del self._lines[priority]
 
-    def popleft(self) -> Job:
-        """Take the first waiting job (the line must not be empty)."""
-        line = self.first()
-        job = line.popleft()
-        self.taken(line, 1)
-        return job
-
     def remove(self, job: Job) -> None:
         """Take ``job`` out of the line (it must be in it)."""
         line = self._lines[job.priority]

@@ -110,15 +110,20 @@ class Waiters:
         if not self._waiting:
             return
         for job_id in job_ids:
+            waiting = self._take(job_id)
+            if waiting is None:
+                continue
             text = f"job {job_id} was removed before it finished"
-            for peer, reqs in self._take(job_id).items():
+            for peer, reqs in waiting.items():
                 peer.send_later(Error(req=req, code=ErrorCode.UNKNOWN_JOB, message=text)
                                 for req in reqs)
 
-    def _take(self, job_id: int) -> dict[Peer, list[int]]:
-        waiting = self._waiting.pop(job_id, {})
-        for peer, reqs in waiting.items():
-            self._forget(peer, job_id, len(reqs))
+    def _take(self, job_id: int) -> dict[Peer, list[int]] | None:
+        """The waiters of ``job_id``, no longer waiting; None if it had none."""
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is not None:
+            for peer, reqs in waiting.items():
+                self._forget(peer, job_id, len(reqs))
         return waiting
 
     def _forget(self, peer: Peer, job_id: int, count: int) -> None:
@@ -190,14 +195,17 @@ class Watchers:
             if not watchers:
                 continue
             message = Events(queue=queue, events=batch)
-            size = HEADER_SIZE + len(_encoder.encode(message))
+            size: int | None = None  # measured only for a watcher that owes something already
             for peer in list(watchers):
                 backlog = peer.backlog()
-                if backlog and backlog + size > self.backlog_limit:
-                    self.drop(peer)
-                    peer.cut_off(ProtocolError(
-                        ErrorCode.SLOW_CONSUMER,
-                        f"watcher of queue {queue!r} fell over {self.backlog_limit} bytes behind",
-                    ))
-                else:
-                    peer.send(message)
+                if backlog:
+                    if size is None:
+                        size = HEADER_SIZE + len(_encoder.encode(message))
+                    if backlog + size > self.backlog_limit:
+                        self.drop(peer)
+                        peer.cut_off(ProtocolError(
+                            ErrorCode.SLOW_CONSUMER,
+                            f"watcher of queue {queue!r} fell over {self.backlog_limit} bytes "
+                            f"behind"))
+                        continue
+                peer.send(message)
