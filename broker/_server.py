@@ -158,9 +158,10 @@ class Broker:
         self._now = self.queues.timeline.now
         """The wall time now (``Queues.now``), looked up once."""
         self._pass_now: float | None = None
-        """The wall time of this loop pass's requests, read by its first request and forgotten
-        by the flush that ends the pass: requests read together are applied at one time, and
-        the clocks (~0.2 us, as much as the rest of an ack) are not read once per job."""
+        """The wall time of this loop pass, read by its first request (or its timer) and
+        forgotten by the flush that ends the pass: requests read together are applied at one
+        time, and the clocks (~0.2 us, as much as the rest of an ack) are not read once per
+        job."""
         self.recovery: Recovery | None = None
         """What replaying the log found, once started with a ``data_dir``."""
         self.failure: LogError | None = None
@@ -413,11 +414,12 @@ class Broker:
 
     def _apply_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
+        now = self._now()
         for session, message in deferred:
             if message is None:
-                self.queues.drop(session, self.queues.now())
+                self.queues.drop(session, now)
             else:
-                handle(self.core, session, message, self._now())
+                handle(self.core, session, message, now)
         for session in self._paused:
             if not session.closing and session.transport is not None:
                 session.transport.resume_reading()
@@ -438,11 +440,11 @@ class Broker:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        self._pass_now = None
+        now, self._pass_now = self._pass_now, None
         if self.status in (BrokerStatus.FAILED, BrokerStatus.CLOSED):
             return
         try:
-            flush(self.core, self.queues.now(), self.schedule_flush)
+            flush(self.core, self._now() if now is None else now, self.schedule_flush)
         except LogError as exc:
             self._fail(exc)
             return
@@ -494,5 +496,7 @@ class Broker:
         if self._held():
             return  # armed again once the log has room (``_flush``)
         if self.status is BrokerStatus.SERVING:
-            self.queues.tick(self.queues.now())
+            # The pass's time: the flush this asks for (and requests read meanwhile) use it too.
+            now = self._pass_now = self._now()
+            self.queues.tick(now)
         self.schedule_flush()
