@@ -27,14 +27,13 @@ from typing import Final
 
 import scramp
 
-from conveyor.protocol import ErrorCode, Hello, ProtocolError
+from conveyor.protocol import AUTH_MECHANISM, ErrorCode, Hello, ProtocolError
 
 from ._text import printable
 from ._users import Permission, User, Users
 
 __all__ = [
     "DEFAULT_FAILURE_DELAY",
-    "MECHANISM",
     "Accepted",
     "FailureLimiter",
     "Gate",
@@ -43,7 +42,6 @@ __all__ = [
     "rights_hold",
 ]
 
-MECHANISM: Final = "SCRAM-SHA-256"
 DEFAULT_FAILURE_DELAY: Final = 1.0
 """Seconds before a failed authentication is answered (and its connection closed)."""
 FAILURE_BURST: Final = 10
@@ -136,7 +134,7 @@ class Gate:
         self._clock = clock
         self._pepper = os.urandom(32)
         """Derives the fake salts of unknown users (fixed for the broker's life)."""
-        self._mechanism = scramp.ScramMechanism(MECHANISM)
+        self._mechanism = scramp.ScramMechanism(AUTH_MECHANISM)
         self._typical_of: Users | None = None
         self._typical_shape = (_FAKE_SALT, _FAKE_ITERATIONS)
 
@@ -159,7 +157,7 @@ class Gate:
                 "(conveyor://USER:SECRET@HOST:PORT) or with a client certificate"), late=False)
         if self.limiter.blocked(address, self._clock()):
             return self._fail(address, None, "too many failed attempts")
-        if hello.mechanism != MECHANISM:
+        if hello.mechanism != AUTH_MECHANISM:
             return self._fail(address, None, f"unsupported mechanism {hello.mechanism!r}")
         login = Login(self, address)
         try:

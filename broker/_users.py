@@ -34,9 +34,10 @@ from typing import Any, Final
 
 from scramp import ScramException, ScramMechanism
 
+from conveyor.protocol import AUTH_MECHANISM
+
 __all__ = ["Permission", "User", "Users", "UsersError", "make_secret", "write_users"]
 
-MECHANISM: Final = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS: Final = 4096
 """PBKDF2 rounds of a new secret: RFC 7677's minimum and PostgreSQL's default."""
 MIN_ITERATIONS: Final = 4096
@@ -177,12 +178,12 @@ def make_secret(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> str:
         raise ValueError(f"iterations must be an integer from {MIN_ITERATIONS} to "
                          f"{MAX_ITERATIONS}, got {iterations!r}")
     try:
-        salt, stored_key, server_key, rounds = ScramMechanism(MECHANISM).make_auth_info(
+        salt, stored_key, server_key, rounds = ScramMechanism(AUTH_MECHANISM).make_auth_info(
             password, iteration_count=iterations, salt=secrets.token_bytes(32))
     except ScramException as exc:
         # scramp's messages name the rule broken (SASLprep), never the password.
         raise ValueError(f"the password cannot be used with SCRAM: {exc.args[0]}") from None
-    return (f"{MECHANISM}${rounds}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}")
+    return (f"{AUTH_MECHANISM}${rounds}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}")
 
 
 def write_users(path: str | os.PathLike[str], users: Users) -> None:
