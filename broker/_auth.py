@@ -15,7 +15,6 @@ the secret from a salted, slow hash of it, and the broker prove it holds that ha
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import logging
@@ -50,9 +49,6 @@ FAILURE_REFILL: Final = 6.0
 """Seconds for an address to regain one attempt (10 a minute once the burst is spent)."""
 MAX_ADDRESSES: Final = 10_000
 """Addresses whose failures are remembered at most: the oldest is forgotten first."""
-_FAKE_ITERATIONS: Final = 4096
-_FAKE_SALT: Final = 32
-"""The salt length (bytes) and iteration count of unknown users when the file has no secret."""
 
 log = logging.getLogger("broker")
 
@@ -135,8 +131,6 @@ class Gate:
         self._pepper = os.urandom(32)
         """Derives the fake salts of unknown users (fixed for the broker's life)."""
         self._mechanism = scramp.ScramMechanism(AUTH_MECHANISM)
-        self._typical_of: Users | None = None
-        self._typical_shape = (_FAKE_SALT, _FAKE_ITERATIONS)
 
     def start(self, hello: Hello, address: str, certificate_user: str | None) -> (
             Accepted | Refused | Challenged):
@@ -184,7 +178,8 @@ class Gate:
         """What the exchange uses for a name that is no user (or has no secret): it fails at
         the proof, as a wrong secret does. Its salt is the same on every attempt, and has the
         length and the iteration count most users have, so the challenge looks like a user's."""
-        length, iterations = self._typical()
+        assert self.users is not None  # a login starts only on a broker with users
+        length, iterations = self.users.typical_shape
         salt = b""
         counter = 0
         while len(salt) < length:
@@ -192,20 +187,6 @@ class Gate:
             salt += hmac.new(self._pepper, b"%d:%s" % (counter, name.encode()),
                              hashlib.sha256).digest()
         return salt[:length], os.urandom(32), os.urandom(32), iterations
-
-    def _typical(self) -> tuple[int, int]:
-        """The most common (salt length, iteration count) among the users' secrets."""
-        users = self.users
-        if users is not self._typical_of:
-            shapes = collections.Counter(
-                (len(salt), iterations)
-                for user in (users.users.values() if users is not None else ())
-                if user.secret is not None
-                for salt, _, _, iterations in (user.scram(),))
-            self._typical_shape = (shapes.most_common(1)[0][0] if shapes
-                                   else (_FAKE_SALT, _FAKE_ITERATIONS))
-            self._typical_of = users
-        return self._typical_shape
 
 
 def rights_hold(old: User, new: User) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import os
 import re
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -40,6 +42,8 @@ __all__ = ["Permission", "User", "Users", "UsersError", "make_secret", "write_us
 
 DEFAULT_ITERATIONS: Final = 4096
 """PBKDF2 rounds of a new secret: RFC 7677's minimum and PostgreSQL's default."""
+NEW_SALT: Final = 32
+"""Bytes of salt of a new secret."""
 MIN_ITERATIONS: Final = 4096
 MAX_ITERATIONS: Final = 10_000_000
 """The bounds scramp accepts: fewer rounds are too cheap to guess, more a denial of service."""
@@ -162,6 +166,16 @@ class Users:
         """The user called ``name``, or None."""
         return self.users.get(name)
 
+    @cached_property
+    def typical_shape(self) -> tuple[int, int]:
+        """The most common (salt length in bytes, iteration count) among the users' secrets;
+        a new secret's when no user has one."""
+        shapes = collections.Counter(
+            (len(salt), iterations)
+            for user in self.users.values() if user.secret is not None
+            for salt, _, _, iterations in (user.scram(),))
+        return shapes.most_common(1)[0][0] if shapes else (NEW_SALT, DEFAULT_ITERATIONS)
+
 
 def make_secret(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> str:
     """A SCRAM-SHA-256 verifier for ``password`` with a new random salt, in PostgreSQL's format
@@ -179,7 +193,7 @@ def make_secret(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> str:
                          f"{MAX_ITERATIONS}, got {iterations!r}")
     try:
         salt, stored_key, server_key, rounds = ScramMechanism(AUTH_MECHANISM).make_auth_info(
-            password, iteration_count=iterations, salt=secrets.token_bytes(32))
+            password, iteration_count=iterations, salt=secrets.token_bytes(NEW_SALT))
     except ScramException as exc:
         # scramp's messages name the rule broken (SASLprep), never the password.
         raise ValueError(f"the password cannot be used with SCRAM: {exc.args[0]}") from None
