@@ -29,7 +29,7 @@ import scramp
 from conveyor.protocol import AUTH_MECHANISM, ErrorCode, Hello, ProtocolError
 
 from ._text import printable
-from ._users import Permission, User, Users
+from ._users import User, Users
 
 __all__ = [
     "DEFAULT_FAILURE_DELAY",
@@ -38,7 +38,6 @@ __all__ = [
     "Gate",
     "Login",
     "Refused",
-    "rights_hold",
 ]
 
 DEFAULT_FAILURE_DELAY: Final = 1.0
@@ -56,10 +55,12 @@ log = logging.getLogger("broker")
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The connection is ``user``'s (None: the broker has no users file); ``final`` is the
-    SCRAM server-final-message to send with ``welcome`` (empty without SCRAM)."""
+    SCRAM server-final-message to send with ``welcome`` (empty without SCRAM);
+    ``by_certificate``: the user logged in with a client certificate, not a secret."""
 
     user: User | None
     final: str = ""
+    by_certificate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +142,10 @@ class Gate:
             return Accepted(None)
         if not hello.mechanism:
             user = users.get(certificate_user) if certificate_user is not None else None
-            if user is not None and user.certificate:
+            if user is not None and user.may_log_in(by_certificate=True):
                 log.info("%s logged in as %r with a client certificate", address,
                          printable(user.name))
-                return Accepted(user)
+                return Accepted(user, by_certificate=True)
             return Refused(ProtocolError(
                 ErrorCode.AUTH_REQUIRED,
                 "this broker requires authentication: connect as a user "
@@ -187,12 +188,6 @@ class Gate:
             salt += hmac.new(self._pepper, b"%d:%s" % (counter, name.encode()),
                              hashlib.sha256).digest()
         return salt[:length], os.urandom(32), os.urandom(32), iterations
-
-
-def rights_hold(old: User, new: User) -> bool:
-    """Whether ``new`` (a user after a reload) may still do everything ``old`` could."""
-    return all(set(old.rules.get(permission, ())) <= set(new.rules.get(permission, ()))
-               for permission in Permission)
 
 
 class Login:

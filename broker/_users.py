@@ -99,7 +99,8 @@ class User:
     certificate: bool = False
     """True: a client certificate whose CN is ``name`` logs in as this user (mutual TLS)."""
     rules: Mapping[Permission, tuple[str, ...]] = field(default_factory=_no_rules)
-    """Queue-name globs per permission; a permission missing here is held on no queue."""
+    """Queue-name globs per permission (once built, every permission is a key); a permission
+    given no glob is held on no queue."""
     _decided: dict[tuple[Permission, str], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     """``may``'s answers so far: it is asked for every message of the user's connections."""
@@ -115,7 +116,7 @@ class User:
         key = (permission, queue)
         allowed = self._decided.get(key)
         if allowed is None:
-            allowed = any(fnmatchcase(queue, glob) for glob in self.rules.get(permission, ()))
+            allowed = any(fnmatchcase(queue, glob) for glob in self.rules[permission])
             if len(self._decided) < MAX_DECIDED:  # queue names are the client's to choose
                 self._decided[key] = allowed
         return allowed
@@ -123,6 +124,16 @@ class User:
     def may_any(self, queue: str) -> bool:
         """Whether this user holds any permission on ``queue`` (so may learn that it exists)."""
         return any(self.may(permission, queue) for permission in Permission)
+
+    def keeps_rights_of(self, old: User) -> bool:
+        """Whether this user (``old`` after a reload) may still do everything ``old`` could."""
+        return all(set(old.rules[permission]) <= set(self.rules[permission])
+                   for permission in Permission)
+
+    def may_log_in(self, *, by_certificate: bool) -> bool:
+        """Whether this user may log in with a client certificate (``by_certificate``), or else
+        with a secret."""
+        return self.certificate if by_certificate else self.secret is not None
 
     def scram(self) -> tuple[bytes, bytes, bytes, int]:
         """(salt, StoredKey, ServerKey, iterations): what scramp's server ``auth_fn`` returns
@@ -248,7 +259,7 @@ def _render(users: Users) -> str:
         if user.certificate:
             lines.append("certificate = true\n")
         for permission in Permission:
-            globs = user.rules.get(permission, ())
+            globs = user.rules[permission]
             if globs:
                 lines.append(f"{permission.value} = [{', '.join(map(_string, globs))}]\n")
         parts.extend(lines)
