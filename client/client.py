@@ -38,21 +38,17 @@ from conveyor.protocol import (
     Unwait,
     Wait,
     Watch,
-    deliverable_payload,
 )
 
 from .connection import Connection, Push, Reply
 from .errors import BulkAddFailed, ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
-from .frames import add_envelope, bulk_jobs, check_queue, frames, job_size
+from .frames import bulk_jobs, check_fits, check_queue, frames
 from .jobs import JobInfo, decode_job, decode_value, encode_value
 from .options import JobOptions, job_def
 
 __all__ = ["Client", "connect"]
 
-_ADD_SLACK: Final = 4096
-"""Bytes an ``add`` frame of one job takes beyond its payload, at most (about 2,100 with the
-longest queue name, id and name): a payload this far under the limit is not measured again."""
 RECONNECT_BACKOFF: Final = 0.05
 """Seconds before trying again to reconnect, doubling after each failed try..."""
 MAX_RECONNECT_BACKOFF: Final = 0.5
@@ -229,18 +225,7 @@ class Client:
                       timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result,
                       name=name)
         connection = await self._open()
-        max_frame = connection.max_frame
-        if len(raw) + _ADD_SLACK > max_frame:
-            size = add_envelope(queue) + job_size(job)
-            if size > max_frame:
-                raise ValueError(f"job is {size:,} bytes encoded (its payload {len(raw):,}); the "
-                                 f"broker's frame limit is {max_frame:,} bytes")
-            allowed = deliverable_payload(queue, max_frame, attempts=job.attempts,
-                                          timeout=job.timeout, name=job.name)
-            if len(raw) > allowed:
-                raise ValueError(f"payload is {len(raw):,} bytes encoded; delivered, it would "
-                                 f"not fit in the broker's frame limit of {max_frame:,} bytes "
-                                 f"(at most {allowed:,} bytes for this job)")
+        check_fits(queue, job, connection.max_frame)
         reply = await connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]
