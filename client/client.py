@@ -13,7 +13,6 @@ from typing import Any, Final, Unpack, cast
 from conveyor.protocol import (
     Add,
     Added,
-    Backoff,
     Clean,
     Count,
     Counts,
@@ -195,35 +194,19 @@ class Client:
 
     # Producing.
 
-    async def add(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        id: str | None = None,
-        priority: int = 0,
-        attempts: int = 1,
-        backoff: float | Backoff | None = None,
-        timeout: float | None = None,
-        delay: float = 0.0,
-        run_at: float | None = None,
-        keep_result: float | None = None,
-        name: str | None = None,
-    ) -> int:
+    async def add(self, queue: str, data: Any, **options: Unpack[JobOptions]) -> int:
         """Add one job; return its id once the broker has accepted it.
 
-        ``id`` is an idempotency key: adding a key a retained job already has adds nothing and
-        returns that job's id. ``priority``: higher runs first. ``attempts``: tries in all.
-        ``backoff``: seconds between tries, or ``exponential(...)``. ``timeout``: seconds one
-        try may run. ``delay`` / ``run_at``: not before then. ``keep_result``: seconds the
-        finished job is retained. ``name``: what kind of job it is (a worker serving a task
-        registry runs the task of that name).
+        ``options`` (``JobOptions``): ``id`` is an idempotency key: adding a key a retained job
+        already has adds nothing and returns that job's id. ``priority``: higher runs first.
+        ``attempts``: tries in all. ``backoff``: seconds between tries, or ``exponential(...)``.
+        ``timeout``: seconds one try may run. ``delay`` / ``run_at``: not before then.
+        ``keep_result``: seconds the finished job is retained. ``name``: what kind of job it is
+        (a worker serving a task registry runs the task of that name).
         """
         check_queue(queue)
         raw = encode_value(data, "job payload")
-        job = job_def(raw, id=id, priority=priority, attempts=attempts, backoff=backoff,
-                      timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result,
-                      name=name)
+        job = job_def(raw, **options)
         connection = await self._open()
         check_fits(queue, job, connection.max_frame)
         reply = await connection.request(functools.partial(_add, queue, [job]))
