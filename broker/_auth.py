@@ -15,7 +15,6 @@ the secret from a salted, slow hash of it, and the broker prove it holds that ha
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import logging
@@ -27,23 +26,20 @@ from typing import Final
 
 import scramp
 
-from conveyor.protocol import ErrorCode, Hello, ProtocolError
+from conveyor.protocol import AUTH_MECHANISM, ErrorCode, Hello, ProtocolError
 
 from ._text import printable
-from ._users import Permission, User, Users
+from ._users import User, Users
 
 __all__ = [
     "DEFAULT_FAILURE_DELAY",
-    "MECHANISM",
     "Accepted",
     "FailureLimiter",
     "Gate",
     "Login",
     "Refused",
-    "rights_hold",
 ]
 
-MECHANISM: Final = "SCRAM-SHA-256"
 DEFAULT_FAILURE_DELAY: Final = 1.0
 """Seconds before a failed authentication is answered (and its connection closed)."""
 FAILURE_BURST: Final = 10
@@ -52,9 +48,6 @@ FAILURE_REFILL: Final = 6.0
 """Seconds for an address to regain one attempt (10 a minute once the burst is spent)."""
 MAX_ADDRESSES: Final = 10_000
 """Addresses whose failures are remembered at most: the oldest is forgotten first."""
-_FAKE_ITERATIONS: Final = 4096
-_FAKE_SALT: Final = 32
-"""The salt length (bytes) and iteration count of unknown users when the file has no secret."""
 
 log = logging.getLogger("broker")
 
@@ -62,10 +55,12 @@ log = logging.getLogger("broker")
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The connection is ``user``'s (None: the broker has no users file); ``final`` is the
-    SCRAM server-final-message to send with ``welcome`` (empty without SCRAM)."""
+    SCRAM server-final-message to send with ``welcome`` (empty without SCRAM);
+    ``by_certificate``: the user logged in with a client certificate, not a secret."""
 
     user: User | None
     final: str = ""
+    by_certificate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +131,7 @@ class Gate:
         self._clock = clock
         self._pepper = os.urandom(32)
         """Derives the fake salts of unknown users (fixed for the broker's life)."""
-        self._mechanism = scramp.ScramMechanism(MECHANISM)
-        self._typical_of: Users | None = None
-        self._typical_shape = (_FAKE_SALT, _FAKE_ITERATIONS)
+        self._mechanism = scramp.ScramMechanism(AUTH_MECHANISM)
 
     def start(self, hello: Hello, address: str, certificate_user: str | None) -> (
             Accepted | Refused | Challenged):
@@ -149,17 +142,17 @@ class Gate:
             return Accepted(None)
         if not hello.mechanism:
             user = users.get(certificate_user) if certificate_user is not None else None
-            if user is not None and user.certificate:
+            if user is not None and user.may_log_in(by_certificate=True):
                 log.info("%s logged in as %r with a client certificate", address,
                          printable(user.name))
-                return Accepted(user)
+                return Accepted(user, by_certificate=True)
             return Refused(ProtocolError(
                 ErrorCode.AUTH_REQUIRED,
                 "this broker requires authentication: connect as a user "
                 "(conveyor://USER:SECRET@HOST:PORT) or with a client certificate"), late=False)
         if self.limiter.blocked(address, self._clock()):
             return self._fail(address, None, "too many failed attempts")
-        if hello.mechanism != MECHANISM:
+        if hello.mechanism != AUTH_MECHANISM:
             return self._fail(address, None, f"unsupported mechanism {hello.mechanism!r}")
         login = Login(self, address)
         try:
@@ -186,7 +179,8 @@ class Gate:
         """What the exchange uses for a name that is no user (or has no secret): it fails at
         the proof, as a wrong secret does. Its salt is the same on every attempt, and has the
         length and the iteration count most users have, so the challenge looks like a user's."""
-        length, iterations = self._typical()
+        assert self.users is not None  # a login starts only on a broker with users
+        length, iterations = self.users.typical_shape
         salt = b""
         counter = 0
         while len(salt) < length:
@@ -194,26 +188,6 @@ class Gate:
             salt += hmac.new(self._pepper, b"%d:%s" % (counter, name.encode()),
                              hashlib.sha256).digest()
         return salt[:length], os.urandom(32), os.urandom(32), iterations
-
-    def _typical(self) -> tuple[int, int]:
-        """The most common (salt length, iteration count) among the users' secrets."""
-        users = self.users
-        if users is not self._typical_of:
-            shapes = collections.Counter(
-                (len(salt), iterations)
-                for user in (users.users.values() if users is not None else ())
-                if user.secret is not None
-                for salt, _, _, iterations in (user.scram(),))
-            self._typical_shape = (shapes.most_common(1)[0][0] if shapes
-                                   else (_FAKE_SALT, _FAKE_ITERATIONS))
-            self._typical_of = users
-        return self._typical_shape
-
-
-def rights_hold(old: User, new: User) -> bool:
-    """Whether ``new`` (a user after a reload) may still do everything ``old`` could."""
-    return all(set(old.rules.get(permission, ())) <= set(new.rules.get(permission, ()))
-               for permission in Permission)
 
 
 class Login:

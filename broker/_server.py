@@ -24,7 +24,7 @@ from conveyor.protocol import (
     ProtocolError,
 )
 
-from ._auth import DEFAULT_FAILURE_DELAY, Gate, rights_hold
+from ._auth import DEFAULT_FAILURE_DELAY, Gate
 from ._clock import SYSTEM_CLOCK, Clock
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO
 from ._core import Core
@@ -316,8 +316,8 @@ class Broker:
 
     def reload_users(self) -> bool:
         """Read the users file again (SIGHUP). Connections whose user still has every right it
-        had stay as they are; those whose user is gone or lost a right are closed. A file that
-        cannot be read changes nothing. Return whether the file was taken."""
+        had, and may still log in the way it did, stay as they are; the others are closed. A
+        file that cannot be read changes nothing. Return whether the file was taken."""
         if self.users_path is None:
             log.warning("no users file to reload (the broker was started without --users)")
             return False
@@ -333,14 +333,18 @@ class Broker:
             if old is None or session.closing:
                 continue
             new = users.get(old.name)
-            if new is not None and rights_hold(old, new):
+            if new is None:
+                why = f"user {old.name!r} was removed from the users file"
+            elif not new.keeps_rights_of(old):
+                why = f"the rights of user {old.name!r} were reduced; connect again"
+            elif not new.may_log_in(by_certificate=session.by_certificate):
+                way = "a client certificate" if session.by_certificate else "a secret"
+                why = f"user {old.name!r} may no longer log in with {way}"
+            else:
                 session.user = new
                 continue
             closed += 1
-            session.abort(ProtocolError(
-                ErrorCode.FORBIDDEN,
-                f"user {old.name!r} was removed from the users file" if new is None else
-                f"the rights of user {old.name!r} were reduced; connect again"))
+            session.abort(ProtocolError(ErrorCode.FORBIDDEN, why))
         log.warning("reloaded the users file %s: %d users, %d connections closed",
                     self.users_path, len(users.users), closed)
         return True

@@ -97,6 +97,8 @@ class Session(asyncio.Protocol):
         """The common name of the client's verified TLS certificate, if it sent one."""
         self.user: User | None = None
         """Who the client proved to be; None when the broker has no users file."""
+        self.by_certificate = False
+        """The user logged in with a client certificate (else with a secret, or not at all)."""
         self._login: Login | None = None
         """The authentication under way, between ``challenge`` and ``authenticate``."""
         self.greeted = False
@@ -350,9 +352,10 @@ class Session(asyncio.Protocol):
 
     def _admit(self, outcome: Accepted | Challenged | Refused) -> None:
         match outcome:
-            case Accepted(user=user, final=final):
+            case Accepted(user=user, final=final, by_certificate=by_certificate):
                 self.greeted = True
                 self.user = user
+                self.by_certificate = by_certificate
                 self.send(Welcome(version=PROTOCOL_VERSION, server=SERVER_NAME,
                                   max_frame=self.host.max_frame,
                                   user="" if user is None else user.name, auth=final))

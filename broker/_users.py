@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import os
 import re
@@ -29,16 +30,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Final
 
 from scramp import ScramException, ScramMechanism
 
+from conveyor.protocol import AUTH_MECHANISM
+
 __all__ = ["Permission", "User", "Users", "UsersError", "make_secret", "write_users"]
 
-MECHANISM: Final = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS: Final = 4096
 """PBKDF2 rounds of a new secret: RFC 7677's minimum and PostgreSQL's default."""
+NEW_SALT: Final = 32
+"""Bytes of salt of a new secret."""
 MIN_ITERATIONS: Final = 4096
 MAX_ITERATIONS: Final = 10_000_000
 """The bounds scramp accepts: fewer rounds are too cheap to guess, more a denial of service."""
@@ -94,7 +99,8 @@ class User:
     certificate: bool = False
     """True: a client certificate whose CN is ``name`` logs in as this user (mutual TLS)."""
     rules: Mapping[Permission, tuple[str, ...]] = field(default_factory=_no_rules)
-    """Queue-name globs per permission; a permission missing here is held on no queue."""
+    """Queue-name globs per permission (once built, every permission is a key); a permission
+    given no glob is held on no queue."""
     _decided: dict[tuple[Permission, str], bool] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     """``may``'s answers so far: it is asked for every message of the user's connections."""
@@ -110,7 +116,7 @@ class User:
         key = (permission, queue)
         allowed = self._decided.get(key)
         if allowed is None:
-            allowed = any(fnmatchcase(queue, glob) for glob in self.rules.get(permission, ()))
+            allowed = any(fnmatchcase(queue, glob) for glob in self.rules[permission])
             if len(self._decided) < MAX_DECIDED:  # queue names are the client's to choose
                 self._decided[key] = allowed
         return allowed
@@ -118,6 +124,16 @@ class User:
     def may_any(self, queue: str) -> bool:
         """Whether this user holds any permission on ``queue`` (so may learn that it exists)."""
         return any(self.may(permission, queue) for permission in Permission)
+
+    def keeps_rights_of(self, old: User) -> bool:
+        """Whether this user (``old`` after a reload) may still do everything ``old`` could."""
+        return all(set(old.rules[permission]) <= set(self.rules[permission])
+                   for permission in Permission)
+
+    def may_log_in(self, *, by_certificate: bool) -> bool:
+        """Whether this user may log in with a client certificate (``by_certificate``), or else
+        with a secret."""
+        return self.certificate if by_certificate else self.secret is not None
 
     def scram(self) -> tuple[bytes, bytes, bytes, int]:
         """(salt, StoredKey, ServerKey, iterations): what scramp's server ``auth_fn`` returns
@@ -161,6 +177,16 @@ class Users:
         """The user called ``name``, or None."""
         return self.users.get(name)
 
+    @cached_property
+    def typical_shape(self) -> tuple[int, int]:
+        """The most common (salt length in bytes, iteration count) among the users' secrets;
+        a new secret's when no user has one."""
+        shapes = collections.Counter(
+            (len(salt), iterations)
+            for user in self.users.values() if user.secret is not None
+            for salt, _, _, iterations in (user.scram(),))
+        return shapes.most_common(1)[0][0] if shapes else (NEW_SALT, DEFAULT_ITERATIONS)
+
 
 def make_secret(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> str:
     """A SCRAM-SHA-256 verifier for ``password`` with a new random salt, in PostgreSQL's format
@@ -177,12 +203,12 @@ def make_secret(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> str:
         raise ValueError(f"iterations must be an integer from {MIN_ITERATIONS} to "
                          f"{MAX_ITERATIONS}, got {iterations!r}")
     try:
-        salt, stored_key, server_key, rounds = ScramMechanism(MECHANISM).make_auth_info(
-            password, iteration_count=iterations, salt=secrets.token_bytes(32))
+        salt, stored_key, server_key, rounds = ScramMechanism(AUTH_MECHANISM).make_auth_info(
+            password, iteration_count=iterations, salt=secrets.token_bytes(NEW_SALT))
     except ScramException as exc:
         # scramp's messages name the rule broken (SASLprep), never the password.
         raise ValueError(f"the password cannot be used with SCRAM: {exc.args[0]}") from None
-    return (f"{MECHANISM}${rounds}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}")
+    return (f"{AUTH_MECHANISM}${rounds}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}")
 
 
 def write_users(path: str | os.PathLike[str], users: Users) -> None:
@@ -233,7 +259,7 @@ def _render(users: Users) -> str:
         if user.certificate:
             lines.append("certificate = true\n")
         for permission in Permission:
-            globs = user.rules.get(permission, ())
+            globs = user.rules[permission]
             if globs:
                 lines.append(f"{permission.value} = [{', '.join(map(_string, globs))}]\n")
         parts.extend(lines)

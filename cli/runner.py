@@ -8,6 +8,7 @@ value or payload), 130 on Ctrl-C (0 for the commands that run until Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -15,7 +16,7 @@ from typing import Any, Final, TypeVar
 
 from conveyor.client import Client, ConveyorError, UnknownJob
 
-__all__ = ["CommandFailed", "UsageError", "connected", "fail", "run"]
+__all__ = ["CommandFailed", "UsageError", "connected", "fail", "guarded", "run"]
 
 OK: Final = 0
 REFUSED: Final = 1
@@ -51,12 +52,20 @@ def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def run(coro: Coroutine[Any, Any, int], *, interrupted: int = INTERRUPTED) -> int:
-    """Run ``coro`` to its exit status; turn expected errors into one line and a status.
+    """Run ``coro`` to its exit status, as ``guarded`` does.
 
     ``interrupted``: the status after Ctrl-C (0 for commands that run until it).
     """
+    return guarded(functools.partial(_run_loop, coro), interrupted=interrupted)
+
+
+def guarded(command: Callable[[], int], *, interrupted: int = INTERRUPTED) -> int:
+    """Call ``command`` for its exit status; turn expected errors into one line and a status.
+
+    ``interrupted``: the status after Ctrl-C.
+    """
     try:
-        return _run_loop(coro)
+        return command()
     except KeyboardInterrupt:
         return interrupted
     except UsageError as exc:

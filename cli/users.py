@@ -14,7 +14,8 @@ import functools
 import getpass
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +26,7 @@ from rich.text import Text
 from conveyor.broker import Permission, User, Users, UsersError, make_secret, write_users
 
 from .output import out_console, print_json
-from .runner import INTERRUPTED, OK, REFUSED, USAGE, CommandFailed, UsageError, fail
+from .runner import OK, CommandFailed, UsageError, guarded
 
 __all__ = ["add", "grant", "list_users", "passwd", "remove", "revoke"]
 
@@ -42,20 +43,12 @@ def users_path(args: argparse.Namespace) -> str:
 
 def _guarded(command: Callable[[argparse.Namespace], int]
              ) -> Callable[[argparse.Namespace], int]:
-    """Run ``command``; turn each expected failure into one ``conveyor: ...`` line and a
-    status."""
+    """Run ``command`` as ``runner.guarded`` does: each expected failure becomes one
+    ``conveyor: ...`` line and a status."""
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except KeyboardInterrupt:
-            sys.stderr.write("\n")
-            return INTERRUPTED
-        except UsageError as exc:
-            return fail(str(exc), USAGE)
-        except (CommandFailed, UsersError) as exc:
-            return fail(str(exc), REFUSED)
+        return guarded(functools.partial(command, args))
 
     return run
 
@@ -66,7 +59,10 @@ def _guarded(command: Callable[[argparse.Namespace], int]
 def _load(path: str, *, missing_ok: bool = False) -> Users:
     if missing_ok and not os.path.lexists(path):
         return Users({})
-    return Users.load(path)
+    try:
+        return Users.load(path)
+    except UsersError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 def _existing(users: Users, name: str, path: str) -> User:
@@ -76,19 +72,13 @@ def _existing(users: Users, name: str, path: str) -> User:
     return found
 
 
-def _save(path: str, users: Users, replaced: User | None, new: User | None = None) -> None:
-    """Write ``users`` with ``replaced`` swapped for ``new`` (removed when None; added at the
-    end when ``replaced`` is None)."""
-    kept: dict[str, User] = {}
-    for name, user in users.users.items():
-        if replaced is not None and name == replaced.name:
-            if new is not None:
-                kept[name] = new
-        else:
-            kept[name] = user
-    if replaced is None and new is not None:
-        kept[new.name] = new
-    write_users(path, Users(kept))
+def _save(path: str, users: Mapping[str, User]) -> None:
+    """Write ``users`` to the file, in their order (``{**old, name: user}`` keeps a user that
+    was there in its place)."""
+    try:
+        write_users(path, Users(users))
+    except UsersError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 def _report(args: argparse.Namespace, record: dict[str, Any], text: str) -> int:
@@ -133,7 +123,11 @@ def _read_password(args: argparse.Namespace, name: str) -> str:
 
 
 def _secret(args: argparse.Namespace, name: str) -> str:
-    password = _read_password(args, name)
+    try:
+        password = _read_password(args, name)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")  # Ctrl-C at a prompt, or in a typed line, leaves it unfinished
+        raise
     try:
         return make_secret(password)
     except ValueError as exc:
@@ -179,8 +173,8 @@ def add(args: argparse.Namespace) -> int:
         raise CommandFailed(f"user {args.name!r} exists; use passwd/grant")
     secret = None if args.no_secret else _secret(args, args.name)
     rules = _rules(args.permission or ())
-    _save(path, users, None, User(name=args.name, secret=secret,
-                                  certificate=args.certificate, rules=rules))
+    _save(path, {**users.users, args.name: User(name=args.name, secret=secret,
+                                                certificate=args.certificate, rules=rules)})
     login = ", ".join(way for way, held in (("password", secret is not None),
                                             ("certificate", args.certificate)) if held)
     return _report(args, {"user": args.name, "added": True, "file": path,
@@ -197,8 +191,7 @@ def passwd(args: argparse.Namespace) -> int:
     users = _load(path)
     user = _existing(users, args.name, path)
     secret = _secret(args, args.name)
-    _save(path, users, user, User(name=user.name, secret=secret, certificate=user.certificate,
-                                  rules=user.rules))
+    _save(path, {**users.users, user.name: replace(user, secret=secret)})
     return _report(args, {"user": user.name, "password_changed": True, "file": path},
                    f"changed the password of user {user.name!r} in {path}")
 
@@ -209,7 +202,7 @@ def remove(args: argparse.Namespace) -> int:
     path = users_path(args)
     users = _load(path)
     user = _existing(users, args.name, path)
-    _save(path, users, user)
+    _save(path, {name: kept for name, kept in users.users.items() if name != user.name})
     return _report(args, {"user": user.name, "removed": True, "file": path},
                    f"removed user {user.name!r} from {path}")
 
@@ -228,8 +221,7 @@ def grant(args: argparse.Namespace) -> int:
                             f"nothing changed")
     rules = {permission: (*user.rules[permission], *added.get(permission, ()))
              for permission in Permission}
-    _save(path, users, user, User(name=user.name, secret=user.secret,
-                                  certificate=user.certificate, rules=rules))
+    _save(path, {**users.users, user.name: replace(user, rules=rules)})
     return _report(args, {"user": user.name, "granted": _rules_record(added), "file": path},
                    f"granted user {user.name!r} {_rules_text(added)} in {path}")
 
@@ -249,8 +241,7 @@ def revoke(args: argparse.Namespace) -> int:
     rules = {permission: tuple(g for g in user.rules[permission]
                                if g not in asked.get(permission, ()))
              for permission in Permission}
-    _save(path, users, user, User(name=user.name, secret=user.secret,
-                                  certificate=user.certificate, rules=rules))
+    _save(path, {**users.users, user.name: replace(user, rules=rules)})
     return _report(args, {"user": user.name, "revoked": _rules_record(asked), "file": path},
                    f"revoked {_rules_text(asked)} from user {user.name!r} in {path}")
 
@@ -259,7 +250,7 @@ def revoke(args: argparse.Namespace) -> int:
 def list_users(args: argparse.Namespace) -> int:
     """``conveyor user list``: each user, how it logs in and its globs (never a secret)."""
     path = users_path(args)
-    users = Users.load(path)
+    users = _load(path)
     if args.json:
         print_json([{"name": user.name, "password": user.secret is not None,
                      "certificate": user.certificate,

@@ -13,7 +13,6 @@ from typing import Any, Final, Unpack, cast
 from conveyor.protocol import (
     Add,
     Added,
-    Backoff,
     Clean,
     Count,
     Counts,
@@ -38,21 +37,17 @@ from conveyor.protocol import (
     Unwait,
     Wait,
     Watch,
-    deliverable_payload,
 )
 
 from .connection import Connection, Push, Reply
 from .errors import BulkAddFailed, ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
-from .frames import add_envelope, bulk_jobs, check_queue, frames, job_size
+from .frames import bulk_jobs, check_fits, check_queue, frames
 from .jobs import JobInfo, decode_job, decode_value, encode_value
 from .options import JobOptions, job_def
 
 __all__ = ["Client", "connect"]
 
-_ADD_SLACK: Final = 4096
-"""Bytes an ``add`` frame of one job takes beyond its payload, at most (about 2,100 with the
-longest queue name, id and name): a payload this far under the limit is not measured again."""
 RECONNECT_BACKOFF: Final = 0.05
 """Seconds before trying again to reconnect, doubling after each failed try..."""
 MAX_RECONNECT_BACKOFF: Final = 0.5
@@ -199,48 +194,21 @@ class Client:
 
     # Producing.
 
-    async def add(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        id: str | None = None,
-        priority: int = 0,
-        attempts: int = 1,
-        backoff: float | Backoff | None = None,
-        timeout: float | None = None,
-        delay: float = 0.0,
-        run_at: float | None = None,
-        keep_result: float | None = None,
-        name: str | None = None,
-    ) -> int:
+    async def add(self, queue: str, data: Any, **options: Unpack[JobOptions]) -> int:
         """Add one job; return its id once the broker has accepted it.
 
-        ``id`` is an idempotency key: adding a key a retained job already has adds nothing and
-        returns that job's id. ``priority``: higher runs first. ``attempts``: tries in all.
-        ``backoff``: seconds between tries, or ``exponential(...)``. ``timeout``: seconds one
-        try may run. ``delay`` / ``run_at``: not before then. ``keep_result``: seconds the
-        finished job is retained. ``name``: what kind of job it is (a worker serving a task
-        registry runs the task of that name).
+        ``options`` (``JobOptions``): ``id`` is an idempotency key: adding a key a retained job
+        already has adds nothing and returns that job's id. ``priority``: higher runs first.
+        ``attempts``: tries in all. ``backoff``: seconds between tries, or ``exponential(...)``.
+        ``timeout``: seconds one try may run. ``delay`` / ``run_at``: not before then.
+        ``keep_result``: seconds the finished job is retained. ``name``: what kind of job it is
+        (a worker serving a task registry runs the task of that name).
         """
         check_queue(queue)
         raw = encode_value(data, "job payload")
-        job = job_def(raw, id=id, priority=priority, attempts=attempts, backoff=backoff,
-                      timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result,
-                      name=name)
+        job = job_def(raw, **options)
         connection = await self._open()
-        max_frame = connection.max_frame
-        if len(raw) + _ADD_SLACK > max_frame:
-            size = add_envelope(queue) + job_size(job)
-            if size > max_frame:
-                raise ValueError(f"job is {size:,} bytes encoded (its payload {len(raw):,}); the "
-                                 f"broker's frame limit is {max_frame:,} bytes")
-            allowed = deliverable_payload(queue, max_frame, attempts=job.attempts,
-                                          timeout=job.timeout, name=job.name)
-            if len(raw) > allowed:
-                raise ValueError(f"payload is {len(raw):,} bytes encoded; delivered, it would "
-                                 f"not fit in the broker's frame limit of {max_frame:,} bytes "
-                                 f"(at most {allowed:,} bytes for this job)")
+        check_fits(queue, job, connection.max_frame)
         reply = await connection.request(functools.partial(_add, queue, [job]))
         assert isinstance(reply, Added)
         return reply.ids[0]

@@ -19,6 +19,7 @@ from typing import Final, cast
 import scramp
 
 from conveyor.protocol import (
+    AUTH_MECHANISM,
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
     Authenticate,
@@ -55,7 +56,6 @@ log = logging.getLogger("client")
 
 _decoder: Final[MessageDecoder[BrokerMessage]] = MessageDecoder(BrokerMessage)
 _encoder: Final = FrameEncoder()
-MECHANISM: Final = "SCRAM-SHA-256"
 _REPLY_FRAME_LIMIT: Final = 1 << 30
 """Replies are trusted more than requests; this only guards against a corrupt stream (bytes)."""
 
@@ -181,8 +181,8 @@ class Connection(asyncio.Protocol):
                                            "client that gave no credentials")
             return reply
         user, secret = login
-        scram = scramp.ScramClient([MECHANISM], user, secret)
-        self.send(Hello(version=PROTOCOL_VERSION, client=name, mechanism=MECHANISM,
+        scram = scramp.ScramClient([AUTH_MECHANISM], user, secret)
+        self.send(Hello(version=PROTOCOL_VERSION, client=name, mechanism=AUTH_MECHANISM,
                         auth=scram.get_client_first()))
         reply = await self._welcome
         if isinstance(reply, Challenge):

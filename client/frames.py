@@ -26,6 +26,7 @@ __all__ = [
     "BulkJobs",
     "add_envelope",
     "bulk_jobs",
+    "check_fits",
     "check_queue",
     "frames",
     "job_size",
@@ -39,6 +40,9 @@ FIRST_FRAME_JOBS: Final = 64
 """Most jobs in a bulk add's first frame: it leaves at once, and idle workers start on it."""
 
 _MAX_REQ: Final = (1 << 63) - 1
+_ADD_SLACK: Final = 4096
+"""Bytes an ``add`` frame of one job takes beyond its payload, at most (about 2,100 with the
+longest queue name, id and name): a payload this far under the limit is not measured again."""
 _LIST_HEADER_GROWTH: Final = 2
 """Bytes a list header of 16 to 65,535 items takes beyond the 1 byte of a shorter one."""
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -59,6 +63,29 @@ def add_envelope(queue: str) -> int:
 def job_size(job: JobDef) -> int:
     """Bytes ``job`` takes in an ``add`` frame, exactly."""
     return len(_encoder.encode(job))
+
+
+def check_fits(queue: str, job: JobDef, max_frame: int, *, index: int | None = None) -> None:
+    """Raise ``ValueError`` when ``job`` of ``queue`` cannot be sent in an ``add`` frame of
+    ``max_frame`` bytes on its own, or could not be delivered in a ``deliver`` frame of that
+    size (the broker would refuse it). ``index``: the job's place in a bulk, named in the
+    message."""
+    payload = len(job.data)
+    if payload + _ADD_SLACK <= max_frame:
+        return
+    which = "" if index is None else f" {index}"
+    size = add_envelope(queue) + job_size(job)
+    if size > max_frame:
+        raise ValueError(f"job{which} is {size:,} bytes encoded (its payload {payload:,}); the "
+                         f"broker's frame limit is {max_frame:,} bytes")
+    # A delivery says more around a payload than an add does: the broker refuses a payload whose
+    # delivery could not fit in one of its frames, so it is refused here before anything is sent.
+    allowed = deliverable_payload(queue, max_frame, attempts=job.attempts, timeout=job.timeout,
+                                  name=job.name)
+    if payload > allowed:
+        raise ValueError(f"payload{which} is {payload:,} bytes encoded; delivered, it would not "
+                         f"fit in the broker's frame limit of {max_frame:,} bytes (at most "
+                         f"{allowed:,} bytes for this job)")
 
 
 class BulkJobs:
@@ -125,24 +152,12 @@ def frames(jobs: BulkJobs, max_frame: int) -> Iterator[list[JobDef]]:
         for index, spec in jobs.own.items():
             sizes[index] = job_size(spec)
         largest = max(sizes, default=0)
-    if largest > room:
-        assert sizes is not None
-        index = next(i for i, size in enumerate(sizes) if size > room)
-        raise ValueError(f"job {index} is {sizes[index]:,} bytes encoded (its payload "
-                         f"{len(raws[index]):,}); the broker's frame limit is {max_frame:,} "
-                         f"bytes")
-    # A delivery says more around a payload than an add does: the broker refuses a payload whose
-    # delivery could not fit in one of its frames, so it is refused here before anything is sent.
-    most = deliverable_payload(jobs.queue, max_frame)
-    if max(map(len, raws), default=0) > most:
-        for index, raw in enumerate(raws):
-            job = jobs.job(index)
-            allowed = deliverable_payload(jobs.queue, max_frame, attempts=job.attempts,
-                                          timeout=job.timeout, name=job.name)
-            if len(raw) > allowed:
-                raise ValueError(f"payload {index} is {len(raw):,} bytes encoded; delivered, it "
-                                 f"would not fit in the broker's frame limit of {max_frame:,} "
-                                 f"bytes (at most {allowed:,} bytes for this job)")
+    # Past either bound some job cannot be sent (the most deliverable payload is that of a job
+    # with no options): the first such job is named before any frame is built.
+    if largest > room or max(map(len, raws), default=0) > deliverable_payload(jobs.queue,
+                                                                            max_frame):
+        for index in range(len(raws)):
+            check_fits(jobs.queue, jobs.job(index), max_frame, index=index)
     for start, stop in chunks(len(raws), sizes, target):
         yield [jobs.job(index) for index in range(start, stop)]
 

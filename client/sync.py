@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
 
-from conveyor.protocol import Backoff, JobState, QueueSummary
+from conveyor.protocol import JobState, QueueSummary
 
 from .client import Client
 from .errors import ConveyorError
@@ -107,29 +107,13 @@ class SyncClient:
 
     # Producing.
 
-    def add(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        id: str | None = None,
-        priority: int = 0,
-        attempts: int = 1,
-        backoff: float | Backoff | None = None,
-        timeout: float | None = None,
-        delay: float = 0.0,
-        run_at: float | None = None,
-        keep_result: float | None = None,
-        name: str | None = None,
-    ) -> int:
+    def add(self, queue: str, data: Any, **options: Unpack[JobOptions]) -> int:
         """Add one job; return its id once the broker has accepted it (see ``Client.add``).
 
         Raises ``TypeError`` for an unserializable payload, ``ValueError`` for an option out of
         range, ``ConnectionLost``, ``RequestRefused`` (``DiskFull``, ``ShuttingDown``...).
         """
-        return self._runner.call(self._client.add(
-            queue, data, id=id, priority=priority, attempts=attempts, backoff=backoff,
-            timeout=timeout, delay=delay, run_at=run_at, keep_result=keep_result, name=name))
+        return self._runner.call(self._client.add(queue, data, **options))
 
     def add_bulk(self, queue: str, payloads: Iterable[Any],
                  **options: Unpack[JobOptions]) -> list[int]:

@@ -11,6 +11,7 @@ from .framing import (
     check_queue_name,
 )
 from .messages import (
+    AUTH_MECHANISM,
     MAX_JOB_NAME,
     MAX_OFFSET,
     MAX_PAGE,
@@ -77,6 +78,7 @@ from .sizes import (
 )
 
 __all__ = [
+    "AUTH_MECHANISM",
     "DEFAULT_MAX_FRAME",
     "DELIVERY_MAX_OVERHEAD",
     "HEADER_SIZE",

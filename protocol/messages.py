@@ -15,6 +15,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 __all__ = [
+    "AUTH_MECHANISM",
     "MAX_JOB_NAME",
     "MAX_OFFSET",
     "MAX_PAGE",
@@ -71,6 +72,9 @@ __all__ = [
 
 PROTOCOL_VERSION: Final = 1
 """The version this code speaks. A peer with another version is refused."""
+
+AUTH_MECHANISM: Final = "SCRAM-SHA-256"
+"""``Hello.mechanism`` of a login with a user name and secret: the one mechanism spoken."""
 
 NIL: Final = msgspec.Raw(b"\xc0")
 """MessagePack nil as a raw value: the result or progress of a job that has none."""
@@ -226,7 +230,7 @@ class _Message(msgspec.Struct, frozen=True, tag_field="t"):
 
 class Hello(_Message, tag="hello", frozen=True):
     """First message on every connection. ``mechanism`` and ``auth`` start an authentication
-    (``SCRAM-SHA-256`` and its client-first-message); without them a broker that requires
+    (``AUTH_MECHANISM`` and its client-first-message); without them a broker that requires
     authentication accepts only a client certificate."""
 
     version: int

@@ -123,6 +123,15 @@ def test_a_certificate_user_has_no_scram_verifier() -> None:
     assert "secret" not in repr(ops) and SECRET not in repr(user())
 
 
+def test_typical_shape_is_the_most_common_salt_length_and_iteration_count() -> None:
+    slow = make_secret(PASSWORD, iterations=5000)
+    users = Users({"a": user("a", secret=slow), "b": user("b", secret=slow),
+                   "c": user("c"), "d": user("d", secret=None, certificate=True)})
+    assert users.typical_shape == (32, 5000)
+    # Without a secret in the file: the shape of a new secret.
+    assert Users({"d": user("d", secret=None, certificate=True)}).typical_shape == (32, 4096)
+
+
 # Loading.
 
 

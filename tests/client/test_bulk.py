@@ -29,6 +29,7 @@ from conveyor.protocol import (
     Hello,
     MessageDecoder,
     Welcome,
+    deliverable_payload,
 )
 
 
@@ -88,6 +89,16 @@ async def test_an_oversize_payload_is_refused_before_anything_is_sent(client: Cl
         await client.add_bulk("bulk", [{"n": 0}, {"n": 1}, "x" * 70_000])
     with pytest.raises(ValueError, match="attempts"):
         await client.add_bulk("bulk", [{"n": 0}], attempts=0)
+    assert (await client.counts("bulk"))["waiting"] == 0
+
+
+async def test_a_bulk_add_names_its_first_job_that_cannot_be_sent(client: Client) -> None:
+    # Job 0 fits in an add frame but not, delivered, in a deliver frame; job 1 fits in neither.
+    undeliverable = "x" * (deliverable_payload("bulk", client.connection.max_frame) - 2)
+    with pytest.raises(ValueError, match="payload 0 is .*; delivered, it would not fit"):
+        await client.add_bulk("bulk", [undeliverable, "x" * 70_000])
+    with pytest.raises(ValueError, match="payload is .*; delivered, it would not fit"):
+        await client.add("bulk", undeliverable)
     assert (await client.counts("bulk"))["waiting"] == 0
 
 

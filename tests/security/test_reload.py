@@ -1,18 +1,21 @@
 """``conveyor broker --users FILE`` reads the file again on SIGHUP: connections whose user lost
-rights are closed, the others go on; a broken file changes nothing."""
+rights, or the way it logged in, are closed, the others go on; a broken file changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from rawwire import eventually
 from security_support import (
     CONVEYOR_BROKER,
     BrokerProcess,
     RawConnections,
+    SecureBroker,
     StartBroker,
     frames,
     is_error,
@@ -21,7 +24,8 @@ from security_support import (
     write_users,
 )
 
-from conveyor.client import AuthenticationFailed, Client, Forbidden
+from conveyor.broker import server_context
+from conveyor.client import AuthenticationFailed, Client, Forbidden, tls_context
 from conveyor.protocol import ErrorCode
 
 ALICE = "alice-Ibex-1234"
@@ -119,6 +123,57 @@ async def test_a_broken_file_on_reload_keeps_the_users(
     for user, password in (("alice", ALICE), ("bob", BOB)):
         async with Client(url_of(broker.port, user, password)) as client:
             assert (await client.counts("q1"))["waiting"] == 1
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files: ``ca``, the broker's ``cert`` and ``key`` (127.0.0.1), and ``client``: the
+    certificate and key of a client whose CN is ``ops``."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    files = {name: directory / f"{name}.pem" for name in ("ca", "cert", "key", "client")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    broker = ca.issue_cert("127.0.0.1")
+    broker.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    broker.private_key_pem.write_to_path(str(files["key"]))
+    ca.issue_cert("ops@example.org", common_name="ops").private_key_and_cert_chain_pem \
+        .write_to_path(str(files["client"]))
+    return files
+
+
+OPS = "ops-Gnu-9012"
+OPS_RIGHTS = {"produce": ["q*"], "read": ["q*"]}
+OPS_WITHOUT: dict[str, dict[str, Any]] = {
+    "certificate": {"password": OPS, **OPS_RIGHTS},
+    "secret": {"certificate": True, **OPS_RIGHTS},
+}
+"""The user ``ops`` after a reload that took away its certificate login, or its secret."""
+
+
+@pytest.mark.parametrize("taken", list(OPS_WITHOUT))
+async def test_a_reload_closes_the_connections_that_logged_in_the_way_taken_away(
+        users_path: Path, secure_broker: SecureBroker, pki: dict[str, Path], taken: str) -> None:
+    broker = await secure_broker(
+        {"ops": {"password": OPS, "certificate": True, **OPS_RIGHTS}},
+        ssl=server_context(pki["cert"], pki["key"], pki["ca"], "optional"))
+    address = f"127.0.0.1:{broker.port}"
+    by_certificate = Client(f"conveyors://{address}", reconnect=False,
+                            ssl=tls_context(ca=pki["ca"], cert=pki["client"]))
+    by_secret = Client(f"conveyors://ops:{OPS}@{address}", reconnect=False,
+                       ssl=tls_context(ca=pki["ca"]))
+    async with by_certificate, by_secret:
+        for client in (by_certificate, by_secret):
+            await client.add("q1", {"n": 1})
+        write_users(users_path, {"ops": OPS_WITHOUT[taken]})
+        assert broker.reload_users()
+
+        closed, kept = ((by_certificate, by_secret) if taken == "certificate"
+                        else (by_secret, by_certificate))
+        await asyncio.wait_for(closed.connection.wait_closed(), 10.0)
+        way = "a client certificate" if taken == "certificate" else "a secret"
+        assert f"user 'ops' may no longer log in with {way}" in str(closed.connection.failure)
+        assert (await kept.counts("q1"))["waiting"] == 2
+        assert kept.connection.failure is None
 
 
 def test_a_missing_users_file_stops_the_broker_with_one_line(tmp_path: Path) -> None:
