@@ -73,8 +73,6 @@ from .sizes import (
     deliverable_payload,
     delivery_options_bound,
     delivery_size,
-    int_size,
-    str_size,
 )
 
 __all__ = [
@@ -147,6 +145,4 @@ __all__ = [
     "deliverable_payload",
     "delivery_options_bound",
     "delivery_size",
-    "int_size",
-    "str_size",
 ]

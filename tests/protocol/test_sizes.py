@@ -13,9 +13,8 @@ from conveyor.protocol import (
     deliver_size,
     delivery_options_bound,
     delivery_size,
-    int_size,
-    str_size,
 )
+from conveyor.protocol.sizes import int_size, str_size
 
 encode = msgspec.msgpack.encode
 
