@@ -473,12 +473,12 @@ class Worker:
             outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
-            job._finished = time.perf_counter()
+            job._finished = finished = time.perf_counter()
             self._recent.append(job)
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
             if logging_jobs:
-                _log_outcome(job, started, None)
+                _log_outcome(job, finished - started, None)
             raise
         except TimeoutError as exc:
             if timer is not None and timer.expired():
@@ -488,7 +488,7 @@ class Worker:
                 outcome = _failure(job, exc)
         except Exception as exc:
             outcome = _failure(job, exc)
-        job._finished = time.perf_counter()
+        job._finished = finished = time.perf_counter()
         self._recent.append(job)
         # ``type() is``: an isinstance() that fails on a struct class is slow, and this is per job.
         if type(outcome) is Fail:
@@ -497,7 +497,7 @@ class Worker:
             connection.send(outcome)
             self.processed += 1
         if logging_jobs:
-            _log_outcome(job, started, outcome)
+            _log_outcome(job, finished - started, outcome)
 
 
 def _task_subscriptions(tasks: Tasks, queues: Iterable[str] | None,
@@ -600,9 +600,10 @@ _BLOCKED_JOBS_NAMED: Final = 10
 """Most jobs a blocked-loop warning names."""
 
 
-def _log_outcome(job: Job, started: float, outcome: Ack | Fail | None) -> None:
-    """Log a job's completion, failure or (``outcome`` None) release."""
-    duration = (time.perf_counter() - started) * 1000
+def _log_outcome(job: Job, seconds: float, outcome: Ack | Fail | None) -> None:
+    """Log a job's completion, failure or (``outcome`` None) release, ``seconds`` after it
+    started."""
+    duration = seconds * 1000
     fields = {**_fields(job), "duration_ms": round(duration, 3)}
     if isinstance(outcome, Ack):
         log.info("%s completed in %.1f ms", _describe(job), duration,
