@@ -459,15 +459,18 @@ class Worker:
                     async with timer:
                         result = await call()
                 else:
-                    # A plain handler's clock starts when a thread runs it (see ``_call``).
-                    timer = asyncio.timeout(None)
-                    async with timer:
-                        loop = asyncio.get_running_loop()
-                        # The thread runs in a copy of this context: current_job() works there.
-                        context = contextvars.copy_context()
-                        result = await loop.run_in_executor(
-                            self._threads, context.run, _call, loop, timer, job, call
-                        )
+                    loop = asyncio.get_running_loop()
+                    # The thread runs in a copy of this context: current_job() works there.
+                    context = contextvars.copy_context()
+                    if job.timeout is None:
+                        result = await loop.run_in_executor(self._threads, context.run, call)
+                    else:
+                        # A plain handler's clock starts when a thread runs it (see ``_call``).
+                        timer = asyncio.timeout(None)
+                        async with timer:
+                            result = await loop.run_in_executor(
+                                self._threads, context.run, _call, loop, timer, job.timeout, call
+                            )
             ack = Ack(job=job.id, lease=job.lease, result=encode_value(result, "job result"))
             too_large = result_too_large(job.id, ack, connection.max_frame)
             outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
@@ -534,13 +537,12 @@ async def _all(futures: Iterable[Awaitable[Any]]) -> None:
             raise result
 
 
-def _call(loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, job: Job,
+def _call(loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, seconds: float,
           call: Callable[[], Any]) -> Any:
-    """Run a plain handler in a pool thread, starting its try's timeout now: a try that
-    waited for a thread (one still held by an earlier try that ran over its timeout, which
-    no one can stop) is not failed for the time it waited."""
-    if job.timeout is not None:
-        loop.call_soon_threadsafe(_start_timeout, timer, job.timeout)
+    """Run a plain handler in a pool thread, starting its try's timeout of ``seconds`` now: a
+    try that waited for a thread (one still held by an earlier try that ran over its timeout,
+    which no one can stop) is not failed for the time it waited."""
+    loop.call_soon_threadsafe(_start_timeout, timer, seconds)
     return call()
 
 
