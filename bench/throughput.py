@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import CpuMeter, descendants, rounded, wait_finished  # noqa: E402
+from measure import CpuMeter, check, descendants, rounded, wait_finished  # noqa: E402
 
 from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses  # noqa: E402
@@ -192,13 +192,9 @@ def _checks(rows: list[dict[str, Any]], workers: int) -> dict[str, dict[str, Any
         if row["policy"] != "everysec":
             continue
         if workers == 2:
-            value = row["end_to_end"]["jobs_per_s"]
-            checks["end_to_end_jobs_s"] = {"value": value, "op": ">=",
-                                           "target": TARGET_END_TO_END,
-                                           "met": value >= TARGET_END_TO_END}
-        value = row["add_only"]["jobs_per_s"]
-        checks["add_only_jobs_s"] = {"value": value, "op": ">=", "target": TARGET_ADD_ONLY,
-                                     "met": value >= TARGET_ADD_ONLY}
+            checks["end_to_end_jobs_s"] = check(row["end_to_end"]["jobs_per_s"], ">=",
+                                                TARGET_END_TO_END)
+        checks["add_only_jobs_s"] = check(row["add_only"]["jobs_per_s"], ">=", TARGET_ADD_ONLY)
     return checks
 
 
@@ -227,10 +223,10 @@ def _print_report(figures: dict[str, Any]) -> None:
     if checks:
         print()
         print("targets")
-        for name, check in checks.items():
-            verdict = "met" if check["met"] else "MISSED"
-            print(f"  {name:<20} {check['value']:>12,.0f} {check['op']} "
-                  f"{check['target']:<10,} {verdict}")
+        for name, result in checks.items():
+            verdict = "met" if result["met"] else "MISSED"
+            print(f"  {name:<20} {result['value']:>12,.0f} {result['op']} "
+                  f"{result['target']:<10,} {verdict}")
     print(json.dumps(rounded(figures)))
 
 
