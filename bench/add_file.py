@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import CpuMeter, descendants, rounded  # noqa: E402
+from measure import CpuMeter, check, descendants, rounded  # noqa: E402
 
 from conveyor.client import SyncClient  # noqa: E402
 from examples.processes import ROOT, BrokerProcess  # noqa: E402
@@ -110,15 +110,12 @@ def _checks(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
     million = [row for row in rows if row["lines"] == 1_000_000]
     if million:
-        value = million[0]["jobs_per_s"]
-        checks["end_to_end_jobs_s_1m"] = {"value": value, "op": ">=", "target": TARGET_JOBS_S,
-                                          "met": value >= TARGET_JOBS_S}
+        checks["end_to_end_jobs_s_1m"] = check(million[0]["jobs_per_s"], ">=", TARGET_JOBS_S)
     if len(rows) > 1:
         smallest = min(rows, key=lambda row: row["lines"])
         largest = max(rows, key=lambda row: row["lines"])
         value = largest["cli_peak_rss_mb"] / smallest["cli_peak_rss_mb"]
-        checks["rss_growth"] = {"value": value, "op": "<=", "target": TARGET_RSS_GROWTH,
-                                "met": value <= TARGET_RSS_GROWTH}
+        checks["rss_growth"] = check(value, "<=", TARGET_RSS_GROWTH)
     return checks
 
 
@@ -133,10 +130,10 @@ def _print_report(figures: dict[str, Any]) -> None:
     checks = figures["checks"]
     if checks:
         print("targets")
-        for name, check in checks.items():
-            verdict = "met" if check["met"] else "MISSED"
-            print(f"  {name:<22} {check['value']:>12,.2f} {check['op']} "
-                  f"{check['target']:<10,} {verdict}")
+        for name, result in checks.items():
+            verdict = "met" if result["met"] else "MISSED"
+            print(f"  {name:<22} {result['value']:>12,.2f} {result['op']} "
+                  f"{result['target']:<10,} {verdict}")
     print(json.dumps(rounded(figures)))
 
 

@@ -31,9 +31,7 @@ import argparse
 import asyncio
 import json
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,9 +39,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import LoggedBroker, check, percentile  # noqa: E402
 
 from conveyor.client import Client  # noqa: E402
-from examples.processes import ROOT, BrokerProcess  # noqa: E402
+from examples.processes import BrokerProcess  # noqa: E402
 
 TARGET_BULK_EVERYSEC = 200_000
 """jobs/s, best run of ``add_bulk`` under ``--fsync everysec``."""
@@ -98,7 +99,7 @@ async def latency(url: str, producers: int, adds: int, warmup: int,
         await asyncio.gather(*(c.close() for c in clients))
     samples.sort()
     return {"producers": producers, "adds": adds,
-            "p50_ms": _percentile(samples, 50) * 1000, "p99_ms": _percentile(samples, 99) * 1000,
+            "p50_ms": percentile(samples, 50) * 1000, "p99_ms": percentile(samples, 99) * 1000,
             "max_ms": samples[-1] * 1000, "adds_per_s": adds / elapsed}
 
 
@@ -115,64 +116,12 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _percentile(ordered: list[float], percent: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, -(-len(ordered) * percent // 100))
-    return ordered[int(rank) - 1]
-
-
 # Part c: restart time and memory with many waiting jobs.
-
-class _Broker:
-    """``python -m conveyor.broker`` on a given data directory, its log at INFO captured in a
-    file."""
-
-    def __init__(self, data_dir: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.broker", "--port", "0", "--log-level", "info",
-             "--data-dir", data_dir, "--fsync", "everysec"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        self.ready = time.perf_counter() - self.started
-        if not line.startswith("listening on "):
-            self.process.kill()
-            self.process.wait()
-            self._log.close()
-            raise RuntimeError(f"broker did not start (it printed {line!r}; its log: "
-                               f"{log_path.read_text()[-2000:]!r})")
-        self.url = line.removeprefix("listening on ")
-
-    def memory_mb(self) -> tuple[float, float]:
-        """(VmRSS, VmHWM) in MB."""
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) * 1024 / 1e6  # kB
-        return fields["VmRSS"], fields["VmHWM"]
-
-    def stop(self) -> int:
-        try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    return self.process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-            return self.process.wait()
-        finally:
-            self._log.close()
-
 
 async def restart(jobs: int, fill_batch: int, idle: float, payload: bytes) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="conveyor-durability-") as scratch:
         data_dir = str(Path(scratch) / "data")
-        broker = _Broker(data_dir, Path(scratch) / "fill.log")
+        broker = LoggedBroker(data_dir, Path(scratch) / "fill.log", "--fsync", "everysec")
         try:
             async with Client(broker.url, timeout=120) as client:
                 started = time.perf_counter()
@@ -181,18 +130,16 @@ async def restart(jobs: int, fill_batch: int, idle: float, payload: bytes) -> di
                     count = min(fill_batch, jobs - added)
                     added += len(await client.add_bulk("restart", [payload] * count))
                 fill_seconds = time.perf_counter() - started
-            fill_rss, fill_peak = broker.memory_mb()
+            fill_memory = broker.memory_mb()
         finally:
-            status = broker.stop()
-        if status != 0:
-            raise RuntimeError(f"the filled broker exited with status {status}")
+            broker.stop(check=True)
         log_bytes = sum(p.stat().st_size for p in Path(data_dir).glob("*.log"))
 
-        broker = _Broker(data_dir, Path(scratch) / "restart.log")
+        broker = LoggedBroker(data_dir, Path(scratch) / "restart.log", "--fsync", "everysec")
         try:
             restart_seconds = broker.ready
             await asyncio.sleep(idle)
-            rss, peak = broker.memory_mb()
+            memory = broker.memory_mb()
             async with Client(broker.url) as client:
                 waiting = (await client.counts("restart"))["waiting"]
         finally:
@@ -205,11 +152,11 @@ async def restart(jobs: int, fill_batch: int, idle: float, payload: bytes) -> di
         raise RuntimeError(f"{waiting} jobs waiting after restart, expected {jobs}")
     return {"jobs": jobs, "log_bytes": log_bytes,
             "fill_seconds": fill_seconds, "fill_jobs_per_s": jobs / fill_seconds,
-            "fill_rss_mb": fill_rss, "fill_peak_mb": fill_peak,
+            "fill_rss_mb": fill_memory["rss_mb"], "fill_peak_mb": fill_memory["peak_mb"],
             "restart_seconds": restart_seconds, "replay_seconds": float(match[5]),
             "recovered_jobs": int(match[1]), "recovered_waiting": int(match[2]),
             "recovered_records": int(match[3]), "recovered_bytes": int(match[4]),
-            "rss_mb": rss, "peak_mb": peak}
+            **memory}
 
 
 # Report.
@@ -244,10 +191,10 @@ def _print_report(figures: dict[str, Any]) -> None:
     checks = figures["checks"]
     if checks:
         print("targets")
-        for name, check in checks.items():
-            verdict = "met" if check["met"] else "MISSED"
-            print(f"  {name:<22} {check['value']:>12,.3f} {check['op']} "
-                  f"{check['target']:<12,} {verdict}")
+        for name, result in checks.items():
+            verdict = "met" if result["met"] else "MISSED"
+            print(f"  {name:<22} {result['value']:>12,.3f} {result['op']} "
+                  f"{result['target']:<12,} {verdict}")
     print(json.dumps(figures))
 
 
@@ -256,17 +203,12 @@ def _checks(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
     everysec = [r for r in figures.get("bulk", []) if r["policy"] == "everysec"]
     if everysec:
         value = everysec[0]["best_jobs_per_s"]
-        checks["bulk_everysec_jobs_s"] = {"value": value, "op": ">=",
-                                          "target": TARGET_BULK_EVERYSEC,
-                                          "met": value >= TARGET_BULK_EVERYSEC}
+        checks["bulk_everysec_jobs_s"] = check(value, ">=", TARGET_BULK_EVERYSEC)
     if "restart" in figures:
         row = figures["restart"]
         # The targets are stated for 1M jobs; other sizes are reported against them unscaled.
-        checks["replay_seconds"] = {"value": row["replay_seconds"], "op": "<",
-                                    "target": TARGET_REPLAY_SECONDS,
-                                    "met": row["replay_seconds"] < TARGET_REPLAY_SECONDS}
-        checks["rss_mb"] = {"value": row["rss_mb"], "op": "<", "target": TARGET_RSS_MB,
-                            "met": row["rss_mb"] < TARGET_RSS_MB}
+        checks["replay_seconds"] = check(row["replay_seconds"], "<", TARGET_REPLAY_SECONDS)
+        checks["rss_mb"] = check(row["rss_mb"], "<", TARGET_RSS_MB)
     return checks
 
 

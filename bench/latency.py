@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import percentile, rounded  # noqa: E402
+from measure import check, percentile, rounded  # noqa: E402
 
 from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
@@ -175,10 +175,8 @@ async def main() -> None:
 
     low = rows[0]["add_to_start"]
     checks = {
-        "start_p50_ms": {"value": low["p50_ms"], "op": "<", "target": TARGET_START_P50_MS,
-                         "met": low["p50_ms"] < TARGET_START_P50_MS},
-        "start_p99_ms": {"value": low["p99_ms"], "op": "<", "target": TARGET_START_P99_MS,
-                         "met": low["p99_ms"] < TARGET_START_P99_MS},
+        "start_p50_ms": check(low["p50_ms"], "<", TARGET_START_P50_MS),
+        "start_p99_ms": check(low["p99_ms"], "<", TARGET_START_P99_MS),
     }
     print(f"latency, one producer, one idle worker (concurrency 1), fsync {args.fsync}, "
           f"{args.jobs:,} jobs per case, {args.interval * 1000:g} ms between jobs (ms)")
@@ -191,9 +189,9 @@ async def main() -> None:
               f"{result['p50_ms']:>8.3f} {result['p99_ms']:>8.3f} {result['max_ms']:>8.3f}")
     print()
     print("targets (low rate)")
-    for name, check in checks.items():
-        verdict = "met" if check["met"] else "MISSED"
-        print(f"  {name:<14} {check['value']:>8.3f} {check['op']} {check['target']:<5} {verdict}")
+    for name, goal in checks.items():
+        verdict = "met" if goal["met"] else "MISSED"
+        print(f"  {name:<14} {goal['value']:>8.3f} {goal['op']} {goal['target']:<5} {verdict}")
     print(json.dumps(rounded({
         "bench": "latency", "fsync": args.fsync, "jobs": args.jobs, "interval_s": args.interval,
         "results": rows,

@@ -1,19 +1,26 @@
-"""Helpers shared by the benchmarks: CPU time of process trees from /proc, percentiles, and
-waiting for a queue to finish a number of jobs.
+"""Helpers shared by the benchmarks: CPU time of process trees from /proc, percentiles, waiting
+for a queue to finish a number of jobs, a broker process whose memory is measured, and the
+targets' checks.
 
-Linux only: CPU time is read from ``/proc/PID/stat`` (utime + stime, in clock ticks), without
-psutil.
+Linux only: CPU time is read from ``/proc/PID/stat`` (utime + stime, in clock ticks) and memory
+from ``/proc/PID/status``, without psutil.
 """
 
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Counts(Protocol):
@@ -107,3 +114,67 @@ def rounded(value: Any, digits: int = 4) -> Any:
     if isinstance(value, list):
         return [rounded(item, digits) for item in value]
     return value
+
+
+class LoggedBroker:
+    """``python -m conveyor.broker --port 0`` on the data directory ``data_dir`` (kept), its log
+    at INFO written to ``log_path``; ``*args`` are further options.
+
+    ``ready`` is the seconds from the process start to its ``listening on`` line.
+    """
+
+    def __init__(self, data_dir: str | Path, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.broker", "--port", "0", "--log-level", "info",
+             "--data-dir", str(data_dir), *args],
+            cwd=_ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        self.ready = time.perf_counter() - started
+        if not line.startswith("listening on "):
+            self.process.kill()
+            self.process.wait()
+            self._log.close()
+            raise RuntimeError(f"broker did not start (it printed {line!r}; its log: "
+                               f"{log_path.read_text()[-2000:]!r})")
+        self.url = line.removeprefix("listening on ")
+
+    def memory_mb(self) -> dict[str, float]:
+        """``rss_mb``: VmRSS (now), and ``peak_mb``: VmHWM (the peak so far), in MB."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) * 1024 / 1e6  # kB
+        return {"rss_mb": fields["VmRSS"], "peak_mb": fields["VmHWM"]}
+
+    def stop(self, *, check: bool = False) -> int:
+        """SIGTERM, then wait (up to 120 s, then kill); return the exit status. With ``check``,
+        raise ``RuntimeError`` when that status is not 0."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+            status = self.process.wait()
+        finally:
+            self._log.close()
+        if check and status != 0:
+            raise RuntimeError(f"the broker exited with status {status}")
+        return status
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def check(value: float, op: str, target: float) -> dict[str, Any]:
+    """A target's check, as the benchmarks print it and put in their JSON line: ``value``,
+    ``op``, ``target`` and ``met`` (whether ``value op target`` holds)."""
+    return {"value": value, "op": op, "target": target, "met": _OPERATORS[op](value, target)}

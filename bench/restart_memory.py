@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import json
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,10 +35,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import rounded, wait_finished  # noqa: E402
+from measure import LoggedBroker, check, rounded, wait_finished  # noqa: E402
 
 from conveyor.client import Client  # noqa: E402
-from examples.processes import ROOT, WorkerProcesses, wait_for_workers  # noqa: E402
+from examples.processes import WorkerProcesses, wait_for_workers  # noqa: E402
 
 TARGET_HISTORY_RSS_MB = 60.0
 """VmRSS after a restart on 50 MB of history with one live job."""
@@ -56,55 +54,21 @@ NO_COMPACTION = str(1 << 50)
 _RECOVERED = re.compile(r"recovered (\d+) jobs .* in ([0-9.]+) s")
 
 
-class Broker:
-    """``python -m conveyor.broker`` on a data directory, its log at INFO in a file."""
+class Broker(LoggedBroker):
+    """A broker with compaction off (the whole history stays in the log), fsync no."""
 
     def __init__(self, data_dir: Path, log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.broker", "--port", "0", "--log-level", "info",
-             "--data-dir", str(data_dir), "--fsync", "no", "--compact-floor", NO_COMPACTION,
-             *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            self.process.kill()
-            self.process.wait()
-            self._log.close()
-            raise RuntimeError(f"broker did not start (it printed {line!r}; its log: "
-                               f"{log_path.read_text()[-2000:]!r})")
-        self.url = line.removeprefix("listening on ")
-
-    def memory_mb(self) -> dict[str, float]:
-        """VmRSS (now) and VmHWM (the peak so far), in MB."""
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) * 1024 / 1e6  # kB
-        return {"rss_mb": fields["VmRSS"], "peak_mb": fields["VmHWM"]}
+        super().__init__(data_dir, log_path, "--fsync", "no", "--compact-floor", NO_COMPACTION,
+                         *args)
 
     def replay_seconds(self) -> float | None:
         """From the broker's ``recovered ... in S s`` line."""
         found = _RECOVERED.search(self.log_path.read_text())
         return None if found is None else float(found.group(2))
 
-    def stop(self) -> None:
-        try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    status = self.process.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    status = self.process.wait()
-                if status != 0:
-                    raise RuntimeError(f"the broker exited with status {status}")
-        finally:
-            self._log.close()
+    def stop(self, *, check: bool = True) -> int:
+        """As ``LoggedBroker.stop``; an exit status other than 0 raises ``RuntimeError``."""
+        return super().stop(check=check)
 
 
 async def fill(client: Client, queue: str, count: int, payload: bytes) -> None:
@@ -223,9 +187,7 @@ def main() -> None:
             print(f"history: {history['log_mb']:.1f} MB of log, {history['live_jobs']} live "
                   f"job; after the restart RSS {history['rss_mb']:.1f} MB (peak "
                   f"{history['peak_mb']:.1f} MB), replay {history['replay_s']} s")
-            checks["history_rss_mb"] = {"value": history["rss_mb"], "op": "<",
-                                        "target": TARGET_HISTORY_RSS_MB,
-                                        "met": history["rss_mb"] < TARGET_HISTORY_RSS_MB}
+            checks["history_rss_mb"] = check(history["rss_mb"], "<", TARGET_HISTORY_RSS_MB)
         if args.live or both:
             live = asyncio.run(live_case(Path(scratch), args.live_jobs, args.finished,
                                          args.keep_completed, args.idle))
@@ -238,13 +200,11 @@ def main() -> None:
                   f"{live['completed_after_restart']:,} completed in all")
             print(f"  built without a restart: RSS {live['reference']['rss_mb']:.1f} MB")
             print(f"  peak / reference: {live['peak_ratio']:.3f}")
-            checks["restart_peak_ratio"] = {"value": live["peak_ratio"], "op": "<=",
-                                            "target": TARGET_PEAK_RATIO,
-                                            "met": live["peak_ratio"] <= TARGET_PEAK_RATIO}
+            checks["restart_peak_ratio"] = check(live["peak_ratio"], "<=", TARGET_PEAK_RATIO)
     print("targets")
-    for name, check in checks.items():
-        print(f"  {name:22} {check['value']:10.3f} {check['op']:>2} {check['target']:<8} "
-              f"{'met' if check['met'] else 'MISSED'}")
+    for name, result in checks.items():
+        print(f"  {name:22} {result['value']:10.3f} {result['op']:>2} {result['target']:<8} "
+              f"{'met' if result['met'] else 'MISSED'}")
     print(json.dumps(rounded({"bench": "restart_memory", "results": results,
                               "checks": checks})))
 

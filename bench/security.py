@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trustme  # noqa: E402
 from latency import measure as measure_latency  # noqa: E402
-from measure import rounded  # noqa: E402
+from measure import check, rounded  # noqa: E402
 from throughput import end_to_end  # noqa: E402
 
 from conveyor.broker import Permission, User, Users, make_secret, write_users  # noqa: E402
@@ -139,9 +139,9 @@ def print_report(figures: dict[str, Any]) -> None:
               f"{row['broker_us_per_job']:>14.1f} {row['start_p50_ms']:>13.3f} "
               f"{row['start_p99_ms']:>13.3f}")
     print()
-    for name, check in figures["checks"].items():
-        verdict = "met" if check["met"] else "MISSED"
-        print(f"target {name}: {check['value']:.1%} < {check['target']:.0%} {verdict}")
+    for name, result in figures["checks"].items():
+        verdict = "met" if result["met"] else "MISSED"
+        print(f"target {name}: {result['value']:.1%} < {result['target']:.0%} {verdict}")
     print(json.dumps(rounded(figures)))
 
 
@@ -174,8 +174,7 @@ async def main() -> None:
         "bench": "security", "jobs": args.jobs, "workers": args.workers,
         "concurrency": args.concurrency, "latency_jobs": args.latency_jobs, "rounds": rows,
         "medians": medians,
-        "checks": {"tls_end_to_end_cost": {"value": cost, "op": "<", "target": TARGET_TLS_COST,
-                                           "met": cost < TARGET_TLS_COST}},
+        "checks": {"tls_end_to_end_cost": check(cost, "<", TARGET_TLS_COST)},
     }
     print_report(figures)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import CpuMeter, descendants, rounded, wait_finished  # noqa: E402
+from measure import CpuMeter, check, descendants, rounded, wait_finished  # noqa: E402
 
 from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses  # noqa: E402
@@ -48,20 +48,18 @@ TARGET_ADD_ONLY = 200_000
 """jobs/s, ``add_bulk``, fsync everysec."""
 
 HANDLER = "examples.tasks:noop"
-WORKER_LOG_LEVEL = {"level": "warning"}
-"""The workers' ``--log-level``: ``info`` logs a line as each job starts and ends."""
 WARMUP_JOBS = 1_000
 """Jobs added (and run) once before timing, so connections, imports and allocators are warm."""
 
 
 class WorkerPool:
-    """W ``python -m conveyor.worker`` processes on one queue, started together."""
+    """W ``python -m conveyor.worker`` processes on one queue, started together, with
+    ``--log-level log_level`` (``info`` logs a line as each job starts and ends)."""
 
     def __init__(self, url: str, queue: str, *, workers: int, concurrency: int,
-                 handler: str = HANDLER) -> None:
+                 handler: str = HANDLER, log_level: str = "warning") -> None:
         self.processes = [WorkerProcesses(handler, queue, url, processes=1,
-                                          concurrency=concurrency,
-                                          log_level=WORKER_LOG_LEVEL["level"])
+                                          concurrency=concurrency, log_level=log_level)
                           for _ in range(workers)]
 
     @property
@@ -114,9 +112,10 @@ async def _subscribed(client: Client, queue: str, workers: int,
 
 
 async def end_to_end(client: Client, broker: BrokerProcess, jobs: int, workers: int,
-                     concurrency: int) -> dict[str, Any]:
+                     concurrency: int, *, log_level: str = "warning") -> dict[str, Any]:
     queue = "end-to-end"
-    pool = WorkerPool(broker.url, queue, workers=workers, concurrency=concurrency)
+    pool = WorkerPool(broker.url, queue, workers=workers, concurrency=concurrency,
+                      log_level=log_level)
     try:
         await _subscribed(client, queue, workers)
         await client.add_bulk(queue, [{}] * WARMUP_JOBS)
@@ -137,7 +136,8 @@ async def end_to_end(client: Client, broker: BrokerProcess, jobs: int, workers: 
 
 
 async def add_then_drain(client: Client, broker: BrokerProcess, jobs: int, workers: int,
-                         concurrency: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                         concurrency: int, *, log_level: str = "warning"
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
     queue = "add-then-drain"
     payloads: list[dict[str, Any]] = [{}] * jobs
     meters = _Meters(broker.process.pid, [])
@@ -150,7 +150,8 @@ async def add_then_drain(client: Client, broker: BrokerProcess, jobs: int, worke
     add = {"jobs_per_s": jobs / (added - started), "seconds": added - started,
            **meters.per_job_us(jobs)}
 
-    pool = WorkerPool(broker.url, queue, workers=workers, concurrency=concurrency)
+    pool = WorkerPool(broker.url, queue, workers=workers, concurrency=concurrency,
+                      log_level=log_level)
     try:
         counts = await _subscribed(client, queue, workers)
         meters = _Meters(broker.process.pid, pool.pids)
@@ -170,12 +171,16 @@ async def add_then_drain(client: Client, broker: BrokerProcess, jobs: int, worke
     return add, drain
 
 
-async def run_policy(policy: str, jobs: int, workers: int, concurrency: int) -> dict[str, Any]:
+async def run_policy(policy: str, jobs: int, workers: int, concurrency: int, *,
+                     log_level: str = "warning") -> dict[str, Any]:
+    """Every part on a fresh broker of fsync ``policy``; workers run at ``log_level``."""
     broker = BrokerProcess("--fsync", policy)
     try:
         async with Client(broker.url, timeout=120) as client:
-            e2e = await end_to_end(client, broker, jobs, workers, concurrency)
-            add, drain = await add_then_drain(client, broker, jobs, workers, concurrency)
+            e2e = await end_to_end(client, broker, jobs, workers, concurrency,
+                                   log_level=log_level)
+            add, drain = await add_then_drain(client, broker, jobs, workers, concurrency,
+                                              log_level=log_level)
     finally:
         broker.stop()
     return {"policy": policy, "end_to_end": e2e, "add_only": add, "drain_only": drain}
@@ -187,13 +192,9 @@ def _checks(rows: list[dict[str, Any]], workers: int) -> dict[str, dict[str, Any
         if row["policy"] != "everysec":
             continue
         if workers == 2:
-            value = row["end_to_end"]["jobs_per_s"]
-            checks["end_to_end_jobs_s"] = {"value": value, "op": ">=",
-                                           "target": TARGET_END_TO_END,
-                                           "met": value >= TARGET_END_TO_END}
-        value = row["add_only"]["jobs_per_s"]
-        checks["add_only_jobs_s"] = {"value": value, "op": ">=", "target": TARGET_ADD_ONLY,
-                                     "met": value >= TARGET_ADD_ONLY}
+            checks["end_to_end_jobs_s"] = check(row["end_to_end"]["jobs_per_s"], ">=",
+                                                TARGET_END_TO_END)
+        checks["add_only_jobs_s"] = check(row["add_only"]["jobs_per_s"], ">=", TARGET_ADD_ONLY)
     return checks
 
 
@@ -222,10 +223,10 @@ def _print_report(figures: dict[str, Any]) -> None:
     if checks:
         print()
         print("targets")
-        for name, check in checks.items():
-            verdict = "met" if check["met"] else "MISSED"
-            print(f"  {name:<20} {check['value']:>12,.0f} {check['op']} "
-                  f"{check['target']:<10,} {verdict}")
+        for name, result in checks.items():
+            verdict = "met" if result["met"] else "MISSED"
+            print(f"  {name:<20} {result['value']:>12,.0f} {result['op']} "
+                  f"{result['target']:<10,} {verdict}")
     print(json.dumps(rounded(figures)))
 
 
@@ -248,9 +249,9 @@ async def main() -> None:
                         help="the workers' log level; info logs each job's start and end, to "
                              "stderr (default: warning)")
     args = parser.parse_args()
-    WORKER_LOG_LEVEL["level"] = args.worker_log_level
     policies = args.policies or [args.fsync]
-    rows = [await run_policy(policy, args.jobs, args.workers, args.concurrency)
+    rows = [await run_policy(policy, args.jobs, args.workers, args.concurrency,
+                             log_level=args.worker_log_level)
             for policy in policies]
     figures: dict[str, Any] = {
         "bench": "throughput", "jobs": args.jobs, "workers": args.workers,

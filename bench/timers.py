@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import percentile, rounded  # noqa: E402
+from measure import check, percentile, rounded  # noqa: E402
 
 from conveyor.client import Client, JobFailed, JobSpec  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
@@ -126,13 +126,9 @@ async def main() -> None:
     late = delayed["lateness"]
     plain = timed[0]["over_timeout"]
     checks = {
-        "late_p50_ms": {"value": late["p50_ms"], "op": "<", "target": TARGET_LATE_P50_MS,
-                        "met": late["p50_ms"] < TARGET_LATE_P50_MS},
-        "late_max_ms": {"value": late["max_ms"], "op": "<", "target": TARGET_LATE_MAX_MS,
-                        "met": late["max_ms"] < TARGET_LATE_MAX_MS},
-        "plain_over_timeout_p99_ms": {
-            "value": plain["p99_ms"], "op": "<", "target": TARGET_OVER_TIMEOUT_P99_MS,
-            "met": plain["p99_ms"] < TARGET_OVER_TIMEOUT_P99_MS},
+        "late_p50_ms": check(late["p50_ms"], "<", TARGET_LATE_P50_MS),
+        "late_max_ms": check(late["max_ms"], "<", TARGET_LATE_MAX_MS),
+        "plain_over_timeout_p99_ms": check(plain["p99_ms"], "<", TARGET_OVER_TIMEOUT_P99_MS),
     }
     print(f"delayed jobs, {args.jobs:,} due over {args.spread:g} s, one worker process "
           f"(concurrency 100), fsync everysec (ms)")
@@ -148,9 +144,9 @@ async def main() -> None:
               f"{over['max_ms']:8.3f}")
     print()
     print("targets")
-    for name, check in checks.items():
-        verdict = "met" if check["met"] else "MISSED"
-        print(f"  {name:<26} {check['value']:>8.3f} {check['op']} {check['target']:<6g} "
+    for name, result in checks.items():
+        verdict = "met" if result["met"] else "MISSED"
+        print(f"  {name:<26} {result['value']:>8.3f} {result['op']} {result['target']:<6g} "
               f"{verdict}")
     print(json.dumps(rounded({
         "bench": "timers", "delays": delayed, "timeouts": timed,

@@ -26,6 +26,7 @@ from conveyor.protocol import (
     ProtocolError,
     array_header_size,
     deliver_size,
+    delivery_options_bound,
     delivery_size,
 )
 
@@ -213,9 +214,8 @@ _BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
 
 def _options_bound(options: JobOptions) -> int:
     """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take, when set."""
-    name = options.name
-    return ((0 if options.timeout is None else 17) + (0 if options.attempts == 1 else 14)
-            + (0 if name is None else 8 + 4 * len(name)))
+    return delivery_options_bound(timeout=options.timeout, attempts=options.attempts,
+                                  name=options.name)
 
 
 def _size(delivery: Delivery) -> int:

@@ -21,6 +21,10 @@ STATES: Final = ("waiting", "delayed", "active", "completed", "failed")
 MAX_LIST: Final = 10_000
 """Most jobs one ``jobs`` listing may ask for (the broker's limit)."""
 MAX_JOB_ID: Final = (1 << 63) - 1
+# The protocol's MIN_PRIORITY and MAX_PRIORITY, written out: importing conveyor.protocol here
+# would slow down every ``conveyor --help``.
+MIN_PRIORITY: Final = -(1 << 31)
+MAX_PRIORITY: Final = (1 << 31) - 1
 PERMISSIONS: Final = ("produce", "consume", "read", "admin")
 _USER_NAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
@@ -116,8 +120,9 @@ def limit(text: str) -> int:
 
 
 def priority(text: str) -> int:
-    """A priority: any 64-bit integer."""
-    return _integer(text, -(1 << 63), MAX_JOB_ID, "an integer")
+    """A priority: a 32-bit integer, ``MIN_PRIORITY`` to ``MAX_PRIORITY``."""
+    return _integer(text, MIN_PRIORITY, MAX_PRIORITY,
+                    f"an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
 
 
 def user_name(text: str) -> str:

@@ -72,9 +72,8 @@ from .sizes import (
     array_header_size,
     deliver_size,
     deliverable_payload,
+    delivery_options_bound,
     delivery_size,
-    int_size,
-    str_size,
 )
 
 __all__ = [
@@ -146,7 +145,6 @@ __all__ = [
     "array_header_size",
     "deliver_size",
     "deliverable_payload",
+    "delivery_options_bound",
     "delivery_size",
-    "int_size",
-    "str_size",
 ]

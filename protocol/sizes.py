@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from .messages import MAX_JOB_NAME
+
 __all__ = [
     "DELIVERY_MAX_OVERHEAD",
     "array_header_size",
     "deliver_size",
     "deliverable_payload",
+    "delivery_options_bound",
     "delivery_size",
     "int_size",
     "str_size",
@@ -49,13 +52,6 @@ _NAME_KEY: Final = str_size("name")
 _DELIVER_ENVELOPE: Final = (1 + str_size("t") + str_size("deliver") + str_size("queue")
                             + str_size("jobs"))
 
-DELIVERY_MAX_OVERHEAD: Final = (1 + _DELIVERY_KEYS + 9 + 9 + 5 + _TIMEOUT + _ATTEMPTS_KEY + 5
-                                + _NAME_KEY + 3 + 128 * 4)
-"""The most bytes one delivery adds to a ``deliver`` beyond its payload: the largest ids and
-lease, an ``attempt`` and ``attempts`` up to 1,000,000, a ``timeout`` and a 128-character name of
-4-byte characters."""
-
-
 def delivery_size(job: int, lease: int, attempt: int, data: int, *, timeout: float | None = None,
                   attempts: int = 1, name: str | None = None) -> int:
     """Bytes of one ``Delivery`` whose payload is ``data`` bytes long, as the broker encodes it
@@ -70,14 +66,37 @@ def delivery_size(job: int, lease: int, attempt: int, data: int, *, timeout: flo
     return size
 
 
+_LARGEST_ID: Final = (1 << 63) - 1
+"""The largest job id and lease a delivery may carry."""
+_MAX_ATTEMPTS: Final = 1_000_000
+"""The largest ``attempts`` (and so ``attempt``) a job may have (``JobDef.attempts``)."""
+
+DELIVERY_MAX_OVERHEAD: Final = delivery_size(
+    _LARGEST_ID, _LARGEST_ID, _MAX_ATTEMPTS, 0, timeout=0.0, attempts=_MAX_ATTEMPTS,
+    name=chr(0x10FFFF) * MAX_JOB_NAME)
+"""The most bytes one delivery adds to a ``deliver`` beyond its payload: the largest ids and
+lease, an ``attempt`` and ``attempts`` up to 1,000,000, a ``timeout`` and a name of
+``MAX_JOB_NAME`` 4-byte characters."""
+
+
+def delivery_options_bound(*, timeout: float | None = None, attempts: int = 1,
+                           name: str | None = None) -> int:
+    """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take (nothing for those
+    at their defaults), without encoding the name: each character counts 4 bytes, and
+    ``attempts`` counts as its widest allowed value."""
+    size = 0 if timeout is None else _TIMEOUT
+    if attempts != 1:
+        size += _ATTEMPTS_KEY + int_size(_MAX_ATTEMPTS)
+    if name is not None:
+        # A name of at most MAX_JOB_NAME characters is under 64 KiB: a header of at most 3 bytes.
+        size += _NAME_KEY + 3 + 4 * len(name)
+    return size
+
+
 def deliver_size(queue: str, count: int, deliveries: int) -> int:
     """Bytes of the body of a ``deliver`` for ``queue`` holding ``count`` deliveries that take
     ``deliveries`` bytes in all."""
     return _DELIVER_ENVELOPE + str_size(queue) + array_header_size(count) + deliveries
-
-
-_LARGEST_ID: Final = (1 << 63) - 1
-"""The largest job id and lease a delivery may carry."""
 
 
 def deliverable_payload(queue: str, max_frame: int, *, attempts: int = 1,

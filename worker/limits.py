@@ -31,21 +31,25 @@ _CUT_MARK: Final = 64
 def result_too_large(job_id: int, ack: Ack, max_frame: int) -> ResultTooLarge | None:
     """``ResultTooLarge`` when ``ack`` does not fit in a frame of ``max_frame`` bytes, else
     None."""
-    if len(ack.result) + _VALUE_SLACK <= max_frame:
-        return None
-    if len(_encoder.encode(ack)) <= max_frame:
-        return None
-    return ResultTooLarge(f"result of job {job_id} is {len(ack.result):,} bytes encoded; the "
-                          f"broker's frame limit is {max_frame:,} bytes")
+    return _too_large("result", job_id, ack, ack.result, max_frame)
 
 
 def check_progress(job_id: int, message: object, value: msgspec.Raw, max_frame: int) -> None:
     """Raise ``ResultTooLarge`` when the ``progress`` ``message`` carrying ``value`` does not
     fit in a frame of ``max_frame`` bytes."""
+    too_large = _too_large("progress value", job_id, message, value, max_frame)
+    if too_large is not None:
+        raise too_large
+
+
+def _too_large(what: str, job_id: int, message: object, value: msgspec.Raw,
+               max_frame: int) -> ResultTooLarge | None:
+    """``ResultTooLarge`` naming ``what`` when ``message``, carrying ``value``, does not fit in
+    a frame of ``max_frame`` bytes, else None."""
     if len(value) + _VALUE_SLACK <= max_frame or len(_encoder.encode(message)) <= max_frame:
-        return
-    raise ResultTooLarge(f"progress value of job {job_id} is {len(value):,} bytes encoded; "
-                         f"the broker's frame limit is {max_frame:,} bytes")
+        return None
+    return ResultTooLarge(f"{what} of job {job_id} is {len(value):,} bytes encoded; the "
+                          f"broker's frame limit is {max_frame:,} bytes")
 
 
 def fit_failure(fail: Fail, max_frame: int) -> Fail:

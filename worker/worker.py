@@ -459,26 +459,29 @@ class Worker:
                     async with timer:
                         result = await call()
                 else:
-                    # A plain handler's clock starts when a thread runs it (see ``_call``).
-                    timer = asyncio.timeout(None)
-                    async with timer:
-                        loop = asyncio.get_running_loop()
-                        # The thread runs in a copy of this context: current_job() works there.
-                        context = contextvars.copy_context()
-                        result = await loop.run_in_executor(
-                            self._threads, context.run, _call, loop, timer, job, call
-                        )
+                    loop = asyncio.get_running_loop()
+                    # The thread runs in a copy of this context: current_job() works there.
+                    context = contextvars.copy_context()
+                    if job.timeout is None:
+                        result = await loop.run_in_executor(self._threads, context.run, call)
+                    else:
+                        # A plain handler's clock starts when a thread runs it (see ``_call``).
+                        timer = asyncio.timeout(None)
+                        async with timer:
+                            result = await loop.run_in_executor(
+                                self._threads, context.run, _call, loop, timer, job.timeout, call
+                            )
             ack = Ack(job=job.id, lease=job.lease, result=encode_value(result, "job result"))
             too_large = result_too_large(job.id, ack, connection.max_frame)
             outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
-            job._finished = time.perf_counter()
+            job._finished = finished = time.perf_counter()
             self._recent.append(job)
             if connection.failure is None:
                 connection.send(Release(job=job.id, lease=job.lease))
             if logging_jobs:
-                _log_outcome(job, started, None)
+                _log_outcome(job, finished - started, None)
             raise
         except TimeoutError as exc:
             if timer is not None and timer.expired():
@@ -488,7 +491,7 @@ class Worker:
                 outcome = _failure(job, exc)
         except Exception as exc:
             outcome = _failure(job, exc)
-        job._finished = time.perf_counter()
+        job._finished = finished = time.perf_counter()
         self._recent.append(job)
         # ``type() is``: an isinstance() that fails on a struct class is slow, and this is per job.
         if type(outcome) is Fail:
@@ -497,7 +500,7 @@ class Worker:
             connection.send(outcome)
             self.processed += 1
         if logging_jobs:
-            _log_outcome(job, started, outcome)
+            _log_outcome(job, finished - started, outcome)
 
 
 def _task_subscriptions(tasks: Tasks, queues: Iterable[str] | None,
@@ -534,13 +537,12 @@ async def _all(futures: Iterable[Awaitable[Any]]) -> None:
             raise result
 
 
-def _call(loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, job: Job,
+def _call(loop: asyncio.AbstractEventLoop, timer: asyncio.Timeout, seconds: float,
           call: Callable[[], Any]) -> Any:
-    """Run a plain handler in a pool thread, starting its try's timeout now: a try that
-    waited for a thread (one still held by an earlier try that ran over its timeout, which
-    no one can stop) is not failed for the time it waited."""
-    if job.timeout is not None:
-        loop.call_soon_threadsafe(_start_timeout, timer, job.timeout)
+    """Run a plain handler in a pool thread, starting its try's timeout of ``seconds`` now: a
+    try that waited for a thread (one still held by an earlier try that ran over its timeout,
+    which no one can stop) is not failed for the time it waited."""
+    loop.call_soon_threadsafe(_start_timeout, timer, seconds)
     return call()
 
 
@@ -600,9 +602,10 @@ _BLOCKED_JOBS_NAMED: Final = 10
 """Most jobs a blocked-loop warning names."""
 
 
-def _log_outcome(job: Job, started: float, outcome: Ack | Fail | None) -> None:
-    """Log a job's completion, failure or (``outcome`` None) release."""
-    duration = (time.perf_counter() - started) * 1000
+def _log_outcome(job: Job, seconds: float, outcome: Ack | Fail | None) -> None:
+    """Log a job's completion, failure or (``outcome`` None) release, ``seconds`` after it
+    started."""
+    duration = seconds * 1000
     fields = {**_fields(job), "duration_ms": round(duration, 3)}
     if isinstance(outcome, Ack):
         log.info("%s completed in %.1f ms", _describe(job), duration,

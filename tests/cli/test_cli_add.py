@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from cli_support import LiveCommand, Pty, conveyor
 
 from conveyor.broker import Broker
 from conveyor.client import Backoff, Client
+from conveyor.protocol import MAX_PRIORITY, MIN_PRIORITY
 
 LINES = 5_000
 """Lines of the JSONL files: several blocks of the CLI's reader, and a few of its bulk adds."""
@@ -166,6 +168,28 @@ async def test_bad_add_usage_is_exit_2_with_one_line(url: str, args: list[str],
     assert result.returncode == 2, result
     assert words in result.error_line()
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("value", [MAX_PRIORITY + 1, MIN_PRIORITY - 1, 1 << 62])
+async def test_a_priority_past_the_protocols_range_is_refused_before_connecting(
+        value: int) -> None:
+    with socket.socket() as sock:
+        # Bound, not listening: the value must be refused as it is parsed, not by a broker.
+        sock.bind(("127.0.0.1", 0))
+        result = await conveyor("add", "q", "{}", "--priority", str(value),
+                                url=f"127.0.0.1:{sock.getsockname()[1]}")
+    assert result.returncode == 2, result
+    assert result.error_line() == (
+        f"conveyor: argument --priority: expected an integer from {MIN_PRIORITY} to "
+        f"{MAX_PRIORITY}, got '{value}' (see 'conveyor add --help')")
+
+
+async def test_the_ends_of_the_priority_range_are_added(url: str) -> None:
+    for value in (MIN_PRIORITY, MAX_PRIORITY):
+        result = await conveyor("add", "edges", "{}", "--priority", str(value), url=url)
+        async with Client(url) as client:
+            job = await client.get_job(int(result.ok().stdout))
+        assert job is not None and job.priority == value
 
 
 async def test_the_json_summary_is_the_only_thing_on_stdout(tmp_path: Path, url: str) -> None:

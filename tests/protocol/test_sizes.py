@@ -11,10 +11,10 @@ from conveyor.protocol import (
     Deliver,
     Delivery,
     deliver_size,
+    delivery_options_bound,
     delivery_size,
-    int_size,
-    str_size,
 )
+from conveyor.protocol.sizes import int_size, str_size
 
 encode = msgspec.msgpack.encode
 
@@ -53,3 +53,16 @@ def test_deliver_size(queue: str, count: int, extra: int) -> None:
             for n in range(count + extra)]
     inner = sum(len(encode(job)) for job in jobs)
     assert deliver_size(queue, len(jobs), inner) == len(encode(Deliver(queue=queue, jobs=jobs)))
+
+
+@given(ids, ids, st.integers(1, 1_000_000), st.none() | st.floats(0.001, 1e9),
+       st.integers(1, 1_000_000), names)
+def test_delivery_options_bound(job: int, lease: int, attempt: int, timeout: float | None,
+                                attempts: int, name: str | None) -> None:
+    # What the options add to a delivery never exceeds the bound, and the bound of options at
+    # their defaults is nothing.
+    plain = len(encode(Delivery(job=job, lease=lease, attempt=attempt, data=msgspec.Raw(b""))))
+    full = len(encode(Delivery(job=job, lease=lease, attempt=attempt, data=msgspec.Raw(b""),
+                               timeout=timeout, attempts=attempts, name=name)))
+    assert full - plain <= delivery_options_bound(timeout=timeout, attempts=attempts, name=name)
+    assert delivery_options_bound() == 0
