@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: child processes run there so ``broker``, ``worker`` and ``examples``
 import."""
+
+WAIT_TIMEOUT = 30.0
+"""Seconds ``eventually`` waits for a condition by default."""
 
 STOP_TIMEOUT = 10.0
 """Seconds a child process gets to exit after SIGTERM before it is killed."""
@@ -129,3 +134,29 @@ class WorkerProcess:
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
+
+
+async def eventually(condition: Callable[[], Any], what: str, *, timeout: float = WAIT_TIMEOUT,
+                     workers: Iterable[WorkerProcess] = ()) -> Any:
+    """Poll ``condition`` (a function; what it returns is awaited if it is awaitable) until it
+    returns something true; return that.
+
+    Fails naming ``what`` after ``timeout`` seconds, or as soon as one of ``workers`` has exited
+    (with its output): the condition waited for would never come.
+    """
+    workers = tuple(workers)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        for worker in workers:
+            if worker.exited():
+                raise AssertionError(f"worker {worker.pid} exited before {what}; its output:\n"
+                                     f"{worker.log}")
+        if time.monotonic() > deadline:
+            logs = "".join(f"\nworker {worker.pid}'s output:\n{worker.log}" for worker in workers)
+            raise AssertionError(f"{what}: not within {timeout} s{logs}")
+        await asyncio.sleep(0.01)

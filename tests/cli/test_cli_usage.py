@@ -6,11 +6,10 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 
 from cli_support import LiveCommand, command_env, conveyor
-from processes import ROOT
+from processes import ROOT, eventually
 
 from conveyor.client import Client
 
@@ -99,10 +98,10 @@ async def test_ctrl_c_stops_a_command_quietly_with_status_130(url: str) -> None:
         live.process.stdin.write(b'{"first": true}\n')
         await live.process.stdin.drain()
         async with Client(url) as client:
-            deadline = time.monotonic() + 15
-            while (await client.counts("slow"))["waiting"] < 1:
-                assert time.monotonic() < deadline, "the first line was not added"
-                await asyncio.sleep(0.01)
+            async def added() -> bool:
+                return (await client.counts("slow"))["waiting"] >= 1
+
+            await eventually(added, "the first line added", timeout=15)
         assert await live.interrupt() == 130
     finally:
         await live.kill()

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from rawwire import eventually
+from processes import eventually
 
 from conveyor.client import Client, Connection, ConnectionLost, ProtocolViolation
 from conveyor.protocol import (

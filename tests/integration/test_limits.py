@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from rawwire import Raw, eventually
+from processes import eventually
+from rawwire import Raw
 
 from conveyor.broker import Broker
 from conveyor.client import Client, RequestRefused

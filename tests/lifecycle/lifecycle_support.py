@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
-from processes import WorkerProcess
+from processes import WorkerProcess, eventually
 from processes import subprocess_env as child_env
 
 from conveyor.broker import Broker
@@ -27,22 +25,6 @@ HERE = Path(__file__).resolve().parent
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
     return child_env(HERE, extra)
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0,
-                     what: str = "condition", interval: float = 0.01) -> Any:
-    """Poll ``condition`` (a function, or a coroutine function) until it returns something
-    true; return that. Fails naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still not true after {timeout} s")
-        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
@@ -76,4 +58,4 @@ async def wait_for_workers(broker: Broker, queue: str, count: int, *workers: Wor
         state = broker.queues.queues.get(queue)
         return state is not None and len(state.consumers) >= count
 
-    await wait_until(subscribed, timeout=timeout, what=f"{count} workers on {queue!r}")
+    await eventually(subscribed, timeout=timeout, what=f"{count} workers on {queue!r}")

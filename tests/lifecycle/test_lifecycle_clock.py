@@ -13,7 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from lifecycle_support import running, wait_until
+from lifecycle_support import running
+from processes import eventually
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import SteppedClock
@@ -57,10 +58,10 @@ async def test_a_forward_step_takes_no_job_from_a_healthy_worker(
     # The default lease of 30 s: the workers speak up every 10 s, not during the test.
     workers = [Worker("long", handler(name), url=url) for name in ("a", "b")]
     async with Client(url) as client, running(*workers, Worker("marks", mark, url=url)):
-        await wait_until(lambda: broker.queues.counts("long")["workers"] == 2,
+        await eventually(lambda: broker.queues.counts("long")["workers"] == 2,
                          what="both workers subscribed")
         job_id = await client.add("long", "x")
-        await wait_until(lambda: tries, what="the job started")
+        await eventually(lambda: tries, what="the job started")
         clock.step(HOUR)
         # The timer fires, an hour past the lease as the wall clock reads it.
         await tick_passes(client)

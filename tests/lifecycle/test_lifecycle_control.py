@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_support import running, wait_until
+from lifecycle_support import running
+from processes import eventually
 
 from conveyor.broker import Broker
 from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
@@ -56,7 +57,7 @@ async def settle(client: Client, queue: str, **expected: int) -> None:
         counts = await client.counts(queue)
         return all(counts[key] == value for key, value in expected.items())
 
-    await wait_until(reached, timeout=15, what=f"counts of {queue!r} reach {expected}")
+    await eventually(reached, timeout=15, what=f"counts of {queue!r} reach {expected}")
 
 
 # Pause.
@@ -68,7 +69,7 @@ async def subscribed(client: Client, queue: str, workers: int = 1) -> None:
     async def reached() -> bool:
         return (await client.counts(queue))["workers"] == workers
 
-    await wait_until(reached, timeout=15, what=f"{workers} workers subscribed to {queue!r}")
+    await eventually(reached, timeout=15, what=f"{workers} workers subscribed to {queue!r}")
 
 
 async def test_a_paused_queue_takes_jobs_but_delivers_none_until_resumed(url: str) -> None:
@@ -371,7 +372,7 @@ async def test_a_jobs_own_keep_result_forgets_it_after_that_time(url: str) -> No
         await client.wait(default, timeout=10)
         info = await client.get_job(short)
         assert info is not None and info.finished_at is not None
-        await wait_until(lambda: _gone(client, short), timeout=10, what="the job was forgotten")
+        await eventually(lambda: _gone(client, short), timeout=10, what="the job was forgotten")
         assert time.time() - info.finished_at >= 0.3
         assert await client.get_job(default) is not None
         with pytest.raises(UnknownJob):
@@ -406,7 +407,7 @@ async def test_the_brokers_keep_age_forgets_finished_jobs(make_broker: MakeBroke
         infos = [await client.get_job(job_id) for job_id in ids]
         for job_id, info in zip(ids, infos, strict=True):
             assert info is not None and info.finished_at is not None
-            await wait_until(functools.partial(_gone, client, job_id), timeout=10,
+            await eventually(functools.partial(_gone, client, job_id), timeout=10,
                              what=f"job {job_id} was forgotten")
             assert time.time() - info.finished_at >= 0.3
         assert await counts_of(client, "aging") == (0, 0, 0, 2, 1)

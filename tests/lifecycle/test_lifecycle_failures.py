@@ -14,7 +14,8 @@ import logging
 import random
 
 import pytest
-from lifecycle_support import running, wait_until
+from lifecycle_support import running
+from processes import eventually
 
 from conveyor.broker import Broker
 from conveyor.client import (
@@ -42,7 +43,7 @@ async def test_a_worker_fails_a_job_past_1024_tries(broker: Broker, url: str) ->
         raise RuntimeError(f"try {job.attempt}")
 
     async with Client(url) as client, running(Worker("many", always_fails, url=url)):
-        await wait_until(lambda: broker.queues.counts("many")["workers"] == 1,
+        await eventually(lambda: broker.queues.counts("many")["workers"] == 1,
                          what="the worker subscribed")
         sessions = set(broker.sessions)
         job_id = await client.add("many", "x", attempts=TRIES, backoff=exponential(0.0))
@@ -93,7 +94,7 @@ async def test_an_unexpected_error_answers_internal_and_the_connection_goes_on(
                     await client.queues()
                 worker.send(Fail(job=job_id, lease=delivery.lease,
                                  error=JobError(type="E", message="m")))
-                await wait_until(lambda: len(caplog.records) >= 2, what="both failures logged")
+                await eventually(lambda: len(caplog.records) >= 2, what="both failures logged")
             assert refused.value.code == ErrorCode.INTERNAL
             assert [record.exc_info is not None for record in caplog.records] == [True, True]
             # Nothing changed: the job is still the worker's, under the same lease.
@@ -105,7 +106,7 @@ async def test_an_unexpected_error_answers_internal_and_the_connection_goes_on(
             assert [queue.name for queue in await client.queues()] == ["bug"]
             worker.send(Fail(job=job_id, lease=delivery.lease,
                              error=JobError(type="E", message="m")))
-            await wait_until(lambda: broker.queues.counts("bug")["delayed"] == 1,
+            await eventually(lambda: broker.queues.counts("bug")["delayed"] == 1,
                              what="the job waits for its retry")
     finally:
         await worker.close()

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import msgspec
 from processes import ROOT, STOP_TIMEOUT, read_line
@@ -203,22 +203,6 @@ def recorded_payloads(directory: Path) -> list[str]:
     for path in directory.iterdir():
         payloads += path.read_text().split()
     return payloads
-
-
-# Waiting.
-
-
-async def wait_until(condition: Callable[[], Awaitable[Any]], *, timeout: float,
-                     what: str) -> Any:
-    """Poll ``condition`` every 20 ms until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still not true after {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 # Failpoints of a broker in this process.

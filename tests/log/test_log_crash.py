@@ -20,8 +20,8 @@ from log_support import (
     free_port,
     recorded_payloads,
     start_broker,
-    wait_until,
 )
+from processes import eventually
 
 from conveyor.client import Client, ConnectionLost, JobState
 
@@ -101,7 +101,7 @@ async def test_a_broker_killed_at_random_moments_loses_no_acknowledged_job(
         async def serving() -> bool:
             return (await client.counts(QUEUE))["workers"] >= 2
 
-        await wait_until(serving, timeout=60, what="both worker processes subscribe")
+        await eventually(serving, timeout=60, what="both worker processes subscribe")
     producer = Producer(url, random.Random(rng.random()))
     producing = asyncio.ensure_future(producer.run())
     try:
@@ -122,7 +122,7 @@ async def test_a_broker_killed_at_random_moments_loses_no_acknowledged_job(
                 counts = await client.counts(QUEUE)
                 return counts if counts["waiting"] == counts["active"] == 0 else None
 
-            final = await wait_until(drained, timeout=60, what="the workers drain the queue")
+            final = await eventually(drained, timeout=60, what="the workers drain the queue")
             jobs = await asyncio.gather(*(client.get_job(job_id) for job_id, _ in producer.acked))
         assert workers.running(), workers.log
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rawwire import eventually
+from processes import eventually
 from security_support import (
     CONVEYOR_BROKER,
     BrokerProcess,
