@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from conveyor.broker import Broker
+from conveyor.client import Client
+
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: child processes run there so ``broker``, ``worker`` and ``examples``
 import."""
@@ -160,3 +163,20 @@ async def eventually(condition: Callable[[], Any], what: str, *, timeout: float 
             logs = "".join(f"\nworker {worker.pid}'s output:\n{worker.log}" for worker in workers)
             raise AssertionError(f"{what}: not within {timeout} s{logs}")
         await asyncio.sleep(0.01)
+
+
+async def wait_for_workers(source: Broker | Client, queue: str, count: int,
+                           *workers: WorkerProcess, timeout: float = WAIT_TIMEOUT) -> None:
+    """Return once ``count`` connections (or more) are subscribed to ``queue``.
+
+    ``source`` is an in-process broker (its counts are read directly) or a client of any broker,
+    a subprocess one included (``counts(queue)["workers"]`` is polled). Fails early, with its
+    output, when one of ``workers`` has exited.
+    """
+    async def subscribed() -> bool:
+        if isinstance(source, Broker):
+            return source.queues.counts(queue)["workers"] >= count
+        return (await source.counts(queue))["workers"] >= count
+
+    await eventually(subscribed, f"{count} workers subscribed to {queue!r}", timeout=timeout,
+                     workers=workers)

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, read_line
 from processes import subprocess_env as child_env
+from processes import wait_for_workers as _wait_for_workers
 
-from conveyor.broker import Broker
 from conveyor.client import Client
 
 HERE = Path(__file__).resolve().parent
@@ -171,33 +171,6 @@ async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
 
 
 # Waiting on conditions.
-
-
-async def _wait_for_workers(source: Broker | Client, queue: str, count: int,
-                            *workers: WorkerProcess, timeout: float = 30.0) -> None:
-    """Return once ``count`` connections are subscribed to ``queue``.
-
-    ``source`` is an in-process broker (its subscriptions are read directly) or a client of any
-    broker, a subprocess one included (``counts(queue)["workers"]`` is polled). Fails early,
-    with its output, when one of ``workers`` has exited.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if isinstance(source, Broker):
-            state = source.queues.queues.get(queue)
-            subscribed = 0 if state is None else len(state.consumers)
-        else:
-            subscribed = (await source.counts(queue))["workers"]
-        if subscribed >= count:
-            return
-        for worker in workers:
-            if worker.exited():
-                raise AssertionError(f"worker {worker.pid} exited; its output:\n{worker.log}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(worker.log for worker in workers)
-            raise AssertionError(f"{subscribed} of {count} workers subscribed to {queue!r} "
-                                 f"within {timeout} s\n{logs}")
-        await asyncio.sleep(0.02)
 
 
 async def _wait_for_counts(client: Client, queue: str, timeout: float = 30.0,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from lifecycle_support import running
-from processes import eventually
+from processes import eventually, wait_for_workers
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import SteppedClock
@@ -58,8 +58,7 @@ async def test_a_forward_step_takes_no_job_from_a_healthy_worker(
     # The default lease of 30 s: the workers speak up every 10 s, not during the test.
     workers = [Worker("long", handler(name), url=url) for name in ("a", "b")]
     async with Client(url) as client, running(*workers, Worker("marks", mark, url=url)):
-        await eventually(lambda: broker.queues.counts("long")["workers"] == 2,
-                         what="both workers subscribed")
+        await wait_for_workers(broker, "long", 2)
         job_id = await client.add("long", "x")
         await eventually(lambda: tries, what="the job started")
         clock.step(HOUR)

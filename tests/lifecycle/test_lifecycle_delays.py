@@ -16,7 +16,7 @@ import time
 import msgspec
 import pytest
 from lifecycle_support import running
-from processes import eventually
+from processes import eventually, wait_for_workers
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import Job as BrokerJob
@@ -55,8 +55,7 @@ async def test_10k_delayed_jobs_start_in_due_order_none_early(
 
     worker = Worker("later", note_start, url=url, concurrency=JOBS)
     async with Client(url) as client, running(worker):
-        await eventually(lambda: broker.queues.counts("later")["workers"] == 1,
-                         what="the worker subscribed")
+        await wait_for_workers(broker, "later", 1)
         # Every job gets a random delay of up to 2 s, counted from a moment just after the
         # bulk add is done, so the add itself (a few frames) does not eat into the early ones.
         base = time.time() + MARGIN

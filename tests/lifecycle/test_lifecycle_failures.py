@@ -15,7 +15,7 @@ import random
 
 import pytest
 from lifecycle_support import running
-from processes import eventually
+from processes import eventually, wait_for_workers
 
 from conveyor.broker import Broker
 from conveyor.client import (
@@ -43,8 +43,7 @@ async def test_a_worker_fails_a_job_past_1024_tries(broker: Broker, url: str) ->
         raise RuntimeError(f"try {job.attempt}")
 
     async with Client(url) as client, running(Worker("many", always_fails, url=url)):
-        await eventually(lambda: broker.queues.counts("many")["workers"] == 1,
-                         what="the worker subscribed")
+        await wait_for_workers(broker, "many", 1)
         sessions = set(broker.sessions)
         job_id = await client.add("many", "x", attempts=TRIES, backoff=exponential(0.0))
         with pytest.raises(JobFailed) as failed:

@@ -21,8 +21,8 @@ from pathlib import Path
 import msgspec
 import pytest
 from lifecycle_handlers import starts
-from lifecycle_support import StartWorker, running, wait_for_workers
-from processes import eventually
+from lifecycle_support import StartWorker, running
+from processes import eventually, wait_for_workers
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import Job, Queues

@@ -21,7 +21,7 @@ from log_support import (
     recorded_payloads,
     start_broker,
 )
-from processes import eventually
+from processes import eventually, wait_for_workers
 
 from conveyor.client import Client, ConnectionLost, JobState
 
@@ -97,11 +97,7 @@ async def test_a_broker_killed_at_random_moments_loses_no_acknowledged_job(
     # connection is refused exits (a broker that was never reached is a start-up mistake), and
     # nothing would drain the queue.
     async with Client(url, reconnect=False) as client:
-
-        async def serving() -> bool:
-            return (await client.counts(QUEUE))["workers"] >= 2
-
-        await eventually(serving, timeout=60, what="both worker processes subscribe")
+        await wait_for_workers(client, QUEUE, 2, timeout=60)
     producer = Producer(url, random.Random(rng.random()))
     producing = asyncio.ensure_future(producer.run())
     try:

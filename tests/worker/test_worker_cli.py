@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import WorkerProcess, eventually
+from processes import WorkerProcess, eventually, wait_for_workers
 from registry_tasks import count_words, resize_image, send_email, wait_async, wait_plain
 from worker_support import RunCli, StartCli, json_lines, subscribers
 
@@ -26,8 +26,8 @@ REGISTRY = "registry_tasks:tasks"
 async def serving(broker: Broker, worker_count: int, *queues: str,
                   worker: WorkerProcess) -> None:
     """Wait until ``worker_count`` connections are subscribed to each of ``queues``."""
-    await eventually(lambda: all(subscribers(broker, queue) == worker_count for queue in queues),
-                     f"{worker_count} subscribers on {queues}", workers=[worker])
+    for queue in queues:
+        await wait_for_workers(broker, queue, worker_count, worker)
 
 
 async def test_one_process_runs_the_named_jobs_of_two_queues_and_fails_an_unknown_name_once(
