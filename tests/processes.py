@@ -11,7 +11,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +24,9 @@ import."""
 
 WAIT_TIMEOUT = 30.0
 """Seconds ``eventually`` waits for a condition by default."""
+
+BROKER_START_TIMEOUT = 20.0
+"""Seconds a broker subprocess gets to print its ``listening on`` line."""
 
 STOP_TIMEOUT = 10.0
 """Seconds a child process gets to exit after SIGTERM before it is killed."""
@@ -69,6 +72,31 @@ def read_line(stream: IO[bytes], timeout: float) -> str:
                 break
             data += chunk
     return data.partition(b"\n")[0].decode(errors="replace")
+
+
+def launch_broker(argv: Sequence[str], *, stderr_path: Path, env: dict[str, str],
+                  cwd: Path = ROOT, append: bool = False,
+                  new_session: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``argv``, a broker's command line, with its stderr written to ``stderr_path``
+    (appended to with ``append``) and, with ``new_session``, in a session of its own; return
+    the process and its first line once that line is ``listening on HOST:PORT``.
+
+    Fails, with the broker's stderr, when it prints something else or nothing within
+    ``BROKER_START_TIMEOUT`` seconds; the broker is killed and reaped then.
+    """
+    with stderr_path.open("ab" if append else "wb") as stderr:
+        process = subprocess.Popen([*argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=stderr,
+                                   start_new_session=new_session)
+    assert process.stdout is not None
+    line = read_line(process.stdout, BROKER_START_TIMEOUT)
+    if not line.startswith("listening on "):
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
+                             f"{stderr_path.read_text(errors='replace')}")
+    return process, line
 
 
 class WorkerProcess:

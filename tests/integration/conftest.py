@@ -22,17 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, read_line
+from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, launch_broker
 from processes import subprocess_env as child_env
 from processes import wait_for_workers as _wait_for_workers
 
 from conveyor.client import Client
 
 HERE = Path(__file__).resolve().parent
-
-BROKER_START_TIMEOUT = 20.0
-"""Seconds a broker subprocess gets to print its ``listening on`` line."""
-
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
@@ -79,19 +75,10 @@ def start_broker_process(directory: Path, *args: str) -> BrokerProcess:
     """Start ``python -m conveyor.broker --port 0`` with its log in ``directory``; wait until it
     listens."""
     log_path = directory / "broker.stderr"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(directory / "broker-data"), *args],
-            cwd=directory, env=subprocess_env(), stdout=subprocess.PIPE, stderr=log,
-        )
-    assert process.stdout is not None
-    line = read_line(process.stdout, BROKER_START_TIMEOUT)
-    if not line.startswith("listening on "):
-        process.kill()
-        process.wait()
-        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
-                             f"{log_path.read_text(errors='replace')}")
+    process, line = launch_broker(
+        [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(directory / "broker-data"), *args],
+        stderr_path=log_path, env=subprocess_env(), cwd=directory)
     return BrokerProcess(process, line, log_path)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import msgspec
-from processes import ROOT, STOP_TIMEOUT, read_line
+from processes import ROOT, STOP_TIMEOUT, launch_broker
 from processes import subprocess_env as child_env
 
 from conveyor.broker import FsyncPolicy
@@ -29,10 +29,6 @@ from conveyor.broker.testing import Job, Log, Queues, Recovery, install_failpoin
 from conveyor.protocol import JobState
 
 HERE = Path(__file__).resolve().parent
-
-START_TIMEOUT = 20.0
-"""Seconds a broker subprocess gets to print its ``listening on`` line."""
-
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
@@ -114,17 +110,8 @@ def start_broker(data_dir: Path, *args: str, stderr_path: Path, port: int = 0,
     argv = broker_command(data_dir, *args, port=port)
     if command is not None:
         argv = [*command, *argv[3:]]
-    with stderr_path.open("ab") as stderr:
-        process = subprocess.Popen(argv, cwd=ROOT, env=subprocess_env(env),
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=stderr)
-    assert process.stdout is not None
-    line = read_line(process.stdout, START_TIMEOUT)
-    if not line.startswith("listening on "):
-        process.kill()
-        process.wait()
-        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
-                             f"{stderr_path.read_text(errors='replace')}")
+    process, line = launch_broker(argv, stderr_path=stderr_path, env=subprocess_env(env),
+                                  append=True)
     return BrokerProcess(process, line.removeprefix("listening on ").strip(), stderr_path)
 
 
