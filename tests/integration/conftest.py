@@ -7,6 +7,7 @@
 - ``start_worker``: ``python -m conveyor.worker ...`` as a child process in its own process
   group; every
   one started is stopped (SIGTERM, then SIGKILL) at teardown.
+- ``raw``: a greeted ``rawwire.Raw`` connection to the in-process broker.
 - ``wait_for_workers``, ``wait_for_counts``, ``wait_for_files``: wait on a condition instead of
   sleeping a fixed time.
 """
@@ -25,7 +26,9 @@ import pytest
 from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, launch_broker
 from processes import subprocess_env as child_env
 from processes import wait_for_workers as _wait_for_workers
+from rawwire import Raw
 
+from conveyor.broker import Broker
 from conveyor.client import Client
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +36,17 @@ HERE = Path(__file__).resolve().parent
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
     return child_env(HERE, extra)
+
+
+# A raw connection.
+
+
+@pytest.fixture
+async def raw(broker: Broker) -> AsyncIterator[Raw]:
+    """A greeted raw connection to the in-process broker; closed at teardown."""
+    connection = await Raw.open(broker.port)
+    yield connection
+    await connection.close()
 
 
 # Broker subprocess.

@@ -13,13 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from lifecycle_support import running
+from lifecycle_support import RawWorker, running
 from processes import eventually, wait_for_workers
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import SteppedClock
-from conveyor.client import Client, Connection, Push
-from conveyor.protocol import Deliver, Delivery, Subscribe
+from conveyor.client import Client
 from conveyor.worker import Job, Worker
 
 HOUR = 3600.0
@@ -80,19 +79,11 @@ async def test_a_backward_step_does_not_stretch_the_lease_of_a_silent_worker(
     clock = SteppedClock()
     broker = await make_broker(clock=clock)
     url = f"127.0.0.1:{broker.port}"
-    pushed: asyncio.Queue[Delivery] = asyncio.Queue()
-
-    def on_push(message: Push) -> None:
-        if isinstance(message, Deliver):
-            for delivery in message.jobs:
-                pushed.put_nowait(delivery)
-
-    silent = await Connection.open(url, on_push=on_push)
+    silent = await RawWorker.open(url, "q", lease=LEASE)
     try:
-        await silent.request(lambda req: Subscribe(req=req, queue="q", window=1, lease=LEASE))
         async with Client(url) as client:
             job_id = await client.add("q", "x")
-            delivery = await asyncio.wait_for(pushed.get(), 10)
+            delivery = await silent.delivery()
             assert delivery.job == job_id
             clock.step(-HOUR)
             taken = time.monotonic()
@@ -102,7 +93,7 @@ async def test_a_backward_step_does_not_stretch_the_lease_of_a_silent_worker(
             # a margin, far below the hour a stretched lease would take.
             assert time.monotonic() - taken < LEASE + 10
     finally:
-        await silent.close()
+        await silent.connection.close()
 
 
 @pytest.mark.parametrize("step", [HOUR, -HOUR])

@@ -13,13 +13,12 @@ import asyncio
 import random
 import time
 
-import msgspec
 import pytest
 from lifecycle_support import running
 from processes import eventually, wait_for_workers
+from queue_state import raw, state
 
 from conveyor.broker import Broker
-from conveyor.broker.testing import Job as BrokerJob
 from conveyor.broker.testing import Queues, StateError
 from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
 from conveyor.protocol import JobDef
@@ -32,16 +31,6 @@ MARGIN = 1.0
 """Seconds from the bulk add to the first due time: the add itself must not eat into it."""
 LATE_MAX = 1.0
 """Seconds: the most any delayed job may start after its time."""
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
-
-
-def state(job: BrokerJob) -> JobState:
-    """``job.state``, read through a call: mypy keeps an attribute narrowed by an earlier
-    ``assert`` across the calls that change it."""
-    return job.state
 
 
 async def test_10k_delayed_jobs_start_in_due_order_none_early(

@@ -18,11 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 from lifecycle_handlers import starts
 from lifecycle_support import StartWorker, running
 from processes import eventually, wait_for_workers
+from queue_state import raw, state
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import Job, Queues
@@ -34,20 +34,10 @@ LEASE = 1.0
 """Seconds: the short lease the worker processes here run with."""
 
 
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
-
-
 def held(queues: Queues, owner: str) -> list[Job]:
     consumer = queues.consumer(owner, "q")
     assert consumer is not None
     return list(consumer.held.values())
-
-
-def state(job: Job) -> JobState:
-    """``job.state``, read through a call: mypy keeps an attribute narrowed by an earlier
-    ``assert`` across the calls that change it."""
-    return job.state
 
 
 # The state machine, with a fake clock.

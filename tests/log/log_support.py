@@ -20,7 +20,6 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypedDict
 
-import msgspec
 from processes import ROOT, STOP_TIMEOUT, launch_broker
 from processes import subprocess_env as child_env
 
@@ -357,6 +356,3 @@ def assert_same_state(live: Queues, replayed: Queues, *,
     assert replayed.live_bytes == live.live_bytes
 
 
-def raw(value: object) -> msgspec.Raw:
-    """``value`` encoded as a payload or result."""
-    return msgspec.Raw(msgspec.msgpack.encode(value))

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from log_support import Failpoints, raw
+from log_support import Failpoints
 from processes import eventually
+from queue_state import raw
 
 from conveyor.broker import Broker, BrokerStatus, FsyncPolicy
 from conveyor.broker.testing import Log, Queues
