@@ -9,6 +9,7 @@ import inspect
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -72,6 +73,13 @@ def read_line(stream: IO[bytes], timeout: float) -> str:
                 break
             data += chunk
     return data.partition(b"\n")[0].decode(errors="replace")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound and released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def launch_broker(argv: Sequence[str], *, stderr_path: Path, env: dict[str, str],

@@ -17,11 +17,10 @@ from log_handlers import RECORDS_ENV
 from log_support import (
     BrokerProcess,
     WorkerProcess,
-    free_port,
     recorded_payloads,
     start_broker,
 )
-from processes import eventually, wait_for_workers
+from processes import eventually, free_port, wait_for_workers
 
 from conveyor.client import Client, ConnectionLost, JobState
 
