@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from processes import ASYNCIO_LEAKS
 
 from conveyor.broker import Broker
 
 # asyncio reports a future or task whose exception nobody read, and a task destroyed while still
 # pending, as ERROR records of its logger when they are garbage-collected, not as warnings:
 # every test fails that leaves one behind.
-
-_ASYNCIO_LEAKS = ("exception was never retrieved", "Task was destroyed but it is pending")
 
 
 class _AsyncioLeaks(logging.Handler):
@@ -27,7 +26,7 @@ class _AsyncioLeaks(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if any(leak in message for leak in _ASYNCIO_LEAKS):
+        if any(leak in message for leak in ASYNCIO_LEAKS):
             self.found.append(self.format(record))
 
 

@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from conveyor.broker import Broker
+from conveyor.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: child processes run there so ``broker``, ``worker`` and ``examples``
 import."""
+
+WAIT_TIMEOUT = 30.0
+"""Seconds ``eventually`` waits for a condition by default."""
+
+BROKER_START_TIMEOUT = 20.0
+"""Seconds a broker subprocess gets to print its ``listening on`` line."""
 
 STOP_TIMEOUT = 10.0
 """Seconds a child process gets to exit after SIGTERM before it is killed."""
@@ -61,6 +73,38 @@ def read_line(stream: IO[bytes], timeout: float) -> str:
                 break
             data += chunk
     return data.partition(b"\n")[0].decode(errors="replace")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound and released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_broker(argv: Sequence[str], *, stderr_path: Path, env: dict[str, str],
+                  cwd: Path = ROOT, append: bool = False,
+                  new_session: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``argv``, a broker's command line, with its stderr written to ``stderr_path``
+    (appended to with ``append``) and, with ``new_session``, in a session of its own; return
+    the process and its first line once that line is ``listening on HOST:PORT``.
+
+    Fails, with the broker's stderr, when it prints something else or nothing within
+    ``BROKER_START_TIMEOUT`` seconds; the broker is killed and reaped then.
+    """
+    with stderr_path.open("ab" if append else "wb") as stderr:
+        process = subprocess.Popen([*argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=stderr,
+                                   start_new_session=new_session)
+    assert process.stdout is not None
+    line = read_line(process.stdout, BROKER_START_TIMEOUT)
+    if not line.startswith("listening on "):
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
+                             f"{stderr_path.read_text(errors='replace')}")
+    return process, line
 
 
 class WorkerProcess:
@@ -129,3 +173,46 @@ class WorkerProcess:
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
+
+
+async def eventually(condition: Callable[[], Any], what: str, *, timeout: float = WAIT_TIMEOUT,
+                     workers: Iterable[WorkerProcess] = ()) -> Any:
+    """Poll ``condition`` (a function; what it returns is awaited if it is awaitable) until it
+    returns something true; return that.
+
+    Fails naming ``what`` after ``timeout`` seconds, or as soon as one of ``workers`` has exited
+    (with its output): the condition waited for would never come.
+    """
+    workers = tuple(workers)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        for worker in workers:
+            if worker.exited():
+                raise AssertionError(f"worker {worker.pid} exited before {what}; its output:\n"
+                                     f"{worker.log}")
+        if time.monotonic() > deadline:
+            logs = "".join(f"\nworker {worker.pid}'s output:\n{worker.log}" for worker in workers)
+            raise AssertionError(f"{what}: not within {timeout} s{logs}")
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_workers(source: Broker | Client, queue: str, count: int,
+                           *workers: WorkerProcess, timeout: float = WAIT_TIMEOUT) -> None:
+    """Return once ``count`` connections (or more) are subscribed to ``queue``.
+
+    ``source`` is an in-process broker (its counts are read directly) or a client of any broker,
+    a subprocess one included (``counts(queue)["workers"]`` is polled). Fails early, with its
+    output, when one of ``workers`` has exited.
+    """
+    async def subscribed() -> bool:
+        if isinstance(source, Broker):
+            return source.queues.counts(queue)["workers"] >= count
+        return (await source.counts(queue))["workers"] >= count
+
+    await eventually(subscribed, f"{count} workers subscribed to {queue!r}", timeout=timeout,
+                     workers=workers)

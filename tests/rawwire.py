@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import socket
 import struct
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 import msgspec
@@ -115,17 +113,3 @@ class Raw:
         with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
 
-
-async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout: float = REPLY_TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)

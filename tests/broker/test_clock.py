@@ -7,24 +7,15 @@ are what is kept and shown, turned into monotonic time once, when their deadline
 
 from __future__ import annotations
 
-import msgspec
 import pytest
+from queue_state import raw, state
 from state_checks import check_state
 
-from conveyor.broker.testing import Job, ManualClock, Queues, Replayer, snapshot
+from conveyor.broker.testing import ManualClock, Queues, Replayer, snapshot
 from conveyor.protocol import Backoff, JobDef, JobError, JobState
 
 HOUR = 3600.0
 LEASE = 30.0
-
-
-def state(job: Job) -> JobState:
-    """The job's state now (read through a call: the steps between reads change it)."""
-    return job.state
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 def holding(clock: ManualClock) -> tuple[Queues, int]:

@@ -3,10 +3,10 @@ stale heap entries than a constant factor of the live ones."""
 
 from __future__ import annotations
 
-import msgspec
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from queue_state import raw
 
 from conveyor.broker.testing import Deadlines, Kind, Queues
 from conveyor.protocol import JobDef
@@ -72,10 +72,6 @@ def test_rescheduling_one_id_many_times_keeps_the_heap_small() -> None:
         deadlines.set(Kind.LEASE, 1, float(n))
         assert deadlines.entries <= 3 * len(deadlines) + 16
     assert len(deadlines) == 1 and deadlines.next() == 9999.0
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 def test_jobs_that_leave_drop_their_deadlines() -> None:

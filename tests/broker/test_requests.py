@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from queue_state import BrokenRandom, raw
 from state_checks import check_state
 
 from conveyor.broker.testing import (
@@ -56,10 +57,6 @@ from conveyor.protocol import (
 
 NOW = 1_700_000_000.0
 ERROR = JobError(type="RuntimeError", message="try failed")
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 def deliveries(messages: list[BrokerMessage]) -> list[Delivery]:
@@ -125,13 +122,6 @@ def test_a_backoff_past_the_longest_delay_is_cut_to_it() -> None:
     flush(core, NOW)
     (delivery,) = deliveries(worker.take())
     assert delivery.attempt == 1032
-
-
-class BrokenRandom(random.Random):
-    """Raises when drawn from: a stand-in for a bug in the middle of a request."""
-
-    def random(self) -> float:
-        raise ArithmeticError("a bug")
 
 
 def test_an_unexpected_error_answers_internal_and_changes_nothing(

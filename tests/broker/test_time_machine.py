@@ -15,10 +15,10 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import msgspec
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from queue_state import raw
 from state_checks import check_state
 
 from conveyor.broker import FsyncPolicy
@@ -61,10 +61,6 @@ EPSILON = 1e-6
 """Seconds: wall and monotonic times are added in a different order here than in the broker."""
 BACKOFFS = (None, Backoff(type="fixed", delay=3.0),
             Backoff(type="exponential", delay=0.5, cap=2.0))
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 def backoff_wait(backoff: Backoff | None, attempt: int) -> float:

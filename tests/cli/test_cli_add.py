@@ -8,12 +8,12 @@ import json
 import os
 import re
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from cli_support import LiveCommand, Pty, conveyor
+from processes import eventually
 
 from conveyor.broker import Broker
 from conveyor.client import Backoff, Client
@@ -239,10 +239,10 @@ async def test_a_broker_that_goes_away_mid_file_is_exit_1_saying_what_was_added(
         live.process.stdin.write(b'{"n": 1}\n\n{"n": 3}\n')
         await live.process.stdin.drain()
         async with Client(url) as client:
-            deadline = time.monotonic() + 15
-            while (await client.counts("gone"))["waiting"] < 2:
-                assert time.monotonic() < deadline, "the first lines were not added"
-                await asyncio.sleep(0.01)
+            async def added() -> bool:
+                return (await client.counts("gone"))["waiting"] >= 2
+
+            await eventually(added, "the first lines added", timeout=15)
         await broker.close()
         live.process.stdin.write(b'{"n": 4}\n')
         status = await live.finish()

@@ -10,27 +10,18 @@ from pathlib import Path
 
 import pytest
 from cli_support import COMMAND_TIMEOUT, command_env, conveyor
-from processes import ROOT, WorkerProcess, read_line
+from processes import ROOT, WorkerProcess, launch_broker
 
 from conveyor.broker import Broker
 from conveyor.client import Client
 
-BROKER_START_TIMEOUT = 20.0
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "conveyor.cli", *args], cwd=ROOT,
-                                env=command_env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=err, start_new_session=True)
-
 
 async def test_conveyor_broker_serves_until_sigterm(tmp_path: Path) -> None:
-    process = start(["broker", "--port", "0", "--data-dir", str(tmp_path / "data"),
-                     "--fsync", "always"], tmp_path / "broker.log")
+    process, line = launch_broker(
+        [sys.executable, "-m", "conveyor.cli", "broker", "--port", "0", "--data-dir",
+         str(tmp_path / "data"), "--fsync", "always"],
+        stderr_path=tmp_path / "broker.log", env=command_env(), new_session=True)
     try:
-        assert process.stdout is not None
-        line = read_line(process.stdout, BROKER_START_TIMEOUT)
         assert line.startswith("listening on 127.0.0.1:"), (line, (tmp_path / "broker.log")
                                                              .read_text())
         url = line.removeprefix("listening on ")
@@ -151,15 +142,11 @@ async def test_broker_worker_and_add_work_from_a_directory_of_lookalike_modules(
     (project / "jobs_here.py").write_text(LOOKALIKE_HANDLER)
     script = str(Path(sys.executable).parent / "conveyor")
     env = {key: value for key, value in command_env().items() if key != "PYTHONPATH"}
-    with (tmp_path / "broker.log").open("wb") as err:
-        broker = subprocess.Popen([script, "broker", "--port", "0", "--data-dir", "data"],
-                                  cwd=project, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    broker, line = launch_broker([script, "broker", "--port", "0", "--data-dir", "data"],
+                                 stderr_path=tmp_path / "broker.log", env=env, cwd=project,
+                                 new_session=True)
     worker: WorkerProcess | None = None
     try:
-        assert broker.stdout is not None
-        line = read_line(broker.stdout, BROKER_START_TIMEOUT)
-        assert line.startswith("listening on "), (tmp_path / "broker.log").read_text()
         url = line.removeprefix("listening on ")
         with (tmp_path / "worker.log").open("wb") as log:
             worker = WorkerProcess(subprocess.Popen(

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 
 from cli_support import LiveCommand, command_env, conveyor
-from processes import ROOT
+from processes import ROOT, eventually, free_port
 
 from conveyor.client import Client
 
 COMMANDS = ["broker", "worker", "status", "jobs", "job", "events", "add", "retry", "promote",
             "remove", "pause", "resume", "drain", "clean"]
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bound and released at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_help_lists_every_command_without_loading_any_of_them() -> None:
@@ -59,7 +50,7 @@ async def test_version_and_usage_errors() -> None:
 
 
 async def test_every_command_reports_a_broker_that_is_not_running_in_one_line() -> None:
-    address = f"127.0.0.1:{unused_port()}"
+    address = f"127.0.0.1:{free_port()}"
     commands = [["status"], ["status", "--watch"], ["jobs", "q", "--state", "waiting"],
                 ["job", "1"], ["events", "q"], ["add", "q", "{}"], ["add", "q", "--file", "-"],
                 ["retry", "q"], ["promote", "1"], ["remove", "1"], ["pause", "q"],
@@ -99,10 +90,10 @@ async def test_ctrl_c_stops_a_command_quietly_with_status_130(url: str) -> None:
         live.process.stdin.write(b'{"first": true}\n')
         await live.process.stdin.drain()
         async with Client(url) as client:
-            deadline = time.monotonic() + 15
-            while (await client.counts("slow"))["waiting"] < 1:
-                assert time.monotonic() < deadline, "the first line was not added"
-                await asyncio.sleep(0.01)
+            async def added() -> bool:
+                return (await client.counts("slow"))["waiting"] >= 1
+
+            await eventually(added, "the first line added", timeout=15)
         assert await live.interrupt() == 130
     finally:
         await live.kill()

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from processes import eventually
 
 from conveyor.client import Client, Connection, ConnectionLost, ProtocolViolation
 from conveyor.protocol import (
@@ -56,14 +57,13 @@ async def silent_url() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-async def settle() -> None:
-    """Let closed transports finish closing (their sockets close a loop pass or two later)."""
-    for _ in range(10):
-        await asyncio.sleep(0.001)
+async def all_closed(before: int) -> None:
+    """Return once as many descriptors are open as ``before``: closed transports close their
+    sockets a loop pass or two later, the silent server its side once it reads the EOF."""
+    await eventually(lambda: open_fds() == before, f"back to {before} open descriptors")
 
 
 async def test_cancelled_connects_close_their_sockets(silent_url: str) -> None:
-    await settle()
     before = open_fds()
     for n in range(TRIES):
         opening = asyncio.ensure_future(Connection.open(silent_url, timeout=30))
@@ -73,18 +73,15 @@ async def test_cancelled_connects_close_their_sockets(silent_url: str) -> None:
         opening.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await opening
-    await settle()
-    assert open_fds() == before
+    await all_closed(before)
 
 
 async def test_timed_out_handshakes_close_their_sockets(silent_url: str) -> None:
-    await settle()
     before = open_fds()
     for n in range(TRIES // 5):
         with pytest.raises(ConnectionLost, match="did not answer the handshake|no answer"):
             await Connection.open(silent_url, timeout=0.001 * (n % 5 + 1))
-    await settle()
-    assert open_fds() == before
+    await all_closed(before)
 
 
 # Messages of a type the client does not know (a later broker's).

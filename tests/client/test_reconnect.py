@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import read_line, subprocess_env
+from processes import launch_broker, subprocess_env
 
 from conveyor.client import Client, Connection, ConnectionLost, SyncClient
 
 HERE = Path(__file__).resolve().parent
-START_TIMEOUT = 20.0
-"""Seconds a broker process gets to print ``listening on``."""
 
 
 class RestartableBroker:
@@ -39,21 +37,11 @@ class RestartableBroker:
 
     def start(self, *args: str) -> None:
         """Start the broker (on the port of the first start) and wait until it listens."""
-        stderr_path = self.directory / "broker.stderr"
-        with stderr_path.open("ab") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--data-dir", str(self.directory / "data"),
-                 "--log-level", "warning", *args],
-                env=subprocess_env(HERE), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=stderr)
-        assert process.stdout is not None
-        line = read_line(process.stdout, START_TIMEOUT)
-        if not line.startswith("listening on "):
-            process.kill()
-            process.wait()
-            raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
-                                 f"{stderr_path.read_text(errors='replace')}")
+        process, line = launch_broker(
+            [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1",
+             "--port", str(self.port), "--data-dir", str(self.directory / "data"),
+             "--log-level", "warning", *args],
+            stderr_path=self.directory / "broker.stderr", env=subprocess_env(HERE), append=True)
         self.port = int(line.rpartition(":")[2])
         self.process = process
 

@@ -7,6 +7,7 @@
 - ``start_worker``: ``python -m conveyor.worker ...`` as a child process in its own process
   group; every
   one started is stopped (SIGTERM, then SIGKILL) at teardown.
+- ``raw``: a greeted ``rawwire.Raw`` connection to the in-process broker.
 - ``wait_for_workers``, ``wait_for_counts``, ``wait_for_files``: wait on a condition instead of
   sleeping a fixed time.
 """
@@ -22,21 +23,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, read_line
+from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, launch_broker
 from processes import subprocess_env as child_env
+from processes import wait_for_workers as _wait_for_workers
+from rawwire import Raw
 
 from conveyor.broker import Broker
 from conveyor.client import Client
 
 HERE = Path(__file__).resolve().parent
 
-BROKER_START_TIMEOUT = 20.0
-"""Seconds a broker subprocess gets to print its ``listening on`` line."""
-
-
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
     return child_env(HERE, extra)
+
+
+# A raw connection.
+
+
+@pytest.fixture
+async def raw(broker: Broker) -> AsyncIterator[Raw]:
+    """A greeted raw connection to the in-process broker; closed at teardown."""
+    connection = await Raw.open(broker.port)
+    yield connection
+    await connection.close()
 
 
 # Broker subprocess.
@@ -79,19 +89,10 @@ def start_broker_process(directory: Path, *args: str) -> BrokerProcess:
     """Start ``python -m conveyor.broker --port 0`` with its log in ``directory``; wait until it
     listens."""
     log_path = directory / "broker.stderr"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", "0",
-             "--data-dir", str(directory / "broker-data"), *args],
-            cwd=directory, env=subprocess_env(), stdout=subprocess.PIPE, stderr=log,
-        )
-    assert process.stdout is not None
-    line = read_line(process.stdout, BROKER_START_TIMEOUT)
-    if not line.startswith("listening on "):
-        process.kill()
-        process.wait()
-        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
-                             f"{log_path.read_text(errors='replace')}")
+    process, line = launch_broker(
+        [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(directory / "broker-data"), *args],
+        stderr_path=log_path, env=subprocess_env(), cwd=directory)
     return BrokerProcess(process, line, log_path)
 
 
@@ -171,33 +172,6 @@ async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
 
 
 # Waiting on conditions.
-
-
-async def _wait_for_workers(source: Broker | Client, queue: str, count: int,
-                            *workers: WorkerProcess, timeout: float = 30.0) -> None:
-    """Return once ``count`` connections are subscribed to ``queue``.
-
-    ``source`` is an in-process broker (its subscriptions are read directly) or a client of any
-    broker, a subprocess one included (``counts(queue)["workers"]`` is polled). Fails early,
-    with its output, when one of ``workers`` has exited.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if isinstance(source, Broker):
-            state = source.queues.queues.get(queue)
-            subscribed = 0 if state is None else len(state.consumers)
-        else:
-            subscribed = (await source.counts(queue))["workers"]
-        if subscribed >= count:
-            return
-        for worker in workers:
-            if worker.exited():
-                raise AssertionError(f"worker {worker.pid} exited; its output:\n{worker.log}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(worker.log for worker in workers)
-            raise AssertionError(f"{subscribed} of {count} workers subscribed to {queue!r} "
-                                 f"within {timeout} s\n{logs}")
-        await asyncio.sleep(0.02)
 
 
 async def _wait_for_counts(client: Client, queue: str, timeout: float = 30.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -35,14 +35,6 @@ REPLY_TIMEOUT = 5.0
 def raw_port(connection: RawConnection) -> int:
     """The broker port ``connection`` is connected to."""
     return int(connection.writer.get_extra_info("peername")[1])
-
-
-@pytest.fixture
-async def raw(broker: Broker) -> AsyncIterator[RawConnection]:
-    """A greeted raw connection to the in-process broker; closed at teardown."""
-    connection = await RawConnection.open(broker.port)
-    yield connection
-    await connection.close()
 
 
 async def assert_still_serving(url: str) -> None:

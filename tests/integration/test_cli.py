@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import subprocess
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pytest
+from processes import free_port
 
 from conveyor.client import Client
 
@@ -19,13 +19,6 @@ if TYPE_CHECKING:
     from conftest import BrokerProcess, StartWorker
 
 RunWorkerCli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bound and released at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -91,7 +84,7 @@ def test_a_bad_worker_command_line_fails_with_one_readable_line(
 def test_a_worker_that_cannot_reach_its_broker_fails_with_one_readable_line(
     run_worker_cli: RunWorkerCli,
 ) -> None:
-    port = unused_port()
+    port = free_port()
     result = run_worker_cli("examples.tasks:sleep", "--queue", "q",
                             "--url", f"127.0.0.1:{port}")
     assert_one_line_error(result, f"127.0.0.1:{port}")

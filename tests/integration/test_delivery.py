@@ -17,7 +17,7 @@ from typing import Any
 
 import handlers
 import pytest
-from processes import WorkerProcess
+from processes import WorkerProcess, eventually
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState
@@ -88,9 +88,8 @@ async def test_a_bulk_add_goes_to_the_workers_with_the_most_free_slots(
             ids = await client.add_bulk(queue, range(4))
             # Dispatched as they were added: every job is already active.
             assert (await client.counts(queue))["active"] == 4
-            async with asyncio.timeout(10):
-                while sum(map(len, held.values())) < 4:  # every job started
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: sum(map(len, held.values())) >= 4, "every job started",
+                             timeout=10)
             assert [len(held["a"]), len(held["b"])] == expected, held
             gate.set()
             await asyncio.gather(*(client.wait(job_id, timeout=10) for job_id in ids))

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from rawwire import Raw, eventually
+from processes import eventually
+from rawwire import Raw
 
 from conveyor.broker import Broker
 from conveyor.client import Client, RequestRefused
@@ -61,8 +62,16 @@ async def test_a_greeted_connection_is_not_timed_out_for_being_idle(make_broker:
     broker: Broker = await make_broker(handshake_timeout=0.2, frame_timeout=0.2)
     raw = await Raw.open(broker.port)
     try:
-        # Idle between frames for several timeouts: that is a producer with nothing to do.
-        await asyncio.sleep(1.0)
+        # Idle between frames for several timeouts: that is a producer with nothing to do. Each
+        # connection below, greeted after it and leaving a frame unfinished, is timed out: the
+        # frame timeout passed three times over while ``raw`` said nothing.
+        for _ in range(3):
+            stalled = await Raw.open(broker.port)
+            try:
+                stalled.write(struct.pack(">I", 64))
+                assert "unfinished" in await stalled.receive_error(ErrorCode.TIMED_OUT)
+            finally:
+                await stalled.close()
         assert (await raw.counts("q"))["waiting"] == 0
         # A frame sent in pieces, each within the timeout, is not cut off either.
         body = b"\x83\xa1t\xaaget_counts\xa3req\x05\xa5queue\xa1q"

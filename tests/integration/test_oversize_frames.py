@@ -4,11 +4,11 @@ not lose every other job it holds."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
 import msgspec
+from processes import eventually
 from rawwire import Raw
 
 from conveyor.broker import Broker
@@ -60,10 +60,13 @@ async def test_an_oversize_result_is_answered_and_costs_no_other_job(make_broker
             # The worker can still report the job it could not ack.
             worker.send({"t": "fail", "job": big["job"], "lease": big["lease"], "retry": False,
                          "error": {"type": "ResultTooLarge", "message": "result too large"}})
-            info = await client.get_job(big["job"])
-            while info is not None and info.state is JobState.ACTIVE:
-                await asyncio.sleep(0.01)
+
+            async def settled() -> bool:
                 info = await client.get_job(big["job"])
+                return info is None or info.state is not JobState.ACTIVE
+
+            await eventually(settled, "the job is no longer active")
+            info = await client.get_job(big["job"])
             assert info is not None and info.state is JobState.FAILED
             assert info.error is not None and info.error.type == "ResultTooLarge"
             assert sorted(ids) == sorted(job["job"] for job in held)
@@ -86,10 +89,8 @@ async def test_an_oversize_request_is_answered_with_its_request_id(make_broker: 
         raw.write(struct.pack(">I", 2 << 20) + b"\x84" + b"\0" * (1 << 20))
         await raw.writer.drain()
         session = next(iter(broker.sessions))
-        deadline = asyncio.get_running_loop().time() + 5
-        while not session.reader.partial:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
+        await eventually(lambda: session.reader.partial, "the broker skips the body",
+                         timeout=5)
         assert session.reader.buffered == 0
         raw.write(b"\0" * ((1 << 20) - 1))
         await raw.receive_error(ErrorCode.FRAME_TOO_LARGE)

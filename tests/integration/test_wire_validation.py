@@ -7,25 +7,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
 from rawwire import Raw
 
-from conveyor.broker import Broker
 from conveyor.protocol import ErrorCode
 
 MAX_OFFSET = (1 << 63) - 1
 """The last offset `get_jobs` takes (int64)."""
-
-
-@pytest.fixture
-async def raw(broker: Broker) -> AsyncIterator[Raw]:
-    connection = await Raw.open(broker.port)
-    yield connection
-    await connection.close()
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])

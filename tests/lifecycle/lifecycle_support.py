@@ -1,48 +1,31 @@
 """Helpers for the job-lifecycle tests (imported as ``lifecycle_support``; pytest puts this
-directory on ``sys.path``): waiting on conditions, running in-process workers, and worker CLI
-processes that a test may freeze (SIGSTOP).
+directory on ``sys.path``): running in-process workers, a subscriber speaking the protocol by
+hand (``RawWorker``), and worker CLI processes that a test may freeze (SIGSTOP).
 
-The worker process handle and the child environment come from ``tests/processes.py``.
+The worker process handle, the child environment and waiting on conditions (``eventually``,
+``wait_for_workers``) come from ``tests/processes.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from processes import WorkerProcess
 from processes import subprocess_env as child_env
 
-from conveyor.broker import Broker
+from conveyor.client import Connection, Push
+from conveyor.protocol import Deliver, Delivery, Subscribe
 from conveyor.worker import Worker
 
 HERE = Path(__file__).resolve().parent
 
 
-
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
     return child_env(HERE, extra)
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0,
-                     what: str = "condition", interval: float = 0.01) -> Any:
-    """Poll ``condition`` (a function, or a coroutine function) until it returns something
-    true; return that. Fails naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still not true after {timeout} s")
-        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
@@ -58,22 +41,39 @@ async def running(*workers: Worker) -> AsyncIterator[None]:
             await asyncio.gather(*tasks)
 
 
+# A worker speaking the protocol by hand.
+
+
+class RawWorker:
+    """A subscriber speaking the protocol by hand, with a window of one job: it does only what
+    the test tells it to."""
+
+    def __init__(self, connection: Connection, pushed: asyncio.Queue[Delivery]) -> None:
+        self.connection = connection
+        self.pushed = pushed
+
+    @classmethod
+    async def open(cls, url: str, queue: str, *, lease: float = 30.0) -> RawWorker:
+        """Connect to ``url`` and subscribe to ``queue`` under a ``lease`` of that many seconds."""
+        pushed: asyncio.Queue[Delivery] = asyncio.Queue()
+
+        def on_push(message: Push) -> None:
+            if isinstance(message, Deliver):
+                for delivery in message.jobs:
+                    pushed.put_nowait(delivery)
+
+        connection = await Connection.open(url, on_push=on_push)
+        await connection.request(lambda req: Subscribe(req=req, queue=queue, window=1,
+                                                       lease=lease))
+        return cls(connection, pushed)
+
+    async def delivery(self) -> Delivery:
+        """The next job pushed (10 s at most)."""
+        return await asyncio.wait_for(self.pushed.get(), 10)
+
+
 # Worker subprocesses.
 
 
 StartWorker = Callable[..., WorkerProcess]
 """The ``start_worker`` fixture's type."""
-
-
-async def wait_for_workers(broker: Broker, queue: str, count: int, *workers: WorkerProcess,
-                           timeout: float = 30.0) -> None:
-    """Return once ``count`` connections are subscribed to ``queue`` of the in-process
-    ``broker``; fail early, with its output, when one of ``workers`` has exited."""
-    def subscribed() -> bool:
-        for worker in workers:
-            if worker.exited():
-                raise AssertionError(f"worker {worker.pid} exited; its output:\n{worker.log}")
-        state = broker.queues.queues.get(queue)
-        return state is not None and len(state.consumers) >= count
-
-    await wait_until(subscribed, timeout=timeout, what=f"{count} workers on {queue!r}")

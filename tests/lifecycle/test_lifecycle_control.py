@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_support import running, wait_until
+from lifecycle_support import running
+from processes import eventually, wait_for_workers
 
 from conveyor.broker import Broker
 from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
@@ -56,19 +57,13 @@ async def settle(client: Client, queue: str, **expected: int) -> None:
         counts = await client.counts(queue)
         return all(counts[key] == value for key, value in expected.items())
 
-    await wait_until(reached, timeout=15, what=f"counts of {queue!r} reach {expected}")
+    await eventually(reached, timeout=15, what=f"counts of {queue!r} reach {expected}")
 
 
 # Pause.
-
-
-async def subscribed(client: Client, queue: str, workers: int = 1) -> None:
-    """Return once ``workers`` workers are subscribed to ``queue``: from then on a job it may
-    deliver is delivered in the loop pass that made it waiting, before any later reply."""
-    async def reached() -> bool:
-        return (await client.counts(queue))["workers"] == workers
-
-    await wait_until(reached, timeout=15, what=f"{workers} workers subscribed to {queue!r}")
+#
+# Once a worker is subscribed to a queue, a job the broker may deliver is delivered in the loop
+# pass that made it waiting, before any later reply: the tests wait for that first.
 
 
 async def test_a_paused_queue_takes_jobs_but_delivers_none_until_resumed(url: str) -> None:
@@ -76,7 +71,7 @@ async def test_a_paused_queue_takes_jobs_but_delivers_none_until_resumed(url: st
     async with Client(url) as client:
         await client.pause("p")
         async with running(Worker("p", handler, url=url, concurrency=5)):
-            await subscribed(client, "p")
+            await wait_for_workers(client, "p", 1, timeout=15)
             ids = await client.add_bulk("p", range(5))
             # Not paused, the jobs would be active by now (dispatched as they were added).
             assert await counts_of(client, "p") == (5, 0, 0, 0, 0)
@@ -349,7 +344,7 @@ async def test_keys_and_pause_survive_a_broker_restart(make_broker: MakeBroker,
         assert await client.add_bulk("restart", [JobSpec("z", id="key-2")]) == [delayed]
         assert await counts_of(client, "restart") == (1, 0, 1, 0, 0)
         async with running(Worker("restart", handler, url=url)):
-            await subscribed(client, "restart")
+            await wait_for_workers(client, "restart", 1, timeout=15)
             # The delayed job comes due and waits, with the other: the queue is still paused.
             await settle(client, "restart", waiting=2, delayed=0)
             assert await counts_of(client, "restart") == (2, 0, 0, 0, 0)
@@ -371,7 +366,7 @@ async def test_a_jobs_own_keep_result_forgets_it_after_that_time(url: str) -> No
         await client.wait(default, timeout=10)
         info = await client.get_job(short)
         assert info is not None and info.finished_at is not None
-        await wait_until(lambda: _gone(client, short), timeout=10, what="the job was forgotten")
+        await eventually(lambda: _gone(client, short), timeout=10, what="the job was forgotten")
         assert time.time() - info.finished_at >= 0.3
         assert await client.get_job(default) is not None
         with pytest.raises(UnknownJob):
@@ -406,7 +401,7 @@ async def test_the_brokers_keep_age_forgets_finished_jobs(make_broker: MakeBroke
         infos = [await client.get_job(job_id) for job_id in ids]
         for job_id, info in zip(ids, infos, strict=True):
             assert info is not None and info.finished_at is not None
-            await wait_until(functools.partial(_gone, client, job_id), timeout=10,
+            await eventually(functools.partial(_gone, client, job_id), timeout=10,
                              what=f"job {job_id} was forgotten")
             assert time.time() - info.finished_at >= 0.3
         assert await counts_of(client, "aging") == (0, 0, 0, 2, 1)

@@ -13,12 +13,12 @@ import asyncio
 import random
 import time
 
-import msgspec
 import pytest
-from lifecycle_support import running, wait_until
+from lifecycle_support import running
+from processes import eventually, wait_for_workers
+from queue_state import raw, state
 
 from conveyor.broker import Broker
-from conveyor.broker.testing import Job as BrokerJob
 from conveyor.broker.testing import Queues, StateError
 from conveyor.client import Client, InvalidState, JobSpec, JobState, UnknownJob
 from conveyor.protocol import JobDef
@@ -33,16 +33,6 @@ LATE_MAX = 1.0
 """Seconds: the most any delayed job may start after its time."""
 
 
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
-
-
-def state(job: BrokerJob) -> JobState:
-    """``job.state``, read through a call: mypy keeps an attribute narrowed by an earlier
-    ``assert`` across the calls that change it."""
-    return job.state
-
-
 async def test_10k_delayed_jobs_start_in_due_order_none_early(
     broker: Broker, url: str
 ) -> None:
@@ -54,8 +44,7 @@ async def test_10k_delayed_jobs_start_in_due_order_none_early(
 
     worker = Worker("later", note_start, url=url, concurrency=JOBS)
     async with Client(url) as client, running(worker):
-        await wait_until(lambda: broker.queues.counts("later")["workers"] == 1,
-                         what="the worker subscribed")
+        await wait_for_workers(broker, "later", 1)
         # Every job gets a random delay of up to 2 s, counted from a moment just after the
         # bulk add is done, so the add itself (a few frames) does not eat into the early ones.
         base = time.time() + MARGIN
@@ -64,8 +53,8 @@ async def test_10k_delayed_jobs_start_in_due_order_none_early(
         assert time.time() < base, "the bulk add took longer than the margin"
         run_at = dict(zip(ids, due, strict=True))
         assert (await client.counts("later"))["delayed"] == JOBS
-        await wait_until(lambda: len(starts) == JOBS, timeout=30, what="every job started")
-        await wait_until(lambda: broker.queues.counts("later")["completed"] == JOBS,
+        await eventually(lambda: len(starts) == JOBS, timeout=30, what="every job started")
+        await eventually(lambda: broker.queues.counts("later")["completed"] == JOBS,
                          what="every job completed")
     # Due order: a job never starts before one that was due earlier.
     order = [job_id for job_id, _ in starts]

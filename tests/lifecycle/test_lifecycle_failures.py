@@ -9,26 +9,24 @@ connection goes on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 
 import pytest
-from lifecycle_support import running, wait_until
+from lifecycle_support import RawWorker, running
+from processes import eventually, wait_for_workers
+from queue_state import BrokenRandom
 
 from conveyor.broker import Broker
 from conveyor.client import (
     Client,
-    Connection,
     JobError,
     JobFailed,
     JobState,
-    Push,
     QueueSummary,
     RequestRefused,
     exponential,
 )
-from conveyor.protocol import Deliver, Delivery, ErrorCode, Fail, Subscribe
+from conveyor.protocol import ErrorCode, Fail
 from conveyor.worker import Job, Worker
 
 TRIES = 1030
@@ -42,8 +40,7 @@ async def test_a_worker_fails_a_job_past_1024_tries(broker: Broker, url: str) ->
         raise RuntimeError(f"try {job.attempt}")
 
     async with Client(url) as client, running(Worker("many", always_fails, url=url)):
-        await wait_until(lambda: broker.queues.counts("many")["workers"] == 1,
-                         what="the worker subscribed")
+        await wait_for_workers(broker, "many", 1)
         sessions = set(broker.sessions)
         job_id = await client.add("many", "x", attempts=TRIES, backoff=exponential(0.0))
         with pytest.raises(JobFailed) as failed:
@@ -56,30 +53,15 @@ async def test_a_worker_fails_a_job_past_1024_tries(broker: Broker, url: str) ->
     assert (counts["active"], counts["waiting"], counts["failed"]) == (0, 0, 1)
 
 
-class BrokenRandom(random.Random):
-    """Raises when drawn from: a stand-in for a bug in the middle of a request."""
-
-    def random(self) -> float:
-        raise ArithmeticError("a bug")
-
-
 async def test_an_unexpected_error_answers_internal_and_the_connection_goes_on(
         broker: Broker, url: str, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    pushed: asyncio.Queue[Delivery] = asyncio.Queue()
-
-    def on_push(message: Push) -> None:
-        if isinstance(message, Deliver):
-            for delivery in message.jobs:
-                pushed.put_nowait(delivery)
-
-    worker = await Connection.open(url, on_push=on_push)
+    worker = await RawWorker.open(url, "bug")
     try:
         async with Client(url) as client:
-            await worker.request(lambda req: Subscribe(req=req, queue="bug", window=1))
             job_id = await client.add("bug", "x", attempts=2,
                                       backoff=exponential(5.0, jitter=0.5))
-            delivery = await asyncio.wait_for(pushed.get(), 10)
+            delivery = await worker.delivery()
 
             def broken(now: float) -> list[QueueSummary]:
                 raise ZeroDivisionError("a bug")
@@ -91,9 +73,9 @@ async def test_an_unexpected_error_answers_internal_and_the_connection_goes_on(
             with caplog.at_level(logging.ERROR, logger="broker"):
                 with pytest.raises(RequestRefused) as refused:
                     await client.queues()
-                worker.send(Fail(job=job_id, lease=delivery.lease,
+                worker.connection.send(Fail(job=job_id, lease=delivery.lease,
                                  error=JobError(type="E", message="m")))
-                await wait_until(lambda: len(caplog.records) >= 2, what="both failures logged")
+                await eventually(lambda: len(caplog.records) >= 2, what="both failures logged")
             assert refused.value.code == ErrorCode.INTERNAL
             assert [record.exc_info is not None for record in caplog.records] == [True, True]
             # Nothing changed: the job is still the worker's, under the same lease.
@@ -103,9 +85,9 @@ async def test_an_unexpected_error_answers_internal_and_the_connection_goes_on(
             # Both connections go on; once the bug is gone the same fail goes through.
             monkeypatch.undo()
             assert [queue.name for queue in await client.queues()] == ["bug"]
-            worker.send(Fail(job=job_id, lease=delivery.lease,
+            worker.connection.send(Fail(job=job_id, lease=delivery.lease,
                              error=JobError(type="E", message="m")))
-            await wait_until(lambda: broker.queues.counts("bug")["delayed"] == 1,
+            await eventually(lambda: broker.queues.counts("bug")["delayed"] == 1,
                              what="the job waits for its retry")
     finally:
-        await worker.close()
+        await worker.connection.close()

@@ -18,10 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-import msgspec
 import pytest
 from lifecycle_handlers import starts
-from lifecycle_support import StartWorker, running, wait_for_workers, wait_until
+from lifecycle_support import StartWorker, running
+from processes import eventually, wait_for_workers
+from queue_state import raw, state
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import Job, Queues
@@ -33,20 +34,10 @@ LEASE = 1.0
 """Seconds: the short lease the worker processes here run with."""
 
 
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
-
-
 def held(queues: Queues, owner: str) -> list[Job]:
     consumer = queues.consumer(owner, "q")
     assert consumer is not None
     return list(consumer.held.values())
-
-
-def state(job: Job) -> JobState:
-    """``job.state``, read through a call: mypy keeps an attribute narrowed by an earlier
-    ``assert`` across the calls that change it."""
-    return job.state
 
 
 # The state machine, with a fake clock.
@@ -132,14 +123,14 @@ async def test_a_frozen_worker_loses_its_job_to_another_after_the_lease(
     marks.mkdir()
     async with Client(url) as client:
         job_id = await client.add(queue, {"seconds": 2.5, "dir": str(marks)})
-        [(_, attempt, first_pid, _)] = await wait_until(lambda: starts(marks),
+        [(_, attempt, first_pid, _)] = await eventually(lambda: starts(marks),
                                                         what="the first try started")
         victim = next(worker for worker in workers if worker.pid == first_pid)
         victim.signal(signal.SIGSTOP)
         stopped = time.time()
         # Its last heartbeat was at most a third of a lease ago: the lease runs out between
         # 2/3 of a lease and one lease after the stop.
-        second = await wait_until(lambda: starts(marks)[1:], timeout=10,
+        second = await eventually(lambda: starts(marks)[1:], timeout=10,
                                   what="the job was redelivered")
         [(_, again, second_pid, restarted)] = second
         assert second_pid != first_pid
@@ -229,7 +220,7 @@ async def test_a_plain_handlers_timeout_counts_from_when_a_thread_runs_it(url: s
         assert not release.is_set()  # failed on time, not when the thread returned
         # The quick job is delivered to the freed slot and waits for the thread, over its own
         # timeout, before it runs.
-        await wait_until(lambda: _state(client, quick, JobState.ACTIVE), what="quick delivered")
+        await eventually(lambda: _state(client, quick, JobState.ACTIVE), what="quick delivered")
         await asyncio.sleep(0.5)
         assert ran == ["slow"]
         release.set()

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from queue_state import raw
 
 from conveyor.broker.testing import Consumer, Job, Queues, StateError
 from conveyor.protocol import Backoff, JobDef, JobError, JobState
@@ -28,10 +29,6 @@ FAILED = JobState.FAILED
 
 LONG_LEASE = 1e9
 """Seconds: leases never run out here (they have tests of their own)."""
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 def ids(jobs: Iterable[Job]) -> list[int]:

@@ -15,11 +15,11 @@ import time
 from fractions import Fraction
 from typing import Any
 
-import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lifecycle_support import running
+from queue_state import raw
 
 from conveyor.broker.testing import MAX_DELAY, Job, Queues, backoff_delay
 from conveyor.client import Client, JobFailed, JobState, exponential, fixed
@@ -36,10 +36,6 @@ FAILED = JobState.FAILED
 LONG_LEASE = 1e9
 """Seconds: leases never run out in the fake-clock tests (they have tests of their own)."""
 ERROR = JobError(type="RuntimeError", message="try failed", traceback="Traceback ...")
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 def subscribe(queues: Queues) -> None:

@@ -8,22 +8,18 @@ release.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
-import msgspec
 import pytest
+from lifecycle_support import RawWorker
+from queue_state import raw
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import Queues
-from conveyor.client import Client, Connection, JobFailed, Push
-from conveyor.protocol import Ack, Deliver, Delivery, JobState, Release, Subscribe
+from conveyor.client import Client, JobFailed
+from conveyor.protocol import Ack, JobState, Release
 
 MakeBroker = Callable[..., Awaitable[Broker]]
-
-
-def raw(value: object) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.msgpack.encode(value))
 
 
 # The state machine.
@@ -67,31 +63,6 @@ def test_releases_are_not_losses() -> None:
 
 
 # A real broker.
-
-
-class RawWorker:
-    """A subscriber speaking the protocol by hand: it does only what the test tells it to."""
-
-    def __init__(self, connection: Connection, pushed: asyncio.Queue[Delivery]) -> None:
-        self.connection = connection
-        self.pushed = pushed
-
-    @classmethod
-    async def open(cls, url: str, queue: str, *, lease: float = 30.0) -> RawWorker:
-        pushed: asyncio.Queue[Delivery] = asyncio.Queue()
-
-        def on_push(message: Push) -> None:
-            if isinstance(message, Deliver):
-                for delivery in message.jobs:
-                    pushed.put_nowait(delivery)
-
-        connection = await Connection.open(url, on_push=on_push)
-        await connection.request(lambda req: Subscribe(req=req, queue=queue, window=1,
-                                                       lease=lease))
-        return cls(connection, pushed)
-
-    async def delivery(self) -> Delivery:
-        return await asyncio.wait_for(self.pushed.get(), 10)
 
 
 async def failure(client: Client, job_id: int) -> str:

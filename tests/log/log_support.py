@@ -11,17 +11,15 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
-import msgspec
-from processes import ROOT, STOP_TIMEOUT, read_line
+from processes import ROOT, STOP_TIMEOUT, launch_broker
 from processes import subprocess_env as child_env
 
 from conveyor.broker import FsyncPolicy
@@ -30,20 +28,9 @@ from conveyor.protocol import JobState
 
 HERE = Path(__file__).resolve().parent
 
-START_TIMEOUT = 20.0
-"""Seconds a broker subprocess gets to print its ``listening on`` line."""
-
-
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for child processes, with this directory's handler modules importable."""
     return child_env(HERE, extra)
-
-
-def free_port() -> int:
-    """A port nothing listens on now (bound and released at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # Broker subprocesses.
@@ -114,17 +101,8 @@ def start_broker(data_dir: Path, *args: str, stderr_path: Path, port: int = 0,
     argv = broker_command(data_dir, *args, port=port)
     if command is not None:
         argv = [*command, *argv[3:]]
-    with stderr_path.open("ab") as stderr:
-        process = subprocess.Popen(argv, cwd=ROOT, env=subprocess_env(env),
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=stderr)
-    assert process.stdout is not None
-    line = read_line(process.stdout, START_TIMEOUT)
-    if not line.startswith("listening on "):
-        process.kill()
-        process.wait()
-        raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
-                             f"{stderr_path.read_text(errors='replace')}")
+    process, line = launch_broker(argv, stderr_path=stderr_path, env=subprocess_env(env),
+                                  append=True)
     return BrokerProcess(process, line.removeprefix("listening on ").strip(), stderr_path)
 
 
@@ -203,22 +181,6 @@ def recorded_payloads(directory: Path) -> list[str]:
     for path in directory.iterdir():
         payloads += path.read_text().split()
     return payloads
-
-
-# Waiting.
-
-
-async def wait_until(condition: Callable[[], Awaitable[Any]], *, timeout: float,
-                     what: str) -> Any:
-    """Poll ``condition`` every 20 ms until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still not true after {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 # Failpoints of a broker in this process.
@@ -386,6 +348,3 @@ def assert_same_state(live: Queues, replayed: Queues, *,
     assert replayed.live_bytes == live.live_bytes
 
 
-def raw(value: object) -> msgspec.Raw:
-    """``value`` encoded as a payload or result."""
-    return msgspec.Raw(msgspec.msgpack.encode(value))

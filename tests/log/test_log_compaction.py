@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from log_support import Failpoints, dir_log_bytes, reopen, start_broker, wait_until
+from log_support import Failpoints, dir_log_bytes, reopen, start_broker
+from processes import eventually
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import FAILPOINTS
@@ -228,7 +229,7 @@ async def test_a_long_lived_job_does_not_keep_the_log_from_shrinking(tmp_path: P
                         assert broker.log is not None
                         return broker.log.compactions > done
 
-                    await wait_until(compacted, timeout=30, what="a compaction")
+                    await eventually(compacted, timeout=30, what="a compaction")
             completed = (await client.counts(QUEUE))["completed"]
         assert broker.log is not None
         assert broker.log.compactions >= 3
@@ -270,7 +271,7 @@ async def test_a_restart_with_live_data_above_the_floor_does_not_compact_again_a
             await client.add_bulk(QUEUE, ["z" * 1000 for _ in range(30)])
             worker, working = await run_worker(f"127.0.0.1:{broker.port}")
             try:
-                await wait_until(lambda: _completed(client, 30), timeout=20,
+                await eventually(lambda: _completed(client, 30), timeout=20,
                                  what="the 30 jobs complete")
             finally:
                 await stop_worker(worker, working)
@@ -340,7 +341,7 @@ async def test_a_compaction_that_keeps_failing_adds_no_increment_per_try(
                 # increment a moment ago; what the failed tries froze must not stay behind.
                 return len(manifest(data)["increments"]) == 1
 
-            await wait_until(one_increment, timeout=30, what="one increment after compacting")
+            await eventually(one_increment, timeout=30, what="one increment after compacting")
             assert not (data / frozen).exists()
             kept = await client.add(IDLE, "kept")
     finally:

@@ -17,11 +17,10 @@ from log_handlers import RECORDS_ENV
 from log_support import (
     BrokerProcess,
     WorkerProcess,
-    free_port,
     recorded_payloads,
     start_broker,
-    wait_until,
 )
+from processes import eventually, free_port, wait_for_workers
 
 from conveyor.client import Client, ConnectionLost, JobState
 
@@ -97,11 +96,7 @@ async def test_a_broker_killed_at_random_moments_loses_no_acknowledged_job(
     # connection is refused exits (a broker that was never reached is a start-up mistake), and
     # nothing would drain the queue.
     async with Client(url, reconnect=False) as client:
-
-        async def serving() -> bool:
-            return (await client.counts(QUEUE))["workers"] >= 2
-
-        await wait_until(serving, timeout=60, what="both worker processes subscribe")
+        await wait_for_workers(client, QUEUE, 2, timeout=60)
     producer = Producer(url, random.Random(rng.random()))
     producing = asyncio.ensure_future(producer.run())
     try:
@@ -122,7 +117,7 @@ async def test_a_broker_killed_at_random_moments_loses_no_acknowledged_job(
                 counts = await client.counts(QUEUE)
                 return counts if counts["waiting"] == counts["active"] == 0 else None
 
-            final = await wait_until(drained, timeout=60, what="the workers drain the queue")
+            final = await eventually(drained, timeout=60, what="the workers drain the queue")
             jobs = await asyncio.gather(*(client.get_job(job_id) for job_id, _ in producer.acked))
         assert workers.running(), workers.log
     finally:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from log_support import assert_one_error_line, raw, reopen, run_broker, start_broker
+from log_support import assert_one_error_line, reopen, run_broker, start_broker
+from queue_state import raw
 
 from conveyor.broker import Broker, FsyncPolicy, LogDamaged, LogError
 from conveyor.broker.testing import (

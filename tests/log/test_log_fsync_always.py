@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from log_support import Failpoints, raw, wait_until
+from log_support import Failpoints
+from processes import eventually
+from queue_state import raw
 
 from conveyor.broker import Broker, BrokerStatus, FsyncPolicy
 from conveyor.broker.testing import Log, Queues
@@ -111,7 +113,7 @@ async def test_adds_waiting_for_their_fsync_when_the_broker_shuts_down_are_answe
             async def shutting_down() -> bool:
                 return broker.status is BrokerStatus.CLOSING
 
-            await wait_until(shutting_down, timeout=10, what="the broker starts shutting down")
+            await eventually(shutting_down, timeout=10, what="the broker starts shutting down")
             fsync.open()
             job_id = await asyncio.wait_for(adding, 10)
         await asyncio.wait_for(closing, 10)

@@ -12,7 +12,7 @@ import gc
 import tracemalloc
 from pathlib import Path
 
-from log_support import raw
+from queue_state import raw
 
 from conveyor.broker import Broker, FsyncPolicy
 from conveyor.broker.testing import Log, Queues

@@ -17,7 +17,8 @@ import random
 import sys
 from pathlib import Path
 
-from log_support import HERE, start_broker, wait_until
+from log_support import HERE, start_broker
+from processes import eventually
 
 from conveyor.client import Client, ConnectionLost, JobSpec
 
@@ -112,7 +113,7 @@ async def test_a_power_loss_under_fsync_always_loses_no_acknowledged_add(tmp_pat
             async def busy(producers: Producers = producers) -> bool:
                 return len(producers.acked) >= 300 and producers.keyed >= 20
 
-            await wait_until(busy, timeout=30, what="the producers get adds acknowledged")
+            await eventually(busy, timeout=30, what="the producers get adds acknowledged")
             # The power goes: the broker dies at once, and the disk keeps what was fsynced.
             assert broker.kill() == -9
             await asyncio.wait_for(producing, 10)

@@ -29,7 +29,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from log_support import Limits, assert_same_state, raw, reopen
+from log_support import Limits, assert_same_state, reopen
+from queue_state import raw
 
 from conveyor.broker import FsyncPolicy
 from conveyor.broker.testing import (

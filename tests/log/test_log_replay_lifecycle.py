@@ -32,7 +32,8 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from log_support import Limits, assert_same_state, raw, reopen
+from log_support import Limits, assert_same_state, reopen
+from queue_state import raw
 
 from conveyor.broker import FsyncPolicy
 from conveyor.broker.testing import (

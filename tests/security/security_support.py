@@ -27,7 +27,7 @@ from typing import Any, Self
 import msgspec
 import rawwire
 import scramp
-from processes import ROOT, STOP_TIMEOUT, check_asyncio_leaks, read_line, subprocess_env
+from processes import ROOT, STOP_TIMEOUT, check_asyncio_leaks, launch_broker, subprocess_env
 from rawwire import REPLY_TIMEOUT
 
 from conveyor.broker import Broker
@@ -269,8 +269,6 @@ def is_error(message: Mapping[str, Any], code: ErrorCode, req: int = 0) -> bool:
 # Broker subprocesses.
 
 
-BROKER_START_TIMEOUT = 20.0
-"""Seconds a broker subprocess gets to print its ``listening on`` line."""
 CONVEYOR = (sys.executable, "-m", "conveyor.cli")
 """The ``conveyor`` command."""
 CONVEYOR_BROKER = (*CONVEYOR, "broker")
@@ -284,18 +282,8 @@ class BrokerProcess:
 
     def __init__(self, command: Sequence[str], log_path: Path) -> None:
         self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [*command], cwd=log_path.parent, env=subprocess_env(HERE),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
-        assert self.process.stdout is not None
-        line = read_line(self.process.stdout, BROKER_START_TIMEOUT)
-        if not line.startswith("listening on "):
-            self.process.kill()
-            self.process.wait()
-            self.process.stdout.close()
-            raise AssertionError(f"broker did not start: it printed {line!r}; stderr:\n"
-                                 f"{self.log}")
+        self.process, line = launch_broker(command, stderr_path=log_path,
+                                           env=subprocess_env(HERE), cwd=log_path.parent)
         self.port = int(line.rpartition(":")[2])
 
     @property

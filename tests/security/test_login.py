@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import scramp
-from rawwire import eventually
+from processes import eventually
 from security_support import (
     MECHANISM,
     SECURITY_BROKER,

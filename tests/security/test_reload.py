@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trustme
-from rawwire import eventually
+from processes import eventually
 from security_support import (
     CONVEYOR_BROKER,
     BrokerProcess,

@@ -8,7 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from worker_support import running, subscribers, wait_until
+from processes import eventually
+from worker_support import running, subscribers
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, SyncClient
@@ -171,14 +172,14 @@ async def test_closing_stops_credit_on_every_queue_before_running_jobs_finish(
         running_run = asyncio.create_task(worker.run())
         first = [await tasks["hold"].add(client) for _ in range(2)]
         second = [await tasks["hold_too"].add(client) for _ in range(2)]
-        await wait_until(lambda: len(started) == 2, "a job of each queue running")
+        await eventually(lambda: len(started) == 2, "a job of each queue running")
         closing = asyncio.create_task(worker.close())  # returns once the jobs are done
 
         def windows() -> list[int]:
             return [consumer.window for queue in ("first", "second")
                     for consumer in broker.queues.queues[queue].consumers.values()]
 
-        await wait_until(lambda: windows() == [0, 0], "both windows closed", timeout=10)
+        await eventually(lambda: windows() == [0, 0], "both windows closed", timeout=10)
         gate.set()  # the running jobs finish within the grace period; nothing new starts
         async with asyncio.timeout(15):
             await closing

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import WorkerProcess
+from processes import WorkerProcess, eventually, wait_for_workers
 from registry_tasks import count_words, resize_image, send_email, wait_async, wait_plain
-from worker_support import RunCli, StartCli, json_lines, subscribers, wait_until
+from worker_support import RunCli, StartCli, json_lines, subscribers
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed
@@ -26,8 +26,8 @@ REGISTRY = "registry_tasks:tasks"
 async def serving(broker: Broker, worker_count: int, *queues: str,
                   worker: WorkerProcess) -> None:
     """Wait until ``worker_count`` connections are subscribed to each of ``queues``."""
-    await wait_until(lambda: all(subscribers(broker, queue) == worker_count for queue in queues),
-                     f"{worker_count} subscribers on {queues}", worker=worker)
+    for queue in queues:
+        await wait_for_workers(broker, queue, worker_count, worker)
 
 
 async def test_one_process_runs_the_named_jobs_of_two_queues_and_fails_an_unknown_name_once(
@@ -67,8 +67,8 @@ async def test_queue_narrows_the_registry_and_its_queue_concurrency_wins(
     url: str, broker: Broker, start_cli: StartCli
 ) -> None:
     worker = start_cli(REGISTRY, "--url", url, "--queue", "images", "--concurrency", "5")
-    await wait_until(lambda: "serving images (3 at a time)" in worker.log, "serving images",
-                     worker=worker)
+    await eventually(lambda: "serving images (3 at a time)" in worker.log, "serving images",
+                     workers=[worker])
     assert (subscribers(broker, "images"), subscribers(broker, "emails")) == (1, 0)
     async with Client(url) as client:
         resized = await resize_image.add(client, path="b.png", width=7)
@@ -93,7 +93,7 @@ async def test_each_queue_runs_at_most_its_own_concurrency_at_once(
                     and (await client.counts("images"))["active"] == 3
                     and len(list(tmp_path.glob("gate.*"))) == 5)
 
-        await wait_until(full, "2 emails and 3 images jobs running", worker=worker)
+        await eventually(full, "2 emails and 3 images jobs running", workers=[worker])
         emails_counts = await client.counts("emails")
         images_counts = await client.counts("images")
         assert (emails_counts["active"], emails_counts["waiting"]) == (2, 3)
@@ -205,10 +205,10 @@ async def test_the_supervisor_starts_children_together_and_restarts_a_killed_one
     assert all(log.index(f"started worker process {pid}") < first_serving for pid in pids), log
 
     os.kill(pids[0], signal.SIGKILL)
-    await wait_until(lambda: f"worker process {pids[0]} exited with status -9; restarting in "
-                             f"0.5 s" in worker.log, "the restart logged", worker=worker)
-    await wait_until(lambda: len(re.findall(r"started worker process", worker.log)) == 4,
-                     "a fourth child started", worker=worker)
+    await eventually(lambda: f"worker process {pids[0]} exited with status -9; restarting in "
+                             f"0.5 s" in worker.log, "the restart logged", workers=[worker])
+    await eventually(lambda: len(re.findall(r"started worker process", worker.log)) == 4,
+                     "a fourth child started", workers=[worker])
     await serving(broker, 3, "emails", "images", worker=worker)
     async with Client(url) as client:
         ids = [await send_email.add(client, to=f"user{n}") for n in range(6)]
@@ -236,8 +236,8 @@ async def test_sigterm_hands_running_jobs_back_within_the_grace_period(
     gate = tmp_path / "gate"
     async with Client(url) as client:
         held = [await wait_async.add(client, str(gate)), await wait_plain.add(client, str(gate))]
-        await wait_until(lambda: len(list(tmp_path.glob("gate.*"))) == 2, "both jobs started",
-                         worker=worker)
+        await eventually(lambda: len(list(tmp_path.glob("gate.*"))) == 2, "both jobs started",
+                         workers=[worker])
         started = time.monotonic()
         worker.signal(signal.SIGTERM)
         assert await worker.wait(timeout=grace + KILL_MARGIN + 10) == 0, worker.log

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from worker_support import subscribers, wait_until
+from processes import eventually
+from worker_support import subscribers
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobState
@@ -28,7 +29,7 @@ async def test_close_returns_once_running_jobs_finished_and_run_returned(
         job_id = await client.add("close", None)
         await asyncio.wait_for(started.wait(), 10)
         closing = asyncio.create_task(worker.close())
-        await wait_until(lambda: broker.queues.counts("close")["workers"] == 1
+        await eventually(lambda: broker.queues.counts("close")["workers"] == 1
                          and worker.status is WorkerStatus.CLOSING, "the shutdown began")
         # The shutdown waits for the running job, and close() for the shutdown.
         assert not closing.done() and not run.done()

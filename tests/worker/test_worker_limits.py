@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from worker_support import running, wait_until
+from processes import eventually
+from worker_support import running
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState
@@ -55,7 +56,7 @@ class Jobs:
 
 
 async def started(jobs: Jobs, job_id: int) -> None:
-    await wait_until(lambda: job_id in jobs.tries, f"job {job_id} started")
+    await eventually(lambda: job_id in jobs.tries, f"job {job_id} started")
 
 
 async def test_a_result_over_the_frame_limit_fails_only_its_job(make_broker: MakeBroker) -> None:

@@ -8,7 +8,8 @@ import logging
 import time
 
 import pytest
-from worker_support import running, wait_until
+from processes import eventually
+from worker_support import running
 
 from conveyor.client import Client
 from conveyor.worker import Job, Worker
@@ -41,7 +42,7 @@ async def test_a_blocking_call_in_an_async_handler_is_warned_about_naming_the_jo
         assert blocked_warnings(caplog) == []  # a handler that awaits blocks nothing
         blocking = await client.add("lag", "block", name="resize")
         assert await client.wait(blocking, timeout=10) == "block"
-        await wait_until(lambda: blocked_warnings(caplog), "the blocked loop warned about",
+        await eventually(lambda: blocked_warnings(caplog), "the blocked loop warned about",
                          timeout=10)
     [warning] = blocked_warnings(caplog)
     assert warning.message.count(f"job {blocking} (resize on lag)") == 1

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,26 +25,6 @@ StartCli = Callable[..., WorkerProcess]
 """The ``start_cli`` fixture: ``start_cli(*args, cwd=..., command=..., env=...)``."""
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 """The ``run_cli`` fixture: ``run_cli(*args)``."""
-
-
-async def wait_until(condition: Callable[[], object], what: str, *,
-                     timeout: float = 30.0, worker: WorkerProcess | None = None) -> None:
-    """Return once ``condition()`` (awaited if it returns an awaitable) is true; fail naming
-    ``what`` (with ``worker``'s output) after ``timeout`` seconds, or as soon as ``worker`` has
-    exited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        output = f"; worker output:\n{worker.log}" if worker is not None else ""
-        if worker is not None and worker.exited():
-            raise AssertionError(f"the worker exited before {what}{output}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s{output}")
-        await asyncio.sleep(0.02)
 
 
 def subscribers(broker: Broker, queue: str) -> int:
