@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 import time
@@ -23,20 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from processes import ROOT, STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, launch_broker
-from processes import subprocess_env as child_env
+from integration_support import BrokerProcess, StartWorker, start_broker_process, subprocess_env
+from processes import ROOT, WorkerProcess
 from processes import wait_for_workers as _wait_for_workers
 from rawwire import Raw
 
 from conveyor.broker import Broker
 from conveyor.client import Client
-
-HERE = Path(__file__).resolve().parent
-
-def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for child processes, with this directory's handler modules importable."""
-    return child_env(HERE, extra)
-
 
 # A raw connection.
 
@@ -47,53 +39,6 @@ async def raw(broker: Broker) -> AsyncIterator[Raw]:
     connection = await Raw.open(broker.port)
     yield connection
     await connection.close()
-
-
-# Broker subprocess.
-
-
-class BrokerProcess:
-    """``python -m conveyor.broker`` running as a child process."""
-
-    def __init__(self, process: subprocess.Popen[bytes], line: str, log_path: Path) -> None:
-        self.process = process
-        self.line = line
-        """What the broker printed first: ``listening on HOST:PORT``."""
-        self.url = line.removeprefix("listening on ").strip()
-        self.log_path = log_path
-
-    @property
-    def log(self) -> str:
-        """What the broker wrote to stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
-        """Send ``signum`` and wait for the exit; kill it if it hangs. Returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(
-                    f"broker did not exit within {timeout} s of signal {signum}:\n{self.log}"
-                ) from None
-        if self.process.stdout is not None and not self.process.stdout.closed:
-            self.process.stdout.close()
-        check_asyncio_leaks(self.log, "broker")
-        return self.process.returncode
-
-
-def start_broker_process(directory: Path, *args: str) -> BrokerProcess:
-    """Start ``python -m conveyor.broker --port 0`` with its log in ``directory``; wait until it
-    listens."""
-    log_path = directory / "broker.stderr"
-    process, line = launch_broker(
-        [sys.executable, "-m", "conveyor.broker", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(directory / "broker-data"), *args],
-        stderr_path=log_path, env=subprocess_env(), cwd=directory)
-    return BrokerProcess(process, line, log_path)
 
 
 @pytest.fixture
@@ -136,9 +81,6 @@ def run_worker_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 # Worker subprocesses.
-
-
-StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture

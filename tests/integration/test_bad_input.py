@@ -23,7 +23,7 @@ from conveyor.client import Client, ConnectionLost, JobState, RequestRefused, Un
 from conveyor.protocol import PROTOCOL_VERSION, ErrorCode
 
 if TYPE_CHECKING:
-    from conftest import BrokerProcess
+    from integration_support import BrokerProcess
 
 MakeBroker = Callable[..., Awaitable[Broker]]
 """The ``make_broker`` fixture."""

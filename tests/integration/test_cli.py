@@ -16,7 +16,7 @@ from processes import free_port
 from conveyor.client import Client
 
 if TYPE_CHECKING:
-    from conftest import BrokerProcess, StartWorker
+    from integration_support import BrokerProcess, StartWorker
 
 RunWorkerCli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import subprocess_env
+from integration_support import subprocess_env
 from processes import ROOT
 
 from conveyor.broker import Broker, Users
@@ -18,7 +18,7 @@ from conveyor.broker.testing import peer_allowed
 from conveyor.client import Client, RequestRefused
 
 if TYPE_CHECKING:
-    from conftest import BrokerProcess
+    from integration_support import BrokerProcess
 
 REFUSAL = ("binding to 0.0.0.0 without --users would let anyone on the network control every "
            "queue; pass --users PATH, or --insecure to accept that")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trustme
-from conftest import subprocess_env
+from integration_support import subprocess_env
 from processes import ROOT
 
 from conveyor.broker import Broker, server_context
@@ -23,7 +23,7 @@ from conveyor.client import Client, ConnectionLost, SyncClient, tls_context
 from conveyor.worker import Job, Worker
 
 if TYPE_CHECKING:
-    from conftest import BrokerProcess
+    from integration_support import BrokerProcess
 
 MakeBroker = Callable[..., Awaitable[Broker]]
 
