@@ -158,12 +158,13 @@ async def _serve(args: argparse.Namespace, context: ssl.SSLContext | None) -> No
         log.info("recovered %d jobs (%d waiting) from %d records, %d bytes, in %.3f s",
                  recovery.jobs, recovery.waiting, recovery.records, recovery.bytes,
                  recovery.seconds)
-    print(f"listening on {args.host}:{broker.port}", flush=True)
     loop = asyncio.get_running_loop()
     serving = asyncio.ensure_future(broker.serve_forever())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, serving.cancel)
     loop.add_signal_handler(signal.SIGHUP, broker.reload_users)
+    # Only now: whoever waits for this line may signal the broker the moment it reads it.
+    print(f"listening on {args.host}:{broker.port}", flush=True)
     try:
         await serving
     except asyncio.CancelledError:
