@@ -105,7 +105,7 @@ class Compactor:
         self.compactions = 0
         """Compactions completed."""
         self._task: asyncio.Future[None] | None = None
-        self._running = False
+        """The compaction under way, until reaped (by ``poll`` or ``cancel``)."""
         self._retry_at = 0.0
 
     @property
@@ -117,8 +117,6 @@ class Compactor:
         """True when the log outgrew both the floor and the ratio over the live state; or, when
         ``urgent`` (the disk is full), when a good part of it is dead, whatever its size."""
         size = self.files.size
-        if self._running:
-            return False
         if urgent:
             return size > _URGENT_RATIO * live_bytes + _URGENT_SLACK
         return size > self.floor and size > self.ratio * live_bytes
@@ -144,52 +142,50 @@ class Compactor:
     async def cancel(self) -> None:
         """Stop a compaction under way; it changes nothing on disk (the next start ignores its
         files)."""
-        task, self._task = self._task, None
+        task = self._task
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+            # Only now: until its files are settled, no other compaction may begin.
+            self._task = None
             if not task.cancelled() and task.exception() is not None:
                 log.error("compaction failed: %s", task.exception())
 
     async def _compact(self, keep_completed: int, keep_failed: int) -> None:
         """Snapshot the files as they are now into a new base, while appends go on."""
-        self._running = True
+        files = self.files
+        directory = files.directory
+        # 1. Appends move to a new increment (or an earlier try's files are taken again).
+        frozen, generation = await _whole(files.freeze())
+        failpoint("compaction.switched")
+        base = base_name(generation)
+        tmp = directory / (base + ".tmp")
+        # 2. A child process replays the frozen files and writes their snapshot.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", _CHILD, str(directory), str(tmp),
+            str(keep_completed), str(keep_failed), *frozen,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
         try:
-            files = self.files
-            directory = files.directory
-            # 1. Appends move to a new increment (or an earlier try's files are taken again).
-            frozen, generation = await _whole(files.freeze())
-            failpoint("compaction.switched")
-            base = base_name(generation)
-            tmp = directory / (base + ".tmp")
-            # 2. A child process replays the frozen files and writes their snapshot.
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", _CHILD, str(directory), str(tmp),
-                str(keep_completed), str(keep_failed), *frozen,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                _, stderr = await process.communicate()
-            except asyncio.CancelledError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-                tmp.unlink(missing_ok=True)
-                raise
-            if process.returncode != 0:
-                tmp.unlink(missing_ok=True)
-                last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                # An OSError, like the parent's own file errors: poll() waits before retrying.
-                raise OSError(f"the compaction process exited with status {process.returncode}: "
-                              f"{last[0]}")
-            failpoint("compaction.written")
-            # 3 and 4. Switch to the new base, then delete the frozen files.
-            await _whole(self._switch(tmp, base, generation, frozen))
-            size = files.measure()
-            self.compactions += 1
-            log.info("compacted the log to %d bytes", size)
-        finally:
-            self._running = False
+            _, stderr = await process.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            tmp.unlink(missing_ok=True)
+            raise
+        if process.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            # An OSError, like the parent's own file errors: poll() waits before retrying.
+            raise OSError(f"the compaction process exited with status {process.returncode}: "
+                          f"{last[0]}")
+        failpoint("compaction.written")
+        # 3 and 4. Switch to the new base, then delete the frozen files.
+        await _whole(self._switch(tmp, base, generation, frozen))
+        size = files.measure()
+        self.compactions += 1
+        log.info("compacted the log to %d bytes", size)
 
     async def _switch(self, tmp: Path, base: str, generation: int, frozen: list[str]) -> None:
         """Steps 3 and 4, their file operations (renames, fsyncs, unlinks) in a thread."""
