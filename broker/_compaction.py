@@ -121,13 +121,16 @@ class Compactor:
             return size > _URGENT_RATIO * live_bytes + _URGENT_SLACK
         return size > self.floor and size > self.ratio * live_bytes
 
-    def poll(self, queues: Queues, wake: Callable[[], None], *, urgent: bool = False) -> None:
-        """Reap a finished compaction; start one if due (``wake`` is called when it ends)."""
+    def poll(self, queues: Queues, wake: Callable[[], None], *, urgent: bool = False) -> bool:
+        """Reap a finished compaction; start one if due (``wake`` is called when it ends).
+        Return True when a compaction that succeeded was reaped."""
         loop = asyncio.get_running_loop()
+        compacted = False
         if self._task is not None and self._task.done():
             task, self._task = self._task, None
             try:
                 task.result()
+                compacted = True
             except OSError as exc:
                 # No room for its files, say: the log is as it was; try again in a while.
                 log.error("compaction failed: %s", exc)
@@ -138,6 +141,7 @@ class Compactor:
             self._task = asyncio.ensure_future(
                 self._compact(retention.keep_completed, retention.keep_failed))
             self._task.add_done_callback(lambda _: wake())
+        return compacted
 
     async def cancel(self) -> None:
         """Stop a compaction under way; it changes nothing on disk (the next start ignores its

@@ -107,7 +107,6 @@ class Log:
         self._room_given = 0
         """Times part of the reserve was given up (an attempt to take it back that began
         before the last of them proves nothing)."""
-        self._compacted = 0
 
     @property
     def size(self) -> int:
@@ -250,9 +249,7 @@ class Log:
             self._wake.clear()
             failpoint("log.run")
             compactor = self.compactor
-            compactor.poll(queues, self._wake.set, urgent=self.full)
-            if compactor.compactions != self._compacted:
-                self._compacted = compactor.compactions
+            if compactor.poll(queues, self._wake.set, urgent=self.full):
                 await self._after_compaction(queues)
             if self.full and not compactor.busy:
                 await self._take_room_back(queues)
