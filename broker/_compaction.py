@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
-from ._census import Census
 from ._errors import LogError
 from ._failpoints import failpoint
 from ._logfile import (
@@ -39,8 +38,9 @@ from ._logfile import (
 )
 from ._manifest import base_name, create_file, generation_of
 from ._queues import Queues
-from ._records import decode_record, encode_record
-from ._replay import Replayer, snapshot
+from ._records import encode_record
+from ._recovery import replay_files
+from ._replay import snapshot
 
 __all__ = [
     "DEFAULT_COMPACT_FLOOR",
@@ -225,31 +225,23 @@ def _remove(directory: Path, names: Sequence[str]) -> None:
 def load_files(directory: Path, names: Sequence[str], queues: Queues) -> int:
     """Replay ``names`` (already validated by a running broker) into ``queues``; return records.
 
-    Used by the compaction child on files the broker froze: any damage here is an error. Two
-    passes, as on start: the census, then the replay of the jobs that outlive the files.
+    Used by the compaction child on files the broker froze: any damage here is an error.
     """
-    retention = queues.retention
-    census = Census(keep_completed=retention.keep_completed, keep_failed=retention.keep_failed)
-    for body in _bodies(directory, names):
-        census.apply(body)
-    replayer = Replayer(queues, census)
-    count = 0
-    for body in _bodies(directory, names):
-        if not census.skips(body):
-            replayer.apply(decode_record(body))
-        count += 1
-    replayer.finish()
-    return count
+    return replay_files(queues, _files(directory, names), _files(directory, names))[1]
 
 
-def _bodies(directory: Path, names: Sequence[str]) -> Iterator[memoryview]:
+def _files(directory: Path, names: Sequence[str]) -> Iterator[tuple[Path, Iterator[memoryview]]]:
     for name in names:
-        with open(directory / name, "rb") as file:
-            read_header(file.read(FILE_HEADER_SIZE))
-            reader = RecordReader(file, os.fstat(file.fileno()).st_size)
-            yield from reader
-        if reader.damage is not None:
-            raise LogError(f"{directory / name} is damaged at byte {reader.damage.offset}")
+        yield directory / name, _bodies(directory / name)
+
+
+def _bodies(path: Path) -> Iterator[memoryview]:
+    with open(path, "rb") as file:
+        read_header(file.read(FILE_HEADER_SIZE))
+        reader = RecordReader(file, os.fstat(file.fileno()).st_size)
+        yield from reader
+    if reader.damage is not None:
+        raise LogError(f"{path} is damaged at byte {reader.damage.offset}")
 
 
 def write_base(path: Path, generation: int, queues: Queues) -> None:
