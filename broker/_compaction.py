@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
-from ._census import Census
 from ._errors import LogError
 from ._failpoints import failpoint
 from ._logfile import (
@@ -39,8 +38,9 @@ from ._logfile import (
 )
 from ._manifest import base_name, create_file, generation_of
 from ._queues import Queues
-from ._records import decode_record, encode_record
-from ._replay import Replayer, snapshot
+from ._records import encode_record
+from ._recovery import replay_files
+from ._replay import snapshot
 
 __all__ = [
     "DEFAULT_COMPACT_FLOOR",
@@ -105,7 +105,7 @@ class Compactor:
         self.compactions = 0
         """Compactions completed."""
         self._task: asyncio.Future[None] | None = None
-        self._running = False
+        """The compaction under way, until reaped (by ``poll`` or ``cancel``)."""
         self._retry_at = 0.0
 
     @property
@@ -117,19 +117,20 @@ class Compactor:
         """True when the log outgrew both the floor and the ratio over the live state; or, when
         ``urgent`` (the disk is full), when a good part of it is dead, whatever its size."""
         size = self.files.size
-        if self._running:
-            return False
         if urgent:
             return size > _URGENT_RATIO * live_bytes + _URGENT_SLACK
         return size > self.floor and size > self.ratio * live_bytes
 
-    def poll(self, queues: Queues, wake: Callable[[], None], *, urgent: bool = False) -> None:
-        """Reap a finished compaction; start one if due (``wake`` is called when it ends)."""
+    def poll(self, queues: Queues, wake: Callable[[], None], *, urgent: bool = False) -> bool:
+        """Reap a finished compaction; start one if due (``wake`` is called when it ends).
+        Return True when a compaction that succeeded was reaped."""
         loop = asyncio.get_running_loop()
+        compacted = False
         if self._task is not None and self._task.done():
             task, self._task = self._task, None
             try:
                 task.result()
+                compacted = True
             except OSError as exc:
                 # No room for its files, say: the log is as it was; try again in a while.
                 log.error("compaction failed: %s", exc)
@@ -140,56 +141,55 @@ class Compactor:
             self._task = asyncio.ensure_future(
                 self._compact(retention.keep_completed, retention.keep_failed))
             self._task.add_done_callback(lambda _: wake())
+        return compacted
 
     async def cancel(self) -> None:
         """Stop a compaction under way; it changes nothing on disk (the next start ignores its
         files)."""
-        task, self._task = self._task, None
+        task = self._task
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+            # Only now: until its files are settled, no other compaction may begin.
+            self._task = None
             if not task.cancelled() and task.exception() is not None:
                 log.error("compaction failed: %s", task.exception())
 
     async def _compact(self, keep_completed: int, keep_failed: int) -> None:
         """Snapshot the files as they are now into a new base, while appends go on."""
-        self._running = True
+        files = self.files
+        directory = files.directory
+        # 1. Appends move to a new increment (or an earlier try's files are taken again).
+        frozen, generation = await _whole(files.freeze())
+        failpoint("compaction.switched")
+        base = base_name(generation)
+        tmp = directory / (base + ".tmp")
+        # 2. A child process replays the frozen files and writes their snapshot.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", _CHILD, str(directory), str(tmp),
+            str(keep_completed), str(keep_failed), *frozen,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
         try:
-            files = self.files
-            directory = files.directory
-            # 1. Appends move to a new increment (or an earlier try's files are taken again).
-            frozen, generation = await _whole(files.freeze())
-            failpoint("compaction.switched")
-            base = base_name(generation)
-            tmp = directory / (base + ".tmp")
-            # 2. A child process replays the frozen files and writes their snapshot.
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", _CHILD, str(directory), str(tmp),
-                str(keep_completed), str(keep_failed), *frozen,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                _, stderr = await process.communicate()
-            except asyncio.CancelledError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-                tmp.unlink(missing_ok=True)
-                raise
-            if process.returncode != 0:
-                tmp.unlink(missing_ok=True)
-                last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                # An OSError, like the parent's own file errors: poll() waits before retrying.
-                raise OSError(f"the compaction process exited with status {process.returncode}: "
-                              f"{last[0]}")
-            failpoint("compaction.written")
-            # 3 and 4. Switch to the new base, then delete the frozen files.
-            await _whole(self._switch(tmp, base, generation, frozen))
-            size = files.measure()
-            self.compactions += 1
-            log.info("compacted the log to %d bytes", size)
-        finally:
-            self._running = False
+            _, stderr = await process.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            tmp.unlink(missing_ok=True)
+            raise
+        if process.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            # An OSError, like the parent's own file errors: poll() waits before retrying.
+            raise OSError(f"the compaction process exited with status {process.returncode}: "
+                          f"{last[0]}")
+        failpoint("compaction.written")
+        # 3 and 4. Switch to the new base, then delete the frozen files.
+        await _whole(self._switch(tmp, base, generation, frozen))
+        size = files.measure()
+        self.compactions += 1
+        log.info("compacted the log to %d bytes", size)
 
     async def _switch(self, tmp: Path, base: str, generation: int, frozen: list[str]) -> None:
         """Steps 3 and 4, their file operations (renames, fsyncs, unlinks) in a thread."""
@@ -225,31 +225,23 @@ def _remove(directory: Path, names: Sequence[str]) -> None:
 def load_files(directory: Path, names: Sequence[str], queues: Queues) -> int:
     """Replay ``names`` (already validated by a running broker) into ``queues``; return records.
 
-    Used by the compaction child on files the broker froze: any damage here is an error. Two
-    passes, as on start: the census, then the replay of the jobs that outlive the files.
+    Used by the compaction child on files the broker froze: any damage here is an error.
     """
-    retention = queues.retention
-    census = Census(keep_completed=retention.keep_completed, keep_failed=retention.keep_failed)
-    for body in _bodies(directory, names):
-        census.apply(body)
-    replayer = Replayer(queues, census)
-    count = 0
-    for body in _bodies(directory, names):
-        if not census.skips(body):
-            replayer.apply(decode_record(body))
-        count += 1
-    replayer.finish()
-    return count
+    return replay_files(queues, _files(directory, names), _files(directory, names))[1]
 
 
-def _bodies(directory: Path, names: Sequence[str]) -> Iterator[memoryview]:
+def _files(directory: Path, names: Sequence[str]) -> Iterator[tuple[Path, Iterator[memoryview]]]:
     for name in names:
-        with open(directory / name, "rb") as file:
-            read_header(file.read(FILE_HEADER_SIZE))
-            reader = RecordReader(file, os.fstat(file.fileno()).st_size)
-            yield from reader
-        if reader.damage is not None:
-            raise LogError(f"{directory / name} is damaged at byte {reader.damage.offset}")
+        yield directory / name, _bodies(directory / name)
+
+
+def _bodies(path: Path) -> Iterator[memoryview]:
+    with open(path, "rb") as file:
+        read_header(file.read(FILE_HEADER_SIZE))
+        reader = RecordReader(file, os.fstat(file.fileno()).st_size)
+        yield from reader
+    if reader.damage is not None:
+        raise LogError(f"{path} is damaged at byte {reader.damage.offset}")
 
 
 def write_base(path: Path, generation: int, queues: Queues) -> None:

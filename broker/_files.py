@@ -92,7 +92,7 @@ class LogFiles:
         remove_unreferenced(self.directory, self._manifest)
         names = self._manifest.files()
         self._generation = max((generation_of(n) for n in names), default=0)
-        self.size = sum((self.directory / n).stat().st_size for n in names)
+        self.measure()
         if damaged:
             # Salvaged: rewrite what was kept as a clean base, so the next start is clean too.
             self._start_over(queues)

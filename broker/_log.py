@@ -45,6 +45,8 @@ DEFAULT_DISK_RESERVE: Final = 1024 * 1024
 live state instead when that is larger, so a compaction fits in it."""
 _NO_RESERVE_ROOM: Final = 64 * 1024
 """With no reserve, the free space (bytes) a full log waits for, twice over, to take adds."""
+_TICK: Final = 1.0
+"""Seconds between passes of the background task (fsync under everysec, compaction check)."""
 _ROOM_RETRY: Final = 1.0
 """Seconds between attempts to take the reserve back while the disk is full."""
 
@@ -105,7 +107,6 @@ class Log:
         self._room_given = 0
         """Times part of the reserve was given up (an attempt to take it back that began
         before the last of them proves nothing)."""
-        self._compacted = 0
 
     @property
     def size(self) -> int:
@@ -238,17 +239,17 @@ class Log:
 
     async def _run(self, queues: Queues) -> None:
         while True:
+            # Appends wake the task under ALWAYS; under the other policies the clock does, to
+            # fsync (EVERYSEC) and to see whether a compaction is due (both).
             interval = (_ROOM_RETRY if self.full else
-                        1.0 if self.policy is FsyncPolicy.EVERYSEC else None)
+                        None if self.policy is FsyncPolicy.ALWAYS else _TICK)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
             failpoint("log.run")
             compactor = self.compactor
-            compactor.poll(queues, self._wake.set, urgent=self.full)
-            if compactor.compactions != self._compacted:
-                self._compacted = compactor.compactions
+            if compactor.poll(queues, self._wake.set, urgent=self.full):
                 await self._after_compaction(queues)
             if self.full and not compactor.busy:
                 await self._take_room_back(queues)

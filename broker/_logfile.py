@@ -13,6 +13,7 @@ and whether anything valid follows the damage (damage before the tail) or not (a
 from __future__ import annotations
 
 import enum
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ _RECORD_HEADER: Final = struct.Struct(">III")
 _LENGTH_CRC: Final = struct.Struct(">II")
 FILE_HEADER_SIZE: Final = _FILE_HEADER.size
 RECORD_HEADER_SIZE: Final = _RECORD_HEADER.size
+_NONZERO: Final = re.compile(rb"[^\0]")
+"""Finds the end of a zero run without copying what follows it."""
 _CHUNK: Final = 1 << 20
 """Bytes read at a time when replaying a file."""
 
@@ -189,7 +192,8 @@ def _resync(view: memoryview, offset: int, end: int) -> int | None:
     while offset <= end - RECORD_HEADER_SIZE:
         if raw[offset] == 0 and raw[offset : offset + 8] == b"\0" * 8:
             # A zero-filled stretch (preallocated or unwritten blocks) holds no record start.
-            nonzero = len(raw) - len(raw[offset:].lstrip(b"\0"))
+            found = _NONZERO.search(raw, offset)
+            nonzero = len(raw) if found is None else found.start()
             offset = max(nonzero - 7, offset + 1)
             continue
         if _valid_at(view, offset, end) >= 0:

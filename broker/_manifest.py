@@ -80,18 +80,16 @@ def read_manifest(directory: Path) -> Manifest | None:
         raise LogError(f"{path} is unreadable: {exc}") from None
 
 
-def write_manifest(directory: Path, manifest: Manifest, *, sync: bool = True) -> None:
-    """Replace the manifest of ``directory`` atomically (durably too, with ``sync``)."""
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Replace the manifest of ``directory`` atomically and durably."""
     path = directory / MANIFEST
     tmp = path.with_suffix(".tmp")
     with os.fdopen(create_file(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as file:
         file.write(msgspec.json.encode(manifest))
-        if sync:
-            file.flush()
-            os.fsync(file.fileno())
+        file.flush()
+        os.fsync(file.fileno())
     os.rename(tmp, path)
-    if sync:
-        fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def remove_unreferenced(directory: Path, manifest: Manifest) -> None:

@@ -9,7 +9,7 @@ kept and the damage skipped, with a warning each time (the caller then rewrites 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -31,9 +31,10 @@ from ._queues import Queues
 from ._records import decode_record
 from ._replay import Replayer
 
-__all__ = ["Recovery", "recover"]
+__all__ = ["Recovery", "recover", "replay_files"]
 
 _T = TypeVar("_T")
+_FileBodies = Iterable[tuple[Path, Iterable[memoryview]]]
 
 
 @dataclass
@@ -56,28 +57,43 @@ def recover(directory: Path, manifest: Manifest, queues: Queues, recovery: Recov
     damage. A last increment cut short in its header is dropped from ``manifest`` (rewritten).
     Raises ``LogDamaged`` or ``LogError``.
 
-    Two passes: the census (which jobs the log does not outlive), then the replay proper, which
-    builds only the others. The first pass reads only; the second cuts off a torn tail.
+    Two passes (``replay_files``): the first reads only; the second cuts off a torn tail.
     """
-    retention = queues.retention
-    census = Census(keep_completed=retention.keep_completed, keep_failed=retention.keep_failed)
-    for path, bodies in _Files(directory, manifest, None, salvage=salvage):
-        for body in bodies:
-            _decoded(path, census.apply, body)
-    replayer = Replayer(queues, census)
     files = _Files(directory, manifest, recovery, salvage=salvage)
-    skips = census.skips
-    apply = replayer.apply
-    for path, bodies in files:
-        for body in bodies:
-            if not skips(body):
-                apply(_decoded(path, decode_record, body))
-            recovery.records += 1
-    replayer.finish()
+    replayer, records = replay_files(
+        queues, _Files(directory, manifest, None, salvage=salvage), files)
+    recovery.records += records
     if replayer.skipped:
         recovery.warnings.append(
             f"{replayer.skipped} records referred to jobs the log no longer holds")
     return files.damaged
+
+
+def replay_files(queues: Queues, census_pass: _FileBodies, replay_pass: _FileBodies,
+                 ) -> tuple[Replayer, int]:
+    """Replay log files into ``queues``; return the replayer and the number of records.
+
+    Two passes over the same files, each giving every file's path and the bodies of its valid
+    records: the census (which jobs the files do not outlive), then the replay proper, which
+    builds only the others. Raises ``LogError`` for a record that does not decode, and whatever
+    the passes raise.
+    """
+    retention = queues.retention
+    census = Census(keep_completed=retention.keep_completed, keep_failed=retention.keep_failed)
+    for path, bodies in census_pass:
+        for body in bodies:
+            _decoded(path, census.apply, body)
+    replayer = Replayer(queues, census)
+    skips = census.skips
+    apply = replayer.apply
+    records = 0
+    for path, bodies in replay_pass:
+        for body in bodies:
+            if not skips(body):
+                apply(_decoded(path, decode_record, body))
+            records += 1
+    replayer.finish()
+    return replayer, records
 
 
 def _decoded(path: Path, decode: Callable[[memoryview], _T], body: memoryview) -> _T:

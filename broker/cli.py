@@ -24,6 +24,7 @@ from ._log import (
     FsyncPolicy,
     LogError,
 )
+from ._manifest import make_directory
 from ._queues import DEFAULT_KEEP, DEFAULT_MAX_REDELIVERIES
 from ._server import (
     DEFAULT_FRAME_TIMEOUT,
@@ -158,12 +159,13 @@ async def _serve(args: argparse.Namespace, context: ssl.SSLContext | None) -> No
         log.info("recovered %d jobs (%d waiting) from %d records, %d bytes, in %.3f s",
                  recovery.jobs, recovery.waiting, recovery.records, recovery.bytes,
                  recovery.seconds)
-    print(f"listening on {args.host}:{broker.port}", flush=True)
     loop = asyncio.get_running_loop()
     serving = asyncio.ensure_future(broker.serve_forever())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, serving.cancel)
     loop.add_signal_handler(signal.SIGHUP, broker.reload_users)
+    # Only now: whoever waits for this line may signal the broker the moment it reads it.
+    print(f"listening on {args.host}:{broker.port}", flush=True)
     try:
         await serving
     except asyncio.CancelledError:
@@ -229,12 +231,16 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def _data_dir_problem(path: str) -> str | None:
     """Why ``path`` cannot hold the log (it is created when missing); None when it can."""
     directory = Path(path)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    if directory.exists() and not directory.is_dir():
         return "it exists and is not a directory"
+    try:
+        # Created as the log would create it, private to the broker's user whatever the umask.
+        make_directory(directory)
     except OSError as exc:
-        return str(exc.strerror or exc)
+        problem = str(exc.strerror or exc)
+        if exc.filename is not None and exc.filename != str(directory):
+            problem += f" ({exc.filename})"
+        return problem
     if not directory.is_dir():
         return "it is not a directory"
     if not os.access(directory, os.W_OK | os.X_OK):

@@ -14,19 +14,17 @@ from collections.abc import Iterator
 from conveyor.protocol import BrokerMessage, Error, ProtocolError
 
 from ._auth import FailureLimiter
-from ._clock import SYSTEM_CLOCK, Clock, SystemClock
 from ._compaction import load_files, write_base
 from ._core import Core
 from ._deadlines import Deadlines, Kind
 from ._errors import StateError
 from ._exposure import peer_allowed
-from ._failpoints import FAILPOINTS, HOOKS
+from ._failpoints import FAILPOINTS
 from ._failpoints import install as install_failpoint
 from ._flush import flush
-from ._jobs import MAX_DELAY, Consumer, Job, Queue, backoff_delay
+from ._jobs import MAX_DELAY, Consumer, Job, backoff_delay
 from ._log import Log
 from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordReader, append_record
-from ._outbox import Outbox
 from ._queues import Queues
 from ._rates import WINDOW, Rate
 from ._records import Record
@@ -38,13 +36,10 @@ from ._users import User
 __all__ = [
     "FAILPOINTS",
     "FILE_HEADER_SIZE",
-    "HOOKS",
     "MAX_DELAY",
     "MIN_LEASE",
     "RECORD_HEADER_SIZE",
-    "SYSTEM_CLOCK",
     "WINDOW",
-    "Clock",
     "Consumer",
     "Core",
     "Deadlines",
@@ -53,8 +48,6 @@ __all__ = [
     "Kind",
     "Log",
     "ManualClock",
-    "Outbox",
-    "Queue",
     "Queues",
     "Rate",
     "Record",
@@ -64,7 +57,6 @@ __all__ = [
     "Replayer",
     "StateError",
     "SteppedClock",
-    "SystemClock",
     "append_record",
     "backoff_delay",
     "flush",

@@ -380,3 +380,22 @@ async def test_a_compaction_fsyncs_renames_and_deletes_files_off_the_event_loop(
         monkeypatch.undo()
         await broker.close()
     assert on_the_loop == []
+
+
+async def test_the_log_is_compacted_under_fsync_no_too(tmp_path: Path) -> None:
+    """Under ``--fsync no`` nothing is fsynced by the clock, yet the log is still compacted."""
+    data = tmp_path / "data"
+    broker = Broker(port=0, data_dir=data, fsync="no", compact_floor=8192, compact_ratio=1.5)
+    await broker.start()
+    log = broker.log
+    assert log is not None
+    try:
+        async with Client(f"127.0.0.1:{broker.port}") as client:
+            await churn_until(client, lambda: log.compactions > 0, "a compaction")
+            kept = await client.add(IDLE, "kept")
+    finally:
+        await broker.close()
+    assert manifest(data)["base"] is not None
+    queues, recovery = await asyncio.to_thread(reopen, data)
+    assert recovery.warnings == []
+    assert bytes(queues.jobs[kept].data) == msgspec.msgpack.encode("kept")

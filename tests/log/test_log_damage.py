@@ -240,6 +240,27 @@ def test_a_flipped_bit_before_the_tail_stops_the_start_unless_salvaged(
     assert state_of(queues) == {**expected, new_id: (JobState.WAITING, bytes(raw(None)))}
 
 
+@pytest.mark.timeout(60)
+def test_salvage_skips_a_long_damaged_stretch_of_zero_runs_in_linear_time(
+    history: History, tmp_path: Path,
+) -> None:
+    """16 MB of damage before valid records, a zero run every 64 bytes (blocks partly written,
+    say): salvage finds the records after it in seconds. Searching past each zero run by copying
+    the rest of the file made this quadratic: minutes, past the timeout."""
+    directory = history.copy(tmp_path / "data")
+    index = history.record_of[DAMAGED_JOB]
+    middle = history.ends[index]
+    junk = (b"\x01" + bytes(63)) * (16 * 1024 * 1024 // 64)
+    data = (directory / INCREMENT).read_bytes()
+    (directory / INCREMENT).write_bytes(data[:middle] + junk + data[middle:])
+
+    recovered, recovery, _ = add_after_restart(directory, salvage=True)
+
+    assert recovered == history.final
+    assert any(f"skipped {len(junk)} bytes" in warning for warning in recovery.warnings), \
+        recovery.warnings
+
+
 async def test_the_broker_cli_refuses_a_damaged_log_in_one_line_and_salvages_on_request(
     history: History, tmp_path: Path,
 ) -> None:

@@ -8,6 +8,8 @@ import stat
 import time
 from pathlib import Path
 
+from log_support import start_broker
+
 from conveyor.broker import Broker
 from conveyor.client import Client
 
@@ -40,3 +42,18 @@ async def test_the_data_directory_and_its_files_are_private_whatever_the_umask(
     assert any(name.startswith("base-") for name in modes), modes
     assert {"MANIFEST", "LOCK"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_the_command_line_broker_creates_its_data_directory_private(tmp_path: Path) -> None:
+    """The command line checks the data directory before opening the log: it creates it the
+    same way, for the broker's user only, not with the umask's 0755."""
+    data = tmp_path / "parent" / "data"
+    umask = os.umask(0o022)  # the child inherits it: the usual umask, which leaves 0755
+    try:
+        broker = start_broker(data, stderr_path=tmp_path / "broker.stderr")
+    finally:
+        os.umask(umask)
+    try:
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    finally:
+        assert broker.stop() == 0, broker.stderr
