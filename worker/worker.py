@@ -50,7 +50,7 @@ from conveyor.protocol import (
 
 from .errors import Retry, UnknownTask, Unrecoverable
 from .job import Job, _current
-from .limits import fit_failure, result_too_large
+from .limits import VALUE_SLACK, fit_failure, result_too_large
 from .tasks import Task, Tasks
 
 __all__ = [
@@ -80,6 +80,9 @@ MAX_BACKOFF: Final = 2.0
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
 log = logging.getLogger("conveyor.worker")
+
+_NONE: Final = encode_value(None, "job result")
+"""The result of a job whose handler returned None."""
 
 
 class WorkerStatus(enum.Enum):
@@ -471,9 +474,15 @@ class Worker:
                             result = await loop.run_in_executor(
                                 self._threads, context.run, _call, loop, timer, job.timeout, call
                             )
-            ack = Ack(job=job.id, lease=job.lease, result=encode_value(result, "job result"))
-            too_large = result_too_large(job.id, ack, connection.max_frame)
-            outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
+            # None (the most common result) is encoded once for all jobs.
+            raw = _NONE if result is None else encode_value(result, "job result")
+            ack = Ack(job=job.id, lease=job.lease, result=raw)
+            outcome: Ack | Fail = ack
+            if len(raw) + VALUE_SLACK > connection.max_frame:
+                # Only a value near the limit is measured in its message (most fit at a glance).
+                too_large = result_too_large(job.id, ack, connection.max_frame)
+                if too_large is not None:
+                    outcome = _failure(job, too_large)
         except asyncio.CancelledError:
             # The one place a cancellation is caught: the job is handed back, then we stop.
             job._finished = finished = time.perf_counter()
