@@ -81,6 +81,8 @@ Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
 log = logging.getLogger("conveyor.worker")
 
+_clock: Final = time.perf_counter
+"""Bound once: read twice per job."""
 _NONE: Final = encode_value(None, "job result")
 """The result of a job whose handler returned None."""
 
@@ -105,6 +107,11 @@ class _Subscription:
     handler_is_async: bool = False
     tasks: Mapping[str, Task[Any, Any]] = field(default_factory=dict)
     """The registry's tasks of this queue, by name (a ``Worker(tasks)``)."""
+    direct: Callable[[Job], Awaitable[Any]] | None = field(init=False)
+    """``handler`` when it is async: what most jobs run, awaited at once (see ``_run_job``)."""
+
+    def __post_init__(self) -> None:
+        self.direct = self.handler if self.handler_is_async else None
 
     @property
     def needs_threads(self) -> bool:
@@ -395,26 +402,33 @@ class Worker:
         if not isinstance(message, Deliver) or connection is None or tasks is None:
             # A closing broker pushes nothing more; running jobs still report their outcome.
             return
-        subscription = self._subscriptions.get(message.queue)
+        queue = message.queue
+        subscription = self._subscriptions.get(queue)
+        if subscription is None:
+            # Not a queue of ours (cannot happen with a well-behaved broker): hand it back.
+            for delivery in message.jobs:
+                connection.send(Release(job=delivery.job, lease=delivery.lease))
+            return
         # Once per push rather than per job: a level set while a batch runs applies to the next.
         logging_jobs = log.isEnabledFor(logging.INFO)
+        # Bound once per push: this loop runs for every job.
+        create_task = tasks.create_task
+        run_job = self._run_job
+        running = self._running
+        forget = running.pop
         for delivery in message.jobs:
-            if subscription is None:
-                # Not a queue of ours (cannot happen with a well-behaved broker): hand it back.
-                connection.send(Release(job=delivery.job, lease=delivery.lease))
-                continue
             try:
                 data = msgspec.msgpack.decode(delivery.data)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 connection.send(Fail(job=delivery.job, lease=delivery.lease, error=JobError(
                     type="DecodeError", message=f"payload is not valid MessagePack: {exc}")))
                 continue
-            job = Job(connection, message.queue, delivery.job, delivery.lease, delivery.attempt,
+            job = Job(connection, queue, delivery.job, delivery.lease, delivery.attempt,
                       data, attempts=delivery.attempts, timeout=delivery.timeout,
                       name=delivery.name)
-            task = tasks.create_task(self._run_job(connection, subscription, job, logging_jobs))
-            self._running[task] = job
-            task.add_done_callback(self._running.pop)
+            task = create_task(run_job(connection, subscription, job, logging_jobs))
+            running[task] = job
+            task.add_done_callback(forget)
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
         """What runs ``job`` (a call without arguments), and whether it is async.
@@ -446,13 +460,13 @@ class Worker:
         started = 0.0
         if logging_jobs:
             _log_start(job)
-            started = time.perf_counter()
+            started = _clock()
         timer: asyncio.Timeout | None = None
-        handler = subscription.handler
+        direct = subscription.direct
         try:
-            if handler is not None and subscription.handler_is_async and job.timeout is None:
+            if direct is not None and job.timeout is None:
                 # The common case, called at once: no partial (``_resolve``) built per job.
-                result = await handler(job)
+                result = await direct(job)
             else:
                 call, is_async = self._resolve(subscription, job)
                 if is_async and job.timeout is None:
@@ -500,7 +514,7 @@ class Worker:
                 outcome = _failure(job, exc)
         except Exception as exc:
             outcome = _failure(job, exc)
-        job._finished = finished = time.perf_counter()
+        job._finished = finished = _clock()
         self._recent.append(job)
         # ``type() is``: an isinstance() that fails on a struct class is slow, and this is per job.
         if type(outcome) is Fail:
