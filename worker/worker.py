@@ -195,7 +195,8 @@ class Worker:
         """Jobs whose outcome (result or failure) this worker reported."""
         self._connection: Connection | None = None
         self._tasks: asyncio.TaskGroup | None = None
-        self._running: dict[asyncio.Task[None], Job] = {}
+        self._running: dict[Job, asyncio.Task[None]] = {}
+        """The running jobs and their tasks: each job's task takes its job out as it ends."""
         self._recent: collections.deque[Job] = collections.deque(maxlen=_RECENT_JOBS)
         """The jobs that finished last, most recent at the end (see ``_watch_loop``)."""
         self._stop = asyncio.Event()
@@ -300,13 +301,14 @@ class Worker:
                 lost = connection.failure is not None
                 if lost:
                     # The broker has re-queued our jobs: nothing to report them to.
-                    for task in self._running:
+                    for task in self._running.values():
                         task.cancel()
                 else:
                     await self._shut_down(connection)
                 heartbeat.cancel()
                 monitor.cancel()
         self._tasks = None
+        self._running.clear()  # every task is done; one cancelled before it ran stays listed
         if refused is not None:
             await connection.close()
             raise refused
@@ -341,7 +343,7 @@ class Worker:
     def _in_own_job(self) -> bool:
         """Whether the caller runs in one of this worker's running jobs."""
         job = _current.get(None)
-        return job is not None and any(running is job for running in self._running.values())
+        return job is not None and job in self._running  # a Job is equal only to itself
 
     async def _extend_leases(self, connection: Connection) -> None:
         """Tell the broker every third of a lease that this worker is alive, on every queue.
@@ -375,7 +377,7 @@ class Worker:
                 # The loop did not come back to us between ``due`` and now: the jobs running
                 # then are those still running, and those that finished after ``due`` (the
                 # blocking one often among them: its handler blocked, then returned).
-                jobs = dict.fromkeys([*self._running.values(), *(
+                jobs = dict.fromkeys([*self._running, *(
                     job for job in self._recent
                     if job._finished is not None and job._finished >= due)])
                 _log_blocked(blocked, self.lease, list(jobs))
@@ -388,12 +390,12 @@ class Worker:
                        for queue in self._subscriptions)
         # 2. Let running jobs finish within the grace period.
         if self._running:
-            await asyncio.wait(list(self._running), timeout=self.grace)
+            await asyncio.wait(list(self._running.values()), timeout=self.grace)
         # 3. Cancel what is left; each cancelled job is released back to the queue.
-        for task in self._running:
+        for task in self._running.values():
             task.cancel()
         if self._running:
-            await asyncio.wait(list(self._running))
+            await asyncio.wait(list(self._running.values()))
         await connection.drain()
 
     def _push(self, message: Push) -> None:
@@ -415,7 +417,6 @@ class Worker:
         create_task = tasks.create_task
         run_job = self._run_job
         running = self._running
-        forget = running.pop
         for delivery in message.jobs:
             try:
                 data = msgspec.msgpack.decode(delivery.data)
@@ -426,9 +427,7 @@ class Worker:
             job = Job(connection, queue, delivery.job, delivery.lease, delivery.attempt,
                       data, attempts=delivery.attempts, timeout=delivery.timeout,
                       name=delivery.name)
-            task = create_task(run_job(connection, subscription, job, logging_jobs))
-            running[task] = job
-            task.add_done_callback(forget)
+            running[job] = create_task(run_job(connection, subscription, job, logging_jobs))
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
         """What runs ``job`` (a call without arguments), and whether it is async.
@@ -456,74 +455,79 @@ class Worker:
 
     async def _run_job(self, connection: Connection, subscription: _Subscription, job: Job,
                        logging_jobs: bool) -> None:
-        _current.set(job)  # this task's own context: the job's code sees it in current_job()
-        started = 0.0
-        if logging_jobs:
-            _log_start(job)
-            started = _clock()
-        timer: asyncio.Timeout | None = None
-        direct = subscription.direct
         try:
-            if direct is not None and job.timeout is None:
-                # The common case, called at once: no partial (``_resolve``) built per job.
-                result = await direct(job)
-            else:
-                call, is_async = self._resolve(subscription, job)
-                if is_async and job.timeout is None:
-                    result = await call()
-                elif is_async:
-                    timer = asyncio.timeout(job.timeout)
-                    async with timer:
-                        result = await call()
-                else:
-                    loop = asyncio.get_running_loop()
-                    # The thread runs in a copy of this context: current_job() works there.
-                    context = contextvars.copy_context()
-                    if job.timeout is None:
-                        result = await loop.run_in_executor(self._threads, context.run, call)
-                    else:
-                        # A plain handler's clock starts when a thread runs it (see ``_call``).
-                        timer = asyncio.timeout(None)
-                        async with timer:
-                            result = await loop.run_in_executor(
-                                self._threads, context.run, _call, loop, timer, job.timeout, call
-                            )
-            # None (the most common result) is encoded once for all jobs.
-            raw = _NONE if result is None else encode_value(result, "job result")
-            ack = Ack(job=job.id, lease=job.lease, result=raw)
-            outcome: Ack | Fail = ack
-            if len(raw) + VALUE_SLACK > connection.max_frame:
-                # Only a value near the limit is measured in its message (most fit at a glance).
-                too_large = result_too_large(job.id, ack, connection.max_frame)
-                if too_large is not None:
-                    outcome = _failure(job, too_large)
-        except asyncio.CancelledError:
-            # The one place a cancellation is caught: the job is handed back, then we stop.
-            job._finished = finished = time.perf_counter()
-            self._recent.append(job)
-            if connection.failure is None:
-                connection.send(Release(job=job.id, lease=job.lease))
+            _current.set(job)  # this task's own context: the job's code sees it in current_job()
+            started = 0.0
             if logging_jobs:
-                _log_outcome(job, finished - started, None)
-            raise
-        except TimeoutError as exc:
-            if timer is not None and timer.expired():
-                outcome = _failure(job, exc, message=f"job {job.id} ran over its timeout of "
-                                                     f"{job.timeout:g} s and was cancelled")
-            else:
+                _log_start(job)
+                started = _clock()
+            timer: asyncio.Timeout | None = None
+            direct = subscription.direct
+            try:
+                if direct is not None and job.timeout is None:
+                    # The common case, called at once: no partial (``_resolve``) built per job.
+                    result = await direct(job)
+                else:
+                    call, is_async = self._resolve(subscription, job)
+                    if is_async and job.timeout is None:
+                        result = await call()
+                    elif is_async:
+                        timer = asyncio.timeout(job.timeout)
+                        async with timer:
+                            result = await call()
+                    else:
+                        loop = asyncio.get_running_loop()
+                        # The thread runs in a copy of this context: current_job() works there.
+                        context = contextvars.copy_context()
+                        if job.timeout is None:
+                            result = await loop.run_in_executor(self._threads, context.run, call)
+                        else:
+                            # A plain handler's clock starts when a thread runs it (see ``_call``).
+                            timer = asyncio.timeout(None)
+                            async with timer:
+                                result = await loop.run_in_executor(
+                                    self._threads, context.run, _call, loop, timer, job.timeout,
+                                    call)
+                # None (the most common result) is encoded once for all jobs.
+                raw = _NONE if result is None else encode_value(result, "job result")
+                ack = Ack(job=job.id, lease=job.lease, result=raw)
+                outcome: Ack | Fail = ack
+                if len(raw) + VALUE_SLACK > connection.max_frame:
+                    # Only a value near the limit is measured in its message (most fit at a glance).
+                    too_large = result_too_large(job.id, ack, connection.max_frame)
+                    if too_large is not None:
+                        outcome = _failure(job, too_large)
+            except asyncio.CancelledError:
+                # The one place a cancellation is caught: the job is handed back, then we stop.
+                job._finished = finished = time.perf_counter()
+                self._recent.append(job)
+                if connection.failure is None:
+                    connection.send(Release(job=job.id, lease=job.lease))
+                if logging_jobs:
+                    _log_outcome(job, finished - started, None)
+                raise
+            except TimeoutError as exc:
+                if timer is not None and timer.expired():
+                    outcome = _failure(job, exc, message=f"job {job.id} ran over its timeout of "
+                                                         f"{job.timeout:g} s and was cancelled")
+                else:
+                    outcome = _failure(job, exc)
+            except Exception as exc:
                 outcome = _failure(job, exc)
-        except Exception as exc:
-            outcome = _failure(job, exc)
-        job._finished = finished = _clock()
-        self._recent.append(job)
-        # ``type() is``: an isinstance() that fails on a struct class is slow, and this is per job.
-        if type(outcome) is Fail:
-            outcome = fit_failure(outcome, connection.max_frame)
-        if connection.failure is None:
-            connection.send(outcome)
-            self.processed += 1
-        if logging_jobs:
-            _log_outcome(job, finished - started, outcome)
+            job._finished = finished = _clock()
+            self._recent.append(job)
+            # ``type() is``: an isinstance() that fails on a struct class is slow; this is per job.
+            if type(outcome) is Fail:
+                outcome = fit_failure(outcome, connection.max_frame)
+            if connection.failure is None:
+                connection.send(outcome)
+                self.processed += 1
+            if logging_jobs:
+                _log_outcome(job, finished - started, outcome)
+        finally:
+            # Here rather than a done callback: one call less per job. A task cancelled
+            # before it ran leaves its job behind, which ``_serve`` clears.
+            self._running.pop(job, None)
 
 
 def _task_subscriptions(tasks: Tasks, queues: Iterable[str] | None,
