@@ -276,39 +276,40 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
-                await _all(connection.request(functools.partial(
-                    _subscribe, sub.queue, sub.window, self.lease))
-                    for sub in self._subscriptions.values())
-            except ConnectionLost:
-                return True
-            except RequestRefused as exc:
-                # Raised after the task group, so that it reaches the caller as itself (a
-                # queue name or a permission refused), not wrapped in an exception group.
-                refused = exc
-            if refused is None:
-                log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
-                                                 for queue, window in self.queues.items()),
-                         extra={"fields": {"queues": self.queues}})
-                heartbeat = tasks.create_task(self._extend_leases(connection))
-                monitor = tasks.create_task(self._watch_loop())
-                closed = asyncio.ensure_future(connection.wait_closed())
-                stop = asyncio.ensure_future(self._stop.wait())
                 try:
-                    await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    closed.cancel()
-                    stop.cancel()
-                lost = connection.failure is not None
-                if lost:
-                    # The broker has re-queued our jobs: nothing to report them to.
-                    for task in self._running.values():
-                        task.cancel()
-                else:
-                    await self._shut_down(connection)
-                heartbeat.cancel()
-                monitor.cancel()
+                    await _all(connection.request(functools.partial(
+                        _subscribe, sub.queue, sub.window, self.lease))
+                        for sub in self._subscriptions.values())
+                except ConnectionLost:
+                    return True
+                except RequestRefused as exc:
+                    # Raised after the task group, so that it reaches the caller as itself (a
+                    # queue name or a permission refused), not wrapped in an exception group.
+                    refused = exc
+                if refused is None:
+                    log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
+                                                     for queue, window in self.queues.items()),
+                             extra={"fields": {"queues": self.queues}})
+                    heartbeat = tasks.create_task(self._extend_leases(connection))
+                    monitor = tasks.create_task(self._watch_loop())
+                    closed = asyncio.ensure_future(connection.wait_closed())
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    try:
+                        await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        closed.cancel()
+                        stop.cancel()
+                    lost = connection.failure is not None
+                    if not lost:
+                        await self._shut_down(connection)
+                    # Else the broker has re-queued our jobs: ``_end_jobs`` cancels them, with
+                    # nothing to report them to.
+                    heartbeat.cancel()
+                    monitor.cancel()
+            finally:
+                # The jobs' tasks are not the group's (see ``_push``): this waits for them.
+                await self._end_jobs()
         self._tasks = None
-        self._running.clear()  # every task is done; one cancelled before it ran stays listed
         if refused is not None:
             await connection.close()
             raise refused
@@ -382,6 +383,17 @@ class Worker:
                     if job._finished is not None and job._finished >= due)])
                 _log_blocked(blocked, self.lease, list(jobs))
 
+    async def _end_jobs(self) -> None:
+        """Cancel the jobs still running (each is handed back, if the connection stands) and wait
+        until they end."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        # A task cancelled before it ran never took its job out.
+        self._running.clear()
+
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
         # 1. Stop credit on every queue: the broker pushes nothing more.
@@ -413,8 +425,10 @@ class Worker:
             return
         # Once per push rather than per job: a level set while a batch runs applies to the next.
         logging_jobs = log.isEnabledFor(logging.INFO)
-        # Bound once per push: this loop runs for every job.
-        create_task = tasks.create_task
+        # Bound once per push: this loop runs for every job. The jobs' tasks are the loop's, not
+        # the task group's: its create_task adds a done callback (a trip through the loop) per
+        # job; ``_serve`` waits for them itself, and each job handles its own errors.
+        create_task = asyncio.get_running_loop().create_task
         run_job = self._run_job
         running = self._running
         for delivery in message.jobs:
@@ -526,7 +540,7 @@ class Worker:
                 _log_outcome(job, finished - started, outcome)
         finally:
             # Here rather than a done callback: one call less per job. A task cancelled
-            # before it ran leaves its job behind, which ``_serve`` clears.
+            # before it ran leaves its job behind, which ``_end_jobs`` clears.
             self._running.pop(job, None)
 
 
