@@ -15,11 +15,11 @@ from conveyor.protocol import Ack, Fail, JobError
 
 from .errors import ResultTooLarge
 
-__all__ = ["check_progress", "fit_failure", "result_too_large"]
+__all__ = ["VALUE_SLACK", "check_progress", "fit_failure", "result_too_large"]
 
 _encoder: Final = msgspec.msgpack.Encoder()
 
-_VALUE_SLACK: Final = 64
+VALUE_SLACK: Final = 64
 """Bytes an ``ack`` or ``progress`` message adds to its value, at most (49 in fact): a value
 this far under the limit is not measured again."""
 _ERROR_SLACK: Final = 512
@@ -46,7 +46,7 @@ def _too_large(what: str, job_id: int, message: object, value: msgspec.Raw,
                max_frame: int) -> ResultTooLarge | None:
     """``ResultTooLarge`` naming ``what`` when ``message``, carrying ``value``, does not fit in
     a frame of ``max_frame`` bytes, else None."""
-    if len(value) + _VALUE_SLACK <= max_frame or len(_encoder.encode(message)) <= max_frame:
+    if len(value) + VALUE_SLACK <= max_frame or len(_encoder.encode(message)) <= max_frame:
         return None
     return ResultTooLarge(f"{what} of job {job_id} is {len(value):,} bytes encoded; the "
                           f"broker's frame limit is {max_frame:,} bytes")

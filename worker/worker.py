@@ -50,7 +50,7 @@ from conveyor.protocol import (
 
 from .errors import Retry, UnknownTask, Unrecoverable
 from .job import Job, _current
-from .limits import fit_failure, result_too_large
+from .limits import VALUE_SLACK, fit_failure, result_too_large
 from .tasks import Task, Tasks
 
 __all__ = [
@@ -81,6 +81,11 @@ Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
 log = logging.getLogger("conveyor.worker")
 
+_clock: Final = time.perf_counter
+"""Bound once: read twice per job."""
+_NONE: Final = encode_value(None, "job result")
+"""The result of a job whose handler returned None."""
+
 
 class WorkerStatus(enum.Enum):
     """Lifecycle of a ``Worker``."""
@@ -102,6 +107,11 @@ class _Subscription:
     handler_is_async: bool = False
     tasks: Mapping[str, Task[Any, Any]] = field(default_factory=dict)
     """The registry's tasks of this queue, by name (a ``Worker(tasks)``)."""
+    direct: Callable[[Job], Awaitable[Any]] | None = field(init=False)
+    """``handler`` when it is async: what most jobs run, awaited at once (see ``_run_job``)."""
+
+    def __post_init__(self) -> None:
+        self.direct = self.handler if self.handler_is_async else None
 
     @property
     def needs_threads(self) -> bool:
@@ -185,7 +195,8 @@ class Worker:
         """Jobs whose outcome (result or failure) this worker reported."""
         self._connection: Connection | None = None
         self._tasks: asyncio.TaskGroup | None = None
-        self._running: dict[asyncio.Task[None], Job] = {}
+        self._running: dict[Job, asyncio.Task[None]] = {}
+        """The running jobs and their tasks: each job's task takes its job out as it ends."""
         self._recent: collections.deque[Job] = collections.deque(maxlen=_RECENT_JOBS)
         """The jobs that finished last, most recent at the end (see ``_watch_loop``)."""
         self._stop = asyncio.Event()
@@ -265,37 +276,39 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
             try:
-                await _all(connection.request(functools.partial(
-                    _subscribe, sub.queue, sub.window, self.lease))
-                    for sub in self._subscriptions.values())
-            except ConnectionLost:
-                return True
-            except RequestRefused as exc:
-                # Raised after the task group, so that it reaches the caller as itself (a
-                # queue name or a permission refused), not wrapped in an exception group.
-                refused = exc
-            if refused is None:
-                log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
-                                                 for queue, window in self.queues.items()),
-                         extra={"fields": {"queues": self.queues}})
-                heartbeat = tasks.create_task(self._extend_leases(connection))
-                monitor = tasks.create_task(self._watch_loop())
-                closed = asyncio.ensure_future(connection.wait_closed())
-                stop = asyncio.ensure_future(self._stop.wait())
                 try:
-                    await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    closed.cancel()
-                    stop.cancel()
-                lost = connection.failure is not None
-                if lost:
-                    # The broker has re-queued our jobs: nothing to report them to.
-                    for task in self._running:
-                        task.cancel()
-                else:
-                    await self._shut_down(connection)
-                heartbeat.cancel()
-                monitor.cancel()
+                    await _all(connection.request(functools.partial(
+                        _subscribe, sub.queue, sub.window, self.lease))
+                        for sub in self._subscriptions.values())
+                except ConnectionLost:
+                    return True
+                except RequestRefused as exc:
+                    # Raised after the task group, so that it reaches the caller as itself (a
+                    # queue name or a permission refused), not wrapped in an exception group.
+                    refused = exc
+                if refused is None:
+                    log.info("serving %s", ", ".join(f"{queue} ({window} at a time)"
+                                                     for queue, window in self.queues.items()),
+                             extra={"fields": {"queues": self.queues}})
+                    heartbeat = tasks.create_task(self._extend_leases(connection))
+                    monitor = tasks.create_task(self._watch_loop())
+                    closed = asyncio.ensure_future(connection.wait_closed())
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    try:
+                        await asyncio.wait([closed, stop], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        closed.cancel()
+                        stop.cancel()
+                    lost = connection.failure is not None
+                    if not lost:
+                        await self._shut_down(connection)
+                    # Else the broker has re-queued our jobs: ``_end_jobs`` cancels them, with
+                    # nothing to report them to.
+                    heartbeat.cancel()
+                    monitor.cancel()
+            finally:
+                # The jobs' tasks are not the group's (see ``_push``): this waits for them.
+                await self._end_jobs()
         self._tasks = None
         if refused is not None:
             await connection.close()
@@ -331,7 +344,7 @@ class Worker:
     def _in_own_job(self) -> bool:
         """Whether the caller runs in one of this worker's running jobs."""
         job = _current.get(None)
-        return job is not None and any(running is job for running in self._running.values())
+        return job is not None and job in self._running  # a Job is equal only to itself
 
     async def _extend_leases(self, connection: Connection) -> None:
         """Tell the broker every third of a lease that this worker is alive, on every queue.
@@ -365,10 +378,21 @@ class Worker:
                 # The loop did not come back to us between ``due`` and now: the jobs running
                 # then are those still running, and those that finished after ``due`` (the
                 # blocking one often among them: its handler blocked, then returned).
-                jobs = dict.fromkeys([*self._running.values(), *(
+                jobs = dict.fromkeys([*self._running, *(
                     job for job in self._recent
                     if job._finished is not None and job._finished >= due)])
                 _log_blocked(blocked, self.lease, list(jobs))
+
+    async def _end_jobs(self) -> None:
+        """Cancel the jobs still running (each is handed back, if the connection stands) and wait
+        until they end."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        # A task cancelled before it ran never took its job out.
+        self._running.clear()
 
     async def _shut_down(self, connection: Connection) -> None:
         self.status = WorkerStatus.CLOSING
@@ -378,12 +402,12 @@ class Worker:
                        for queue in self._subscriptions)
         # 2. Let running jobs finish within the grace period.
         if self._running:
-            await asyncio.wait(list(self._running), timeout=self.grace)
+            await asyncio.wait(list(self._running.values()), timeout=self.grace)
         # 3. Cancel what is left; each cancelled job is released back to the queue.
-        for task in self._running:
+        for task in self._running.values():
             task.cancel()
         if self._running:
-            await asyncio.wait(list(self._running))
+            await asyncio.wait(list(self._running.values()))
         await connection.drain()
 
     def _push(self, message: Push) -> None:
@@ -392,26 +416,32 @@ class Worker:
         if not isinstance(message, Deliver) or connection is None or tasks is None:
             # A closing broker pushes nothing more; running jobs still report their outcome.
             return
-        subscription = self._subscriptions.get(message.queue)
+        queue = message.queue
+        subscription = self._subscriptions.get(queue)
+        if subscription is None:
+            # Not a queue of ours (cannot happen with a well-behaved broker): hand it back.
+            for delivery in message.jobs:
+                connection.send(Release(job=delivery.job, lease=delivery.lease))
+            return
         # Once per push rather than per job: a level set while a batch runs applies to the next.
         logging_jobs = log.isEnabledFor(logging.INFO)
+        # Bound once per push: this loop runs for every job. The jobs' tasks are the loop's, not
+        # the task group's: its create_task adds a done callback (a trip through the loop) per
+        # job; ``_serve`` waits for them itself, and each job handles its own errors.
+        create_task = asyncio.get_running_loop().create_task
+        run_job = self._run_job
+        running = self._running
         for delivery in message.jobs:
-            if subscription is None:
-                # Not a queue of ours (cannot happen with a well-behaved broker): hand it back.
-                connection.send(Release(job=delivery.job, lease=delivery.lease))
-                continue
             try:
                 data = msgspec.msgpack.decode(delivery.data)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 connection.send(Fail(job=delivery.job, lease=delivery.lease, error=JobError(
                     type="DecodeError", message=f"payload is not valid MessagePack: {exc}")))
                 continue
-            job = Job(connection, message.queue, delivery.job, delivery.lease, delivery.attempt,
+            job = Job(connection, queue, delivery.job, delivery.lease, delivery.attempt,
                       data, attempts=delivery.attempts, timeout=delivery.timeout,
                       name=delivery.name)
-            task = tasks.create_task(self._run_job(connection, subscription, job, logging_jobs))
-            self._running[task] = job
-            task.add_done_callback(self._running.pop)
+            running[job] = create_task(run_job(connection, subscription, job, logging_jobs))
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:
         """What runs ``job`` (a call without arguments), and whether it is async.
@@ -439,68 +469,79 @@ class Worker:
 
     async def _run_job(self, connection: Connection, subscription: _Subscription, job: Job,
                        logging_jobs: bool) -> None:
-        _current.set(job)  # this task's own context: the job's code sees it in current_job()
-        started = 0.0
-        if logging_jobs:
-            _log_start(job)
-            started = time.perf_counter()
-        timer: asyncio.Timeout | None = None
-        handler = subscription.handler
         try:
-            if handler is not None and subscription.handler_is_async and job.timeout is None:
-                # The common case, called at once: no partial (``_resolve``) built per job.
-                result = await handler(job)
-            else:
-                call, is_async = self._resolve(subscription, job)
-                if is_async and job.timeout is None:
-                    result = await call()
-                elif is_async:
-                    timer = asyncio.timeout(job.timeout)
-                    async with timer:
-                        result = await call()
-                else:
-                    loop = asyncio.get_running_loop()
-                    # The thread runs in a copy of this context: current_job() works there.
-                    context = contextvars.copy_context()
-                    if job.timeout is None:
-                        result = await loop.run_in_executor(self._threads, context.run, call)
-                    else:
-                        # A plain handler's clock starts when a thread runs it (see ``_call``).
-                        timer = asyncio.timeout(None)
-                        async with timer:
-                            result = await loop.run_in_executor(
-                                self._threads, context.run, _call, loop, timer, job.timeout, call
-                            )
-            ack = Ack(job=job.id, lease=job.lease, result=encode_value(result, "job result"))
-            too_large = result_too_large(job.id, ack, connection.max_frame)
-            outcome: Ack | Fail = ack if too_large is None else _failure(job, too_large)
-        except asyncio.CancelledError:
-            # The one place a cancellation is caught: the job is handed back, then we stop.
-            job._finished = finished = time.perf_counter()
-            self._recent.append(job)
-            if connection.failure is None:
-                connection.send(Release(job=job.id, lease=job.lease))
+            _current.set(job)  # this task's own context: the job's code sees it in current_job()
+            started = 0.0
             if logging_jobs:
-                _log_outcome(job, finished - started, None)
-            raise
-        except TimeoutError as exc:
-            if timer is not None and timer.expired():
-                outcome = _failure(job, exc, message=f"job {job.id} ran over its timeout of "
-                                                     f"{job.timeout:g} s and was cancelled")
-            else:
+                _log_start(job)
+                started = _clock()
+            timer: asyncio.Timeout | None = None
+            direct = subscription.direct
+            try:
+                if direct is not None and job.timeout is None:
+                    # The common case, called at once: no partial (``_resolve``) built per job.
+                    result = await direct(job)
+                else:
+                    call, is_async = self._resolve(subscription, job)
+                    if is_async and job.timeout is None:
+                        result = await call()
+                    elif is_async:
+                        timer = asyncio.timeout(job.timeout)
+                        async with timer:
+                            result = await call()
+                    else:
+                        loop = asyncio.get_running_loop()
+                        # The thread runs in a copy of this context: current_job() works there.
+                        context = contextvars.copy_context()
+                        if job.timeout is None:
+                            result = await loop.run_in_executor(self._threads, context.run, call)
+                        else:
+                            # A plain handler's clock starts when a thread runs it (see ``_call``).
+                            timer = asyncio.timeout(None)
+                            async with timer:
+                                result = await loop.run_in_executor(
+                                    self._threads, context.run, _call, loop, timer, job.timeout,
+                                    call)
+                # None (the most common result) is encoded once for all jobs.
+                raw = _NONE if result is None else encode_value(result, "job result")
+                ack = Ack(job=job.id, lease=job.lease, result=raw)
+                outcome: Ack | Fail = ack
+                if len(raw) + VALUE_SLACK > connection.max_frame:
+                    # Only a value near the limit is measured in its message (most fit at a glance).
+                    too_large = result_too_large(job.id, ack, connection.max_frame)
+                    if too_large is not None:
+                        outcome = _failure(job, too_large)
+            except asyncio.CancelledError:
+                # The one place a cancellation is caught: the job is handed back, then we stop.
+                job._finished = finished = time.perf_counter()
+                self._recent.append(job)
+                if connection.failure is None:
+                    connection.send(Release(job=job.id, lease=job.lease))
+                if logging_jobs:
+                    _log_outcome(job, finished - started, None)
+                raise
+            except TimeoutError as exc:
+                if timer is not None and timer.expired():
+                    outcome = _failure(job, exc, message=f"job {job.id} ran over its timeout of "
+                                                         f"{job.timeout:g} s and was cancelled")
+                else:
+                    outcome = _failure(job, exc)
+            except Exception as exc:
                 outcome = _failure(job, exc)
-        except Exception as exc:
-            outcome = _failure(job, exc)
-        job._finished = finished = time.perf_counter()
-        self._recent.append(job)
-        # ``type() is``: an isinstance() that fails on a struct class is slow, and this is per job.
-        if type(outcome) is Fail:
-            outcome = fit_failure(outcome, connection.max_frame)
-        if connection.failure is None:
-            connection.send(outcome)
-            self.processed += 1
-        if logging_jobs:
-            _log_outcome(job, finished - started, outcome)
+            job._finished = finished = _clock()
+            self._recent.append(job)
+            # ``type() is``: an isinstance() that fails on a struct class is slow; this is per job.
+            if type(outcome) is Fail:
+                outcome = fit_failure(outcome, connection.max_frame)
+            if connection.failure is None:
+                connection.send(outcome)
+                self.processed += 1
+            if logging_jobs:
+                _log_outcome(job, finished - started, outcome)
+        finally:
+            # Here rather than a done callback: one call less per job. A task cancelled
+            # before it ran leaves its job behind, which ``_end_jobs`` clears.
+            self._running.pop(job, None)
 
 
 def _task_subscriptions(tasks: Tasks, queues: Iterable[str] | None,
