@@ -124,18 +124,24 @@ class Dispatcher:
             return None
         return job
 
-    def take(self, job: Job, now: float) -> None:
-        """Take a job (got from ``holding``) from its holder: its slot is free again, and
-        hearing from the holder extends its lease."""
+    def take_held(self, owner: Hashable, job_id: int, lease: int, now: float) -> Job | None:
+        """Take the job ``owner`` holds under ``lease`` from it (None, and no change, if it holds
+        no such lease): its slot is free again, and hearing from the holder extends its lease.
+        One call, not ``holding`` then a take: an ack runs it for every job."""
+        job = self._store.jobs.get(job_id)
+        if job is None or job.lease != lease or lease == 0:
+            return None
         consumer = job.holder
-        assert consumer is not None
-        del consumer.held[job.id]
+        if consumer is None or consumer.owner != owner:
+            return None
+        del consumer.held[job_id]
         job.holder = None
         job.lease = 0
         queue = consumer.queue
         queue.active -= 1
         self.heard(consumer, now)
         self.wake(queue)
+        return job
 
     def lease_due(self, consumer_id: int, now: float) -> None:
         """The lease of a consumer came due: unless it was heard from since, it loses its jobs."""

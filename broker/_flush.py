@@ -15,10 +15,12 @@ The server runs it once per pass; the tests call it to drive a ``Core`` as the s
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from typing import Final, cast
 
 from conveyor.protocol import (
+    DELIVERY_MAX_OVERHEAD,
     Added,
     Deliver,
     Delivery,
@@ -176,9 +178,18 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
     While a batch is far from the limit, each job counts as an upper bound of its delivery's
     size (cheap: this runs for every job); once the bound says the next job may not fit, the
     batch is sized exactly (``conveyor.protocol.delivery_size``) and filled exactly to the limit.
-    ``add`` refused any job whose delivery alone could not fit.
+    ``add`` refused any job whose delivery alone could not fit. Mostly all the jobs fit by far
+    (a credit window's worth of small jobs): a bound of the whole batch says so first.
     """
     budget = max_frame - deliver_size(queue, 0, 0) + 1  # room for the array: header and items
+    count = len(jobs)
+    if (sum(map(len, map(_DATA, jobs))) + count * DELIVERY_MAX_OVERHEAD
+            + array_header_size(count) <= budget):
+        peer.send(Deliver(queue=queue, jobs=[
+            Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
+                     timeout=options.timeout, attempts=options.attempts, name=options.name)
+            for job in jobs for options in (job.options,)]))
+        return
     batch: list[Delivery] = []
     size = 0
     exact = False
@@ -207,6 +218,8 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
         size += job_size
     peer.send(Deliver(queue=queue, jobs=batch))
 
+
+_DATA: Final = operator.attrgetter("data")
 
 _BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
 """The most bytes a delivery takes besides its payload and options (with the widest ints)."""

@@ -261,10 +261,9 @@ class Queues(Store):
     def ack(self, owner: Hashable, job_id: int, lease: int, result: msgspec.Raw,
             now: float) -> Job | None:
         """Complete the job under ``lease``; None (and no change) if the lease is not held."""
-        job = self.dispatcher.holding(owner, job_id, lease)
+        job = self.dispatcher.take_held(owner, job_id, lease, now)
         if job is None:
             return None
-        self.dispatcher.take(job, now)
         job.result = result
         job.error = None
         self.retention.finish(job, COMPLETED, now)
@@ -282,7 +281,8 @@ class Queues(Store):
             wait = clamp_delay(delay) if delay is not None else backoff_delay(
                 job.options.backoff, job.attempt, self.rng)
             run_at = now + wait if wait > 0 else None
-        self.dispatcher.take(job, now)
+        # Taken only now: a backoff that failed left the job with its holder.
+        self.dispatcher.take_held(owner, job_id, lease, now)
         job.error = error
         if retrying:
             self._retry(job, error, now, run_at)
@@ -292,10 +292,9 @@ class Queues(Store):
 
     def release(self, owner: Hashable, job_id: int, lease: int, now: float = 0.0) -> Job | None:
         """Put the job under ``lease`` back at the head of its queue, its try given back."""
-        job = self.dispatcher.holding(owner, job_id, lease)
+        job = self.dispatcher.take_held(owner, job_id, lease, now)
         if job is None:
             return None
-        self.dispatcher.take(job, now)
         job.attempt -= 1
         self.dispatcher.requeue(self.queues[job.queue], [job])
         return job

@@ -76,10 +76,15 @@ class Retention:
                 output.event(queue.name, "failed", job, now, error=job.error)
         if state is COMPLETED:
             queue.completed += 1
-            queue.completed_rate.mark(1, now + self._timeline.offset)
+            rate = queue.completed_rate
         else:
             queue.failed += 1
-            queue.failed_rate.mark(1, now + self._timeline.offset)
+            rate = queue.failed_rate
+        # A pass finishes its jobs at one time: counted without a call but for the first.
+        if rate.at == now:
+            rate.pending += 1
+        else:
+            rate.begin(now, now + self._timeline.offset)
         keep = job.options.keep_result
         if keep is not None:
             if keep <= 0:

@@ -91,10 +91,13 @@ class FrameReader:
             data = self._skip(data, frames)
         buffer = self._buffer
         buffer += data
+        # Frames are sliced from one bytes copy: one copy each, not a bytearray slice and then
+        # its bytes.
+        whole = bytes(buffer)
         pos = 0
         end = len(buffer)
         while end - pos >= HEADER_SIZE:
-            (length,) = _HEADER.unpack_from(buffer, pos)
+            (length,) = _HEADER.unpack_from(whole, pos)
             start = pos + HEADER_SIZE
             if length > self.max_frame:
                 if length > self.skip_limit:
@@ -109,11 +112,12 @@ class FrameReader:
                 rest = self._skip(bytes(buffer[start:]), frames)
                 del buffer[:]
                 buffer += rest
+                whole = rest
                 pos, end = 0, len(buffer)
                 continue
             if end - start < length:
                 break
-            frames.append(bytes(buffer[start : start + length]))
+            frames.append(whole[start : start + length])
             pos = start + length
         if pos:
             del buffer[:pos]

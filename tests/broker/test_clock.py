@@ -212,3 +212,23 @@ def test_a_step_of_the_wall_clock_does_not_reset_the_rates(step: float) -> None:
     clock.advance(1)
     (summary,) = queues.summaries(queues.now())
     assert summary.added_rate == 1.0  # 60 jobs over the last minute
+
+
+def test_the_completed_and_failed_rates_count_every_job_that_finished_in_the_window() -> None:
+    clock = ManualClock()
+    queues = Queues(clock=clock)
+    queues.add("q", [raw(n) for n in range(6)], queues.now())
+    queues.subscribe("w", "q", 6)
+    ((_, jobs),) = queues.dispatch(queues.now())
+    for job in jobs[:3]:  # three acks at one time (one loop pass)
+        queues.ack("w", job.id, job.lease, raw("ok"), queues.now())
+    clock.advance(30)
+    queues.ack("w", jobs[3].id, jobs[3].lease, raw("ok"), queues.now())
+    for job in jobs[4:]:
+        queues.fail("w", job.id, job.lease, JobError(type="E", message="no"), queues.now(),
+                    retry=False)
+    (summary,) = queues.summaries(queues.now())
+    assert (summary.completed_rate, summary.failed_rate) == (4 / 60, 2 / 60)
+    clock.advance(31)  # the first three left the window
+    (summary,) = queues.summaries(queues.now())
+    assert (summary.completed_rate, summary.failed_rate) == (1 / 60, 2 / 60)

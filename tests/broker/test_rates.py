@@ -24,3 +24,15 @@ def test_a_long_silence_or_a_clock_step_back_starts_over() -> None:
     assert rate.per_second(5000.0) == pytest.approx(5 / WINDOW)
     rate.mark(7, 4000.0)
     assert rate.per_second(4000.0) == pytest.approx(7 / WINDOW)
+
+
+def test_runs_of_events_at_one_time_count_in_their_own_second() -> None:
+    rate = Rate()
+    rate.begin(5.0, 1000.5)
+    rate.pending += 2  # two more events at 5.0, counted by the caller
+    assert rate.per_second(1001.0) == pytest.approx(3 / WINDOW)
+    assert rate.at != 5.0  # a read ends the run: the next event begins another
+    rate.begin(6.0, 1030.0)
+    # The first run is in 1000's bucket: it leaves the window at 1060.
+    assert rate.per_second(1059.0) == pytest.approx(4 / WINDOW)
+    assert rate.per_second(1060.0) == pytest.approx(1 / WINDOW)
