@@ -3,8 +3,9 @@
 A user of the users file may ``produce`` to, ``consume`` from, ``read`` or ``admin`` the queues
 its globs match (``_users.User.may``). A message about a job is judged by the job's queue; one
 about a job that does not exist needs nothing here (the request handler answers it as unknown).
-``get_queues`` needs nothing either: it lists only the queues the user has some right on, and
-``unwait`` only withdraws the connection's own wait.
+``get_queues`` needs nothing either: it lists only the queues the user has some right on;
+``get_stats`` without a queue and ``find_job`` show only what the user may read; and ``unwait``
+only withdraws the connection's own wait.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from conveyor.protocol import (
     ErrorCode,
     Extend,
     Fail,
+    FindJob,
     GetCounts,
     GetJob,
     GetJobs,
     GetQueues,
+    GetStats,
     Hello,
     Pause,
     Progress,
@@ -63,7 +66,7 @@ _BY_JOB: Final[dict[type, Permission]] = {
     Promote: ADMIN, Remove: ADMIN,
 }
 """Messages judged on the queue of their ``job``, and the permission each needs there."""
-_FREE: Final = frozenset({GetQueues, Unwait, Hello, Authenticate})
+_FREE: Final = frozenset({GetQueues, Unwait, Hello, Authenticate, FindJob})
 """Messages that need no permission."""
 
 
@@ -82,6 +85,8 @@ def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job]) -> Prot
     permission = _BY_JOB.get(kind)
     if permission is not None:
         return _on_job(user, permission, jobs, fields.job, req)
+    if isinstance(message, GetStats):
+        return None if message.queue is None else _on_queue(user, READ, message.queue, req)
     if isinstance(message, RetryFailed):
         if message.queue is not None:
             return _on_queue(user, ADMIN, message.queue, req)

@@ -14,6 +14,7 @@ from ._log import Log
 from ._peer import Peer
 from ._queues import Queues
 from ._records import Record
+from ._stats import Observed, Unobserved
 from ._watchers import DEFAULT_MAX_WAITS, Waiters, Watchers
 
 __all__ = ["Accepted", "Core"]
@@ -47,3 +48,5 @@ class Core:
         """Records a full disk kept out of the log; the next flush writes them first."""
         self.dirty: list[Peer] = []
         """Peers with output queued for this pass's flush."""
+        self.observed: Observed = Unobserved()
+        """What the statistics read of the server (it sets its own)."""

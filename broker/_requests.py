@@ -32,11 +32,13 @@ from conveyor.protocol import (
     ErrorCode,
     Extend,
     Fail,
+    FindJob,
     Finished,
     GetCounts,
     GetJob,
     GetJobs,
     GetQueues,
+    GetStats,
     Hello,
     JobDef,
     JobInfo,
@@ -68,6 +70,8 @@ from ._errors import StateError
 from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
+from ._stats import collect
+from ._users import Permission
 
 __all__ = ["MIN_LEASE", "handle"]
 
@@ -148,6 +152,15 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
             case GetJob(req=req, job=job_id):
                 job = queues.jobs.get(job_id)
                 peer.send(JobReply(req=req, job=None if job is None else job.info()))
+            case FindJob(req=req, key=key):
+                found = queues.jobs.get(queues.keys.get(key, 0))
+                if (found is not None and user is not None
+                        and not user.may(Permission.READ, found.queue)):
+                    found = None  # as if there were none: the key tells nothing of other queues
+                peer.send(JobReply(req=req, job=None if found is None else found.info()))
+            case GetStats(req=req, queue=name):
+                if name is None or _queue_ok(peer, req, name):
+                    peer.send(collect(queues, core.observed, user, name, now, req))
             case GetQueues(req=req):
                 summaries = queues.summaries(now)
                 if user is not None:

@@ -1,6 +1,18 @@
 """The Conveyor client: add jobs to a broker, read them and wait for their results."""
 
-from conveyor.protocol import Backoff, JobError, JobState, QueueSummary
+from conveyor.protocol import (
+    Backoff,
+    BrokerStats,
+    Histogram,
+    JobError,
+    JobState,
+    QueueStats,
+    QueueSummary,
+    Rates,
+    Stats,
+    Subscription,
+    WorkerInfo,
+)
 
 from .client import Client, connect
 from .connection import Connection, ConnectionStatus, Push
@@ -34,6 +46,7 @@ __all__ = [
     "AuthenticationFailed",
     "Backoff",
     "BrokerAddress",
+    "BrokerStats",
     "BulkAddFailed",
     "Client",
     "Connection",
@@ -44,6 +57,7 @@ __all__ = [
     "EventStream",
     "EventsLost",
     "Forbidden",
+    "Histogram",
     "InvalidQueue",
     "InvalidState",
     "JobError",
@@ -56,12 +70,17 @@ __all__ = [
     "LimitExceeded",
     "ProtocolViolation",
     "Push",
+    "QueueStats",
     "QueueSummary",
+    "Rates",
     "RequestRefused",
     "ShuttingDown",
+    "Stats",
+    "Subscription",
     "SyncClient",
     "UnknownJob",
     "VersionMismatch",
+    "WorkerInfo",
     "connect",
     "decode_value",
     "encode_value",

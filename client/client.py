@@ -18,11 +18,13 @@ from conveyor.protocol import (
     Counts,
     Drain,
     Events,
+    FindJob,
     Finished,
     GetCounts,
     GetJob,
     GetJobs,
     GetQueues,
+    GetStats,
     JobDef,
     JobReply,
     Jobs,
@@ -34,6 +36,7 @@ from conveyor.protocol import (
     QueueSummary,
     Remove,
     RetryFailed,
+    Stats,
     Unwait,
     Wait,
     Watch,
@@ -401,6 +404,12 @@ class Client:
         assert isinstance(reply, JobReply)
         return None if reply.job is None else decode_job(reply.job)
 
+    async def find_job(self, key: str) -> JobInfo | None:
+        """The retained job whose idempotency key (``id=`` option) is ``key``, or None."""
+        reply = await (await self._open()).request(lambda req: FindJob(req=req, key=key))
+        assert isinstance(reply, JobReply)
+        return None if reply.job is None else decode_job(reply.job)
+
     async def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """Wait until the job finishes; return its result or raise ``JobFailed``.
 
@@ -453,6 +462,16 @@ class Client:
         reply = await (await self._open()).request(lambda req: GetQueues(req=req))
         assert isinstance(reply, QueueList)
         return reply.queues
+
+    async def stats(self, queue: str | None = None) -> Stats:
+        """The broker's statistics: every queue's counts, rates and duration histograms, the
+        connected workers, and the broker's own figures. ``queue`` narrows the queues and the
+        workers to that one queue. Only what the user may read is included."""
+        if queue is not None:
+            check_queue(queue)
+        reply = await (await self._open()).request(lambda req: GetStats(req=req, queue=queue))
+        assert isinstance(reply, Stats)
+        return reply
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,

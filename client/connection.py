@@ -11,6 +11,7 @@ import asyncio
 import enum
 import itertools
 import logging
+import os
 import socket
 import ssl as _ssl
 from collections.abc import Callable
@@ -49,6 +50,9 @@ from .errors import (
 )
 from .tls import env_context, tls_reason
 from .urls import parse_url
+
+_HOST: Final = socket.gethostname()
+"""The host name told to the broker in ``hello`` (shown in its statistics)."""
 
 __all__ = ["Connection", "ConnectionStatus", "Push", "Reply"]
 
@@ -174,7 +178,7 @@ class Connection(asyncio.Protocol):
         """Say ``hello``; with ``login`` (user, secret), prove it with SCRAM-SHA-256: the secret
         never leaves this process, and the broker proves in turn that it holds its hash."""
         if login is None:
-            self.send(Hello(version=PROTOCOL_VERSION, client=name))
+            self.send(Hello(version=PROTOCOL_VERSION, client=name, host=_HOST, pid=os.getpid()))
             reply = await self._welcome
             if isinstance(reply, Challenge):
                 raise AuthenticationFailed(ErrorCode.AUTH_REQUIRED, "the broker challenged a "
@@ -183,7 +187,7 @@ class Connection(asyncio.Protocol):
         user, secret = login
         scram = scramp.ScramClient([AUTH_MECHANISM], user, secret)
         self.send(Hello(version=PROTOCOL_VERSION, client=name, mechanism=AUTH_MECHANISM,
-                        auth=scram.get_client_first()))
+                        auth=scram.get_client_first(), host=_HOST, pid=os.getpid()))
         reply = await self._welcome
         if isinstance(reply, Challenge):
             try:

@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
 
-from conveyor.protocol import JobState, QueueSummary
+from conveyor.protocol import JobState, QueueSummary, Stats
 
 from .client import Client
 from .errors import ConveyorError
@@ -162,6 +162,10 @@ class SyncClient:
         """The job's record, or None when the broker does not retain it."""
         return self._runner.call(self._client.get_job(job_id))
 
+    def find_job(self, key: str) -> JobInfo | None:
+        """The retained job whose idempotency key is ``key``, or None."""
+        return self._runner.call(self._client.find_job(key))
+
     def wait(self, job_id: int, timeout: float | None = None) -> Any:
         """Block until the job finishes; return its result or raise ``JobFailed``.
 
@@ -180,6 +184,10 @@ class SyncClient:
         """Every queue the broker knows, by name, with its counts, whether it is paused, and
         its rates."""
         return self._runner.call(self._client.queues())
+
+    def stats(self, queue: str | None = None) -> Stats:
+        """The broker's statistics (see ``Client.stats``)."""
+        return self._runner.call(self._client.stats(queue))
 
     def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,

@@ -28,6 +28,7 @@ __all__ = [
     "Added",
     "Backoff",
     "BrokerMessage",
+    "BrokerStats",
     "Clean",
     "ClientMessage",
     "Closing",
@@ -41,12 +42,16 @@ __all__ = [
     "Events",
     "Extend",
     "Fail",
+    "FindJob",
     "Finished",
     "GetCounts",
     "GetJob",
     "GetJobs",
     "GetQueues",
+    "GetStats",
+    "HISTOGRAM_BOUNDS",
     "Hello",
+    "Histogram",
     "JobDef",
     "JobError",
     "JobInfo",
@@ -59,15 +64,21 @@ __all__ = [
     "Promote",
     "QueueSummary",
     "QueueList",
+    "QueueStats",
+    "RECENT",
+    "Rates",
     "Release",
     "Remove",
     "RetryFailed",
     "SetWindow",
+    "Stats",
     "Subscribe",
+    "Subscription",
     "Unwait",
     "Wait",
     "Watch",
     "Welcome",
+    "WorkerInfo",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -237,6 +248,10 @@ class Hello(_Message, tag="hello", frozen=True):
     client: str = ""
     mechanism: str = ""
     auth: str = ""
+    host: str = ""
+    """The host name the client runs on (shown in statistics)."""
+    pid: int = 0
+    """The client's process id (shown in statistics)."""
 
 
 class Authenticate(_Message, tag="authenticate", frozen=True):
@@ -413,6 +428,22 @@ class Watch(_Message, tag="watch", frozen=True):
     watching: bool = True
 
 
+class FindJob(_Message, tag="find_job", frozen=True):
+    """Read the job that has the idempotency key ``key``; replied to with ``job`` (nil when no
+    retained job has that key, or the user may not read its queue)."""
+
+    req: RequestId
+    key: str
+
+
+class GetStats(_Message, tag="get_stats", frozen=True):
+    """Read the broker's statistics; replied to with ``stats``. ``queue`` narrows the queues
+    (and the workers) to that one queue; without it, every queue the user may read."""
+
+    req: RequestId
+    queue: str | None = None
+
+
 # Broker to client.
 
 
@@ -529,6 +560,145 @@ class QueueList(_Message, tag="queues", frozen=True):
     queues: list[QueueSummary]
 
 
+HISTOGRAM_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                           5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+"""Upper bounds (seconds) of the buckets of every duration histogram, before the last bucket
+(everything longer)."""
+RECENT: Final = 300.0
+"""Seconds a histogram's ``recent`` counts look back over."""
+
+
+class Rates(msgspec.Struct, frozen=True):
+    """Jobs a second over the last 1, 5 and 15 minutes."""
+
+    m1: float = 0.0
+    m5: float = 0.0
+    m15: float = 0.0
+
+
+class Histogram(msgspec.Struct, frozen=True):
+    """Durations (seconds) counted in buckets: ``counts[i]`` durations longer than
+    ``bounds[i - 1]`` and at most ``bounds[i]``; the last count, those longer than the last
+    bound. ``counts`` and ``sum`` cover everything since the broker started, ``recent`` the
+    same buckets over the last ``RECENT`` seconds (about)."""
+
+    bounds: list[float]
+    counts: list[int]
+    sum: float = 0.0
+    recent: list[int] = []
+
+    @property
+    def count(self) -> int:
+        """Durations counted since the broker started."""
+        return sum(self.counts)
+
+    def quantile(self, q: float, *, recent: bool = True) -> float | None:
+        """The ``q`` quantile (0 to 1) as the upper bound of the bucket it falls in (or the
+        last bound, for the overflow bucket); None when nothing was counted."""
+        counts = self.recent if recent else self.counts
+        total = sum(counts)
+        if not total or not self.bounds:
+            return None
+        rank = q * total
+        seen = 0
+        for index, count in enumerate(counts):
+            seen += count
+            if seen >= rank and count:
+                return self.bounds[min(index, len(self.bounds) - 1)]
+        return self.bounds[-1]
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    """One queue in a ``stats`` reply: its counts (as ``counts``), what it did since the broker
+    started, its rates, and how long its jobs waited before they started and then ran."""
+
+    name: str
+    waiting: int
+    active: int
+    delayed: int
+    completed: int
+    """Jobs completed since the queue was created (as ``counts``)."""
+    failed: int
+    """Jobs failed since the queue was created."""
+    workers: int
+    paused: bool
+    added: int = 0
+    """Jobs added since the broker started."""
+    started: int = 0
+    """Tries started (jobs delivered) since the broker started."""
+    retried: int = 0
+    """Failed tries followed by another since the broker started."""
+    added_rate: Rates = Rates()
+    started_rate: Rates = Rates()
+    completed_rate: Rates = Rates()
+    failed_rate: Rates = Rates()
+    retried_rate: Rates = Rates()
+    wait_time: Histogram | None = None
+    """Seconds from waiting to started, per try."""
+    run_time: Histogram | None = None
+    """Seconds from started to completed or failed, per try."""
+
+
+class Subscription(msgspec.Struct, frozen=True):
+    """One queue a worker takes jobs from: its credit window and the jobs it holds now."""
+
+    queue: str
+    window: int
+    held: int
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    """A connection subscribed to at least one queue. Times are Unix seconds."""
+
+    id: int
+    """The connection's number on this broker."""
+    name: str
+    """What the client called itself (``hello.client``)."""
+    host: str
+    pid: int
+    address: str
+    """The peer's address, ``HOST:PORT``."""
+    user: str
+    """The user it logged in as ("" without authentication)."""
+    connected_at: float
+    last_heard: float
+    """When the broker last received anything from it."""
+    subscriptions: list[Subscription]
+
+
+class BrokerStats(msgspec.Struct, frozen=True):
+    """The broker process: what it runs, since when, and how its log is doing. Sizes in bytes,
+    times in Unix seconds."""
+
+    version: str
+    started_at: float
+    uptime: float
+    """Seconds since the broker started."""
+    connections: int
+    queues: int
+    jobs: int
+    """Jobs held in memory, in every state."""
+    memory: int
+    """The process's resident memory."""
+    log_bytes: int = 0
+    """The log's size on disk (0 without a log)."""
+    live_bytes: int = 0
+    """The estimated size of the live state: what a compaction would keep."""
+    compactions: int = 0
+    """Compactions since the broker started."""
+    fsync_time: Histogram | None = None
+    """Seconds each fsync of the log took."""
+
+
+class Stats(_Message, tag="stats", frozen=True):
+    """Reply to ``get_stats``."""
+
+    req: RequestId
+    broker: BrokerStats
+    queues: list[QueueStats]
+    workers: list[WorkerInfo]
+
+
 class Events(_Message, tag="events", frozen=True):
     """Events of a watched queue, in the order they happened."""
 
@@ -545,12 +715,12 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues | Unwait | Authenticate
+    | GetQueues | Unwait | Authenticate | FindJob | GetStats
 )
 """Everything a client or worker may send."""
 
 BrokerMessage = (
     Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing | Jobs | Count
-    | Events | QueueList | Challenge
+    | Events | QueueList | Challenge | Stats
 )
 """Everything the broker may send."""

@@ -66,6 +66,9 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.Unwait: "unwait",
     protocol.Authenticate: "authenticate",
     protocol.Challenge: "challenge",
+    protocol.FindJob: "find_job",
+    protocol.GetStats: "get_stats",
+    protocol.Stats: "stats",
 }
 
 EXPECTED_ERROR_CODES = {

@@ -59,6 +59,9 @@ NEEDS: dict[str, str | None] = {
     "drain": "admin",
     "clean": "admin",
     "get_queues": None,
+    "get_stats": "read",
+    "get_stats_all": None,
+    "find_job": None,
     "unwait": None,
 }
 """The permission each message needs on ``q1`` (or on the queue of a job in ``q1``)."""
@@ -102,6 +105,9 @@ ALLOWED: dict[str, str | ErrorCode | None] = {
     "drain": "count",
     "clean": "count",
     "get_queues": "queues",
+    "get_stats": "stats",
+    "get_stats_all": "stats",
+    "find_job": "job",
 }
 """The reply to each request on ``q1`` (holding one waiting job) when it is allowed: a tag, or
 the code of an ``error`` that is not ``FORBIDDEN``."""
