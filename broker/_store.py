@@ -6,6 +6,7 @@ it (counts, summaries, pages of jobs, retained jobs) changes nothing.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Iterable
 from itertools import islice
 
@@ -89,8 +90,11 @@ class Store:
         if state is WAITING:
             jobs, total = queue.waiting, len(queue.waiting)
         elif state is DELAYED:
-            jobs = sorted(queue.delayed.values(), key=lambda job: (job.options.run_at, job.id))
             total = len(queue.delayed)
+            # Only the jobs up to the page's end are put in order: a first page of a million
+            # delayed jobs costs one pass over them, not a sort of them all.
+            end = min(offset + limit, total)
+            jobs = heapq.nsmallest(end, queue.delayed.values(), key=_due)
         elif state is ACTIVE:
             jobs = [job for c in queue.consumers.values() for job in c.held.values()]
             total = queue.active
@@ -99,3 +103,8 @@ class Store:
             total = len(jobs)
         # Past the end is empty (islice takes no index past sys.maxsize; offsets may be 2**64).
         return list(islice(jobs, min(offset, total), min(offset + limit, total))), total
+
+
+def _due(job: Job) -> tuple[float | None, int]:
+    """A delayed job's place in the ``delayed`` listing: by due time, then by id."""
+    return job.options.run_at, job.id
