@@ -172,9 +172,10 @@ async def add_then_drain(client: Client, broker: BrokerProcess, jobs: int, worke
 
 
 async def run_policy(policy: str, jobs: int, workers: int, concurrency: int, *,
-                     log_level: str = "warning") -> dict[str, Any]:
-    """Every part on a fresh broker of fsync ``policy``; workers run at ``log_level``."""
-    broker = BrokerProcess("--fsync", policy)
+                     log_level: str = "warning", stats: bool = True) -> dict[str, Any]:
+    """Every part on a fresh broker of fsync ``policy``; workers run at ``log_level``;
+    ``stats=False``: the broker runs with ``--no-stats``."""
+    broker = BrokerProcess("--fsync", policy, *(() if stats else ("--no-stats",)))
     try:
         async with Client(broker.url, timeout=120) as client:
             e2e = await end_to_end(client, broker, jobs, workers, concurrency,
@@ -248,13 +249,16 @@ async def main() -> None:
     parser.add_argument("--worker-log-level", choices=["info", "warning"], default="warning",
                         help="the workers' log level; info logs each job's start and end, to "
                              "stderr (default: warning)")
+    parser.add_argument("--no-stats", dest="stats", action="store_false",
+                        help="run the broker with --no-stats: without the statistics counted "
+                             "per try (run with and without, in turns, to see their cost)")
     args = parser.parse_args()
     policies = args.policies or [args.fsync]
     rows = [await run_policy(policy, args.jobs, args.workers, args.concurrency,
-                             log_level=args.worker_log_level)
+                             log_level=args.worker_log_level, stats=args.stats)
             for policy in policies]
     figures: dict[str, Any] = {
-        "bench": "throughput", "jobs": args.jobs, "workers": args.workers,
+        "bench": "throughput", "stats": args.stats, "jobs": args.jobs, "workers": args.workers,
         "concurrency": args.concurrency, "results": rows,
         "targets": {"end_to_end_jobs_s_min": TARGET_END_TO_END,
                     "add_only_jobs_s_min": TARGET_ADD_ONLY},

@@ -17,7 +17,7 @@ workers cannot loop forever.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from conveyor.protocol import JobError
 
@@ -46,12 +46,14 @@ class Dispatcher:
 
     __slots__ = ("_by_id", "_deadlines", "_last_consumer", "_last_lease", "_leases", "_output",
                  "_owners", "_ready", "_retention", "_served", "_store", "_timeline",
-                 "max_redeliveries")
+                 "max_redeliveries", "stats")
 
     def __init__(self, store: Store, deadlines: Deadlines, output: Output, retention: Retention,
                  timeline: Timeline, *,
-                 max_redeliveries: int = DEFAULT_MAX_REDELIVERIES) -> None:
+                 max_redeliveries: int = DEFAULT_MAX_REDELIVERIES, stats: bool = True) -> None:
         self.max_redeliveries = max_redeliveries
+        self.stats = stats
+        """Whether tries are counted and timed (``Queue.started``, ``wait_time``, ``run_time``)."""
         self._store = store
         self._timeline = timeline
         self._retention = retention
@@ -95,6 +97,10 @@ class Dispatcher:
             requeued += self._take_back(consumer, now, "the worker's connection dropped")
         return requeued
 
+    def subscriptions(self, owner: Hashable) -> list[Consumer]:
+        """``owner``'s subscriptions, in the order it made them."""
+        return self._owners.get(owner, [])
+
     def forget(self, queue: Queue) -> None:
         """``queue`` is forgotten (it has no subscriber)."""
         self._ready.discard(queue)
@@ -124,9 +130,11 @@ class Dispatcher:
             return None
         return job
 
-    def take_held(self, owner: Hashable, job_id: int, lease: int, now: float) -> Job | None:
+    def take_held(self, owner: Hashable, job_id: int, lease: int, now: float, *,
+                  ran: bool = True) -> Job | None:
         """Take the job ``owner`` holds under ``lease`` from it (None, and no change, if it holds
         no such lease): its slot is free again, and hearing from the holder extends its lease.
+        ``ran``: the try ended (acknowledged or failed, not handed back): its run time counts.
         One call, not ``holding`` then a take: an ack runs it for every job."""
         job = self._store.jobs.get(job_id)
         if job is None or job.lease != lease or lease == 0:
@@ -139,6 +147,16 @@ class Dispatcher:
         job.lease = 0
         queue = consumer.queue
         queue.active -= 1
+        if ran and self.stats:
+            # The acks of one pass share its time, and mostly their delivery's: runs of one
+            # length at one time, counted without a call but for the first.
+            at = now + self._timeline.offset
+            took = at - job.started
+            durations = queue.run_time
+            if took == durations.last and at == durations.at:
+                durations.pending += 1
+            else:
+                durations.begin(took, at)
         self.heard(consumer, now)
         self.wake(queue)
         return job
@@ -157,13 +175,16 @@ class Dispatcher:
         self._take_back(consumer, now, f"the worker's lease of {consumer.lease:g} s ran out "
                                        f"(it was not heard from for that long)")
 
-    def requeue(self, queue: Queue, jobs: list[Job]) -> None:
-        """Put jobs taken from their holder back at the head of ``queue``, in order."""
+    def requeue(self, queue: Queue, jobs: list[Job], now: float) -> None:
+        """Put jobs taken from their holder back at the head of ``queue``, in order, waiting
+        from ``now``."""
         if not jobs:
             return
         output = self._output
+        ready = now + self._timeline.offset
         for job in reversed(jobs):
             job.state = WAITING
+            job.ready = ready
             queue.waiting.appendleft(job)
             if output.logged:
                 output.records.append(JobRequeued(id=job.id, drops=job.drops))
@@ -190,7 +211,7 @@ class Dispatcher:
             else:
                 job.attempt -= 1
                 back.append(job)
-        self.requeue(consumer.queue, back)
+        self.requeue(consumer.queue, back, now)
         return back
 
     def dispatch(self, now: float = 0.0) -> list[tuple[Consumer, list[Job]]]:
@@ -245,7 +266,10 @@ class Dispatcher:
                 waiting.taken(line, taken)
             self._served = served
             self._last_lease = lease
-            queue.active += sum(len(jobs) for jobs in given.values())
+            delivered = sum(len(jobs) for jobs in given.values())
+            queue.active += delivered
+            if self.stats:
+                self._started(queue, given.values(), delivered, now)
             watched = queue.name in output.watched
             for consumer, jobs in given.items():
                 if len(consumer.held) == len(jobs):
@@ -256,3 +280,25 @@ class Dispatcher:
                         output.event(queue.name, "active", job, now)
             out += given.items()
         return out
+
+    def _started(self, queue: Queue, batches: Iterable[list[Job]], delivered: int,
+                 now: float) -> None:
+        """Count the tries of ``queue`` delivered at ``now``, and time their wait."""
+        at = now + self._timeline.offset
+        queue.started += delivered
+        rate = queue.started_rate
+        if rate.at != now:
+            rate.begin(now, at)
+            delivered -= 1
+        rate.pending += delivered
+        durations = queue.wait_time
+        # Jobs added (or come due) together waited as long: runs of one wait, counted without
+        # a call but for the first.
+        for jobs in batches:
+            for job in jobs:
+                job.started = at
+                waited = at - job.ready
+                if waited == durations.last and at == durations.at:
+                    durations.pending += 1
+                else:
+                    durations.begin(waited, at)

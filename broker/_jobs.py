@@ -13,6 +13,7 @@ import msgspec
 
 from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
+from ._durations import Durations
 from ._rates import Rate
 from ._waiting import WaitingLine
 
@@ -96,7 +97,9 @@ class Job:
         "priority",
         "progress",
         "queue",
+        "ready",
         "result",
+        "started",
         "state",
     )
 
@@ -123,6 +126,11 @@ class Job:
         self.error: JobError | None = None
         self.progress = NIL
         self.finished_at: float | None = None
+        self.ready = 0.0
+        """When (monotonic seconds) the current try became waiting: its wait counts from
+        there (statistics)."""
+        self.started = 0.0
+        """When (monotonic seconds) the current try was delivered (statistics)."""
 
     @property
     def run_at(self) -> float | None:
@@ -182,9 +190,10 @@ class Consumer:
 class Queue:
     """One named queue: its waiting line, delayed jobs, subscribers and counters."""
 
-    __slots__ = ("active", "added_rate", "completed", "completed_rate", "consumers", "delayed",
-                 "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own", "name",
-                 "paused", "pending", "waiting")
+    __slots__ = ("active", "added", "added_rate", "completed", "completed_rate", "consumers",
+                 "delayed", "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own",
+                 "name", "paused", "pending", "retried", "retried_rate", "run_time", "started",
+                 "started_rate", "wait_time", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -207,7 +216,21 @@ class Queue:
         self.added_rate = Rate()
         self.completed_rate = Rate()
         self.failed_rate = Rate()
-        """Jobs added, completed and failed over the last minute (not logged)."""
+        """Jobs added, completed and failed over the last minutes (not logged)."""
+        # The statistics below count from the broker's start (not logged); with statistics
+        # off, only ``added`` is counted.
+        self.added = 0
+        """Jobs added."""
+        self.started = 0
+        """Tries started (jobs delivered)."""
+        self.retried = 0
+        """Failed tries followed by another."""
+        self.started_rate = Rate()
+        self.retried_rate = Rate()
+        self.wait_time = Durations()
+        """Seconds from waiting to delivered, per try."""
+        self.run_time = Durations()
+        """Seconds from delivered to acknowledged or failed, per try."""
 
     def unused(self) -> bool:
         """Whether nothing would be lost if the queue were forgotten: it holds no job in any

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from ._compaction import DEFAULT_COMPACT_FLOOR, DEFAULT_COMPACT_RATIO, Compactor
+from ._durations import Durations
 from ._errors import DiskFull, LogError
 from ._failpoints import failpoint, hooked
 from ._files import SPACE_ERRORS, LogFiles
@@ -94,6 +95,9 @@ class Log:
         """Bytes appended since the log was opened: a position that only grows."""
         self.synced = 0
         """Position up to which an fsync has completed."""
+        self.fsync_time = Durations()
+        """Seconds each fsync of the appended files took (timed in its thread, counted on the
+        loop's, at ``time.monotonic`` times)."""
         self.failure: LogError | None = None
         self.files = LogFiles(self.directory)
         self.compactor = Compactor(self.files, floor=compact_floor, ratio=compact_ratio)
@@ -324,7 +328,7 @@ class Log:
         fds = [*files.unsynced, files.fd]
         files.unsynced = []
         try:
-            await asyncio.get_running_loop().run_in_executor(None, _fsync_all, fds)
+            took = await asyncio.get_running_loop().run_in_executor(None, _fsync_all, fds)
         except OSError as exc:
             self.failure = LogError(f"fsync of the log in {self.directory} failed: {exc}; "
                                     f"stopping without acknowledging what it did not cover")
@@ -333,6 +337,7 @@ class Log:
             # Files appends moved away from: this fsync was their last.
             for fd in fds[:-1]:
                 os.close(fd)
+        self.fsync_time.add(took, 1, time.monotonic())
         self.synced = max(self.synced, target)
         waiters = self._sync_waiters
         if waiters:
@@ -366,10 +371,14 @@ def _retrieve(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-def _fsync_all(fds: Sequence[int]) -> None:
+def _fsync_all(fds: Sequence[int]) -> float:
+    """fsync ``fds``; return how long that took (seconds)."""
     sizes = {fd: os.fstat(fd).st_size for fd in fds} if hooked("log.synced") else None
     failpoint("log.fsync")
+    started = time.monotonic()
     for fd in fds:
         os.fsync(fd)
+    took = time.monotonic() - started
     if sizes is not None:
         failpoint("log.synced", sizes)
+    return took

@@ -82,8 +82,13 @@ class Queues(Store):
         logged: bool = False,
         rng: random.Random | None = None,
         clock: Clock | None = None,
+        stats: bool = True,
     ) -> None:
+        """``stats=False`` leaves out the statistics counted per try (``started``,
+        ``retried``, the wait and run times): only the counts and the rates of jobs added,
+        completed and failed are kept."""
         super().__init__()
+        self.stats = stats
         self.rng = rng or random.Random()
         """Jitters retry backoffs."""
         self.timeline = Timeline(clock)
@@ -97,7 +102,8 @@ class Queues(Store):
                                    keep_completed=keep_completed, keep_failed=keep_failed,
                                    keep_age=keep_age)
         self.dispatcher = Dispatcher(self, self.deadlines, self.output, self.retention,
-                                     self.timeline, max_redeliveries=max_redeliveries)
+                                     self.timeline, max_redeliveries=max_redeliveries,
+                                     stats=stats)
         self._kept_queues = 0
         """Queues left by the last ``forget_unused``."""
 
@@ -135,6 +141,7 @@ class Queues(Store):
                  for payload in payloads]
         queue = self.queue(queue_name)
         jobs = self.jobs
+        ready = now + self.timeline.offset
         out: list[Job] = []
         created: list[Job] = []
         options: list[JobOptions] = []
@@ -152,6 +159,7 @@ class Queues(Store):
             job_id += 1
             job = Job(job_id, queue_name, data, now, option)
             job.pending = True
+            job.ready = ready
             jobs[job_id] = job
             if option.run_at is not None:
                 # Its delay counts from now, whatever the wall clock does while its record waits
@@ -166,7 +174,8 @@ class Queues(Store):
         if not created:
             return out
         queue.pending += len(created)
-        queue.added_rate.mark(len(created), now + self.timeline.offset)
+        queue.added += len(created)
+        queue.added_rate.mark(len(created), ready)
         self.last_id = job_id
         if self.output.logged:
             first_id = created[0].id
@@ -210,7 +219,8 @@ class Queues(Store):
             queue.waiting.extend(waiting)
             self.dispatcher.wake(queue)
         for job in due:
-            self._promote(job)
+            # It came due while its record waited for the disk: it waits from its due time.
+            self._promote(job, self.timeline.monotonic(cast(float, job.options.run_at)))
 
     def discard(self, jobs: Sequence[Job]) -> None:
         """Forget jobs made by ``create`` whose record could not be written (ids stay used)."""
@@ -292,11 +302,11 @@ class Queues(Store):
 
     def release(self, owner: Hashable, job_id: int, lease: int, now: float = 0.0) -> Job | None:
         """Put the job under ``lease`` back at the head of its queue, its try given back."""
-        job = self.dispatcher.take_held(owner, job_id, lease, now)
+        job = self.dispatcher.take_held(owner, job_id, lease, now, ran=False)
         if job is None:
             return None
         job.attempt -= 1
-        self.dispatcher.requeue(self.queues[job.queue], [job])
+        self.dispatcher.requeue(self.queues[job.queue], [job], now)
         return job
 
     def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw,
@@ -337,7 +347,9 @@ class Queues(Store):
             if kind is Kind.DUE:
                 job = jobs.get(cast(int, key))
                 if job is not None and job.state is DELAYED and not job.pending:
-                    self._promote(job)
+                    # It waits from its due time (the timer may run late), not before.
+                    due_at = self.timeline.monotonic(cast(float, job.options.run_at))
+                    self._promote(job, min(due_at, monotonic))
             elif kind is Kind.LEASE:
                 self.dispatcher.lease_due(cast(int, key), now)
             elif kind is Kind.EXPIRE:
@@ -351,14 +363,14 @@ class Queues(Store):
 
     # Queue control.
 
-    def promote(self, job_id: int) -> Job | None:
+    def promote(self, job_id: int, now: float = 0.0) -> Job | None:
         """Make a delayed job waiting now; None when there is no such job."""
         job = self.jobs.get(job_id)
         if job is None:
             return None
         if job.state is not DELAYED or job.pending:
             raise StateError(f"job {job_id} is {job.state.value}, not delayed")
-        self._promote(job)
+        self._promote(job, self.timeline.monotonic(now))
         return job
 
     def remove(self, job_id: int) -> Job | None:
@@ -380,9 +392,10 @@ class Queues(Store):
                 self.output.records.append(QueuePaused(queue=queue_name, paused=paused))
             self.dispatcher.wake(queue)
 
-    def retry_failed(self, queue_name: str | None = None, job_id: int | None = None) -> int:
+    def retry_failed(self, queue_name: str | None = None, job_id: int | None = None,
+                     now: float = 0.0) -> int:
         """Put failed jobs (one, or every retained one of a queue) back at the tail of their
-        queues with their attempts renewed; return how many."""
+        queues with their attempts renewed, waiting from ``now``; return how many."""
         if job_id is not None:
             job = self.jobs.get(job_id)
             if job is None:
@@ -397,9 +410,11 @@ class Queues(Store):
             jobs = [self.jobs[i] for i in queue.kept_failed]
             jobs += [job for job in queue.kept_own.values() if job.state is FAILED]
         if jobs:
+            ready = self.timeline.monotonic(now)
             for job in jobs:
                 queue = self.queues[job.queue]
                 self.retention.renew(job)
+                job.ready = ready
                 queue.waiting.append(job)
                 self.dispatcher.wake(queue)
             if self.output.logged:
@@ -442,10 +457,18 @@ class Queues(Store):
         if output.logged:
             output.records.append(JobRetrying(id=job.id, attempt=job.attempt, at=now,
                                               error=error, run_at=run_at))
+        if self.stats:
+            queue.retried += 1
+            rate = queue.retried_rate
+            if rate.at == now:
+                rate.pending += 1
+            else:
+                rate.begin(now, self.timeline.monotonic(now))
         if watched:
             output.event(queue.name, "retrying", job, now, error=error, run_at=run_at)
         if run_at is None:
             job.state = WAITING
+            job.ready = self.timeline.monotonic(now)
             queue.waiting.append(job)
             self.dispatcher.wake(queue)
         else:
@@ -455,8 +478,10 @@ class Queues(Store):
             if watched:
                 output.event(queue.name, "delayed", job, now, run_at=run_at)
 
-    def _promote(self, job: Job) -> None:
+    def _promote(self, job: Job, ready: float) -> None:
+        """Make a delayed job waiting, from ``ready`` (monotonic seconds)."""
         queue = self.queues[job.queue]
+        job.ready = ready
         del queue.delayed[job.id]
         self.deadlines.cancel(Kind.DUE, job.id)
         job.options = with_run_at(job.options, run_at=None)

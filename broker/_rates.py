@@ -1,31 +1,40 @@
-"""Recent rates: how many jobs a second were added, completed and failed over the last minute."""
+"""Recent rates: how many jobs a second were added, started, completed, failed and retried over
+the last 1, 5 and 15 minutes."""
 
 from __future__ import annotations
 
 import math
 from typing import Final
 
-__all__ = ["WINDOW", "Rate"]
+__all__ = ["MINUTES", "WINDOW", "Rate"]
 
 WINDOW: Final = 60
-"""Seconds a rate looks back over."""
+"""Seconds the one-minute rate looks back over, in one-second buckets."""
+MINUTES: Final = 15
+"""Minutes the longest rate looks back over, in one-minute buckets."""
+_SLOTS: Final = MINUTES + 1
+"""One-minute buckets kept: the current (partial) minute and the ``MINUTES`` before it."""
 
 
 class Rate:
-    """Events counted in one-second buckets over the last ``WINDOW`` seconds.
+    """Events counted in one-second buckets over the last ``WINDOW`` seconds, and in one-minute
+    buckets over the last ``MINUTES`` minutes.
 
     Events come in runs at one time (every job a loop pass finishes finishes at the pass's
     time): ``begin`` starts a run, and the caller counts the run's further events in
-    ``pending`` while ``at`` is their time, without a call. The run joins its bucket when the
+    ``pending`` while ``at`` is their time, without a call. The run joins its buckets when the
     next one begins or the rate is read (which ends it).
     """
 
-    __slots__ = ("_counts", "_mono", "_second", "at", "pending")
+    __slots__ = ("_counts", "_minute", "_minutes", "_mono", "_second", "at", "pending")
 
     def __init__(self) -> None:
         self._counts = [0] * WINDOW
         self._second = 0
         """The second (whole, on the clock ``mark`` is given) the newest bucket counts."""
+        self._minutes = [0] * _SLOTS
+        self._minute = 0
+        """The minute (whole) the newest one-minute bucket counts."""
         self.at = math.nan
         """The time (as the caller reads it) of the events counted in ``pending``; NaN (equal
         to no time) when no run is going on."""
@@ -40,6 +49,7 @@ class Rate:
         if second != self._second:
             self._roll(second)
         self._counts[second % WINDOW] += count
+        self._minutes[self._minute % _SLOTS] += count
 
     def begin(self, at: float, now: float) -> None:
         """Start a run with one event at the caller's time ``at``, ``now`` on the clock ``mark``
@@ -52,6 +62,27 @@ class Rate:
 
     def per_second(self, now: float) -> float:
         """Events a second over the last ``WINDOW`` seconds."""
+        self._settle(now)
+        return sum(self._counts) / WINDOW
+
+    def rates(self, now: float) -> tuple[float, float, float]:
+        """Events a second over the last 1, 5 and 15 minutes. The longer two count the
+        current minute so far, the whole minutes before it, and the share of the oldest minute
+        that falls in the span (as if its events were spread evenly over it)."""
+        self._settle(now)
+        m1 = sum(self._counts) / WINDOW
+        minutes = self._minutes
+        current = self._minute
+        into = min(max(now / 60 - current, 0.0), 1.0)  # of the current minute, elapsed
+        out = []
+        for span in (5, MINUTES):
+            whole = sum(minutes[(current - back) % _SLOTS] for back in range(span))
+            oldest = minutes[(current - span) % _SLOTS]
+            out.append((whole + oldest * (1.0 - into)) / (span * 60))
+        return m1, out[0], out[1]
+
+    def _settle(self, now: float) -> None:
+        """End the current run (its events join their buckets) and move the buckets to ``now``."""
         if self.pending:
             self.mark(self.pending, self._mono)
             self.pending = 0
@@ -59,10 +90,10 @@ class Rate:
         second = int(now)
         if second > self._second:
             self._roll(second)
-        return sum(self._counts) / WINDOW
 
     def _roll(self, second: int) -> None:
-        """Empty the buckets of the seconds between the newest one and ``second``."""
+        """Empty the buckets of the seconds (and minutes) between the newest one and
+        ``second``."""
         gap = second - self._second
         if not 0 < gap < WINDOW:
             # A minute or more of silence, or the clock went back: start over.
@@ -71,3 +102,12 @@ class Rate:
             for passed in range(self._second + 1, second + 1):
                 self._counts[passed % WINDOW] = 0
         self._second = second
+        minute = second // 60
+        if minute != self._minute:
+            gap = minute - self._minute
+            if not 0 < gap < _SLOTS:
+                self._minutes = [0] * _SLOTS
+            else:
+                for passed in range(self._minute + 1, minute + 1):
+                    self._minutes[passed % _SLOTS] = 0
+            self._minute = minute

@@ -149,12 +149,18 @@ class Replayer:
         queues = self.queues
         jobs = queues.jobs
         heads = sorted(self._heads.items(), key=lambda item: -item[1])
+        # Waiting jobs wait from now, as far as the statistics know (when a try became
+        # waiting is not logged).
+        timeline = queues.timeline
+        ready = 0.0 if timeline.clock is None else timeline.monotonic(timeline.now())
         for job_id, _ in heads:
             job = jobs.get(job_id)
             if job is not None and job.state is JobState.WAITING:
+                job.ready = ready
                 queues.queues[job.queue].waiting.append(job)
         for job in self._tails.values():
             if job.state is JobState.WAITING and jobs.get(job.id) is job:
+                job.ready = ready
                 queues.queues[job.queue].waiting.append(job)
         for queue in queues.queues.values():
             for job in queue.delayed.values():

@@ -177,7 +177,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     peer.send(_page(req, page, total, core.max_frame))
             # Steering queues.
             case Promote(req=req, job=job_id):
-                _job_ok(peer, req, job_id, queues.promote(job_id))
+                _job_ok(peer, req, job_id, queues.promote(job_id, now))
             case Remove(req=req, job=job_id):
                 _job_ok(peer, req, job_id, queues.remove(job_id))
             case Pause(req=req, queue=name, paused=paused):
@@ -186,7 +186,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     peer.send(Ok(req=req))
             case RetryFailed(req=req, queue=name, job=job_id):
                 if name is None or _queue_ok(peer, req, name):
-                    _retry_failed(queues, peer, req, name, job_id)
+                    _retry_failed(queues, peer, req, name, job_id, now)
             case Drain(req=req, queue=name):
                 if _queue_ok(peer, req, name):
                     peer.send(Count(req=req, count=queues.drain(name)))
@@ -260,14 +260,14 @@ def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame
 
 
 def _retry_failed(queues: Queues, peer: Peer, req: int, name: str | None,
-                  job_id: int | None) -> None:
+                  job_id: int | None, now: float) -> None:
     if (name is None) == (job_id is None):
         peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD,
                                   "retry_failed takes either a queue or a job", req=req))
     elif job_id is not None and job_id not in queues.jobs:
         peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
     else:
-        peer.send(Count(req=req, count=queues.retry_failed(name, job_id)))
+        peer.send(Count(req=req, count=queues.retry_failed(name, job_id, now)))
 
 
 def _job_ok(peer: Peer, req: int, job_id: int, job: Job | None) -> None:

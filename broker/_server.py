@@ -18,10 +18,13 @@ from typing import Final
 
 from conveyor.protocol import (
     DEFAULT_MAX_FRAME,
+    BrokerStats,
     ClientMessage,
     Closing,
     ErrorCode,
     ProtocolError,
+    Subscription,
+    WorkerInfo,
 )
 
 from ._auth import DEFAULT_FAILURE_DELAY, Gate
@@ -37,6 +40,7 @@ from ._queues import Queues
 from ._recovery import Recovery
 from ._requests import handle
 from ._session import Session
+from ._stats import memory, version
 from ._users import Users, UsersError
 from ._watchers import DEFAULT_MAX_WAITS
 
@@ -88,6 +92,11 @@ class Broker:
     ``users`` the broker serves this machine only: it refuses to bind to an address other than
     loopback and turns away connections from other addresses, unless ``insecure`` (logged as a
     warning at every start).
+
+    ``stats=False`` (``--no-stats``) leaves out the statistics counted per try: the tries
+    started and retried, and how long they waited and ran (``get_stats`` then reports them as 0
+    and nil). Counts, rates of jobs added, completed and failed, workers and the broker's own
+    figures remain.
     """
 
     def __init__(
@@ -116,6 +125,7 @@ class Broker:
         clock: Clock = SYSTEM_CLOCK,
         ssl: _ssl.SSLContext | None = None,
         insecure: bool = False,
+        stats: bool = True,
     ) -> None:
         """Raises ``ValueError`` for a ``host`` other than loopback without ``users`` or
         ``insecure``."""
@@ -153,8 +163,14 @@ class Broker:
         """Wall time for what is kept and shown, monotonic time for leases and timers."""
         self.queues = Queues(max_redeliveries=max_redeliveries, keep_completed=keep_completed,
                              keep_failed=keep_failed, keep_age=keep_age,
-                             logged=self.log is not None, clock=clock)
+                             logged=self.log is not None, clock=clock, stats=stats)
         self.core = Core(self.queues, self.log, max_frame=max_frame, max_waits=max_waits)
+        self.core.observed = self
+        self.started_at = 0.0
+        """When the broker started (Unix seconds)."""
+        self._started_mono = 0.0
+        self._connections = 0
+        """Connections accepted so far: the number of the last one."""
         self._now = self.queues.timeline.now
         """The wall time now (``Queues.now``), looked up once."""
         self._pass_now: float | None = None
@@ -190,6 +206,8 @@ class Broker:
             raise RuntimeError(f"broker is {self.status.value}")
         self._loop = loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
+        self.started_at = self.clock.wall()
+        self._started_mono = self.clock.monotonic()
         if self.log is not None:
             self.queues.now()  # replay arms the deadlines of delayed jobs against the clock now
             self.recovery = self.log.open(self.queues)
@@ -364,6 +382,8 @@ class Broker:
                 f"connection limit of {self.max_connections} reached",
             ))
         else:
+            self._connections += 1
+            session.number = self._connections
             self.sessions.add(session)
 
     def _may_serve(self, session: Session) -> bool:
@@ -434,6 +454,39 @@ class Broker:
         """``session`` has output for this pass."""
         self.core.dirty.append(session)
         self.schedule_flush()
+
+    # Statistics (the ``Observed`` of the core).
+
+    def broker_stats(self, queues: Queues) -> BrokerStats:
+        """The broker's own figures, for ``get_stats``."""
+        log_ = self.log
+        return BrokerStats(
+            version=version(), started_at=self.started_at,
+            uptime=max(0.0, self.clock.monotonic() - self._started_mono),
+            connections=len(self.sessions), queues=len(queues.queues), jobs=len(queues.jobs),
+            memory=memory(), log_bytes=0 if log_ is None else log_.size,
+            live_bytes=queues.live_bytes, compactions=0 if log_ is None else log_.compactions,
+            fsync_time=None if log_ is None else log_.fsync_time.read(time.monotonic()))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every connection subscribed to at least one queue, by number."""
+        assert self._loop is not None
+        # Sessions keep event loop times: shown as wall times, as of now.
+        since = self.clock.wall() - self._loop.time()
+        subscriptions = self.queues.dispatcher.subscriptions
+        workers = []
+        for session in sorted(self.sessions, key=lambda session: session.number):
+            consumers = subscriptions(session)
+            if not consumers:
+                continue
+            workers.append(WorkerInfo(
+                id=session.number, name=session.client, host=session.client_host,
+                pid=session.client_pid, address=session.peer,
+                user="" if session.user is None else session.user.name,
+                connected_at=since + session.opened_at, last_heard=since + session.heard_at,
+                subscriptions=[Subscription(queue=c.queue.name, window=c.window,
+                                            held=len(c.held)) for c in consumers]))
+        return workers
 
     # The flush and the timer.
 

@@ -46,6 +46,8 @@ SKIP_LIMIT: Final = 64 << 20
 """Frames over the frame limit but at most this long (bytes), or 4 times the limit if that is
 more, are skipped and answered; a longer length prefix closes the connection (it is more likely
 garbage, an HTTP request say, than a frame)."""
+_SHOWN: Final = 256
+"""Most characters of a client's name and host kept to show."""
 
 log = logging.getLogger("broker")
 
@@ -83,6 +85,14 @@ class Session(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.opened_at = self._loop.time()
         """When the connection was accepted (event loop time)."""
+        self.heard_at = self.opened_at
+        """When the connection last read anything (event loop time)."""
+        self.number = 0
+        """The connection's number on this broker (the server gives it)."""
+        self.client = ""
+        self.client_host = ""
+        self.client_pid = 0
+        """What the client's ``hello`` said of it: its name, host and process id."""
         self.frame_since: float | None = None
         """When the frame now unfinished began (event loop time), or None between frames."""
         self.closed_at: float | None = None
@@ -146,6 +156,7 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.heard_at = self._loop.time()
         try:
             frames = self.reader.read(data)
         except ProtocolError as exc:
@@ -348,6 +359,10 @@ class Session(asyncio.Protocol):
                 f"this broker speaks version {PROTOCOL_VERSION}",
             ))
         else:
+            # Shown in statistics: free-form, so kept short.
+            self.client = message.client[:_SHOWN]
+            self.client_host = message.host[:_SHOWN]
+            self.client_pid = message.pid
             self._admit(self.host.gate.start(message, self.address, self.certificate_user))
 
     def _admit(self, outcome: Accepted | Challenged | Refused) -> None:

@@ -104,6 +104,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--keep-age", type=float, default=None, metavar="SECONDS",
                         help="forget completed and failed jobs this long after they finish "
                              "(default: no age limit, only the counts)")
+    parser.add_argument("--no-stats", dest="stats", action="store_false",
+                        help="do not count and time each try (the tries started and retried, "
+                             "how long jobs waited and ran) for get_stats and the dashboard; "
+                             "counts, the rates of jobs added, completed and failed, workers "
+                             "and the broker's figures remain")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     security = parser.add_argument_group("security")
@@ -150,6 +155,7 @@ async def _serve(args: argparse.Namespace, context: ssl.SSLContext | None) -> No
         keep_completed=args.keep_completed,
         keep_failed=args.keep_failed,
         keep_age=args.keep_age,
+        stats=args.stats,
     )
     await broker.start()
     recovery = broker.recovery

@@ -192,7 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="jobs to skip first (default: %(default)s)")
 
     sub = command("job", "read:job", "show one job: data, result, error and traceback, times")
-    sub.add_argument("job", metavar="ID", type=job_id)
+    sub.add_argument("job", metavar="ID", type=job_id, nargs="?")
+    sub.add_argument("--key", metavar="KEY",
+                     help="the job added with this idempotency key (add --id) instead of an ID")
+
+    sub = command("workers", "read:workers",
+                  "list the connected workers: their queues, credit windows and jobs held")
+    sub.add_argument("--queue", metavar="QUEUE",
+                     help="only the workers subscribed to this queue")
 
     sub = command("events", "read:events", "follow a queue's events live until Ctrl-C")
     sub.add_argument("queue", metavar="QUEUE")

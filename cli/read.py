@@ -1,4 +1,4 @@
-"""Read commands: ``status`` (optionally live), ``jobs``, ``job`` and ``events``."""
+"""Read commands: ``status`` (optionally live), ``jobs``, ``job``, ``workers`` and ``events``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.client import Client, JobEvent, JobInfo, JobState, QueueSummary, parse_url
+from conveyor.client import (
+    Client,
+    JobEvent,
+    JobInfo,
+    JobState,
+    QueueSummary,
+    WorkerInfo,
+    parse_url,
+)
 
 from .output import (
     ago,
@@ -29,9 +37,9 @@ from .output import (
     timestamp,
     value_text,
 )
-from .runner import OK, CommandFailed, connected, run
+from .runner import OK, CommandFailed, UsageError, connected, guarded, run
 
-__all__ = ["events", "job", "jobs", "status"]
+__all__ = ["events", "job", "jobs", "status", "workers"]
 
 ERROR_WIDTH: Final = 60
 """Most characters of an error shown in a ``jobs`` table."""
@@ -175,14 +183,26 @@ def _jobs_table(found: list[JobInfo], title: str, *, error_width: int) -> Table:
 
 
 def job(args: argparse.Namespace) -> int:
-    """``conveyor job ID``: everything the broker retains of one job."""
+    """``conveyor job ID`` or ``conveyor job --key KEY``: everything the broker retains of one
+    job."""
+    if (args.job is None) == (args.key is None):
+        return guarded(_one_of_id_or_key)
     return run(connected(args.url, lambda client: _job(client, args)))
 
 
+def _one_of_id_or_key() -> int:
+    raise UsageError("give either a job ID or --key KEY (see 'conveyor job --help')")
+
+
 async def _job(client: Client, args: argparse.Namespace) -> int:
-    info = await client.get_job(args.job)
-    if info is None:
-        raise CommandFailed(f"no job {args.job}")
+    if args.key is not None:
+        info = await client.find_job(args.key)
+        if info is None:
+            raise CommandFailed(f"no job with the key {args.key!r}")
+    else:
+        info = await client.get_job(args.job)
+        if info is None:
+            raise CommandFailed(f"no job {args.job}")
     if args.json:
         print_json(info)
         return OK
@@ -223,6 +243,43 @@ def _job_table(info: JobInfo) -> Table:
         rows.append(("error", Text(f"{info.error.type}: {info.error.message}")))
     for label, value in rows:
         table.add_row(label, value)
+    return table
+
+
+# workers
+
+
+def workers(args: argparse.Namespace) -> int:
+    """``conveyor workers [--queue QUEUE]``: a table of the connections subscribed to queues."""
+    return run(connected(args.url, lambda client: _workers(client, args)))
+
+
+async def _workers(client: Client, args: argparse.Namespace) -> int:
+    found = (await client.stats(args.queue)).workers
+    if args.json:
+        print_json(found)
+        return OK
+    out_console().print(_workers_table(found, f"workers at {parse_url(client.url)}"))
+    return OK
+
+
+def _workers_table(found: list[WorkerInfo], title: str) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("id", justify="right", no_wrap=True)
+    for column in ("name", "host"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("pid", justify="right", no_wrap=True)
+    for column in ("address", "user", "queues (held/window)", "connected", "last heard"):
+        table.add_column(column, no_wrap=True)
+    now = time.time()
+    for worker in found:
+        queues = ", ".join(f"{s.queue} {s.held}/{s.window}" for s in worker.subscriptions)
+        table.add_row(str(worker.id), Text(worker.name), Text(worker.host),
+                      str(worker.pid) if worker.pid else "", worker.address, Text(worker.user),
+                      Text(queues), moment(worker.connected_at, now),
+                      ago(worker.last_heard, now))
+    if not found:
+        table.caption = "no workers connected"
     return table
 
 

@@ -140,7 +140,8 @@ def _check_queues(spec: str, target: Handler | Tasks, queues: list[str] | None) 
 
 def _worker(args: argparse.Namespace) -> Worker:
     target = load_target(args.target)
-    name = f"worker-{os.getpid()}"
+    # The name the broker's statistics show (its host and pid are shown apart): what it runs.
+    name = args.target
     options: dict[str, Any] = {"url": args.url, "concurrency": args.concurrency,
                                "grace": args.grace, "lease": args.lease, "name": name}
     if isinstance(target, Tasks):
