@@ -45,6 +45,8 @@ def create_app(client: Client, *, hosts: Iterable[str] | None, refresh: float = 
             dashboard.close_streams()
             feed.cancel()
             await asyncio.wait([feed])
+            if not feed.cancelled():
+                feed.result()  # raises what stopped it early, if anything did
 
     routes = [
         Route("/", pages.overview),

@@ -97,7 +97,8 @@ class Feed:
             try:
                 stats: Stats | None = await self.fetch()
                 error = None
-            except ConveyorError as exc:
+            except (ConveyorError, ValueError) as exc:
+                # ValueError: the address or a secret or TLS file it names cannot be used (now).
                 stats, error = None, str(exc) or type(exc).__name__
             self.publish(stats, error, loop.time())
             pause = max(self.refresh - (loop.time() - started), 0.0)
