@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -12,15 +13,15 @@ from processes import ROOT, eventually, free_port
 
 from conveyor.client import Client
 
-COMMANDS = ["broker", "worker", "status", "jobs", "job", "events", "add", "retry", "promote",
-            "remove", "pause", "resume", "drain", "clean"]
+COMMANDS = ["broker", "worker", "status", "jobs", "job", "workers", "events", "add", "retry",
+            "promote", "remove", "pause", "resume", "drain", "clean", "user", "dashboard"]
 
 
 async def test_help_lists_every_command_without_loading_any_of_them() -> None:
     result = await conveyor("--help")
     listed = result.ok().stdout
     for command in COMMANDS:
-        assert f"\n    {command} " in listed, (command, listed)
+        assert re.search(rf"\n    {command}\s", listed), (command, listed)
     # The parser alone: neither the broker, the worker, the client nor rich is imported.
     probe = subprocess.run(
         [sys.executable, "-c",
@@ -52,7 +53,8 @@ async def test_version_and_usage_errors() -> None:
 async def test_every_command_reports_a_broker_that_is_not_running_in_one_line() -> None:
     address = f"127.0.0.1:{free_port()}"
     commands = [["status"], ["status", "--watch"], ["jobs", "q", "--state", "waiting"],
-                ["job", "1"], ["events", "q"], ["add", "q", "{}"], ["add", "q", "--file", "-"],
+                ["job", "1"], ["job", "--key", "k"], ["workers"], ["events", "q"],
+                ["add", "q", "{}"], ["add", "q", "--file", "-"],
                 ["retry", "q"], ["promote", "1"], ["remove", "1"], ["pause", "q"],
                 ["resume", "q"], ["drain", "q"], ["clean", "q", "--state", "failed"]]
     results = await asyncio.gather(*(conveyor(*args, url=address, stdin=b"{}\n")

@@ -105,10 +105,14 @@ async def test_metrics_match_the_broker_after_a_known_workload(
         assert value(samples, "conveyor_queue_capacity", queue=name) == windows[name]
         check_histogram(samples, "conveyor_job_wait_seconds", measured.wait_time, queue=name)
         check_histogram(samples, "conveyor_job_run_seconds", measured.run_time, queue=name)
-    if by_name["work"].added:  # a broker that counts what it does since its start
-        assert by_name["work"].added == 11 and by_name["work"].retried == 5
-        assert by_name["work"].started == 15  # 10 first tries, 5 second ones
-        assert windows["work"] == 4
+    work = by_name["work"]
+    assert work.added == 11 and work.retried == 5
+    assert work.started == 15  # 10 first tries, 5 second ones
+    assert windows["work"] == 4
+    # Every try that ran was timed, and the scrape says so.
+    assert work.wait_time is not None and work.wait_time.count == 15
+    assert work.run_time is not None and work.run_time.count == 15
+    assert value(samples, "conveyor_job_run_seconds_count", queue="work") == 15
     check_histogram(samples, "conveyor_log_fsync_seconds", stats.broker.fsync_time)
 
     broker = stats.broker

@@ -3,6 +3,9 @@ broker's figures where the DOM contract says, and links where a user would follo
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 from dashboard_support import TOKEN, Served, running
 from processes import eventually
@@ -135,12 +138,13 @@ async def test_the_workers_page_lists_each_worker_connection(
         await eventually(lambda: _subscribed(client, "thumbs"), "the worker subscribed")
         page = await dashboard.page("/workers")
     table = page.find("table", id="workers")
-    # Until the broker reports workers (get_stats' workers), the table may be empty; when it
-    # does, each row says who the worker is.
-    for row in table.find_all("tr"):
-        if "data-worker" in row.attrs:
-            assert row.find(data_field="name").text == "thumbnailer"
-            assert "thumbs" in row.find(data_field="queues").text
+    (row,) = [row for row in table.find_all("tr") if "data-worker" in row.attrs]
+    assert row.find(data_field="name").text == "thumbnailer"
+    assert row.find(data_field="host").text == socket.gethostname()
+    assert row.find(data_field="pid").text == str(os.getpid())
+    assert "thumbs" in row.find(data_field="queues").text
+    assert row.find(data_field="window").text == "3"
+    assert row.find(data_field="address").text.startswith("127.0.0.1:")
 
 
 async def _subscribed(client: Client, queue: str) -> bool:
