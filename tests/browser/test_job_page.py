@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from browser_support import ServerProcess, text_of, wait_for_text, wait_until
+from browser_support import ServerProcess, text_of, wait_for_live, wait_for_text, wait_until
 from processes import WorkerProcess
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -63,6 +63,7 @@ def test_retry_on_the_job_page_completes_the_job_live(
     job_id, marker = fail_a_report(client, browser, start_worker, tmp_path, "reports-retried")
     browser.get(dashboard.page(f"/jobs/{job_id}"))
     wait_for_text(browser, "#job-state", "failed")
+    wait_for_live(browser)
     browser.execute_script("window.conveyorTestMarker = 'still the same page';")
 
     marker.unlink()  # the next try succeeds

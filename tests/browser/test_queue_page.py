@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from browser_support import ServerProcess, text_of, wait_for_count, wait_for_text, wait_until
+from browser_support import (
+    ServerProcess,
+    text_of,
+    wait_for_count,
+    wait_for_live,
+    wait_for_text,
+    wait_until,
+)
 from processes import WorkerProcess
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -26,6 +33,7 @@ def test_pause_and_resume_a_queue(
     worker = start_worker("complete", queue="exports")
     client.wait(client.add("exports", {"export": 0}), timeout=20)
     browser.get(dashboard.page("/queues/exports"))
+    wait_for_live(browser)
     wait_for_text(browser, "#paused-state", "running")
     wait_for_count(browser, "", "completed", 1)
 
@@ -58,6 +66,7 @@ def test_drain_asks_for_confirmation(
         screenshot: Callable[[], Path]) -> None:
     client.add_bulk("newsletters", [{"issue": n} for n in range(5)])
     browser.get(dashboard.page("/queues/newsletters"))
+    wait_for_live(browser)
     wait_for_count(browser, "", "waiting", 5)
 
     browser.find_element(By.CSS_SELECTOR, "#drain").click()
