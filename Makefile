@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 FILES  := $(VENV)/.installed-files
-PACKAGES := protocol broker client worker cli
+PACKAGES := protocol broker client worker cli dashboard
 
 .PHONY: all setup python-version test lint typecheck pytest demo bench clean FORCE
 
@@ -18,16 +18,18 @@ python-version:
 
 # The strict editable install links every module into build/, under its conveyor.* name; the
 # list of files is a prerequisite so that adding or removing a module installs the links anew.
+# The dashboard's templates and static files are package data, linked the same way.
 $(FILES): FORCE | python-version
 	@mkdir -p $(VENV)
-	@find $(PACKAGES) -name '*.py' -o -name py.typed | sort > $@.new
+	@find $(PACKAGES) -name '*.py' -o -name py.typed \
+	    -o \( -path '*/templates/*' -o -path '*/static/*' \) -type f | sort > $@.new
 	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
 $(STAMP): pyproject.toml $(FILES) | python-version
 	@echo "Installing Conveyor and its test tools into $(VENV) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-	    --config-settings editable_mode=strict -e '.[test]'
+	    --config-settings editable_mode=strict -e '.[test,dashboard]'
 	touch $(STAMP)
 
 test: lint typecheck pytest
@@ -41,7 +43,7 @@ TEST_DIRS := $(sort $(dir $(wildcard tests/*/*.py)))
 
 typecheck: $(STAMP)
 	$(BIN)/mypy -p conveyor.protocol -p conveyor.broker -p conveyor.client -p conveyor.worker \
-	    -p conveyor.cli
+	    -p conveyor.cli -p conveyor.dashboard
 	$(BIN)/mypy examples bench
 	$(BIN)/mypy tests/*.py
 	@for dir in $(TEST_DIRS); do \

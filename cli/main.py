@@ -31,6 +31,7 @@ _USER_NAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _DELEGATED: Final = {
     "broker": "run a broker (conveyor broker --help lists its options)",
     "worker": "run worker processes for a handler or task registry (conveyor worker --help)",
+    "dashboard": "serve the web dashboard and /metrics (conveyor dashboard --help)",
 }
 
 
@@ -312,6 +313,10 @@ def _delegate(name: str, argv: list[str]) -> int:
     if name == "broker":
         from conveyor.broker.cli import main as broker_main
         return broker_main(argv, prog=prog)
+    if name == "dashboard":
+        # Says in one line when the dashboard extra is not installed.
+        from conveyor.dashboard import main as dashboard_main
+        return dashboard_main(argv, prog=prog)
     from conveyor.worker.cli import main as worker_main
     return worker_main(argv, prog=prog)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("protocol", "broker", "client", "worker", "cli")
+PACKAGES = ("protocol", "broker", "client", "worker", "cli", "dashboard")
 BARE = frozenset(PACKAGES)
 """Names that exist only as folders of this repository, never as importable top-level modules."""
 
@@ -28,6 +28,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "client": {"conveyor.broker", "conveyor.worker", "conveyor.cli", "rich"},
     "worker": {"conveyor.broker", "conveyor.cli", "rich"},
     "cli": set(),
+    # The dashboard is a client of the broker, like any other: web libraries, never its code.
+    "dashboard": {"conveyor.broker", "conveyor.worker", "conveyor.cli", "rich"},
 }
 ENTRY_POINTS = {"conveyor.broker.cli", "conveyor.worker.cli"}
 OTHER_SOURCES = sorted(path for folder in ("tests", "examples", "bench")

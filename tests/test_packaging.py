@@ -8,14 +8,17 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import free_port, read_line
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("protocol", "broker", "client", "worker", "cli")
+FOLDERS = ("protocol", "broker", "client", "worker", "cli", "dashboard")
 
 USER_CODE = '''
 from conveyor.client import Client, JobSpec, SyncClient
@@ -96,6 +99,10 @@ def test_the_wheel_installs_conveyor_and_nothing_else_at_the_top_level(wheel: Pa
         assert f"conveyor/{folder}/__init__.py" in names
         assert f"conveyor/{folder}/py.typed" in names
     assert "conveyor = conveyor.cli:main" in entry_points
+    # The dashboard's pages and assets are package data: without them it serves nothing.
+    for asset in ("templates/base.html", "templates/overview.html", "static/app.js",
+                  "static/style.css"):
+        assert f"conveyor/dashboard/{asset}" in names
 
 
 def test_the_installed_command_runs_from_a_directory_of_lookalike_modules(
@@ -127,3 +134,26 @@ def test_mypy_strict_sees_the_installed_types(venv: Path, tmp_path: Path) -> Non
                             timeout=300)
     assert caught.returncode == 1
     assert 'Incompatible return value type (got "int", expected "str")' in caught.stdout
+
+
+def test_the_installed_dashboard_serves_its_pages_and_assets(venv: Path, tmp_path: Path) -> None:
+    # No broker listens on the port given: the pages say so, from the installed templates.
+    command = [str(venv / "bin" / "conveyor"), "dashboard", "--port", "0",
+               "--url", f"127.0.0.1:{free_port()}"]
+    with subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as dashboard:
+        assert dashboard.stdout is not None
+        try:
+            line = read_line(dashboard.stdout, 30)
+            assert line.startswith("listening on http://127.0.0.1:"), line
+            base = line.removeprefix("listening on ").rstrip("/")
+            with urllib.request.urlopen(f"{base}/static/app.js", timeout=30) as response:
+                assert b"EventSource" in response.read()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{base}/", timeout=30)
+            with refused.value:
+                assert refused.value.code == 503
+                assert b"Broker unreachable" in refused.value.read()
+        finally:
+            dashboard.terminate()
+            assert dashboard.wait(30) == 0
