@@ -39,7 +39,8 @@ def test_pause_and_resume_a_queue(
 
     browser.find_element(By.CSS_SELECTOR, "#pause").click()
     wait_for_text(browser, "#paused-state", "paused")
-    assert paused_by_broker(client, "exports") == (True, True)
+    wait_until(browser, lambda: paused_by_broker(client, "exports") == (True, True),
+               "the broker's queue paused")
 
     client.add_bulk("exports", [{"export": n} for n in range(1, 4)])
     wait_for_count(browser, "", "waiting", 3)
@@ -51,7 +52,8 @@ def test_pause_and_resume_a_queue(
 
     browser.find_element(By.CSS_SELECTOR, "#resume").click()
     wait_for_text(browser, "#paused-state", "running")
-    assert paused_by_broker(client, "exports") == (False, False)
+    wait_until(browser, lambda: paused_by_broker(client, "exports") == (False, False),
+               "the broker's queue resumed")
     wait_for_count(browser, "", "completed", 4)
     wait_for_count(browser, "", "waiting", 0)
 
