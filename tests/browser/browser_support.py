@@ -221,8 +221,25 @@ def wait_until(driver: WebDriver, condition: Callable[[], _T | None], what: str,
 
 
 def text_of(driver: WebDriver, selector: str) -> str:
-    """The text of the first element matching the CSS ``selector``, stripped."""
-    return str(driver.find_element(By.CSS_SELECTOR, selector).text).strip()
+    """The text shown by the first element matching the CSS ``selector``, stripped.
+
+    Read in one script call: the page replaces elements as it updates live, so an element
+    found by one call may be gone by the next.
+    """
+    text = driver.execute_script(
+        "const element = document.querySelector(arguments[0]);"
+        "return element === null ? null : element.innerText;", selector)
+    if text is None:
+        raise NoSuchElementException(f"no element matches {selector!r}")
+    return str(text).strip()
+
+
+def texts_of(driver: WebDriver, selector: str) -> list[str]:
+    """The texts shown by every element matching the CSS ``selector`` (read as ``text_of``)."""
+    texts = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText);",
+        selector)
+    return [str(text).strip() for text in texts]
 
 
 def wait_for_text(driver: WebDriver, selector: str, expected: str,
@@ -241,6 +258,17 @@ def wait_for_text(driver: WebDriver, selector: str, expected: str,
         wait_until(driver, shows, f"{selector} showing {expected!r}", timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; it showed {seen[-1] if seen else None!r}") from None
+
+
+def click(driver: WebDriver, selector: str) -> None:
+    """Click the element matching the CSS ``selector``, found again if the page replaced it
+    (as it updates live) between finding and clicking."""
+
+    def clicked() -> bool:
+        driver.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    wait_until(driver, clicked, f"a click on {selector}")
 
 
 def wait_for_live(driver: WebDriver) -> None:

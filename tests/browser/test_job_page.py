@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from browser_support import ServerProcess, text_of, wait_for_live, wait_for_text, wait_until
+from browser_support import ServerProcess, click, text_of, wait_for_live, wait_for_text, wait_until
 from processes import WorkerProcess
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -41,11 +41,11 @@ def test_failed_job_page_shows_the_traceback(
 
     browser.get(dashboard.page(f"/jobs/{job_id}"))
     wait_for_text(browser, "#job-state", "failed")
-    traceback = browser.find_element(By.CSS_SELECTOR, "pre#job-traceback")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", traceback)
+    browser.execute_script(
+        "document.querySelector('pre#job-traceback').scrollIntoView({block: 'center'});")
     screenshot()
 
-    text = traceback.text
+    text = text_of(browser, "pre#job-traceback")
     assert "report Q3-revenue cannot render: ledger.lock is locked" in text
     assert "in render_report" in text
     assert "ReportFailed" in text
@@ -67,7 +67,7 @@ def test_retry_on_the_job_page_completes_the_job_live(
     browser.execute_script("window.conveyorTestMarker = 'still the same page';")
 
     marker.unlink()  # the next try succeeds
-    browser.find_element(By.CSS_SELECTOR, "#retry").click()
+    click(browser, "#retry")
     wait_for_text(browser, "#job-state", "completed")
     screenshot()
 

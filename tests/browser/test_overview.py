@@ -9,6 +9,7 @@ from pathlib import Path
 from browser_support import (
     ServerProcess,
     text_of,
+    texts_of,
     wait_for_count,
     wait_for_live,
     wait_for_subscribed,
@@ -17,7 +18,6 @@ from browser_support import (
 from processes import WorkerProcess
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
 
 from conveyor.client import SyncClient
 
@@ -42,8 +42,7 @@ def test_overview_counts_change_without_a_reload(
         assert text_of(browser, f'{row} td[data-count="{state}"]') == "0", state
     assert text_of(browser, f'{row} td[data-field="paused"]') == "running"
     assert browser.find_elements(By.CSS_SELECTOR, f"{row} svg.sparkline")
-    link = browser.find_element(By.CSS_SELECTOR, f'{row} a[href$="/queues/imports"]')
-    assert link.text.strip() == "imports"
+    assert text_of(browser, f'{row} a[href$="/queues/imports"]') == "imports"
 
 
 def test_workers_page_lists_a_running_worker(
@@ -54,12 +53,12 @@ def test_workers_page_lists_a_running_worker(
 
     browser.get(dashboard.page("/workers"))
 
-    def worker_row() -> WebElement | None:
-        for row in browser.find_elements(By.CSS_SELECTOR, "table#workers tr[data-worker]"):
-            if re.search(rf"\b{worker.pid}\b", row.text):
-                return row
+    def worker_row() -> str | None:
+        for text in texts_of(browser, "table#workers tr[data-worker]"):
+            if re.search(rf"\b{worker.pid}\b", text):
+                return text
         return None
 
     row = wait_until(browser, worker_row, f"a row for the worker with pid {worker.pid}")
     screenshot()
-    assert "thumbnails" in row.text
+    assert "thumbnails" in row

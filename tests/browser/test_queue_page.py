@@ -7,6 +7,7 @@ from pathlib import Path
 
 from browser_support import (
     ServerProcess,
+    click,
     text_of,
     wait_for_count,
     wait_for_live,
@@ -37,7 +38,7 @@ def test_pause_and_resume_a_queue(
     wait_for_text(browser, "#paused-state", "running")
     wait_for_count(browser, "", "completed", 1)
 
-    browser.find_element(By.CSS_SELECTOR, "#pause").click()
+    click(browser, "#pause")
     wait_for_text(browser, "#paused-state", "paused")
     wait_until(browser, lambda: paused_by_broker(client, "exports") == (True, True),
                "the broker's queue paused")
@@ -50,7 +51,7 @@ def test_pause_and_resume_a_queue(
     assert (counts["waiting"], counts["active"], counts["completed"]) == (3, 0, 1)
     assert counts["workers"] == 1, worker.log
 
-    browser.find_element(By.CSS_SELECTOR, "#resume").click()
+    click(browser, "#resume")
     wait_for_text(browser, "#paused-state", "running")
     wait_until(browser, lambda: paused_by_broker(client, "exports") == (False, False),
                "the broker's queue resumed")
@@ -71,10 +72,10 @@ def test_drain_asks_for_confirmation(
     wait_for_live(browser)
     wait_for_count(browser, "", "waiting", 5)
 
-    browser.find_element(By.CSS_SELECTOR, "#drain").click()
+    click(browser, "#drain")
     wait_until(browser, lambda: dialog_open(browser), "the confirmation dialog open")
     screenshot()
-    browser.find_element(By.CSS_SELECTOR, "#confirm-no").click()
+    click(browser, "#confirm-no")
     wait_until(browser, lambda: not dialog_open(browser), "the confirmation dialog closed")
     # A drain sent on "no" would show by now: a job added afterwards shows in the page only
     # after the dashboard's next poll of the broker.
@@ -82,9 +83,9 @@ def test_drain_asks_for_confirmation(
     wait_for_count(browser, "", "waiting", 6)
     assert client.counts("newsletters")["waiting"] == 6
 
-    browser.find_element(By.CSS_SELECTOR, "#drain").click()
+    click(browser, "#drain")
     wait_until(browser, lambda: dialog_open(browser), "the confirmation dialog open again")
-    browser.find_element(By.CSS_SELECTOR, "#confirm-yes").click()
+    click(browser, "#confirm-yes")
     wait_for_count(browser, "", "waiting", 0)
     assert client.counts("newsletters")["waiting"] == 0
     wait_until(browser, lambda: text_of(browser, "#flash"), "the drain's outcome in #flash")
