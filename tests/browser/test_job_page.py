@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from browser_support import ServerProcess, click, text_of, wait_for_live, wait_for_text, wait_until
+from browser_support import (
+    ServerProcess,
+    click,
+    text_of,
+    wait_for_live,
+    wait_for_text,
+    wait_until,
+)
 from processes import WorkerProcess
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -15,8 +22,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from conveyor.client import JobState, SyncClient
 
 
-def fail_a_report(client: SyncClient, browser: WebDriver, start_worker: Callable[...,
-                  WorkerProcess], directory: Path, queue: str) -> tuple[int, Path]:
+def fail_a_report(client: SyncClient, browser: WebDriver,
+                  start_worker: Callable[..., WorkerProcess], directory: Path,
+                  queue: str) -> tuple[int, Path]:
     """Run a ``render_report`` job that fails (its marker file exists) on a worker process;
     return the job's id and the marker, once the broker has the job failed."""
     marker = directory / "ledger.lock"
