@@ -33,6 +33,7 @@ from .state import dashboard_of
 __all__ = ["action_routes", "error_status"]
 
 CLEANABLE: Final = ("completed", "failed")
+MAX_JOB_ID: Final = (1 << 63) - 1
 
 Action = Callable[[Client, Request, dict[str, Any]], Awaitable[str]]
 
@@ -64,6 +65,8 @@ def _plural(count: int, what: str) -> str:
 
 def _job_id(request: Request) -> int:
     value: int = request.path_params["job"]
+    if value > MAX_JOB_ID:
+        raise BadRequest(f"no job has the id {value}: ids are below 2**63")
     return value
 
 

@@ -203,7 +203,7 @@ async def find(request: Request) -> Response:
         back = "/"  # only a page of this dashboard: never an open redirect
     client = await dashboard_of(request).connected()
     found = None
-    if text.isdigit() and int(text) <= MAX_JOB_ID:
+    if text.isascii() and text.isdigit() and int(text) <= MAX_JOB_ID:
         found = await client.get_job(int(text))
     if found is None and text:
         found = await client.find_job(text)

@@ -110,13 +110,10 @@ def queue_view(queue: QueueStats) -> dict[str, Any]:
         "name": queue.name,
         "counts": {name: getattr(queue, name) for name in COUNTS},
         "paused": queue.paused,
-        "m1": {kind: rate.m1 for kind, rate in rates.items()},
         "rates": {kind: {window: rate_text(getattr(rate, window))
                          for window in ("m1", "m5", "m15")}
                   for kind, rate in rates.items()},
         "rates_text": {kind: rate_text(rate.m1) for kind, rate in rates.items()},
-        "since_start": {"added": queue.added, "started": queue.started,
-                        "retried": queue.retried},
         "latency": {
             "wait_p50": quantile_text(queue.wait_time, 0.5),
             "wait_p95": quantile_text(queue.wait_time, 0.95),

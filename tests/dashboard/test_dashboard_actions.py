@@ -120,6 +120,8 @@ async def test_an_unknown_action_or_a_body_that_is_not_json_is_refused(
     assert (await dashboard.http.get("/queues/q/pause")).status_code == 200  # the queue page
     response = await dashboard.http.get("/jobs/1/remove")
     assert response.status_code in (404, 405)
+    response = await dashboard.post(f"/jobs/{1 << 63}/remove")
+    assert response.status_code == 400 and "2**63" in response.json()["message"]
 
 
 async def _count(client: Client, queue: str, state: str, wanted: int) -> bool:

@@ -116,6 +116,9 @@ async def test_find_goes_to_the_job_by_id_then_by_key_or_back_saying_so(
         response = await dashboard.http.get("/find", params={"q": query, "from": "/queues/q"})
         assert response.status_code == 303
         assert response.headers["location"] == f"/jobs/{job_id}"
+    for odd in ("²", str(1 << 64)):  # a digit that is not 0-9, an id past the last
+        response = await dashboard.http.get("/find", params={"q": odd})
+        assert response.status_code == 303
     response = await dashboard.http.get("/find", params={"q": "nope", "from": "/queues/q"})
     assert response.headers["location"] == "/queues/q?missing=nope"
     page = await dashboard.page(response.headers["location"])
