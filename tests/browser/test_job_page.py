@@ -10,7 +10,6 @@ from browser_support import (
     ServerProcess,
     click,
     text_of,
-    texts_of,
     wait_for_live,
     wait_for_text,
     wait_until,
@@ -78,9 +77,6 @@ def test_retry_on_the_job_page_completes_the_job_live(
     marker.unlink()  # the next try succeeds
     click(browser, "#retry")
     wait_for_text(browser, "#job-state", "completed")
-    wait_until(browser, lambda: any("completed" in text
-                                    for text in texts_of(browser, "ol#timeline li")),
-               "the completion in the job's timeline")
     screenshot()
 
     assert browser.execute_script("return window.conveyorTestMarker") == "still the same page"
