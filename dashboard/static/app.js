@@ -287,7 +287,13 @@
     $("#remove").hidden = job.state === "active";
   }
 
+  const shownEvents = new Set();
   function addEvent(event) {
+    // Two streams overlap for a moment after an action (see followJob): an event both send
+    // is shown once.
+    const key = `${event.kind}|${event.at}|${event.attempt}`;
+    if (shownEvents.has(key)) return;
+    shownEvents.add(key);
     const item = document.createElement("li");
     item.className = event.kind;
     const when = document.createElement("span");
@@ -304,8 +310,11 @@
 
   let jobSource = null;
   function followJob() {
-    if (jobSource) jobSource.close();
-    jobSource = follow(`/jobs/${body.dataset.job}/events`, (message) => {
+    // A new stream starts with the job's record as it is now; the old one is closed only once
+    // the new one has answered, so that no event between the two is missed.
+    const previous = jobSource;
+    const source = follow(`/jobs/${body.dataset.job}/events`, (message) => {
+      if (previous && previous.readyState !== EventSource.CLOSED) previous.close();
       switch (message.type) {
         case "job":
           brokerUp(true);
@@ -318,17 +327,18 @@
           setText($("#job-state"), "removed");
           $("#job-state").className = "badge state-removed";
           for (const id of ["retry", "promote", "remove"]) $(`#${id}`).hidden = true;
-          jobSource.close();
+          source.close();
           break;
         case "down":
           brokerUp(false, message.message);
           break;
         case "error":
           flash(message.message, "bad");
-          jobSource.close();
+          source.close();
           break;
       }
     });
+    jobSource = source;
   }
 
   // Actions: a confirmation first for destructive ones, then a POST carrying the CSRF token.

@@ -64,6 +64,32 @@ def test_failed_job_page_shows_the_traceback(
     assert "".join(text_of(browser, "#job-attempts").split()) == "1/1"
 
 
+DELAYED_STREAMS = """
+const Real = window.EventSource;
+class Delayed {
+  constructor(url) {
+    this.readyState = 0;
+    this.onmessage = null;
+    this.onerror = null;
+    this.timer = setTimeout(() => {
+      this.real = new Real(url);
+      this.real.onmessage = (event) => this.onmessage && this.onmessage(event);
+      this.real.onerror = (event) => this.onerror && this.onerror(event);
+      this.readyState = 1;
+    }, 700);
+  }
+  close() {
+    clearTimeout(this.timer);
+    if (this.real) this.real.close();
+    this.readyState = 2;
+  }
+}
+Delayed.CLOSED = 2;
+window.EventSource = Delayed;
+"""
+"""Makes every ``EventSource`` the page opens connect 0.7 s after it is made."""
+
+
 def test_retry_on_the_job_page_completes_the_job_live(
         browser: WebDriver, dashboard: ServerProcess, client: SyncClient,
         start_worker: Callable[..., WorkerProcess], tmp_path: Path,
@@ -75,11 +101,24 @@ def test_retry_on_the_job_page_completes_the_job_live(
     browser.execute_script("window.conveyorTestMarker = 'still the same page';")
 
     marker.unlink()  # the next try succeeds
+    # The retried try runs while a stream the page opens after the action is still connecting
+    # (streams connect 0.7 s late from now on; the queue is resumed as the action is done).
+    browser.execute_script(DELAYED_STREAMS)
+    client.pause("reports-retried")
     click(browser, "#retry")
+    wait_until(browser, lambda: "put back in line" in text_of(browser, "#flash"),
+               "the retry's outcome shown")
+    client.resume("reports-retried")
     wait_for_text(browser, "#job-state", "completed")
     screenshot()
 
     assert browser.execute_script("return window.conveyorTestMarker") == "still the same page"
+    # The retried try's events are in the timeline, each once: the page's stream after the
+    # action takes over from the one before it without a gap.
+    timeline = [item.get_attribute("class")
+                for item in browser.find_elements(By.CSS_SELECTOR, "ol#timeline li")]
+    assert timeline.count("completed") == 1, timeline
+    assert timeline.count("active") == 1, timeline
     job = client.get_job(job_id)
     assert job is not None and job.state is JobState.COMPLETED
     assert job.result == {"report": "Q3-revenue", "pages": 3}
