@@ -66,6 +66,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/durability.py
 	$(BIN)/python bench/add_file.py
 	$(BIN)/python bench/restart_memory.py
+	$(BIN)/python bench/stats.py
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis
