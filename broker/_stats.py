@@ -129,6 +129,9 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
         wait_time=wait_time, run_time=run_time)
 
 
+_IDLE: Final = Rates()
+
+
 def _rates(rate: Rate, at: float) -> Rates:
     m1, m5, m15 = rate.rates(at)
-    return Rates(m1=m1, m5=m5, m15=m15)
+    return Rates(m1=m1, m5=m5, m15=m15) if m15 else _IDLE
