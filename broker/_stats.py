@@ -101,7 +101,8 @@ def collect(queues: Queues, observed: Observed, user: User | None, queue: str | 
     """The ``stats`` reply to ``user``: a page of the queues it may read, narrowed to
     ``queue`` when one is given: those named after ``after``, by name, at most ``STATS_PAGE``
     and no more than fit in a frame of ``max_frame`` bytes (but at least one). The first page
-    (``after`` empty) carries the workers, with their subscriptions to those queues."""
+    (``after`` empty) carries the workers, with their subscriptions to those queues. A user
+    who may not read every queue gets the broker's version and uptime only."""
 
     def visible(name: str) -> bool:
         return ((queue is None or name == queue)
@@ -114,8 +115,13 @@ def collect(queues: Queues, observed: Observed, user: User | None, queue: str | 
             if subscriptions:
                 workers.append(msgspec.structs.replace(worker, subscriptions=subscriptions))
     names = sorted(name for name in queues.queues if name > after and visible(name))
-    reply = Stats(req=req, broker=observed.broker_stats(queues), queues=[], workers=workers,
-                  more=True)
+    figures = observed.broker_stats(queues)
+    if user is not None and "*" not in user.rules[Permission.READ]:
+        # Jobs, connections, memory and the log move with every queue's work, the queues this
+        # user may not read too: only what does not is shown.
+        figures = BrokerStats(version=figures.version, started_at=figures.started_at,
+                              uptime=figures.uptime, connections=0, queues=0, jobs=0, memory=0)
+    reply = Stats(req=req, broker=figures, queues=[], workers=workers, more=True)
     room = max_frame - (len(_encoder.encode(reply)) - 1)  # less the empty list's header
     at = queues.timeline.monotonic(now)
     summaries = fitting((_queue_stats(queues.queues[name], at, timed=queues.stats)

@@ -278,6 +278,16 @@ def test_a_user_sees_only_the_queues_it_may_read() -> None:
     assert [q.name for q in broker.stats("a2").queues] == ["a2"]
 
 
+def test_a_user_who_may_read_some_queues_learns_nothing_of_the_others_work() -> None:
+    broker = Broker()
+    broker.add("a1")
+    broker.add("b1", 50)
+    figures = broker.stats(user=reader("a*")).broker
+    assert (figures.queues, figures.jobs, figures.memory, figures.live_bytes) == (0, 0, 0, 0)
+    assert figures.uptime >= 0 and figures.version
+    assert broker.stats(user=reader("*")).broker.jobs == 51
+
+
 def test_broker_figures_without_a_server() -> None:
     broker = Broker()
     broker.add("q", 3)
