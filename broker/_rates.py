@@ -70,16 +70,17 @@ class Rate:
         current minute so far, the whole minutes before it, and the share of the oldest minute
         that falls in the span (as if its events were spread evenly over it)."""
         self._settle(now)
-        m1 = sum(self._counts) / WINDOW
         minutes = self._minutes
-        current = self._minute
-        into = min(max(now / 60 - current, 0.0), 1.0)  # of the current minute, elapsed
-        out = []
-        for span in (5, MINUTES):
-            whole = sum(minutes[(current - back) % _SLOTS] for back in range(span))
-            oldest = minutes[(current - span) % _SLOTS]
-            out.append((whole + oldest * (1.0 - into)) / (span * 60))
-        return m1, out[0], out[1]
+        if not any(minutes):  # idle for 15 minutes (most queues of a large broker): no sums
+            return 0.0, 0.0, 0.0
+        m1 = sum(self._counts) / WINDOW
+        into = min(max(now / 60 - self._minute, 0.0), 1.0)  # of the current minute, elapsed
+        # The buckets oldest first, the current minute last (a rotation of the ring).
+        split = self._minute % _SLOTS + 1
+        ordered = minutes[split:] + minutes[:split]
+        m5 = (sum(ordered[-5:]) + ordered[-6] * (1.0 - into)) / (5 * 60)
+        m15 = (sum(ordered[-MINUTES:]) + ordered[-MINUTES - 1] * (1.0 - into)) / (MINUTES * 60)
+        return m1, m5, m15
 
     def _settle(self, now: float) -> None:
         """End the current run (its events join their buckets) and move the buckets to ``now``."""

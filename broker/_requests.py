@@ -41,7 +41,6 @@ from conveyor.protocol import (
     GetStats,
     Hello,
     JobDef,
-    JobInfo,
     JobReply,
     Jobs,
     Ok,
@@ -58,7 +57,6 @@ from conveyor.protocol import (
     Unwait,
     Wait,
     Watch,
-    array_header_size,
     check_queue_name,
     deliver_size,
     deliverable_payload,
@@ -70,7 +68,7 @@ from ._errors import StateError
 from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
-from ._stats import collect
+from ._stats import collect, fitting
 from ._users import Permission
 
 __all__ = ["MIN_LEASE", "handle"]
@@ -158,9 +156,10 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                         and not user.may(Permission.READ, found.queue)):
                     found = None  # as if there were none: the key tells nothing of other queues
                 peer.send(JobReply(req=req, job=None if found is None else found.info()))
-            case GetStats(req=req, queue=name):
+            case GetStats(req=req, queue=name, after=after):
                 if name is None or _queue_ok(peer, req, name):
-                    peer.send(collect(queues, core.observed, user, name, now, req))
+                    peer.send(collect(queues, core.observed, user, name, now, req, after=after,
+                                      max_frame=core.max_frame))
             case GetQueues(req=req):
                 summaries = queues.summaries(now)
                 if user is not None:
@@ -225,15 +224,7 @@ def _page(req: int, jobs: list[Job], total: int, max_frame: int) -> Jobs:
     """The ``jobs`` reply: as many of ``jobs`` as fit in a frame of ``max_frame`` bytes (at
     least one, however large), so that a page of 10,000 large jobs is not 10,000 large jobs."""
     room = max_frame - (len(_encoder.encode(Jobs(req=req, jobs=[], total=total))) - 1)
-    infos: list[JobInfo] = []
-    size = 0
-    for job in jobs:
-        info = job.info()
-        size += len(_encoder.encode(info))
-        if infos and size + array_header_size(len(infos) + 1) > room:
-            break
-        infos.append(info)
-    return Jobs(req=req, jobs=infos, total=total)
+    return Jobs(req=req, jobs=fitting(map(Job.info, jobs), room), total=total)
 
 
 def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame: int) -> bool:

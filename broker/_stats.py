@@ -12,7 +12,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterable
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import msgspec
 
@@ -23,6 +23,7 @@ from conveyor.protocol import (
     Rates,
     Stats,
     WorkerInfo,
+    array_header_size,
 )
 
 from ._jobs import Queue
@@ -30,7 +31,8 @@ from ._queues import Queues
 from ._rates import Rate
 from ._users import Permission, User
 
-__all__ = ["UNKNOWN_VERSION", "Observed", "Unobserved", "collect", "memory", "version"]
+__all__ = ["STATS_PAGE", "UNKNOWN_VERSION", "Observed", "Unobserved", "collect", "fitting",
+           "memory", "version"]
 
 UNKNOWN_VERSION: Final = "0+unknown"
 """The version reported when the package's metadata cannot be read (not installed)."""
@@ -88,26 +90,56 @@ def memory() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, else KiB
 
 
+STATS_PAGE: Final = 1_000
+"""Most queues in one ``stats`` reply: a page costs the event loop about 10 ms at most."""
+_encoder: Final = msgspec.msgpack.Encoder()
+T = TypeVar("T", bound=msgspec.Struct)
+
+
 def collect(queues: Queues, observed: Observed, user: User | None, queue: str | None,
-            now: float, req: int) -> Stats:
-    """The ``stats`` reply to ``user``: the queues (and workers' subscriptions) it may read,
-    narrowed to ``queue`` when one is given."""
+            now: float, req: int, *, after: str = "", max_frame: int) -> Stats:
+    """The ``stats`` reply to ``user``: a page of the queues it may read, narrowed to
+    ``queue`` when one is given: those named after ``after``, by name, at most ``STATS_PAGE``
+    and no more than fit in a frame of ``max_frame`` bytes (but at least one). The first page
+    (``after`` empty) carries the workers, with their subscriptions to those queues. A user
+    who may not read every queue gets the broker's version and uptime only."""
 
     def visible(name: str) -> bool:
         return ((queue is None or name == queue)
                 and (user is None or user.may(Permission.READ, name)))
 
-    at = queues.timeline.monotonic(now)
-    summaries = [_queue_stats(q, at, timed=queues.stats)
-                 for q in sorted(queues.queues.values(), key=lambda q: q.name)
-                 if visible(q.name)]
     workers = []
-    for worker in observed.workers():
-        subscriptions = [s for s in worker.subscriptions if visible(s.queue)]
-        if subscriptions:
-            workers.append(msgspec.structs.replace(worker, subscriptions=subscriptions))
-    return Stats(req=req, broker=observed.broker_stats(queues), queues=summaries,
-                 workers=workers)
+    if not after:
+        for worker in observed.workers():
+            subscriptions = [s for s in worker.subscriptions if visible(s.queue)]
+            if subscriptions:
+                workers.append(msgspec.structs.replace(worker, subscriptions=subscriptions))
+    names = sorted(name for name in queues.queues if name > after and visible(name))
+    figures = observed.broker_stats(queues)
+    if user is not None and "*" not in user.rules[Permission.READ]:
+        # Jobs, connections, memory and the log move with every queue's work, the queues this
+        # user may not read too: only what does not is shown.
+        figures = BrokerStats(version=figures.version, started_at=figures.started_at,
+                              uptime=figures.uptime, connections=0, queues=0, jobs=0, memory=0)
+    reply = Stats(req=req, broker=figures, queues=[], workers=workers, more=True)
+    room = max_frame - (len(_encoder.encode(reply)) - 1)  # less the empty list's header
+    at = queues.timeline.monotonic(now)
+    summaries = fitting((_queue_stats(queues.queues[name], at, timed=queues.stats)
+                         for name in names[:STATS_PAGE]), room)
+    return msgspec.structs.replace(reply, queues=summaries, more=len(summaries) < len(names))
+
+
+def fitting(items: Iterable[T], room: int) -> list[T]:
+    """The first of ``items`` that fit, with an array header, in ``room`` bytes of MessagePack
+    (at least one, however large)."""
+    taken: list[T] = []
+    size = 0
+    for item in items:
+        size += len(_encoder.encode(item))
+        if taken and size + array_header_size(len(taken) + 1) > room:
+            break
+        taken.append(item)
+    return taken
 
 
 def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
@@ -129,6 +161,9 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
         wait_time=wait_time, run_time=run_time)
 
 
+_IDLE: Final = Rates()
+
+
 def _rates(rate: Rate, at: float) -> Rates:
     m1, m5, m15 = rate.rates(at)
-    return Rates(m1=m1, m5=m5, m15=m15)
+    return Rates(m1=m1, m5=m5, m15=m15) if m15 else _IDLE

@@ -31,6 +31,7 @@ from ._records import Record
 from ._recovery import Recovery
 from ._replay import Replayer, snapshot
 from ._requests import MIN_LEASE, handle
+from ._stats import STATS_PAGE
 from ._users import User
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_DELAY",
     "MIN_LEASE",
     "RECORD_HEADER_SIZE",
+    "STATS_PAGE",
     "WINDOW",
     "Consumer",
     "Core",

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Final, Unpack, cast
 
+import msgspec
+
 from conveyor.protocol import (
     Add,
     Added,
@@ -466,10 +468,22 @@ class Client:
     async def stats(self, queue: str | None = None) -> Stats:
         """The broker's statistics: every queue's counts, rates and duration histograms, the
         connected workers, and the broker's own figures. ``queue`` narrows the queues and the
-        workers to that one queue. Only what the user may read is included."""
+        workers to that one queue. Only what the user may read is included.
+
+        The broker answers a page of queues at a time; this asks for every page (so the
+        queues of a large broker are read over several requests, not at one instant)."""
         if queue is not None:
             check_queue(queue)
-        reply = await (await self._open()).request(lambda req: GetStats(req=req, queue=queue))
+        first = reply = await self._stats_page(queue, "")
+        queues = list(reply.queues)
+        while reply.more and reply.queues:
+            reply = await self._stats_page(queue, reply.queues[-1].name)
+            queues += reply.queues
+        return msgspec.structs.replace(first, queues=queues, more=False)
+
+    async def _stats_page(self, queue: str | None, after: str) -> Stats:
+        reply = await (await self._open()).request(
+            lambda req: GetStats(req=req, queue=queue, after=after))
         assert isinstance(reply, Stats)
         return reply
 

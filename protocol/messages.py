@@ -438,10 +438,12 @@ class FindJob(_Message, tag="find_job", frozen=True):
 
 class GetStats(_Message, tag="get_stats", frozen=True):
     """Read the broker's statistics; replied to with ``stats``. ``queue`` narrows the queues
-    (and the workers) to that one queue; without it, every queue the user may read."""
+    (and the workers) to that one queue; without it, every queue the user may read, a page at a
+    time: the queues whose names sort after ``after`` (the last queue of the page before)."""
 
     req: RequestId
     queue: str | None = None
+    after: str = ""
 
 
 # Broker to client.
@@ -691,12 +693,14 @@ class BrokerStats(msgspec.Struct, frozen=True):
 
 
 class Stats(_Message, tag="stats", frozen=True):
-    """Reply to ``get_stats``."""
+    """Reply to ``get_stats``: one page of queues (the workers come with the first)."""
 
     req: RequestId
     broker: BrokerStats
     queues: list[QueueStats]
     workers: list[WorkerInfo]
+    more: bool = False
+    """Queues past this page remain: ask again with ``after`` the last queue's name."""
 
 
 class Events(_Message, tag="events", frozen=True):

@@ -9,8 +9,16 @@ import pytest
 from queue_state import raw
 
 from conveyor.broker import Permission, User
-from conveyor.broker.testing import Core, ManualClock, Queues, RecordingPeer, handle
+from conveyor.broker.testing import (
+    STATS_PAGE,
+    Core,
+    ManualClock,
+    Queues,
+    RecordingPeer,
+    handle,
+)
 from conveyor.protocol import (
+    DEFAULT_MAX_FRAME,
     HISTOGRAM_BOUNDS,
     Backoff,
     GetStats,
@@ -27,10 +35,10 @@ ERROR = JobError(type="Boom", message="it broke")
 class Broker:
     """A core on a manual clock, with one peer asking for statistics and workers by name."""
 
-    def __init__(self, *, stats: bool = True) -> None:
+    def __init__(self, *, stats: bool = True, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.clock = ManualClock()
         self.queues = Queues(clock=self.clock, stats=stats)
-        self.core = Core(self.queues)
+        self.core = Core(self.queues, max_frame=max_frame)
         self.asker = RecordingPeer("asker")
 
     def now(self) -> float:
@@ -50,9 +58,10 @@ class Broker:
         return [(str(consumer.owner), job.id, job.lease)
                 for consumer, jobs in self.queues.dispatch(self.now()) for job in jobs]
 
-    def stats(self, queue: str | None = None, user: User | None = None) -> Stats:
+    def stats(self, queue: str | None = None, user: User | None = None, *,
+              after: str = "") -> Stats:
         self.asker.user = user
-        handle(self.core, self.asker, GetStats(req=7, queue=queue), self.now())
+        handle(self.core, self.asker, GetStats(req=7, queue=queue, after=after), self.now())
         (reply,) = self.asker.take()
         assert isinstance(reply, Stats), reply
         return reply
@@ -269,6 +278,16 @@ def test_a_user_sees_only_the_queues_it_may_read() -> None:
     assert [q.name for q in broker.stats("a2").queues] == ["a2"]
 
 
+def test_a_user_who_may_read_some_queues_learns_nothing_of_the_others_work() -> None:
+    broker = Broker()
+    broker.add("a1")
+    broker.add("b1", 50)
+    figures = broker.stats(user=reader("a*")).broker
+    assert (figures.queues, figures.jobs, figures.memory, figures.live_bytes) == (0, 0, 0, 0)
+    assert figures.uptime >= 0 and figures.version
+    assert broker.stats(user=reader("*")).broker.jobs == 51
+
+
 def test_broker_figures_without_a_server() -> None:
     broker = Broker()
     broker.add("q", 3)
@@ -277,3 +296,38 @@ def test_broker_figures_without_a_server() -> None:
     assert figures.memory > 0
     assert figures.live_bytes > 0
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(figures), type=type(figures)) == figures
+
+
+# Pages: a broker of many queues answers in frames within its limit.
+
+
+def pages(broker: Broker, user: User | None = None) -> list[Stats]:
+    """Every page of ``get_stats``, as a client asks for them."""
+    found = [broker.stats(user=user)]
+    while found[-1].more:
+        found.append(broker.stats(user=user, after=found[-1].queues[-1].name))
+    return found
+
+
+@pytest.mark.parametrize("max_frame", [DEFAULT_MAX_FRAME, 16_384])
+def test_many_queues_come_in_pages_within_the_frame_limit(max_frame: int) -> None:
+    broker = Broker(max_frame=max_frame)
+    names = [f"queue-{n:05d}" for n in range(2 * STATS_PAGE + 10)]
+    for name in names:
+        broker.add(name)
+    found = pages(broker)
+    assert len(found) > 2
+    assert [q.name for page in found for q in page.queues] == names
+    for page in found:
+        assert len(page.queues) <= STATS_PAGE
+        assert len(msgspec.msgpack.encode(page)) <= max_frame
+
+
+def test_pages_skip_the_queues_a_user_may_not_read() -> None:
+    broker = Broker(max_frame=8_192)
+    for n in range(40):
+        broker.add(f"a{n:02d}")
+        broker.add(f"b{n:02d}")
+    found = pages(broker, reader("a*"))
+    assert len(found) > 1
+    assert [q.name for page in found for q in page.queues] == [f"a{n:02d}" for n in range(40)]

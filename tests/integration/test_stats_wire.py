@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 from processes import eventually, wait_for_workers
 from rawwire import Raw
 
@@ -169,6 +170,34 @@ async def test_the_figures_of_a_workload(broker: Broker, url: str) -> None:
     assert queue.wait_time is not None and queue.wait_time.count == 20
     assert queue.run_time is not None and queue.run_time.count == 20
     assert queue.started_rate.m1 == queue.completed_rate.m1 == 20 / 60
+
+
+async def test_the_queues_of_a_large_broker_come_in_frames_within_its_limit(
+        make_broker: MakeBroker) -> None:
+    broker = await make_broker(max_frame=8_192)
+    url = f"127.0.0.1:{broker.port}"
+    names = [f"queue-{n:03d}" for n in range(120)]
+    async with Client(url) as client, running(Worker(names[-1], noop, url=url)):
+        await wait_for_workers(broker, names[-1], 1)
+        for name in names:
+            await client.add(name, 1, delay=3600)
+        stats = await client.stats()
+        assert [q.name for q in stats.queues] == names
+        assert [[s.queue for s in w.subscriptions] for w in stats.workers] == [[names[-1]]]
+        assert not stats.more
+        raw = await Raw.open(broker.port)
+        try:
+            raw.send({"t": "get_stats", "req": 1})
+            body = await raw.receive_frame()
+            assert len(body) <= 8_192
+            first = msgspec.msgpack.decode(body)
+            assert first["more"] and len(first["workers"]) == 1
+            raw.send({"t": "get_stats", "req": 2, "after": first["queues"][-1]["name"]})
+            second = msgspec.msgpack.decode(await raw.receive_frame())
+            assert second["queues"][0]["name"] > first["queues"][-1]["name"]
+            assert second["workers"] == []
+        finally:
+            await raw.close()
 
 
 async def test_find_job_by_its_idempotency_key(broker: Broker, url: str) -> None:
