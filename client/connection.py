@@ -212,10 +212,18 @@ class Connection(asyncio.Protocol):
     # Sending.
 
     def send(self, message: object) -> None:
-        """Queue ``message``; it leaves with everything else queued in this loop pass."""
+        """Queue ``message``; it leaves with everything else queued in this loop pass.
+
+        Raises ``ValueError`` when a number in it is out of the protocol's range (nothing is
+        sent, and the connection goes on)."""
         if self._failure is not None:
             raise self._failure
-        _encoder.append(self._out, message)
+        try:
+            _encoder.append(self._out, message)
+        except OverflowError as exc:
+            tag = getattr(getattr(message, "__struct_config__", None), "tag", "message")
+            raise ValueError(f"cannot send {tag!r}: a number is out of the protocol's range "
+                             f"({exc})") from None
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -225,9 +233,9 @@ class Connection(asyncio.Protocol):
             raise self._failure
         req = next(self._ids)
         future: asyncio.Future[Reply] = self._loop.create_future()
+        self.send(build(req))  # first: a request that cannot be sent leaves nothing pending
         self._pending[req] = future
         future.add_done_callback(lambda _: self._pending.pop(req, None))
-        self.send(build(req))
         return future
 
     async def drain(self) -> None:

@@ -305,10 +305,17 @@ class FrameEncoder:
         self._encoder = msgspec.msgpack.Encoder()
 
     def append(self, buffer: bytearray, message: object) -> None:
-        """Encode ``message`` onto the end of ``buffer`` with its length prefix."""
+        """Encode ``message`` onto the end of ``buffer`` with its length prefix; if it cannot
+        be encoded, ``buffer`` is left as it was."""
         start = len(buffer)
         buffer += b"\0\0\0\0"
-        self._encoder.encode_into(message, buffer, start + HEADER_SIZE)
+        try:
+            self._encoder.encode_into(message, buffer, start + HEADER_SIZE)
+        except BaseException:
+            # A message that cannot be encoded (an int past 64 bits, say) leaves nothing
+            # behind: half a frame would corrupt every frame after it on the connection.
+            del buffer[start:]
+            raise
         _HEADER.pack_into(buffer, start, len(buffer) - start - HEADER_SIZE)
 
     def frame(self, message: object) -> bytes:

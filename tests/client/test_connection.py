@@ -139,3 +139,17 @@ async def test_a_reply_of_an_unknown_type_fails_only_its_request(newer_broker: s
             await client.counts("new")
         assert (await client.counts("q"))["waiting"] == 1
         assert client.connection.failure is None
+
+
+async def test_a_number_out_of_the_protocols_range_is_refused_and_the_connection_goes_on(
+        url: str) -> None:
+    async with Client(url) as client:
+        job_id = await client.add("q", 1)
+        with pytest.raises(ValueError, match="out of the protocol's range"):
+            await client.get_job(10**30)
+        with pytest.raises(ValueError, match="out of the protocol's range"):
+            await client.get_jobs("q", "waiting", offset=2**64)
+        # Nothing half-sent: the connection and its next requests are fine.
+        assert (await client.counts("q"))["waiting"] == 1
+        info = await client.get_job(job_id)
+        assert info is not None and info.data == 1

@@ -374,3 +374,17 @@ def test_queue_name_validity_is_decided_by_utf8_bytes(name: str) -> None:
 )
 def test_queue_name_with_control_character_is_invalid(head: str, control: str, tail: str) -> None:
     assert check_queue_name(head + control + tail) is not None
+
+
+def test_a_message_that_cannot_be_encoded_leaves_the_buffer_as_it_was() -> None:
+    encoder = FrameEncoder()
+    buffer = bytearray(encoder.frame(protocol.GetJob(req=1, job=7)))
+    before = bytes(buffer)
+    with pytest.raises(OverflowError):
+        encoder.append(buffer, protocol.GetJob(req=2, job=10**30))
+    assert bytes(buffer) == before
+    encoder.append(buffer, protocol.GetJob(req=3, job=8))
+    reader = FrameReader()
+    decoder: MessageDecoder[Any] = MessageDecoder(ClientMessage)
+    assert [decoder.decode(body) for body in reader.feed(bytes(buffer))] == [
+        protocol.GetJob(req=1, job=7), protocol.GetJob(req=3, job=8)]
