@@ -19,7 +19,6 @@ from typing import Any, Final
 from conveyor.client import (
     Client,
     ConveyorError,
-    EventStream,
     Forbidden,
     JobEvent,
     JobInfo,
@@ -28,6 +27,7 @@ from conveyor.client import (
 
 from .sse import KEEPALIVE, message
 from .views import broker_view, event_view, job_view, queue_view, worker_view
+from .watches import JobEvents, JobWatches
 
 __all__ = ["HISTORY", "Feed", "Snapshot", "job_updates"]
 
@@ -158,48 +158,45 @@ class Feed:
             await tick.wait()
 
 
-async def job_updates(connect: Callable[[], Awaitable[Client]], job_id: int, *, retry: float,
+async def job_updates(connect: Callable[[], Awaitable[Client]], watches: JobWatches,
+                      job_id: int, *, retry: float,
                       closing: asyncio.Event) -> AsyncGenerator[bytes]:
-    """A job page's stream (``connect`` gives the connected client): the job's record, then
-    each of its events as it happens, with the record again after every event that changes it.
-    When the broker is lost, a ``down`` message, then it starts over once the broker answers
-    again."""
+    """A job page's stream (``connect`` gives the connected client; ``watches`` the queues'
+    shared event streams): the job's record, then each of its events as it happens, with the
+    record again after every event that changes it. When the broker is lost, a ``down``
+    message, then it starts over once the broker answers again."""
     while not closing.is_set():
-        stream: EventStream | None = None
         try:
             client = await connect()
             job = await client.get_job(job_id)
             if job is None:
                 yield message({"type": "gone"})
                 return
-            stream = client.events(job.queue)
-            # Read again now that the events are watched: nothing between the two is missed.
-            job = await client.get_job(job_id)
-            if job is None:
-                yield message({"type": "gone"})
-                return
-            yield _job_message(job)
-            async with contextlib.aclosing(_job_events(stream, job_id)) as events:
-                async for event in events:
-                    if event is None:
-                        yield KEEPALIVE
-                        continue
-                    yield message({"type": "event", "event": event_view(event)})
-                    if event.kind in CHANGING:
-                        job = await client.get_job(job_id)
-                        if job is None:
-                            yield message({"type": "gone"})
-                            return
-                        yield _job_message(job)
+            async with watches.watch(client, job.queue, job_id) as events:
+                # Read again now that the events are watched: nothing between the two is missed.
+                job = await client.get_job(job_id)
+                if job is None:
+                    yield message({"type": "gone"})
+                    return
+                yield _job_message(job)
+                async with contextlib.aclosing(_job_events(events)) as stream:
+                    async for event in stream:
+                        if event is None:
+                            yield KEEPALIVE
+                            continue
+                        yield message({"type": "event", "event": event_view(event)})
+                        if event.kind in CHANGING:
+                            job = await client.get_job(job_id)
+                            if job is None:
+                                yield message({"type": "gone"})
+                                return
+                            yield _job_message(job)
         except Forbidden as exc:
             yield message({"type": "error", "status": 403, "message": exc.message})
             return
         except ConveyorError as exc:
             # The broker was lost (or the stream fell behind): say so, then start over.
             yield message({"type": "down", "message": str(exc)})
-        finally:
-            if stream is not None:
-                await stream.aclose()
         try:
             async with asyncio.timeout(retry):
                 await closing.wait()
@@ -207,28 +204,19 @@ async def job_updates(connect: Callable[[], Awaitable[Client]], job_id: int, *, 
             pass
 
 
-async def _job_events(stream: EventStream, job_id: int) -> AsyncGenerator[JobEvent | None]:
-    """``job_id``'s events from ``stream``; None after ``JOB_KEEPALIVE`` seconds without any."""
-    pending: asyncio.Task[JobEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.__anext__())
-            done, _ = await asyncio.wait([pending], timeout=JOB_KEEPALIVE)
-            if not done:
-                yield None
-                continue
-            event, pending = pending.result(), None
-            if event.job == job_id:
-                yield event
-    except StopAsyncIteration:
-        return
-    finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait([pending])
+async def _job_events(events: JobEvents) -> AsyncGenerator[JobEvent | None]:
+    """The events of ``events``; None after ``JOB_KEEPALIVE`` seconds without any."""
+    while True:
+        try:
+            async with asyncio.timeout(JOB_KEEPALIVE):
+                event = await events.get()
+        except TimeoutError:
+            yield None
+            continue
+        if event is None:
+            return
+        yield event
 
 
 def _job_message(job: JobInfo) -> bytes:
     return message({"type": "job", "job": job_view(job)})
-

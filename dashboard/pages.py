@@ -227,8 +227,8 @@ async def job_events(request: Request) -> Response | EventSourceResponse:
     if job_id > MAX_JOB_ID:  # no such job, and an id the client could not send
         return Response(f"no job has the id {job_id}", status_code=404)
     return EventSourceResponse(
-        job_updates(dashboard.connected, job_id, retry=max(dashboard.refresh, 1.0),
-                    closing=dashboard.closing),
+        job_updates(dashboard.connected, dashboard.watches, job_id,
+                    retry=max(dashboard.refresh, 1.0), closing=dashboard.closing),
         closing=dashboard.closing)
 
 
