@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from dashboard_support import TOKEN, Served, running
+from dashboard_support import TOKEN, Served, parse, running
 from processes import eventually
 
 from conveyor.client import Client, JobFailed
@@ -175,3 +175,13 @@ async def test_numbers_past_the_wire_range_do_not_break_the_broker_connection(
     assert response.status_code == 404
     overview = await dashboard.page("/")
     assert overview.find("tr", data_queue="q").find(data_count="waiting").text == "1"
+
+
+async def test_a_huge_payload_is_shown_cut_with_a_note(url: str, dashboard: Served) -> None:
+    async with Client(url) as client:
+        job_id = await client.add("big", {"blob": "x" * 600_000})
+    response = await dashboard.http.get(f"/jobs/{job_id}")
+    assert len(response.content) < 200_000  # the page, not the payload, sets its size
+    data = parse(response.text).find(id="job-data").text
+    assert data.startswith('{ "blob": "xxx')
+    assert data.endswith("more characters not shown")
