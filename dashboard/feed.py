@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -88,11 +88,27 @@ class Feed:
         self._tick = asyncio.Event()
         """Set (and replaced) at every snapshot: what subscribers wait on."""
         self._throughput: dict[str, _Throughput] = {}
+        self._readers = 0
+        """Browsers following the feed now."""
+        self._wanted = asyncio.Event()
+        """Set while ``_readers`` is above 0."""
+
+    @property
+    def readers(self) -> int:
+        """Browsers following the feed now."""
+        return self._readers
 
     async def run(self) -> None:
-        """Poll until ``closing`` is set (or the task is cancelled)."""
+        """Poll while a browser follows the feed, until ``closing`` is set (or the task is
+        cancelled)."""
         loop = asyncio.get_running_loop()
         while not self.closing.is_set():
+            if not self._readers:
+                # Nobody watches: no poll (a dashboard scraped only for /metrics, or left
+                # without a page open, does not ask a big broker for everything every second).
+                self.latest = None  # stale by the time a browser comes: it waits for a poll
+                await _first(self._wanted.wait(), self.closing.wait())
+                continue
             started = loop.time()
             try:
                 stats: Stats | None = await self.fetch()
@@ -101,7 +117,10 @@ class Feed:
                 # ValueError: the address or a secret or TLS file it names cannot be used (now).
                 stats, error = None, str(exc) or type(exc).__name__
             self.publish(stats, error, loop.time())
-            pause = max(self.refresh - (loop.time() - started), 0.0)
+            took = loop.time() - started
+            # At least as long as the poll took: a poll slower than ``refresh`` (a broker with
+            # 10,000 queues) must not keep the dashboard busy all the time.
+            pause = max(self.refresh - took, took)
             try:
                 async with asyncio.timeout(pause):
                     await self.closing.wait()
@@ -145,17 +164,36 @@ class Feed:
     async def updates(self) -> AsyncGenerator[bytes]:
         """A browser's stream: the latest snapshot in full, then each new one (in full again
         after one was missed, so the browser's history has no gap)."""
+        self._readers += 1
+        self._wanted.set()
         sent: Snapshot | None = None
-        while not self.closing.is_set():
-            latest = self.latest
-            if latest is not None and latest is not sent:
-                yield latest.full if sent is None or latest.seq != sent.seq + 1 else latest.delta
-                sent = latest
-                continue
-            tick = self._tick
-            if self.closing.is_set():
-                break
-            await tick.wait()
+        try:
+            while not self.closing.is_set():
+                latest = self.latest
+                if latest is not None and latest is not sent:
+                    yield (latest.full if sent is None or latest.seq != sent.seq + 1
+                           else latest.delta)
+                    sent = latest
+                    continue
+                tick = self._tick
+                if self.closing.is_set():
+                    break
+                await tick.wait()
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._wanted.clear()
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` is done (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
 
 
 async def job_updates(connect: Callable[[], Awaitable[Client]], watches: JobWatches,

@@ -13,7 +13,7 @@ from dashboard_support import Served, running, serve, sse
 from processes import eventually
 
 from conveyor.broker import Broker
-from conveyor.client import Client, EventStream
+from conveyor.client import Client, EventStream, Stats
 from conveyor.worker import Job, Worker
 
 STREAM_TIMEOUT = 30.0
@@ -178,3 +178,26 @@ async def test_stopping_the_dashboard_ends_open_streams(url: str) -> None:
             async with asyncio.timeout(10):
                 async for _ in stream:
                     pass  # what was sent before the end; then the stream ends
+
+
+async def test_the_feed_asks_the_broker_only_while_a_browser_follows_it(
+        url: str, dashboard: Served) -> None:
+    feed = dashboard.server.app.state.dashboard.feed
+    polls: list[float] = []
+    fetch = feed.fetch
+
+    async def counted() -> Stats:
+        polls.append(asyncio.get_running_loop().time())
+        stats: Stats = await fetch()
+        return stats
+
+    feed.fetch = counted
+    async with contextlib.aclosing(sse(dashboard.http, "/events")) as stats:
+        for _ in range(3):
+            await until(stats, lambda m: m["up"], "a snapshot")
+    await eventually(lambda: feed.readers == 0, "the browser gone")
+    seen = len(polls)
+    # Nothing to wait for: ten refresh periods pass without a poll (100 polls of a broker of
+    # 10,000 queues a second, each a second of work, when it polled for nobody).
+    await asyncio.sleep(10 * 0.1)
+    assert len(polls) <= seen + 1  # one may have started as the browser left
