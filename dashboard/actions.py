@@ -30,10 +30,11 @@ from conveyor.client import (
 from .security import CSRF_HEADER, valid_csrf
 from .state import dashboard_of
 
-__all__ = ["action_routes", "error_status"]
+__all__ = ["MAX_JOB_ID", "action_routes", "error_status"]
 
 CLEANABLE: Final = ("completed", "failed")
 MAX_JOB_ID: Final = (1 << 63) - 1
+"""The highest job id (an int64): a larger one is no job, and the client cannot send it."""
 
 Action = Callable[[Client, Request, dict[str, Any]], Awaitable[str]]
 

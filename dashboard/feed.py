@@ -12,14 +12,13 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from conveyor.client import (
     Client,
     ConveyorError,
-    EventStream,
     Forbidden,
     JobEvent,
     JobInfo,
@@ -28,6 +27,7 @@ from conveyor.client import (
 
 from .sse import KEEPALIVE, message
 from .views import broker_view, event_view, job_view, queue_view, worker_view
+from .watches import JobEvents, JobWatches
 
 __all__ = ["HISTORY", "Feed", "Snapshot", "job_updates"]
 
@@ -88,11 +88,27 @@ class Feed:
         self._tick = asyncio.Event()
         """Set (and replaced) at every snapshot: what subscribers wait on."""
         self._throughput: dict[str, _Throughput] = {}
+        self._readers = 0
+        """Browsers following the feed now."""
+        self._wanted = asyncio.Event()
+        """Set while ``_readers`` is above 0."""
+
+    @property
+    def readers(self) -> int:
+        """Browsers following the feed now."""
+        return self._readers
 
     async def run(self) -> None:
-        """Poll until ``closing`` is set (or the task is cancelled)."""
+        """Poll while a browser follows the feed, until ``closing`` is set (or the task is
+        cancelled)."""
         loop = asyncio.get_running_loop()
         while not self.closing.is_set():
+            if not self._readers:
+                # Nobody watches: no poll (a dashboard scraped only for /metrics, or left
+                # without a page open, does not ask a big broker for everything every second).
+                self.latest = None  # stale by the time a browser comes: it waits for a poll
+                await _first(self._wanted.wait(), self.closing.wait())
+                continue
             started = loop.time()
             try:
                 stats: Stats | None = await self.fetch()
@@ -101,7 +117,10 @@ class Feed:
                 # ValueError: the address or a secret or TLS file it names cannot be used (now).
                 stats, error = None, str(exc) or type(exc).__name__
             self.publish(stats, error, loop.time())
-            pause = max(self.refresh - (loop.time() - started), 0.0)
+            took = loop.time() - started
+            # At least as long as the poll took: a poll slower than ``refresh`` (a broker with
+            # 10,000 queues) must not keep the dashboard busy all the time.
+            pause = max(self.refresh - took, took)
             try:
                 async with asyncio.timeout(pause):
                     await self.closing.wait()
@@ -145,61 +164,77 @@ class Feed:
     async def updates(self) -> AsyncGenerator[bytes]:
         """A browser's stream: the latest snapshot in full, then each new one (in full again
         after one was missed, so the browser's history has no gap)."""
+        self._readers += 1
+        self._wanted.set()
         sent: Snapshot | None = None
-        while not self.closing.is_set():
-            latest = self.latest
-            if latest is not None and latest is not sent:
-                yield latest.full if sent is None or latest.seq != sent.seq + 1 else latest.delta
-                sent = latest
-                continue
-            tick = self._tick
-            if self.closing.is_set():
-                break
-            await tick.wait()
+        try:
+            while not self.closing.is_set():
+                latest = self.latest
+                if latest is not None and latest is not sent:
+                    yield (latest.full if sent is None or latest.seq != sent.seq + 1
+                           else latest.delta)
+                    sent = latest
+                    continue
+                tick = self._tick
+                if self.closing.is_set():
+                    break
+                await tick.wait()
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._wanted.clear()
 
 
-async def job_updates(connect: Callable[[], Awaitable[Client]], job_id: int, *, retry: float,
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of ``waits`` is done (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+
+async def job_updates(connect: Callable[[], Awaitable[Client]], watches: JobWatches,
+                      job_id: int, *, retry: float,
                       closing: asyncio.Event) -> AsyncGenerator[bytes]:
-    """A job page's stream (``connect`` gives the connected client): the job's record, then
-    each of its events as it happens, with the record again after every event that changes it.
-    When the broker is lost, a ``down`` message, then it starts over once the broker answers
-    again."""
+    """A job page's stream (``connect`` gives the connected client; ``watches`` the queues'
+    shared event streams): the job's record, then each of its events as it happens, with the
+    record again after every event that changes it. When the broker is lost, a ``down``
+    message, then it starts over once the broker answers again."""
     while not closing.is_set():
-        stream: EventStream | None = None
         try:
             client = await connect()
             job = await client.get_job(job_id)
             if job is None:
                 yield message({"type": "gone"})
                 return
-            stream = client.events(job.queue)
-            # Read again now that the events are watched: nothing between the two is missed.
-            job = await client.get_job(job_id)
-            if job is None:
-                yield message({"type": "gone"})
-                return
-            yield _job_message(job)
-            async with contextlib.aclosing(_job_events(stream, job_id)) as events:
-                async for event in events:
-                    if event is None:
-                        yield KEEPALIVE
-                        continue
-                    yield message({"type": "event", "event": event_view(event)})
-                    if event.kind in CHANGING:
-                        job = await client.get_job(job_id)
-                        if job is None:
-                            yield message({"type": "gone"})
-                            return
-                        yield _job_message(job)
+            async with watches.watch(client, job.queue, job_id) as events:
+                # Read again now that the events are watched: nothing between the two is missed.
+                job = await client.get_job(job_id)
+                if job is None:
+                    yield message({"type": "gone"})
+                    return
+                yield _job_message(job)
+                async with contextlib.aclosing(_job_events(events)) as stream:
+                    async for event in stream:
+                        if event is None:
+                            yield KEEPALIVE
+                            continue
+                        yield message({"type": "event", "event": event_view(event)})
+                        if event.kind in CHANGING:
+                            job = await client.get_job(job_id)
+                            if job is None:
+                                yield message({"type": "gone"})
+                                return
+                            yield _job_message(job)
         except Forbidden as exc:
             yield message({"type": "error", "status": 403, "message": exc.message})
             return
         except ConveyorError as exc:
             # The broker was lost (or the stream fell behind): say so, then start over.
             yield message({"type": "down", "message": str(exc)})
-        finally:
-            if stream is not None:
-                await stream.aclose()
         try:
             async with asyncio.timeout(retry):
                 await closing.wait()
@@ -207,28 +242,19 @@ async def job_updates(connect: Callable[[], Awaitable[Client]], job_id: int, *, 
             pass
 
 
-async def _job_events(stream: EventStream, job_id: int) -> AsyncGenerator[JobEvent | None]:
-    """``job_id``'s events from ``stream``; None after ``JOB_KEEPALIVE`` seconds without any."""
-    pending: asyncio.Task[JobEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.__anext__())
-            done, _ = await asyncio.wait([pending], timeout=JOB_KEEPALIVE)
-            if not done:
-                yield None
-                continue
-            event, pending = pending.result(), None
-            if event.job == job_id:
-                yield event
-    except StopAsyncIteration:
-        return
-    finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait([pending])
+async def _job_events(events: JobEvents) -> AsyncGenerator[JobEvent | None]:
+    """The events of ``events``; None after ``JOB_KEEPALIVE`` seconds without any."""
+    while True:
+        try:
+            async with asyncio.timeout(JOB_KEEPALIVE):
+                event = await events.get()
+        except TimeoutError:
+            yield None
+            continue
+        if event is None:
+            return
+        yield event
 
 
 def _job_message(job: JobInfo) -> bytes:
     return message({"type": "job", "job": job_view(job)})
-

@@ -28,10 +28,10 @@ from conveyor.client import (
     JobInfo,
     decode_value,
 )
-from conveyor.protocol import MAX_PAGE, GetJobs, Jobs, JobState
+from conveyor.protocol import MAX_OFFSET, MAX_PAGE, GetJobs, Jobs, JobState
 
 from . import metrics, views
-from .actions import error_status
+from .actions import MAX_JOB_ID, error_status
 from .feed import job_updates
 from .sse import EventSourceResponse
 from .state import dashboard_of
@@ -41,7 +41,9 @@ __all__ = ["PAGE_SIZE", "events", "find", "job", "job_events", "metrics_page", "
 
 PAGE_SIZE: Final = 50
 """Jobs listed on one page of a queue."""
-MAX_JOB_ID: Final = (1 << 63) - 1
+LAST_PAGE: Final = MAX_OFFSET // PAGE_SIZE + 1
+"""The highest page number asked for: past it the offset would not fit the wire's int64 (the
+client could not encode the request, and the connection every page shares would be lost)."""
 
 templates = Jinja2Templates(env=jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -117,7 +119,7 @@ async def queue(request: Request) -> Response:
     if state not in views.STATES:
         state = "waiting"
     try:
-        number = max(int(request.query_params.get("page", "1")), 1)
+        number = min(max(int(request.query_params.get("page", "1")), 1), LAST_PAGE)
     except ValueError:
         number = 1
     dashboard = dashboard_of(request)
@@ -218,13 +220,15 @@ async def events(request: Request) -> EventSourceResponse:
     return EventSourceResponse(dashboard.feed.updates(), closing=dashboard.closing)
 
 
-async def job_events(request: Request) -> EventSourceResponse:
+async def job_events(request: Request) -> Response | EventSourceResponse:
     """``/jobs/{id}/events``: one job's record and events, live (server-sent events)."""
     dashboard = dashboard_of(request)
     job_id: int = request.path_params["job"]
+    if job_id > MAX_JOB_ID:  # no such job, and an id the client could not send
+        return Response(f"no job has the id {job_id}", status_code=404)
     return EventSourceResponse(
-        job_updates(dashboard.connected, job_id, retry=max(dashboard.refresh, 1.0),
-                    closing=dashboard.closing),
+        job_updates(dashboard.connected, dashboard.watches, job_id,
+                    retry=max(dashboard.refresh, 1.0), closing=dashboard.closing),
         closing=dashboard.closing)
 
 

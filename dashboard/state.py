@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from conveyor.client import Client, Stats
 
 from .feed import Feed
+from .watches import JobWatches
 
 __all__ = ["Dashboard", "dashboard_of"]
 
@@ -30,6 +31,8 @@ class Dashboard:
         self.closing = asyncio.Event()
         """Set when the dashboard shuts down: every live stream ends."""
         self.feed = Feed(self.stats, refresh=refresh, closing=self.closing)
+        self.watches = JobWatches()
+        """The broker event streams of the open job pages (one per queue)."""
         self._connecting = asyncio.Lock()
         self._connected = False
 

@@ -30,6 +30,7 @@ __all__ = [
     "quantile_text",
     "queue_view",
     "rate_text",
+    "shown",
     "time_text",
     "worker_view",
 ]
@@ -40,6 +41,9 @@ COUNTS: Final = (*STATES, "workers")
 RATE_KINDS: Final = ("added", "started", "completed", "failed", "retried")
 PREVIEW_CHARS: Final = 80
 """Most characters of a job's data shown in a job list."""
+SHOWN_CHARS: Final = 100_000
+"""Most characters of a job's data, result or traceback on its page (and in each live update
+of it): a payload of megabytes would make a page, and every update, megabytes long."""
 
 
 def duration_text(seconds: float | None) -> str:
@@ -96,6 +100,14 @@ def quantile_text(histogram: Histogram | None, q: float) -> str:
 def pretty_json(value: Any) -> str:
     """A payload or result as indented JSON (what JSON cannot say, such as bytes, as repr)."""
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=repr)
+
+
+def shown(text: str) -> str:
+    """``text``, cut to ``SHOWN_CHARS`` with a line saying how much was left out."""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    left = len(text) - SHOWN_CHARS
+    return f"{text[:SHOWN_CHARS]}\n… {left:,} more characters not shown"
 
 
 def _preview(value: Any) -> str:
@@ -172,14 +184,14 @@ def job_view(job: JobInfo) -> dict[str, Any]:
         "attempts_text": f"{job.attempt}/{job.attempts}",
         "priority": job.priority,
         "key": job.key or "",
-        "data": pretty_json(job.data),
+        "data": shown(pretty_json(job.data)),
         "preview": _preview(job.data),
-        "result": "" if job.result is None else pretty_json(job.result),
+        "result": "" if job.result is None else shown(pretty_json(job.result)),
         "progress": "" if job.progress is None else _preview(job.progress),
         "progress_percent": _percent(job.progress),
         "error_type": error.type if error is not None else "",
         "error_message": error.message if error is not None else "",
-        "traceback": error.traceback if error is not None else "",
+        "traceback": shown(error.traceback) if error is not None else "",
         "created": time_text(job.created_at),
         "created_at": job.created_at,
         "finished": time_text(job.finished_at),

@@ -8,10 +8,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 from dashboard_support import Served, running, serve, sse
+from processes import eventually
 
 from conveyor.broker import Broker
-from conveyor.client import Client
+from conveyor.client import Client, EventStream, Stats
 from conveyor.worker import Job, Worker
 
 STREAM_TIMEOUT = 30.0
@@ -101,6 +103,35 @@ async def test_the_job_stream_lists_each_event_of_the_job_only(
         assert kinds == ["active", "completed"]
 
 
+async def test_job_pages_on_one_queue_share_one_event_stream(
+        url: str, dashboard: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stream per page would decode every event of the queue once per open page.
+    watched: list[str] = []
+    events = dashboard.client.events
+
+    def counted(queue: str) -> EventStream:
+        watched.append(queue)
+        return events(queue)
+
+    monkeypatch.setattr(dashboard.client, "events", counted)
+    async with Client(url) as client, contextlib.AsyncExitStack() as pages:
+        ids = await client.add_bulk("work", list(range(12)))
+        streams = [await pages.enter_async_context(
+            contextlib.aclosing(sse(dashboard.http, f"/jobs/{job_id}/events"))) for job_id in ids]
+        for stream in streams:
+            await until(stream, lambda m: m["type"] == "job", "the record")
+        assert watched == ["work"]
+        async with running(Worker("work", lambda job: job.data * 10, url=url)):
+            for job_id, stream in zip(ids, streams, strict=True):
+                done = await until(stream, lambda m: m["type"] == "job"
+                                   and m["job"]["state"] == "completed", "the result")
+                assert (done["job"]["id"], done["job"]["result"]) \
+                    == (job_id, str((job_id - ids[0]) * 10))
+    shared = dashboard.server.app.state.dashboard.watches
+    await eventually(lambda: len(shared) == 0, "the watch given back with the last page")
+    assert watched == ["work"]
+
+
 async def test_the_streams_say_when_the_broker_is_down_and_when_it_is_back(
         make_broker: Callable[..., Awaitable[Broker]]) -> None:
     broker = await make_broker()
@@ -147,3 +178,26 @@ async def test_stopping_the_dashboard_ends_open_streams(url: str) -> None:
             async with asyncio.timeout(10):
                 async for _ in stream:
                     pass  # what was sent before the end; then the stream ends
+
+
+async def test_the_feed_asks_the_broker_only_while_a_browser_follows_it(
+        url: str, dashboard: Served) -> None:
+    feed = dashboard.server.app.state.dashboard.feed
+    polls: list[float] = []
+    fetch = feed.fetch
+
+    async def counted() -> Stats:
+        polls.append(asyncio.get_running_loop().time())
+        stats: Stats = await fetch()
+        return stats
+
+    feed.fetch = counted
+    async with contextlib.aclosing(sse(dashboard.http, "/events")) as stats:
+        for _ in range(3):
+            await until(stats, lambda m: m["up"], "a snapshot")
+    await eventually(lambda: feed.readers == 0, "the browser gone")
+    seen = len(polls)
+    # Nothing to wait for: ten refresh periods pass without a poll (100 polls of a broker of
+    # 10,000 queues a second, each a second of work, when it polled for nobody).
+    await asyncio.sleep(10 * 0.1)
+    assert len(polls) <= seen + 1  # one may have started as the browser left

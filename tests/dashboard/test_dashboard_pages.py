@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from dashboard_support import TOKEN, Served, running
+from dashboard_support import TOKEN, Served, parse, running
 from processes import eventually
 
 from conveyor.client import Client, JobFailed
@@ -160,3 +160,28 @@ async def test_static_assets_are_served_locally(dashboard: Served) -> None:
                for node in page.find_all() if node.tag in ("script", "link", "img")]
     assert sources and all(source.startswith(("/", "http://127.0.0.1")) for source in sources)
     assert "https://" not in (await dashboard.http.get("/")).text
+
+
+async def test_numbers_past_the_wire_range_do_not_break_the_broker_connection(
+        url: str, dashboard: Served) -> None:
+    # The client cannot encode an offset or an id past 64 bits: sent anyway, it would end the
+    # dashboard's one broker connection, and every page with it.
+    async with Client(url) as client:
+        await client.add("q", 1)
+    for page in (str(10**30), "-3", "x"):
+        response = await dashboard.http.get("/queues/q", params={"page": page})
+        assert response.status_code == 200, page
+    response = await dashboard.http.get(f"/jobs/{10**30}/events")
+    assert response.status_code == 404
+    overview = await dashboard.page("/")
+    assert overview.find("tr", data_queue="q").find(data_count="waiting").text == "1"
+
+
+async def test_a_huge_payload_is_shown_cut_with_a_note(url: str, dashboard: Served) -> None:
+    async with Client(url) as client:
+        job_id = await client.add("big", {"blob": "x" * 600_000})
+    response = await dashboard.http.get(f"/jobs/{job_id}")
+    assert len(response.content) < 200_000  # the page, not the payload, sets its size
+    data = parse(response.text).find(id="job-data").text
+    assert data.startswith('{ "blob": "xxx')
+    assert data.endswith("more characters not shown")
