@@ -8,6 +8,7 @@ cannot be reached a 503 page with a banner saying so.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -238,4 +239,7 @@ async def metrics_page(request: Request) -> Response:
         stats = await dashboard_of(request).stats()
     except ConveyorError:
         stats = None
-    return Response(metrics.render(stats), media_type=metrics.CONTENT_TYPE)
+    # Rendering is prometheus-client's own (synchronous) work, seconds for thousands of
+    # queues: in a thread, so that the pages and their live streams go on meanwhile.
+    text = await asyncio.to_thread(metrics.render, stats)
+    return Response(text, media_type=metrics.CONTENT_TYPE)

@@ -4,14 +4,17 @@ prometheus-client's own parser is the broker's (``stats()`` and ``counts()``).""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
+import pytest
 from dashboard_support import Served, running, serve
 from processes import eventually
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.broker import Broker
-from conveyor.client import Client, Histogram, JobFailed
+from conveyor.client import Client, Histogram, JobFailed, Stats
+from conveyor.dashboard import metrics
 from conveyor.worker import Job, Worker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -163,3 +166,25 @@ async def test_metrics_say_the_broker_is_down_and_recover(
             assert "hidden" in page.find(id="banner").attrs
         finally:
             await again.close()
+
+
+async def test_pages_are_served_while_a_scrape_renders(
+        dashboard: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rendering thousands of queues takes prometheus-client seconds: it must not hold up the
+    # pages meanwhile. This render waits until a page was served during it (at most 5 s).
+    rendering, page_served = threading.Event(), threading.Event()
+    real_render = metrics.render
+
+    def slow_render(stats: Stats | None) -> bytes:
+        rendering.set()
+        page_served.wait(5)
+        return real_render(stats)
+
+    monkeypatch.setattr(metrics, "render", slow_render)
+    scrape = asyncio.ensure_future(dashboard.http.get("/metrics"))
+    assert await asyncio.to_thread(rendering.wait, 5)
+    page = await dashboard.http.get("/")
+    assert page.status_code == 200
+    assert not scrape.done(), "the page waited for the scrape to finish"
+    page_served.set()
+    assert (await scrape).status_code == 200

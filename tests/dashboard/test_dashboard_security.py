@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 
-from dashboard_support import Served, serve, users_file
+import pytest
+from dashboard_support import Served, running, serve, users_file
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.broker import Broker
-from conveyor.client import Client
+from conveyor.client import Client, JobFailed
+from conveyor.worker import Job, Worker
 
 
 async def test_a_post_without_the_csrf_token_changes_nothing(url: str, dashboard: Served) -> None:
@@ -76,3 +79,34 @@ async def test_a_restricted_user_sees_and_steers_only_its_queues(
         assert await client.get_job(theirs) is not None
         assert {q.name: q.paused for q in await client.queues()} == {"team-mail": True,
                                                                      "payroll": False}
+
+
+HOSTILE_QUEUE = "<img src=x onerror=alert(1)>"
+"""Everything in the pages that a producer or a worker chose is markup-shaped here."""
+
+
+async def test_names_data_and_errors_that_look_like_markup_are_shown_as_text(
+        url: str, dashboard: Served) -> None:
+    def boom(job: Job) -> None:
+        raise RuntimeError("<script>alert(3)</script>")
+
+    worker = Worker(HOSTILE_QUEUE, boom, url=url, name="<svg onload=alert(4)>")
+    async with Client(url) as client, running(worker):
+        job_id = await client.add(HOSTILE_QUEUE, {"note": "</pre><script>alert(2)</script>"},
+                                  name='"><script>alert(5)</script>', id="<b>key</b>")
+        with pytest.raises(JobFailed):
+            await client.wait(job_id, timeout=30)
+        queue_path = "/queues/" + quote(HOSTILE_QUEUE, safe="")
+        pages = {path: (await dashboard.http.get(path)) for path in (
+            "/", queue_path, f"{queue_path}?state=failed", f"/jobs/{job_id}", "/workers")}
+        found = await dashboard.http.get("/find?q=" + quote("<b>key</b>"))
+    assert found.status_code == 303 and found.headers["location"] == f"/jobs/{job_id}"
+    for path, response in pages.items():
+        assert response.status_code == 200, (path, response.status_code)
+        for raw in ("<img src=x", "<script>alert", "<svg onload", "<b>key"):
+            assert raw not in response.text, (path, raw)
+    # ...and the text is there, escaped, where the page shows it.
+    job_page = pages[f"/jobs/{job_id}"].text
+    assert "&lt;script&gt;alert(3)&lt;/script&gt;" in job_page
+    assert "&lt;b&gt;key&lt;/b&gt;" in job_page
+    assert "&lt;svg onload=alert(4)&gt;" in pages["/workers"].text
