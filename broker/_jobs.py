@@ -36,6 +36,7 @@ __all__ = [
     "backoff_delay",
     "clamp_delay",
     "job_options",
+    "join",
     "with_run_at",
 ]
 
@@ -62,6 +63,7 @@ class JobOptions(msgspec.Struct, frozen=True, array_like=True):
     """A job's options as the broker keeps them, and as the log records them.
 
     ``run_at`` is absolute (the producer's delay already applied); it is None once the job is due.
+    ``dedup_until`` is absolute too (the producer's ``dedup`` added to the time of the add).
     Array-like, because it is written into log records (``JobsAddedWithOptions``, ``JobSnapshot``):
     fields are only ever added at the end, with defaults.
     """
@@ -74,6 +76,10 @@ class JobOptions(msgspec.Struct, frozen=True, array_like=True):
     run_at: float | None = None
     keep_result: float | None = None
     name: str | None = None
+    dedup_until: float | None = None
+    """Wall time from which ``key`` no longer deduplicates (none: never)."""
+    lifo: bool = False
+    """The job joins the head of its priority's waiting line, not the tail."""
 
 
 DEFAULT_OPTIONS: Final = JobOptions()
@@ -251,11 +257,23 @@ def job_options(job: JobDef, now: float) -> JobOptions:
     due = run_at if run_at > now else None
     if (job.id is None and job.priority == 0 and job.attempts == 1 and job.backoff is None
             and job.timeout is None and due is None and job.keep_result is None
-            and job.name is None):
+            and job.name is None and not job.lifo):
         return DEFAULT_OPTIONS
+    # A TTL only matters with a key; kept absolute, so that it holds across restarts.
+    until = now + clamp_delay(job.dedup) if job.dedup is not None and job.id is not None else None
     return JobOptions(key=job.id, priority=job.priority, attempts=job.attempts,
                       backoff=job.backoff, timeout=job.timeout, run_at=due,
-                      keep_result=job.keep_result, name=job.name)
+                      keep_result=job.keep_result, name=job.name, dedup_until=until,
+                      lifo=job.lifo)
+
+
+def join(line: WaitingLine[Job], job: Job) -> None:
+    """Put a job that becomes waiting (added, due, retried) in line: at the tail of its
+    priority, or at the head when it is LIFO."""
+    if job.options.lifo:
+        line.appendleft(job)
+    else:
+        line.append(job)
 
 
 def with_run_at(options: JobOptions, *, run_at: float | None) -> JobOptions:

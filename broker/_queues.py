@@ -44,6 +44,7 @@ from ._jobs import (
     backoff_delay,
     clamp_delay,
     job_options,
+    join,
     with_run_at,
 )
 from ._outbox import Outbox, Output
@@ -133,8 +134,9 @@ class Queues(Store):
         """Create jobs without putting them in line yet; return one job per payload.
 
         A payload whose idempotency key a retained job already has gets that job (nothing is
-        created for it). The flush calls ``enqueue`` once the record is durable, so nothing is
-        dispatched before it would survive a crash.
+        created for it), unless that job's ``dedup`` TTL ran out: then a new job takes the key.
+        The flush calls ``enqueue`` once the record is durable, so nothing is dispatched before
+        it would survive a crash.
         """
         # Every job's options first: nothing is changed until all of them are known.
         given = [job_options(payload, now) if isinstance(payload, JobDef) else DEFAULT_OPTIONS
@@ -151,9 +153,9 @@ class Queues(Store):
             data = payload.data if isinstance(payload, JobDef) else payload
             if option is not DEFAULT_OPTIONS:
                 if option.key is not None:
-                    existing = self.keys.get(option.key)
+                    existing = self.keyed(option.key, now)
                     if existing is not None:
-                        out.append(jobs[existing])
+                        out.append(existing)
                         continue
                 plain = False
             job_id += 1
@@ -203,20 +205,25 @@ class Queues(Store):
         watched = queue.name in self.watched
         event = self.output.event
         waiting = []
+        heads = []
         due = []
         for job in fresh:
             if job.state is DELAYED:
                 queue.delayed[job.id] = job
                 if job.id not in self._due:
                     due.append(job)
+            elif job.options.lifo:
+                heads.append(job)
             else:
                 waiting.append(job)
             if watched:
                 event(queue.name, "added", job, job.created_at)
                 if job.state is DELAYED:
                     event(queue.name, "delayed", job, job.created_at, run_at=job.run_at)
-        if waiting:
+        if waiting or heads:
             queue.waiting.extend(waiting)
+            for job in heads:
+                queue.waiting.appendleft(job)  # the last added goes first
             self.dispatcher.wake(queue)
         for job in due:
             # It came due while its record waited for the disk: it waits from its due time.
@@ -395,7 +402,8 @@ class Queues(Store):
     def retry_failed(self, queue_name: str | None = None, job_id: int | None = None,
                      now: float = 0.0) -> int:
         """Put failed jobs (one, or every retained one of a queue) back at the tail of their
-        queues with their attempts renewed, waiting from ``now``; return how many."""
+        queues (the head for LIFO jobs) with their attempts renewed, waiting from ``now``;
+        return how many."""
         if job_id is not None:
             job = self.jobs.get(job_id)
             if job is None:
@@ -415,7 +423,7 @@ class Queues(Store):
                 queue = self.queues[job.queue]
                 self.retention.renew(job)
                 job.ready = ready
-                queue.waiting.append(job)
+                join(queue.waiting, job)
                 self.dispatcher.wake(queue)
             if self.output.logged:
                 self.output.records.append(JobsRetried(ids=[job.id for job in jobs]))
@@ -469,7 +477,7 @@ class Queues(Store):
         if run_at is None:
             job.state = WAITING
             job.ready = self.timeline.monotonic(now)
-            queue.waiting.append(job)
+            join(queue.waiting, job)
             self.dispatcher.wake(queue)
         else:
             job.options = with_run_at(job.options, run_at=run_at)
@@ -486,7 +494,7 @@ class Queues(Store):
         self.deadlines.cancel(Kind.DUE, job.id)
         job.options = with_run_at(job.options, run_at=None)
         job.state = WAITING
-        queue.waiting.append(job)
+        join(queue.waiting, job)
         if self.output.logged:
             self.output.records.append(JobPromoted(id=job.id))
         self.dispatcher.wake(queue)

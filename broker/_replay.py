@@ -2,7 +2,8 @@
 
 Replay does not keep waiting lines up to date record by record (taking a finished job out of the
 middle of a line would cost a scan each time). It notes, for every job, whether it last went to
-the head of its queue (released, or its worker lost) or to the tail (added, due, retried), and
+the head of its queue (released, its worker lost, or a LIFO job added, due or retried) or to the
+tail (any other job added, due or retried), and
 builds every line once at the end: head jobs first, latest first, then tail jobs in the order
 they got there. That is exactly the order the live broker keeps. Jobs that were active when the
 log ended are waiting again, in their place.
@@ -57,6 +58,9 @@ class Replayer:
         """Jobs that last went to the head of their queue, and when (a move number)."""
         self._tails: dict[int, Job] = {}
         """Jobs that last went to the tail of their queue, in the order they got there."""
+        self._claims: dict[str, int] = {}
+        """The latest job (by id) that took each idempotency key, built or not: a key whose
+        ``dedup`` TTL ran out passes to a newer job, and goes with that job when it is gone."""
         self._restored_kept: set[str] = set()
         """Queues with finished jobs restored from a snapshot: their age limit starts at the end."""
 
@@ -91,7 +95,7 @@ class Replayer:
                 retried.error = error
                 if run_at is None:
                     retried.state = JobState.WAITING
-                    self._tail(retried)
+                    self._join(retried)
                 else:
                     retried.options = msgspec.structs.replace(retried.options, run_at=run_at)
                     retried.state = JobState.DELAYED
@@ -104,8 +108,7 @@ class Replayer:
                 requeued.drops = drops
                 self._unline(requeued)
                 requeued.state = JobState.WAITING
-                self._moves += 1
-                self._heads[job_id] = self._moves
+                self._head(requeued)
             case JobPromoted(id=job_id):
                 promoted = jobs.get(job_id)
                 if promoted is None or promoted.state is not JobState.DELAYED:
@@ -114,7 +117,7 @@ class Replayer:
                 del queues.queues[promoted.queue].delayed[job_id]
                 promoted.options = msgspec.structs.replace(promoted.options, run_at=None)
                 promoted.state = JobState.WAITING
-                self._tail(promoted)
+                self._join(promoted)
             case JobsRemoved(ids=ids):
                 for job_id in ids:
                     removed = jobs.get(job_id)
@@ -131,7 +134,7 @@ class Replayer:
                         self._skip(job_id)
                         continue
                     queues.retention.renew(failed)
-                    self._tail(failed)
+                    self._join(failed)
             case QueuePaused(queue=name, paused=paused):
                 queues.queue(name).paused = paused
             case QueueSnapshot(name=name, completed=completed, failed=failed, paused=paused):
@@ -176,12 +179,13 @@ class Replayer:
                 queue.failed = failed
         self._heads.clear()
         self._tails.clear()
+        self._claims.clear()
 
     def _add(self, name: str, first_id: int, created_at: float, payloads: list[msgspec.Raw],
              options: list[JobOptions]) -> None:
         queues = self.queues
         queue = queues.queue(name)
-        jobs, keys, delayed, tails = queues.jobs, queues.keys, queue.delayed, self._tails
+        jobs, delayed, tails = queues.jobs, queue.delayed, self._tails
         census = self.census
         # Only the jobs that outlive the log are built.
         gone = census.dead if census is not None and census.any_dead(
@@ -191,18 +195,44 @@ class Replayer:
         for data, option in zip(payloads, options, strict=True):
             job_id += 1
             if gone is not None and gone(job_id):
+                if option.key is not None:
+                    self._claim(option.key, job_id, alive=False)
                 continue
             job = Job(job_id, name, data, created_at, option)
             jobs[job_id] = job
             if option.key is not None:
-                keys[option.key] = job_id
+                self._claim(option.key, job_id)
             if job.state is DELAYED:
                 delayed[job_id] = job
+            elif option.lifo:
+                self._head(job)
             else:
                 tails[job_id] = job
             size += len(data) + JOB_OVERHEAD
         queues.live_bytes += size
         queues.last_id = max(queues.last_id, job_id)
+
+    def _claim(self, key: str, job_id: int, *, alive: bool = True) -> None:
+        """Job ``job_id`` took ``key`` when it was added (unless a later job has it now)."""
+        if self._claims.get(key, 0) > job_id:
+            return
+        self._claims[key] = job_id
+        if alive:
+            self.queues.keys[key] = job_id
+        else:
+            self.queues.keys.pop(key, None)
+
+    def _join(self, job: Job) -> None:
+        """The job became waiting (added, due, retried): at the head of its line if LIFO."""
+        if job.options.lifo:
+            self._head(job)
+        else:
+            self._tail(job)
+
+    def _head(self, job: Job) -> None:
+        self._tails.pop(job.id, None)
+        self._moves += 1
+        self._heads[job.id] = self._moves
 
     def _tail(self, job: Job) -> None:
         self._heads.pop(job.id, None)
@@ -224,13 +254,15 @@ class Replayer:
         if self.census is not None and self.census.dead(record.id):
             queues.queue(record.queue)
             queues.last_id = max(queues.last_id, record.id)
+            if record.options.key is not None:
+                self._claim(record.options.key, record.id, alive=False)
             return
         job = Job(record.id, record.queue, record.data, record.created_at, record.options)
         job.attempt = record.attempt
         job.drops = record.drops
         queues.jobs[job.id] = job
         if record.options.key is not None:
-            queues.keys[record.options.key] = job.id
+            self._claim(record.options.key, job.id)
         queues.last_id = max(queues.last_id, job.id)
         queues.live_bytes += len(record.data) + JOB_OVERHEAD
         queue = queues.queue(record.queue)

@@ -151,7 +151,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 job = queues.jobs.get(job_id)
                 peer.send(JobReply(req=req, job=None if job is None else job.info()))
             case FindJob(req=req, key=key):
-                found = queues.jobs.get(queues.keys.get(key, 0))
+                found = queues.keyed(key, now)
                 if (found is not None and user is not None
                         and not user.may(Permission.READ, found.queue)):
                     found = None  # as if there were none: the key tells nothing of other queues

@@ -24,7 +24,8 @@ class Store:
         self.queues: dict[str, Queue] = {}
         self.jobs: dict[int, Job] = {}
         self.keys: dict[str, int] = {}
-        """Idempotency keys of retained jobs."""
+        """Idempotency keys of retained jobs (a key whose TTL ran out stays until its job is
+        forgotten or a new job takes it: see ``keyed``)."""
         self.last_id = 0
         """The highest job id given out (ids are never reused)."""
         self.live_bytes = 0
@@ -36,6 +37,15 @@ class Store:
         if queue is None:
             queue = self.queues[name] = Queue(name)
         return queue
+
+    def keyed(self, key: str, now: float) -> Job | None:
+        """The retained job whose idempotency key is ``key`` and still deduplicates at wall time
+        ``now`` (its ``dedup`` TTL, if any, has not run out), or None: the key is free."""
+        job = self.jobs.get(self.keys.get(key, 0))
+        if job is None:
+            return None
+        until = job.options.dedup_until
+        return job if until is None or now < until else None
 
     def consumer(self, owner: Hashable, queue_name: str) -> Consumer | None:
         """``owner``'s subscription to a queue, if it has one."""

@@ -41,6 +41,12 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         options["delay"] = args.delay
     if args.keep_result is not None:
         options["keep_result"] = args.keep_result
+    if args.dedup is not None:
+        if args.key is None:
+            raise ValueError("--dedup applies with --id only")
+        options["dedup"] = args.dedup
+    if args.lifo:
+        options["lifo"] = True
     return options
 
 

@@ -313,6 +313,11 @@ def _add_parser(sub: argparse.ArgumentParser) -> None:
                      help="seconds before the job may run")
     sub.add_argument("--keep-result", type=seconds, metavar="SECONDS",
                      help="seconds the finished job is retained")
+    sub.add_argument("--dedup", type=seconds, metavar="SECONDS",
+                     help="seconds during which --id deduplicates (default: while the job is "
+                          "retained)")
+    sub.add_argument("--lifo", action="store_true",
+                     help="run before the waiting jobs of its priority (last in, first out)")
 
 
 def _delegate(name: str, argv: list[str]) -> int:

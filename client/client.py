@@ -207,7 +207,10 @@ class Client:
         ``attempts``: tries in all. ``backoff``: seconds between tries, or ``exponential(...)``.
         ``timeout``: seconds one try may run. ``delay`` / ``run_at``: not before then.
         ``keep_result``: seconds the finished job is retained. ``name``: what kind of job it is
-        (a worker serving a task registry runs the task of that name).
+        (a worker serving a task registry runs the task of that name). ``dedup``: seconds after
+        the add during which ``id`` deduplicates; after them an add with that key creates a new
+        job, which ``find_job`` then finds. ``lifo``: the job joins the head of its priority's
+        waiting line, ahead of the jobs waiting there.
         """
         check_queue(queue)
         raw = encode_value(data, "job payload")

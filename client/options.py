@@ -22,7 +22,9 @@ class JobOptions(TypedDict, total=False):
     ``id``: idempotency key. ``priority``: higher runs first. ``attempts``: tries in all.
     ``backoff``: seconds between tries, or ``exponential(...)``. ``timeout``: seconds one try
     may run. ``delay`` (seconds) / ``run_at`` (Unix time): not before then. ``keep_result``:
-    seconds the finished job is retained. ``name``: what kind of job it is.
+    seconds the finished job is retained. ``name``: what kind of job it is. ``dedup``: seconds
+    after the add during which ``id`` deduplicates (then an add with it creates a new job).
+    ``lifo``: the job joins the head of its priority's waiting line.
     """
 
     id: str | None
@@ -34,6 +36,8 @@ class JobOptions(TypedDict, total=False):
     run_at: float | None
     keep_result: float | None
     name: str | None
+    dedup: float | None
+    lifo: bool
 
 
 def fixed(delay: float) -> Backoff:
@@ -66,12 +70,15 @@ class JobSpec:
     run_at: float | None = None
     keep_result: float | None = None
     name: str | None = None
+    dedup: float | None = None
+    lifo: bool = False
 
     def options(self) -> JobOptions:
         """The options, as keyword arguments of ``job_def``."""
         return {"id": self.id, "priority": self.priority, "attempts": self.attempts,
                 "backoff": self.backoff, "timeout": self.timeout, "delay": self.delay,
-                "run_at": self.run_at, "keep_result": self.keep_result, "name": self.name}
+                "run_at": self.run_at, "keep_result": self.keep_result, "name": self.name,
+                "dedup": self.dedup, "lifo": self.lifo}
 
 
 def job_def(
@@ -86,6 +93,8 @@ def job_def(
     run_at: float | None = None,
     keep_result: float | None = None,
     name: str | None = None,
+    dedup: float | None = None,
+    lifo: bool = False,
 ) -> JobDef:
     """The wire form of a job, holding only the options that differ from their defaults (the
     others are not sent); raises ``ValueError`` naming an option that is out of range."""
@@ -107,6 +116,10 @@ def job_def(
             raise ValueError("timeout must be above 0 seconds")
     if keep_result is not None:
         _check_seconds("keep_result", keep_result)
+    if dedup is not None:
+        _check_seconds("dedup", dedup)
+    if not isinstance(lifo, bool):
+        raise ValueError(f"lifo must be True or False, got {lifo!r}")
     if run_at is not None and not _finite(run_at):
         raise ValueError(f"run_at must be a Unix time, got {run_at!r}")
     if isinstance(backoff, int | float) and not isinstance(backoff, bool):
@@ -133,6 +146,10 @@ def job_def(
         options["keep_result"] = keep_result
     if name is not None:
         options["name"] = name
+    if dedup is not None:
+        options["dedup"] = float(dedup)
+    if lifo:
+        options["lifo"] = True
     return JobDef(data=data, **options)
 
 

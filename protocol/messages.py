@@ -150,7 +150,8 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
 
     data: msgspec.Raw
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
-    """Idempotency key: adding a key that a retained job has returns that job's id."""
+    """Idempotency key: adding a key that a retained job has returns that job's id (within its
+    ``dedup`` seconds, if it has them)."""
     priority: Priority = 0
     """Higher runs first; equal priorities run in the order added."""
     attempts: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
@@ -167,6 +168,11 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
     """Seconds the finished job is retained, instead of the broker's retention."""
     name: JobName | None = None
     """What kind of job this is, for a worker serving several (a task registry's key)."""
+    dedup: Seconds | None = None
+    """Seconds after the add during which ``id`` deduplicates; after them the key is free and an
+    add with it creates a new job (none: for as long as the job is retained)."""
+    lifo: bool = False
+    """Join the head of its priority's waiting line instead of the tail."""
 
 
 class JobError(msgspec.Struct, frozen=True):

@@ -62,6 +62,8 @@ class Spec(NamedTuple):
     backoff: Backoff | None = None
     delay: float = 0.0
     keep_result: float | None = None
+    dedup: float | None = None
+    lifo: bool = False
 
 
 specs = st.one_of(st.none(), st.builds(
@@ -73,6 +75,8 @@ specs = st.one_of(st.none(), st.builds(
                              Backoff(type="exponential", delay=0.5, cap=2.0)]),
     delay=st.sampled_from([0.0, 0.0, 0.5, 3.0]),
     keep_result=st.sampled_from([None, None, 0.0, 2.0]),
+    dedup=st.sampled_from([None, None, 0.0, 1.0, 30.0]),
+    lifo=st.sampled_from([False, False, True]),
 ))
 
 
@@ -143,7 +147,8 @@ class Driver:
             data = raw({"n": self.serial, "pad": "x" * (self.serial % 7)})
             payloads.append(JobDef(data=data) if spec is None else JobDef(
                 data=data, id=spec.key, priority=spec.priority, attempts=spec.attempts,
-                backoff=spec.backoff, delay=spec.delay, keep_result=spec.keep_result))
+                backoff=spec.backoff, delay=spec.delay, keep_result=spec.keep_result,
+                dedup=spec.dedup, lifo=spec.lifo))
         self.serial += 1
         handle(self.core, self.producer, Add(req=self.serial, queue=queue, jobs=payloads),
                self.clock())
@@ -185,6 +190,12 @@ class Driver:
         if self.pending():
             self.flush()
 
+    def settle_lifo_adds(self) -> None:
+        """Flush when LIFO jobs wait for their record to be written, before a job moves to the
+        head: the same known difference as ``settle_adds``, at the other end of the line."""
+        if any(job.pending and job.options.lifo for job in self.queues.jobs.values()):
+            self.flush()
+
     def fail(self, pick: int, *, retry: bool = True, delay: float | None = None) -> None:
         self.settle_adds()
         owner, job = self.pick(pick)
@@ -193,6 +204,7 @@ class Driver:
                                 delay=delay) is job
 
     def release(self, pick: int) -> None:
+        self.settle_lifo_adds()
         owner, job = self.pick(pick)
         assert self.queues.release(owner, job.id, job.lease, self.clock()) is job
 
@@ -205,6 +217,7 @@ class Driver:
         assert self.queues.output.records == records
 
     def drop(self, owner: str) -> None:
+        self.settle_lifo_adds()
         self.queues.drop(self.peer(owner), self.clock())
 
     def jobs_in(self, *states: JobState) -> list[Job]:
@@ -278,7 +291,8 @@ class Driver:
             self.add(rng.choice(QUEUES), [
                 None if rng.random() < 0.6 else Spec(
                     priority=rng.choice([0, 1]), attempts=rng.choice([1, 2]),
-                    delay=rng.choice([0.0, 1.0]), keep_result=rng.choice([None, 1.0]))
+                    delay=rng.choice([0.0, 1.0]), keep_result=rng.choice([None, 1.0]),
+                    lifo=rng.random() < 0.3)
                 for _ in range(rng.randint(1, 4))])
         elif choice < 0.86 and not held:
             # Nothing to finish: let delayed jobs come due and paused queues go on.
