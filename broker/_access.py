@@ -37,6 +37,7 @@ from conveyor.protocol import (
     Release,
     Remove,
     RetryFailed,
+    SetLimits,
     SetWindow,
     Subscribe,
     Unwait,
@@ -58,6 +59,7 @@ _BY_QUEUE: Final[dict[type, Permission]] = {
     Subscribe: CONSUME, SetWindow: CONSUME, Extend: CONSUME,
     GetCounts: READ, GetJobs: READ, Watch: READ,
     Pause: ADMIN, Drain: ADMIN, Clean: ADMIN,
+    SetLimits: ADMIN,
 }
 """Messages judged on their ``queue``, and the permission each needs there."""
 _BY_JOB: Final[dict[type, Permission]] = {

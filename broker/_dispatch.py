@@ -6,6 +6,10 @@ free slot, and each job goes to the subscriber with the most free slots, ties br
 (the one served least recently first). Within a queue, higher priority first, then first in
 first out. Only queues that may have work to hand out (``wake``) are looked at.
 
+A queue with limits (``_limits``) hands out no more than they allow: the jobs it may start go to
+the subscribers by the same rule, and when jobs wait only for the next slot of its rate, a
+``LIMIT`` deadline wakes the queue at that slot.
+
 Every delivery is a lease. A subscriber holding jobs must be heard from (an ack, a progress
 report, an ``extend``) at least once a lease period; one that stays silent longer loses its
 jobs and gets no more until it is heard from again. Jobs taken back from a silent or dropped
@@ -33,6 +37,7 @@ from ._jobs import (
     Job,
     Queue,
 )
+from ._limits import Limiter
 from ._outbox import Output
 from ._records import JobRequeued
 from ._retention import Retention
@@ -231,6 +236,11 @@ class Dispatcher:
             if not heap:
                 continue
             heapq.heapify(heap)
+            limiter = queue.limiter
+            if limiter is not None:
+                heap = self._limited(queue, limiter, heap, now)
+                if not heap:
+                    continue
             given: dict[Consumer, list[Job]] = {}
             served = self._served
             lease = self._last_lease
@@ -280,6 +290,42 @@ class Dispatcher:
                         output.event(queue.name, "active", job, now)
             out += given.items()
         return out
+
+    def _limited(self, queue: Queue, limiter: Limiter, heap: list[tuple[int, int, Consumer]],
+                 now: float) -> list[tuple[int, int, Consumer]]:
+        """The subscribers of a queue with limits, each with the slots it fills in this pass
+        (so that the pass starts no more jobs than the limits allow); notes the slots taken,
+        and arms the timer for the next one if jobs still wait for it."""
+        at = now + self._timeline.offset
+        free = -sum(entry[0] for entry in heap)
+        waiting = len(queue.waiting)
+        count = min(limiter.room(queue.active, at), waiting, free)
+        limiter.took(count, at)
+        if count < waiting and limiter.interval is not None and limiter.next > at:
+            limiter.timed = True
+            if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.next:
+                self._deadlines.set(Kind.LIMIT, queue.name, limiter.next)
+        else:
+            limiter.timed = False
+        if count <= 0:
+            return []
+        if count == free:
+            return heap
+        # Who would get the first ``count`` jobs under the spreading rule: each to the one with
+        # the most free slots, ties to the one served least recently.
+        taken: dict[Consumer, int] = {}
+        served = self._served
+        for _ in range(count):
+            negative_free, _, consumer = heap[0]
+            taken[consumer] = taken.get(consumer, 0) + 1
+            served += 1
+            if negative_free < -1:
+                heapq.heapreplace(heap, (negative_free + 1, served, consumer))
+            else:
+                heapq.heappop(heap)
+        capped = [(-slots, consumer.served, consumer) for consumer, slots in taken.items()]
+        heapq.heapify(capped)
+        return capped
 
     def _started(self, queue: Queue, batches: Iterable[list[Job]], delivered: int,
                  now: float) -> None:

@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import msgspec
 
-from conveyor.protocol import JobDef, JobError, JobState, QueueSummary
+from conveyor.protocol import JobDef, JobError, JobState, QueueLimits, QueueSummary
 
 from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
@@ -46,6 +46,7 @@ from ._jobs import (
     job_options,
     with_run_at,
 )
+from ._limits import limiter
 from ._outbox import Outbox, Output
 from ._records import (
     JobPromoted,
@@ -53,6 +54,7 @@ from ._records import (
     JobsAdded,
     JobsAddedWithOptions,
     JobsRetried,
+    QueueLimited,
     QueuePaused,
 )
 from ._retention import Retention
@@ -338,7 +340,8 @@ class Queues(Store):
 
     def tick(self, now: float) -> None:
         """Do what is due by ``now``: delayed jobs join their queues, silent subscribers lose
-        their jobs, finished jobs past their retention are forgotten."""
+        their jobs, finished jobs past their retention are forgotten, and queues whose jobs
+        waited for the next slot of their rate are looked at again."""
         deadlines = self.deadlines
         jobs = self.jobs
         monotonic = self.timeline.monotonic(now)
@@ -356,10 +359,14 @@ class Queues(Store):
                 job = jobs.get(cast(int, key))
                 if job is not None and job.finished_at is not None:
                     self.retention.remove([job])
-            else:
+            elif kind is Kind.AGE:
                 queue = self.queues.get(cast(str, key))
                 if queue is not None:
                     self.retention.age_out(queue, now)
+            else:
+                queue = self.queues.get(cast(str, key))
+                if queue is not None:
+                    self.dispatcher.wake(queue)
 
     # Queue control.
 
@@ -391,6 +398,22 @@ class Queues(Store):
             if self.output.logged:
                 self.output.records.append(QueuePaused(queue=queue_name, paused=paused))
             self.dispatcher.wake(queue)
+
+    def set_limits(self, queue_name: str, limits: QueueLimits) -> None:
+        """Replace a queue's limits (``QueueLimits()`` clears them). Lowering them takes back
+        nothing that runs; they hold for the starts from now on."""
+        if limits.rate is None and limits.concurrency is None:
+            limits = QueueLimits()
+        queue = self.queue(queue_name)
+        old = queue.limiter
+        if (old.limits if old is not None else QueueLimits()) == limits:
+            return
+        queue.limiter = limiter(limits, old)
+        if queue.limiter is None or queue.limiter.interval is None:
+            self.deadlines.cancel(Kind.LIMIT, queue_name)
+        if self.output.logged:
+            self.output.records.append(QueueLimited(queue=queue_name, limits=limits))
+        self.dispatcher.wake(queue)
 
     def retry_failed(self, queue_name: str | None = None, job_id: int | None = None,
                      now: float = 0.0) -> int:

@@ -52,6 +52,7 @@ from conveyor.protocol import (
     Release,
     Remove,
     RetryFailed,
+    SetLimits,
     SetWindow,
     Subscribe,
     Unwait,
@@ -192,6 +193,10 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
             case Clean(req=req, queue=name, state=state, older_than=older_than):
                 if _queue_ok(peer, req, name):
                     peer.send(Count(req=req, count=queues.clean(name, state, older_than, now)))
+            case SetLimits(req=req, queue=name, limits=limits):
+                if _queue_ok(peer, req, name):
+                    queues.set_limits(name, limits)
+                    peer.send(Ok(req=req))
             case Hello() | Authenticate():
                 peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
             case _:

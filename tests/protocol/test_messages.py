@@ -69,6 +69,7 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.FindJob: "find_job",
     protocol.GetStats: "get_stats",
     protocol.Stats: "stats",
+    protocol.SetLimits: "set_limits",
 }
 
 EXPECTED_ERROR_CODES = {

@@ -55,9 +55,11 @@ from conveyor.protocol import (
     Pause,
     Progress,
     Promote,
+    QueueLimits,
     Release,
     Remove,
     RetryFailed,
+    SetLimits,
     SetWindow,
     Subscribe,
     Unwait,
@@ -156,6 +158,7 @@ def client_messages(queue: str, job: int, req: int) -> dict[str, ClientMessage]:
         "retry_failed_job": RetryFailed(req=req, job=job),
         "drain": Drain(req=req, queue=queue),
         "clean": Clean(req=req, queue=queue, state=JobState.COMPLETED),
+        "set_limits": SetLimits(req=req, queue=queue, limits=QueueLimits(concurrency=1)),
     }
 
 
