@@ -40,6 +40,7 @@ from conveyor.protocol import (
     SetLimits,
     SetWindow,
     Subscribe,
+    Throttle,
     Unwait,
     Wait,
     Watch,
@@ -63,7 +64,7 @@ _BY_QUEUE: Final[dict[type, Permission]] = {
 }
 """Messages judged on their ``queue``, and the permission each needs there."""
 _BY_JOB: Final[dict[type, Permission]] = {
-    Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME,
+    Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME, Throttle: CONSUME,
     GetJob: READ, Wait: READ,
     Promote: ADMIN, Remove: ADMIN,
 }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable, Iterable
 
-from conveyor.protocol import JobError
+from conveyor.protocol import JobError, QueueLimits
 
 from ._clock import Timeline
 from ._deadlines import Deadlines, Kind
@@ -297,6 +297,15 @@ class Dispatcher:
         (so that the pass starts no more jobs than the limits allow); notes the slots taken,
         and arms the timer for the next one if jobs still wait for it."""
         at = now + self._timeline.offset
+        if at < limiter.until:
+            # Held back (``throttle``): the timer looks at it again when the hold ends.
+            limiter.timed = False
+            if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.until:
+                self._deadlines.set(Kind.LIMIT, queue.name, limiter.until)
+            return []
+        if not limiter.limited:
+            queue.limiter = None  # the hold is over, and it has no limits of its own
+            return heap
         free = -sum(entry[0] for entry in heap)
         waiting = len(queue.waiting)
         count = min(limiter.room(queue.active, at), waiting, free)
@@ -326,6 +335,25 @@ class Dispatcher:
         capped = [(-slots, consumer.served, consumer) for consumer, slots in taken.items()]
         heapq.heapify(capped)
         return capped
+
+    def hold(self, queue: Queue, until: float) -> None:
+        """Start no job of ``queue`` before ``until`` (monotonic seconds); a hold ending later
+        already stays as it is."""
+        limiter = queue.limiter
+        if limiter is None:
+            limiter = queue.limiter = Limiter(QueueLimits())
+        if until > limiter.until:
+            limiter.until = until
+            limiter.timed = False
+            self._deadlines.set(Kind.LIMIT, queue.name, until)
+
+    def limit_due(self, queue: Queue, at: float) -> None:
+        """The timer set for ``queue``'s limits came due at ``at`` (monotonic seconds): its
+        next slot, or the end of its hold."""
+        limiter = queue.limiter
+        if limiter is not None and not limiter.limited and at >= limiter.until:
+            queue.limiter = None  # the hold is over: an unused queue may be forgotten again
+        self.wake(queue)
 
     def _started(self, queue: Queue, batches: Iterable[list[Job]], delivered: int,
                  now: float) -> None:

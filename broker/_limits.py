@@ -12,6 +12,10 @@ The one exception is the timer's own lateness: when jobs were waiting for the ne
 timer was armed for it) and the timer ran late, the slots passed meanwhile are still used, up to
 ``CATCH_UP`` seconds of them; otherwise a timer a fraction of a millisecond late would lower every
 rate near a thousand a second.
+
+A worker may also hold a queue back for a while (``throttle``: the service its jobs call is rate
+limiting): no job of the queue starts before ``until``, whatever its limits. A queue with no
+limits of its own keeps a limiter only while it is held back.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ wall times moved onto the monotonic clock, which rounds (by about 2e-7 s at toda
 class Limiter:
     """The limits of one queue and where its rate stands."""
 
-    __slots__ = ("concurrency", "interval", "limits", "next", "timed")
+    __slots__ = ("concurrency", "interval", "limits", "next", "timed", "until")
 
-    def __init__(self, limits: QueueLimits, next_slot: float = float("-inf")) -> None:
+    def __init__(self, limits: QueueLimits, next_slot: float = float("-inf"),
+                 until: float = float("-inf")) -> None:
         self.limits = limits
         self.concurrency = limits.concurrency
         self.interval = None if limits.rate is None else limits.per / limits.rate
@@ -43,9 +48,18 @@ class Limiter:
         """When (monotonic seconds) the next slot is free."""
         self.timed = False
         """Jobs wait for the next slot: the timer is armed for it."""
+        self.until = until
+        """When (monotonic seconds) the queue is no longer held back (``throttle``)."""
+
+    @property
+    def limited(self) -> bool:
+        """Whether the queue has limits of its own (not only a hold)."""
+        return self.interval is not None or self.concurrency is not None
 
     def room(self, active: int, at: float) -> int:
         """How many jobs may start at ``at`` (monotonic seconds) with ``active`` running."""
+        if at < self.until:
+            return 0
         room = -1
         if self.concurrency is not None:
             room = self.concurrency - active
@@ -74,8 +88,12 @@ class Limiter:
 
 
 def limiter(limits: QueueLimits, old: Limiter | None) -> Limiter | None:
-    """The limiter for ``limits`` (None when they limit nothing); a queue's next slot stays
-    where its ``old`` limiter had it, so changing the limits gives no start for free."""
-    if limits.rate is None and limits.concurrency is None:
+    """The limiter for ``limits`` (None when they limit nothing and the queue is not held
+    back); a queue's next slot and hold stay where its ``old`` limiter had them, so changing the
+    limits gives no start for free."""
+    if limits.rate is None and limits.concurrency is None and (
+            old is None or old.until == float("-inf")):
         return None
-    return Limiter(limits, float("-inf") if old is None else old.next)
+    if old is None:
+        return Limiter(limits)
+    return Limiter(limits, old.next, old.until)

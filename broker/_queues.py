@@ -311,6 +311,18 @@ class Queues(Store):
         self.dispatcher.requeue(self.queues[job.queue], [job], now)
         return job
 
+    def throttle(self, owner: Hashable, job_id: int, lease: int, seconds: float,
+                 now: float) -> Job | None:
+        """Put the job under ``lease`` back at the head of its queue, its try given back (as
+        ``release``), and start no job of its queue for ``seconds``; None (and no change) if
+        the lease is not held."""
+        job = self.release(owner, job_id, lease, now)
+        if job is None:
+            return None
+        self.dispatcher.hold(self.queues[job.queue],
+                             self.timeline.monotonic(now) + clamp_delay(seconds))
+        return job
+
     def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw,
                  now: float = 0.0) -> bool:
         """Record progress for the job under ``lease``; False if the lease is not held."""
@@ -366,7 +378,7 @@ class Queues(Store):
             else:
                 queue = self.queues.get(cast(str, key))
                 if queue is not None:
-                    self.dispatcher.wake(queue)
+                    self.dispatcher.limit_due(queue, monotonic)
 
     # Queue control.
 

@@ -269,7 +269,8 @@ def snapshot(queues: Queues) -> Iterator[Record]:
     for queue in queues.queues.values():
         yield QueueSnapshot(name=queue.name, completed=queue.completed, failed=queue.failed,
                             paused=queue.paused,
-                            limits=None if queue.limiter is None else queue.limiter.limits)
+                            limits=queue.limiter.limits
+                            if queue.limiter is not None and queue.limiter.limited else None)
         # Leases are not kept: an active job is waiting again, ahead of the line it left.
         for consumer in queue.consumers.values():
             for job in consumer.held.values():

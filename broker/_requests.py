@@ -55,6 +55,7 @@ from conveyor.protocol import (
     SetLimits,
     SetWindow,
     Subscribe,
+    Throttle,
     Unwait,
     Wait,
     Watch,
@@ -99,6 +100,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 queues.fail(peer, job_id, lease, error, now, retry=retry, delay=delay)
             case Release(job=job_id, lease=lease):
                 queues.release(peer, job_id, lease, now)
+            case Throttle(job=job_id, lease=lease, seconds=seconds):
+                queues.throttle(peer, job_id, lease, seconds, now)
             case Progress(job=job_id, lease=lease, progress=value):
                 queues.progress(peer, job_id, lease, value, now)
             case Extend(queue=name):

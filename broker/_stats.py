@@ -159,7 +159,8 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
         completed_rate=_rates(queue.completed_rate, at),
         failed_rate=_rates(queue.failed_rate, at), retried_rate=_rates(queue.retried_rate, at),
         wait_time=wait_time, run_time=run_time,
-        limits=None if queue.limiter is None else queue.limiter.limits)
+        limits=queue.limiter.limits if queue.limiter is not None and queue.limiter.limited
+        else None)
 
 
 _IDLE: Final = Rates()

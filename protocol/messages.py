@@ -69,6 +69,7 @@ __all__ = [
     "QueueStats",
     "QueueLimits",
     "SetLimits",
+    "Throttle",
     "RECENT",
     "Rates",
     "Release",
@@ -476,6 +477,15 @@ class SetLimits(_Message, tag="set_limits", frozen=True):
     limits: QueueLimits = QueueLimits()
 
 
+class Throttle(_Message, tag="throttle", frozen=True):
+    """Hand the job back unrun, its try given back, and start no job of its queue for
+    ``seconds`` (the service it calls is rate limiting); no reply."""
+
+    job: int
+    lease: int
+    seconds: LimitPeriod
+
+
 # Broker to client.
 
 
@@ -751,7 +761,7 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues | Unwait | Authenticate | FindJob | GetStats | SetLimits
+    | GetQueues | Unwait | Authenticate | FindJob | GetStats | SetLimits | Throttle
 )
 """Everything a client or worker may send."""
 

@@ -183,3 +183,42 @@ def test_limits_survive_replay_and_snapshot_and_keep_a_queue_from_being_forgotte
         assert limiter.limits == QueueLimits(rate=7, per=3.0, concurrency=2)
         cleared = fresh.queues.get("cleared")
         assert cleared is None or cleared.limiter is None
+
+
+def test_a_throttle_hands_the_job_back_and_holds_its_queue_until_the_timer_frees_it() -> None:
+    queues, clock = make()
+    queues.subscribe("w1", "q", 5)
+    queues.subscribe("w2", "q", 5)
+    add(queues, 3)
+    given = dispatch(queues)
+    (job, *_) = given["w1"]
+    assert job.attempt == 1
+    assert queues.throttle("w1", job.id, job.lease, 2.0, queues.now()) is job
+    assert job.attempt == 0 and job.state.value == "waiting"  # its try given back
+    assert queues.counts("q")["waiting"] == 1
+    assert dispatch(queues) == {}  # free slots on both workers, but the queue is held
+    assert queues.throttle("w1", job.id, job.lease, 2.0, queues.now()) is None  # stale lease
+    assert abs(cast(float, queues.next_deadline()) - (clock.monotonic() + 2.0)) < 1e-6
+    clock.advance(2.0 - 0.001)
+    queues.tick(queues.now())
+    assert dispatch(queues) == {}
+    clock.advance(0.001)
+    queues.tick(queues.now())
+    again = dispatch(queues)
+    assert [j.id for jobs in again.values() for j in jobs] == [job.id]  # first in line
+    assert queues.queues["q"].limiter is None  # no limits of its own: the hold is gone
+    assert job.attempt == 1
+
+
+def test_a_throttle_keeps_the_queues_own_limits() -> None:
+    queues, clock = make()
+    queues.subscribe("w", "q", 5)
+    queues.set_limits("q", QueueLimits(concurrency=2))
+    add(queues, 3)
+    first, _ = dispatch(queues)["w"]
+    queues.throttle("w", first.id, first.lease, 1.0, queues.now())
+    clock.advance(1.0)
+    queues.tick(queues.now())
+    assert started(dispatch(queues)) == 1  # two active again: the concurrency still holds
+    limiter = queues.queues["q"].limiter
+    assert limiter is not None and limiter.limits == QueueLimits(concurrency=2)

@@ -1,6 +1,6 @@
 """Queue limits through a real broker: set, read, change and clear them at run time; a global
-concurrency cap over several workers; a rate that holds across a restart and a compaction; and
-who may set them."""
+concurrency cap over several workers; a rate that holds across a restart and a compaction; who
+may set them; and a handler that reports its service rate limiting (``RateLimited``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from processes import eventually, wait_for_workers
 from conveyor.broker import Broker, Permission, User, Users, make_secret
 from conveyor.client import Client, Forbidden
 from conveyor.protocol import QueueLimits
-from conveyor.worker import Job, Worker
+from conveyor.worker import Job, RateLimited, Worker
 
 MakeBroker = Callable[..., Awaitable[Broker]]
 
@@ -143,3 +143,22 @@ async def test_setting_limits_needs_the_admin_permission(make_broker: MakeBroker
         with pytest.raises(Forbidden, match="admin"):
             await client.clear_limits("q")
         assert await limits_of(client, "q") == QueueLimits(concurrency=2)
+
+
+async def test_rate_limited_hands_the_job_back_without_using_an_attempt(url: str) -> None:
+    tries: list[int] = []
+
+    async def handle(job: Job) -> str:
+        tries.append(job.attempt)
+        if len(tries) == 1:
+            raise RateLimited(0.2)
+        return "sent"
+
+    async with Client(url) as client:
+        async with running(Worker("q", handle, url=url, concurrency=2)):
+            job_id = await client.add("q", {"to": "a@b"})  # one attempt only
+            assert await client.wait(job_id, timeout=10) == "sent"
+        info = await client.get_job(job_id)
+        assert info is not None and info.attempt == 1 and info.error is None
+        assert tries == [1, 1]  # the rate-limited try was given back
+        assert await limits_of(client, "q") is None  # a hold is not a limit

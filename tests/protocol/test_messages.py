@@ -70,6 +70,7 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.GetStats: "get_stats",
     protocol.Stats: "stats",
     protocol.SetLimits: "set_limits",
+    protocol.Throttle: "throttle",
 }
 
 EXPECTED_ERROR_CODES = {

@@ -62,6 +62,7 @@ from conveyor.protocol import (
     SetLimits,
     SetWindow,
     Subscribe,
+    Throttle,
     Unwait,
     Wait,
     Watch,
@@ -159,6 +160,7 @@ def client_messages(queue: str, job: int, req: int) -> dict[str, ClientMessage]:
         "drain": Drain(req=req, queue=queue),
         "clean": Clean(req=req, queue=queue, state=JobState.COMPLETED),
         "set_limits": SetLimits(req=req, queue=queue, limits=QueueLimits(concurrency=1)),
+        "throttle": Throttle(job=job, lease=1, seconds=60.0),
     }
 
 
