@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import cast
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from queue_state import raw
 
 from conveyor.broker.testing import (
     Job,
+    Kind,
     ManualClock,
     Queues,
     Replayer,
@@ -50,9 +53,9 @@ def run_rated(queues: Queues, clock: ManualClock, jobs: int) -> list[float]:
     """Serve the timer until ``jobs`` jobs started (acking each at once); their start times."""
     times: list[float] = []
     while len(times) < jobs:
-        for owner, given in dispatch(queues).items():
-            times += [clock.monotonic()] * len(given)
-            ack_all(queues, owner, given)
+        for owner, jobs_given in dispatch(queues).items():
+            times += [clock.monotonic()] * len(jobs_given)
+            ack_all(queues, owner, jobs_given)
         if len(times) >= jobs:
             break
         due = queues.next_deadline()
@@ -72,11 +75,11 @@ def test_concurrency_caps_active_jobs_across_workers_whose_windows_add_up_to_mor
         queues.subscribe(owner, "q", 5)
     queues.set_limits("q", QueueLimits(concurrency=3))
     add(queues, 20)
-    given = dispatch(queues)
+    pushed = dispatch(queues)
     # Spread as always: one each, as each has the most free slots in turn.
-    assert {owner: len(jobs) for owner, jobs in given.items()} == {"w1": 1, "w2": 1, "w3": 1}
+    assert {owner: len(jobs) for owner, jobs in pushed.items()} == {"w1": 1, "w2": 1, "w3": 1}
     assert dispatch(queues) == {}  # nothing more while three run
-    ack_all(queues, "w2", given["w2"])
+    ack_all(queues, "w2", pushed["w2"])
     assert started(dispatch(queues)) == 1
     assert queues.counts("q")["active"] == 3
 
@@ -190,8 +193,8 @@ def test_a_throttle_hands_the_job_back_and_holds_its_queue_until_the_timer_frees
     queues.subscribe("w1", "q", 5)
     queues.subscribe("w2", "q", 5)
     add(queues, 3)
-    given = dispatch(queues)
-    (job, *_) = given["w1"]
+    pushed = dispatch(queues)
+    (job, *_) = pushed["w1"]
     assert job.attempt == 1
     assert queues.throttle("w1", job.id, job.lease, 2.0, queues.now()) is job
     assert job.attempt == 0 and job.state.value == "waiting"  # its try given back
@@ -222,3 +225,70 @@ def test_a_throttle_keeps_the_queues_own_limits() -> None:
     assert started(dispatch(queues)) == 1  # two active again: the concurrency still holds
     limiter = queues.queues["q"].limiter
     assert limiter is not None and limiter.limits == QueueLimits(concurrency=2)
+
+
+_steps = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 8)),
+    st.tuples(st.just("ack"), st.sampled_from(["w1", "w2", "w3"])),
+    st.tuples(st.just("wait"), st.floats(0.001, 1.5)),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rate=st.none() | st.integers(1, 6), per=st.sampled_from([0.5, 1.0, 3.0]),
+       concurrency=st.none() | st.integers(1, 7), windows=st.lists(st.integers(0, 4),
+                                                                   min_size=3, max_size=3),
+       steps=_steps)
+def test_limits_hold_and_dispatch_is_work_conserving_within_them(
+        rate: int | None, per: float, concurrency: int | None, windows: list[int],
+        steps: list[tuple[str, object]]) -> None:
+    queues, clock = make()
+    owners = ["w1", "w2", "w3"]
+    for owner, window in zip(owners, windows, strict=True):
+        queues.subscribe(owner, "q", window)
+    queues.set_limits("q", QueueLimits(rate=rate, per=per, concurrency=concurrency))
+    held: dict[str, list[Job]] = {owner: [] for owner in owners}
+    starts: list[float] = []
+    queue = queues.queues["q"]
+    for kind, value in steps:
+        if kind == "add":
+            add(queues, int(cast(int, value)))
+        elif kind == "ack":
+            jobs = held[str(value)]
+            if jobs:
+                ack_all(queues, str(value), [jobs.pop(0)])
+        else:
+            # Time passes, but the timer is served on time: never past a deadline.
+            due = queues.next_deadline()
+            step = float(cast(float, value))
+            if due is not None:
+                step = min(step, max(due - clock.monotonic(), 0.0))
+            clock.advance(step)
+            queues.tick(queues.now())
+            if due is not None and queues.next_deadline() == due <= clock.monotonic():
+                # Wall times moved onto the monotonic clock round (by ~2e-7 s at today's wall).
+                clock.advance(1e-6)
+                queues.tick(queues.now())
+        for owner, jobs in dispatch(queues).items():
+            held[owner] += jobs
+            starts += [clock.monotonic()] * len(jobs)
+        active = queues.counts("q")["active"]
+        if concurrency is not None:
+            assert active <= concurrency
+        # Work-conserving within the limits: a job waits only for a slot of a worker, of the
+        # concurrency, or of the rate (and then the timer is armed for that slot).
+        if queue.waiting:
+            free = sum(c.free for c in queue.consumers.values())
+            capped = concurrency is not None and active >= concurrency
+            limiter = queue.limiter
+            assert limiter is not None or free == 0
+            slot_ahead = (limiter is not None and limiter.interval is not None
+                          and limiter.next > clock.monotonic() + 1e-6
+                          and queues.deadlines.when(Kind.LIMIT, "q") == limiter.next)
+            assert free == 0 or capped or slot_ahead
+    if rate is not None:
+        spacing = per / rate
+        for earlier, later in zip(starts, starts[1:], strict=False):
+            assert later - earlier > spacing - 1e-5
+        for index, first in enumerate(starts):
+            assert len([t for t in starts[index:] if t < first + per - 1e-5]) <= rate
