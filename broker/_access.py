@@ -37,8 +37,10 @@ from conveyor.protocol import (
     Release,
     Remove,
     RetryFailed,
+    SetLimits,
     SetWindow,
     Subscribe,
+    Throttle,
     Unwait,
     Wait,
     Watch,
@@ -58,10 +60,11 @@ _BY_QUEUE: Final[dict[type, Permission]] = {
     Subscribe: CONSUME, SetWindow: CONSUME, Extend: CONSUME,
     GetCounts: READ, GetJobs: READ, Watch: READ,
     Pause: ADMIN, Drain: ADMIN, Clean: ADMIN,
+    SetLimits: ADMIN,
 }
 """Messages judged on their ``queue``, and the permission each needs there."""
 _BY_JOB: Final[dict[type, Permission]] = {
-    Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME,
+    Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME, Throttle: CONSUME,
     GetJob: READ, Wait: READ,
     Promote: ADMIN, Remove: ADMIN,
 }

@@ -139,8 +139,12 @@ class _LastId(_Record, tag=12, frozen=True):
     pass
 
 
+class _Limited(_Record, tag=13, frozen=True):
+    pass
+
+
 _Any = (_Added | _Finished | _Requeued | _AddedWithOptions | _Retrying | _Promoted | _Removed
-        | _Paused | _Retried | _QueueSnapshot | _JobSnapshot | _LastId)
+        | _Paused | _Retried | _QueueSnapshot | _JobSnapshot | _LastId | _Limited)
 _decoder: Final[msgspec.msgpack.Decoder[_Any]] = msgspec.msgpack.Decoder(_Any)
 
 

@@ -6,6 +6,10 @@ free slot, and each job goes to the subscriber with the most free slots, ties br
 (the one served least recently first). Within a queue, higher priority first, then first in
 first out. Only queues that may have work to hand out (``wake``) are looked at.
 
+A queue with limits (``_limits``) hands out no more than they allow: the jobs it may start go to
+the subscribers by the same rule, and when jobs wait only for the next slot of its rate, a
+``LIMIT`` deadline wakes the queue at that slot.
+
 Every delivery is a lease. A subscriber holding jobs must be heard from (an ack, a progress
 report, an ``extend``) at least once a lease period; one that stays silent longer loses its
 jobs and gets no more until it is heard from again. Jobs taken back from a silent or dropped
@@ -19,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable, Iterable
 
-from conveyor.protocol import JobError
+from conveyor.protocol import JobError, QueueLimits
 
 from ._clock import Timeline
 from ._deadlines import Deadlines, Kind
@@ -33,6 +37,7 @@ from ._jobs import (
     Job,
     Queue,
 )
+from ._limits import Limiter
 from ._outbox import Output
 from ._records import JobRequeued
 from ._retention import Retention
@@ -231,6 +236,11 @@ class Dispatcher:
             if not heap:
                 continue
             heapq.heapify(heap)
+            limiter = queue.limiter
+            if limiter is not None:
+                heap = self._limited(queue, limiter, heap, now)
+                if not heap:
+                    continue
             given: dict[Consumer, list[Job]] = {}
             served = self._served
             lease = self._last_lease
@@ -280,6 +290,70 @@ class Dispatcher:
                         output.event(queue.name, "active", job, now)
             out += given.items()
         return out
+
+    def _limited(self, queue: Queue, limiter: Limiter, heap: list[tuple[int, int, Consumer]],
+                 now: float) -> list[tuple[int, int, Consumer]]:
+        """The subscribers of a queue with limits, each with the slots it fills in this pass
+        (so that the pass starts no more jobs than the limits allow); notes the slots taken,
+        and arms the timer for the next one if jobs still wait for it."""
+        at = now + self._timeline.offset
+        if at < limiter.until:
+            # Held back (``throttle``): the timer looks at it again when the hold ends.
+            limiter.timed = False
+            if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.until:
+                self._deadlines.set(Kind.LIMIT, queue.name, limiter.until)
+            return []
+        if not limiter.limited:
+            queue.limiter = None  # the hold is over, and it has no limits of its own
+            return heap
+        free = -sum(entry[0] for entry in heap)
+        waiting = len(queue.waiting)
+        count = min(limiter.room(queue.active, at), waiting, free)
+        limiter.took(count, at)
+        if count < waiting and limiter.interval is not None and limiter.next > at:
+            limiter.timed = True
+            if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.next:
+                self._deadlines.set(Kind.LIMIT, queue.name, limiter.next)
+        else:
+            limiter.timed = False
+        if count <= 0:
+            return []
+        if count == free:
+            return heap
+        # Who would get the first ``count`` jobs under the spreading rule: each to the one with
+        # the most free slots, ties to the one served least recently.
+        taken: dict[Consumer, int] = {}
+        served = self._served
+        for _ in range(count):
+            negative_free, _, consumer = heap[0]
+            taken[consumer] = taken.get(consumer, 0) + 1
+            served += 1
+            if negative_free < -1:
+                heapq.heapreplace(heap, (negative_free + 1, served, consumer))
+            else:
+                heapq.heappop(heap)
+        capped = [(-slots, consumer.served, consumer) for consumer, slots in taken.items()]
+        heapq.heapify(capped)
+        return capped
+
+    def hold(self, queue: Queue, until: float) -> None:
+        """Start no job of ``queue`` before ``until`` (monotonic seconds); a hold ending later
+        already stays as it is."""
+        limiter = queue.limiter
+        if limiter is None:
+            limiter = queue.limiter = Limiter(QueueLimits())
+        if until > limiter.until:
+            limiter.until = until
+            limiter.timed = False
+            self._deadlines.set(Kind.LIMIT, queue.name, until)
+
+    def limit_due(self, queue: Queue, at: float) -> None:
+        """The timer set for ``queue``'s limits came due at ``at`` (monotonic seconds): its
+        next slot, or the end of its hold."""
+        limiter = queue.limiter
+        if limiter is not None and not limiter.limited and at >= limiter.until:
+            queue.limiter = None  # the hold is over: an unused queue may be forgotten again
+        self.wake(queue)
 
     def _started(self, queue: Queue, batches: Iterable[list[Job]], delivered: int,
                  now: float) -> None:

@@ -14,6 +14,7 @@ import msgspec
 from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
 
 from ._durations import Durations
+from ._limits import Limiter
 from ._rates import Rate
 from ._waiting import WaitingLine
 
@@ -198,8 +199,8 @@ class Queue:
 
     __slots__ = ("active", "added", "added_rate", "completed", "completed_rate", "consumers",
                  "delayed", "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own",
-                 "name", "paused", "pending", "retried", "retried_rate", "run_time", "started",
-                 "started_rate", "wait_time", "waiting")
+                 "limiter", "name", "paused", "pending", "retried", "retried_rate", "run_time",
+                 "started", "started_rate", "wait_time", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -207,6 +208,8 @@ class Queue:
         self.delayed: dict[int, Job] = {}
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False
+        self.limiter: Limiter | None = None
+        """The queue's limits (None: it has none)."""
         self.active = 0
         self.pending = 0
         """Jobs created and not yet in line (their record is not durable yet)."""
@@ -240,10 +243,11 @@ class Queue:
 
     def unused(self) -> bool:
         """Whether nothing would be lost if the queue were forgotten: it holds no job in any
-        state, nobody is subscribed, it is not paused and it never finished a job (its totals
-        are 0). Whether it is watched is the caller's to check."""
+        state, nobody is subscribed, it is not paused, it has no limits and it never finished a
+        job (its totals are 0). Whether it is watched is the caller's to check."""
         return (not self.waiting and not self.delayed and not self.consumers and not self.pending
-                and not self.active and not self.paused and not self.completed
+                and not self.active and not self.paused and self.limiter is None
+                and not self.completed
                 and not self.failed and not self.kept_completed and not self.kept_failed
                 and not self.kept_own)
 

@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import msgspec
 
-from conveyor.protocol import JobDef, JobError, JobState, QueueSummary
+from conveyor.protocol import JobDef, JobError, JobState, QueueLimits, QueueSummary
 
 from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
@@ -47,6 +47,7 @@ from ._jobs import (
     join,
     with_run_at,
 )
+from ._limits import limiter
 from ._outbox import Outbox, Output
 from ._records import (
     JobPromoted,
@@ -54,6 +55,7 @@ from ._records import (
     JobsAdded,
     JobsAddedWithOptions,
     JobsRetried,
+    QueueLimited,
     QueuePaused,
 )
 from ._retention import Retention
@@ -316,6 +318,18 @@ class Queues(Store):
         self.dispatcher.requeue(self.queues[job.queue], [job], now)
         return job
 
+    def throttle(self, owner: Hashable, job_id: int, lease: int, seconds: float,
+                 now: float) -> Job | None:
+        """Put the job under ``lease`` back at the head of its queue, its try given back (as
+        ``release``), and start no job of its queue for ``seconds``; None (and no change) if
+        the lease is not held."""
+        job = self.release(owner, job_id, lease, now)
+        if job is None:
+            return None
+        self.dispatcher.hold(self.queues[job.queue],
+                             self.timeline.monotonic(now) + clamp_delay(seconds))
+        return job
+
     def progress(self, owner: Hashable, job_id: int, lease: int, value: msgspec.Raw,
                  now: float = 0.0) -> bool:
         """Record progress for the job under ``lease``; False if the lease is not held."""
@@ -345,7 +359,8 @@ class Queues(Store):
 
     def tick(self, now: float) -> None:
         """Do what is due by ``now``: delayed jobs join their queues, silent subscribers lose
-        their jobs, finished jobs past their retention are forgotten."""
+        their jobs, finished jobs past their retention are forgotten, and queues whose jobs
+        waited for the next slot of their rate are looked at again."""
         deadlines = self.deadlines
         jobs = self.jobs
         monotonic = self.timeline.monotonic(now)
@@ -363,10 +378,14 @@ class Queues(Store):
                 job = jobs.get(cast(int, key))
                 if job is not None and job.finished_at is not None:
                     self.retention.remove([job])
-            else:
+            elif kind is Kind.AGE:
                 queue = self.queues.get(cast(str, key))
                 if queue is not None:
                     self.retention.age_out(queue, now)
+            else:
+                queue = self.queues.get(cast(str, key))
+                if queue is not None:
+                    self.dispatcher.limit_due(queue, monotonic)
 
     # Queue control.
 
@@ -398,6 +417,22 @@ class Queues(Store):
             if self.output.logged:
                 self.output.records.append(QueuePaused(queue=queue_name, paused=paused))
             self.dispatcher.wake(queue)
+
+    def set_limits(self, queue_name: str, limits: QueueLimits) -> None:
+        """Replace a queue's limits (``QueueLimits()`` clears them). Lowering them takes back
+        nothing that runs; they hold for the starts from now on."""
+        if limits.rate is None and limits.concurrency is None:
+            limits = QueueLimits()
+        queue = self.queue(queue_name)
+        old = queue.limiter
+        if (old.limits if old is not None else QueueLimits()) == limits:
+            return
+        queue.limiter = limiter(limits, old)
+        if queue.limiter is None or queue.limiter.interval is None:
+            self.deadlines.cancel(Kind.LIMIT, queue_name)
+        if self.output.logged:
+            self.output.records.append(QueueLimited(queue=queue_name, limits=limits))
+        self.dispatcher.wake(queue)
 
     def retry_failed(self, queue_name: str | None = None, job_id: int | None = None,
                      now: float = 0.0) -> int:

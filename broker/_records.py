@@ -11,7 +11,7 @@ from typing import Final
 
 import msgspec
 
-from conveyor.protocol import NIL, JobError
+from conveyor.protocol import NIL, JobError, QueueLimits
 
 from ._jobs import DEFAULT_OPTIONS, JobOptions
 
@@ -26,6 +26,7 @@ __all__ = [
     "JobsRemoved",
     "JobsRetried",
     "LastId",
+    "QueueLimited",
     "QueuePaused",
     "QueueSnapshot",
     "Record",
@@ -120,6 +121,7 @@ class QueueSnapshot(_Record, tag=10, frozen=True):
     completed: int
     failed: int
     paused: bool = False
+    limits: QueueLimits | None = None
 
 
 class JobSnapshot(_Record, tag=11, frozen=True):
@@ -144,9 +146,17 @@ class LastId(_Record, tag=12, frozen=True):
     id: int
 
 
+class QueueLimited(_Record, tag=13, frozen=True):
+    """A queue's limits were set (``QueueLimits()``: cleared)."""
+
+    queue: str
+    limits: QueueLimits
+
+
 Record = (
     JobsAdded | JobFinished | JobRequeued | JobsAddedWithOptions | JobRetrying | JobPromoted
     | JobsRemoved | QueuePaused | JobsRetried | QueueSnapshot | JobSnapshot | LastId
+    | QueueLimited
 )
 
 _encoder: Final = msgspec.msgpack.Encoder()

@@ -19,6 +19,7 @@ from conveyor.protocol import JobState
 
 from ._census import Census
 from ._jobs import DEFAULT_OPTIONS, DELAYED, JOB_OVERHEAD, Job, JobOptions
+from ._limits import limiter
 from ._queues import Queues
 from ._records import (
     JobFinished,
@@ -31,6 +32,7 @@ from ._records import (
     JobsRemoved,
     JobsRetried,
     LastId,
+    QueueLimited,
     QueuePaused,
     QueueSnapshot,
     Record,
@@ -137,15 +139,20 @@ class Replayer:
                     self._join(failed)
             case QueuePaused(queue=name, paused=paused):
                 queues.queue(name).paused = paused
-            case QueueSnapshot(name=name, completed=completed, failed=failed, paused=paused):
+            case QueueSnapshot(name=name, completed=completed, failed=failed, paused=paused,
+                               limits=limits):
                 queue = queues.queue(name)
                 queue.completed = completed
                 queue.failed = failed
                 queue.paused = paused
+                queue.limiter = None if limits is None else limiter(limits, None)
             case JobSnapshot():
                 self._restore(record)
             case LastId(id=last_id):
                 queues.last_id = max(queues.last_id, last_id)
+            case QueueLimited(queue=name, limits=limits):
+                queue = queues.queue(name)
+                queue.limiter = limiter(limits, queue.limiter)
 
     def finish(self) -> None:
         """Build every queue's waiting line from what was applied; arm the delayed jobs."""
@@ -293,7 +300,9 @@ def snapshot(queues: Queues) -> Iterator[Record]:
     """Records that rebuild the live state of ``queues`` on a fresh broker, in replay order."""
     for queue in queues.queues.values():
         yield QueueSnapshot(name=queue.name, completed=queue.completed, failed=queue.failed,
-                            paused=queue.paused)
+                            paused=queue.paused,
+                            limits=queue.limiter.limits
+                            if queue.limiter is not None and queue.limiter.limited else None)
         # Leases are not kept: an active job is waiting again, ahead of the line it left.
         for consumer in queue.consumers.values():
             for job in consumer.held.values():

@@ -52,8 +52,10 @@ from conveyor.protocol import (
     Release,
     Remove,
     RetryFailed,
+    SetLimits,
     SetWindow,
     Subscribe,
+    Throttle,
     Unwait,
     Wait,
     Watch,
@@ -98,6 +100,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 queues.fail(peer, job_id, lease, error, now, retry=retry, delay=delay)
             case Release(job=job_id, lease=lease):
                 queues.release(peer, job_id, lease, now)
+            case Throttle(job=job_id, lease=lease, seconds=seconds):
+                queues.throttle(peer, job_id, lease, seconds, now)
             case Progress(job=job_id, lease=lease, progress=value):
                 queues.progress(peer, job_id, lease, value, now)
             case Extend(queue=name):
@@ -192,6 +196,10 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
             case Clean(req=req, queue=name, state=state, older_than=older_than):
                 if _queue_ok(peer, req, name):
                     peer.send(Count(req=req, count=queues.clean(name, state, older_than, now)))
+            case SetLimits(req=req, queue=name, limits=limits):
+                if _queue_ok(peer, req, name):
+                    queues.set_limits(name, limits)
+                    peer.send(Ok(req=req))
             case Hello() | Authenticate():
                 peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
             case _:

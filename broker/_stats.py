@@ -158,7 +158,9 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
         added_rate=_rates(queue.added_rate, at), started_rate=_rates(queue.started_rate, at),
         completed_rate=_rates(queue.completed_rate, at),
         failed_rate=_rates(queue.failed_rate, at), retried_rate=_rates(queue.retried_rate, at),
-        wait_time=wait_time, run_time=run_time)
+        wait_time=wait_time, run_time=run_time,
+        limits=queue.limiter.limits if queue.limiter is not None and queue.limiter.limited
+        else None)
 
 
 _IDLE: Final = Rates()

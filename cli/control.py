@@ -1,5 +1,5 @@
-"""Control commands: ``retry``, ``promote``, ``remove``, ``pause``, ``resume``, ``drain`` and
-``clean``. Each prints what it did (with ``--json``, one JSON object)."""
+"""Control commands: ``retry``, ``promote``, ``remove``, ``pause``, ``resume``, ``limit``,
+``drain`` and ``clean``. Each prints what it did (with ``--json``, one JSON object)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conveyor.client import Client
 from .output import print_json
 from .runner import INTERRUPTED, OK, REFUSED, USAGE, connected, fail, run
 
-__all__ = ["clean", "drain", "pause", "promote", "remove", "resume", "retry"]
+__all__ = ["clean", "drain", "limit", "pause", "promote", "remove", "resume", "retry"]
 
 
 def _report(args: argparse.Namespace, record: dict[str, Any], text: str) -> int:
@@ -84,6 +84,40 @@ def resume(args: argparse.Namespace) -> int:
     async def body(client: Client) -> int:
         await client.resume(args.queue)
         return _report(args, {"queue": args.queue, "paused": False}, f"{args.queue} resumed")
+
+    return run(connected(args.url, body))
+
+
+def limit(args: argparse.Namespace) -> int:
+    """``conveyor limit QUEUE [--rate N [--per S]] [--concurrency N]``, ``--clear``, or
+    without options: show the limits."""
+    setting = args.rate is not None or args.per is not None or args.concurrency is not None
+    if args.clear and setting:
+        return fail("give --clear alone, or limits to set", USAGE)
+    if args.per is not None and args.rate is None:
+        return fail("--per is the period of --rate: give --rate too", USAGE)
+
+    async def body(client: Client) -> int:
+        if args.clear:
+            await client.clear_limits(args.queue)
+        elif setting:
+            await client.set_limits(args.queue, rate=args.rate,
+                                    per=1.0 if args.per is None else args.per,
+                                    concurrency=args.concurrency)
+        found = (await client.stats(args.queue)).queues
+        limits = found[0].limits if found else None
+        rate = None if limits is None else limits.rate
+        per = 1.0 if limits is None else limits.per
+        concurrency = None if limits is None else limits.concurrency
+        parts = []
+        if rate is not None:
+            parts.append(f"at most {rate:,} starts per {per:g} s (one every {per / rate:.3g} s)")
+        if concurrency is not None:
+            parts.append(f"at most {concurrency:,} active at once")
+        text = f"{args.queue}: " + ("; ".join(parts) if parts else "no limits")
+        return _report(args, {"queue": args.queue, "rate": rate,
+                              "per": per if rate is not None else None,
+                              "concurrency": concurrency}, text)
 
     return run(connected(args.url, body))
 

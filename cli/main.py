@@ -25,6 +25,9 @@ MAX_JOB_ID: Final = (1 << 63) - 1
 # would slow down every ``conveyor --help``.
 MIN_PRIORITY: Final = -(1 << 31)
 MAX_PRIORITY: Final = (1 << 31) - 1
+# The protocol's MAX_LIMIT and MAX_LIMIT_PERIOD, written out (as the priorities above).
+MAX_LIMIT: Final = 1_000_000_000
+MAX_LIMIT_PERIOD: Final = 1e9
 PERMISSIONS: Final = ("produce", "consume", "read", "admin")
 _USER_NAME: Final = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
@@ -126,6 +129,20 @@ def priority(text: str) -> int:
                     f"an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
 
 
+def limit_count(text: str) -> int:
+    """A rate's starts or a concurrency: 1 to ``MAX_LIMIT``."""
+    return _integer(text, 1, MAX_LIMIT, f"an integer from 1 to {MAX_LIMIT}")
+
+
+def limit_period(text: str) -> float:
+    """A rate's period: seconds above 0, at most ``MAX_LIMIT_PERIOD``."""
+    value = positive_seconds(text)
+    if value > MAX_LIMIT_PERIOD:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0, at most {MAX_LIMIT_PERIOD:g}, got {text!r}")
+    return value
+
+
 def user_name(text: str) -> str:
     """A user name, as the users file allows it."""
     if not _USER_NAME.fullmatch(text):
@@ -221,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
                        ("resume", "restart deliveries from a paused queue")):
         sub = command(name, f"control:{name}", what)
         sub.add_argument("queue", metavar="QUEUE")
+
+    sub = command("limit", "control:limit",
+                  "show, set or clear a queue's rate and concurrency limits")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("--rate", type=limit_count, metavar="N",
+                     help="at most N jobs start in any --per seconds, evenly spaced")
+    sub.add_argument("--per", type=limit_period, metavar="SECONDS",
+                     help="the rate's period (default: 1)")
+    sub.add_argument("--concurrency", type=limit_count, metavar="N",
+                     help="at most N of the queue's jobs active at once, across all workers")
+    sub.add_argument("--clear", action="store_true", help="remove the queue's limits")
 
     sub = command("drain", "control:drain", "remove every waiting and delayed job of a queue")
     sub.add_argument("queue", metavar="QUEUE")

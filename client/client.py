@@ -34,10 +34,12 @@ from conveyor.protocol import (
     Ok,
     Pause,
     Promote,
+    QueueLimits,
     QueueList,
     QueueSummary,
     Remove,
     RetryFailed,
+    SetLimits,
     Stats,
     Unwait,
     Wait,
@@ -300,6 +302,31 @@ class Client:
         """Restart deliveries from a paused queue."""
         check_queue(queue)
         await self._ok(functools.partial(_message, Pause, queue=queue, paused=False))
+
+    async def set_limits(self, queue: str, *, rate: int | None = None, per: float = 1.0,
+                         concurrency: int | None = None) -> None:
+        """Limit how fast ``queue``'s jobs start, replacing its limits: at most ``rate`` starts
+        in any ``per`` seconds (evenly spaced, one every ``per / rate`` seconds), and at most
+        ``concurrency`` of its jobs active at once across all workers (None: no such limit).
+        Lowering them stops nothing that runs. Survives a broker restart.
+
+        Raises:
+            ValueError: ``rate`` or ``concurrency`` is not between 1 and ``MAX_LIMIT``, or
+                ``per`` is not a number of seconds above 0 (at most ``MAX_LIMIT_PERIOD``).
+        """
+        check_queue(queue)
+        try:
+            limits = msgspec.convert({"rate": rate, "per": per, "concurrency": concurrency},
+                                     QueueLimits)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid limits: {exc}") from None
+        await self._ok(functools.partial(_message, SetLimits, queue=queue, limits=limits))
+
+    async def clear_limits(self, queue: str) -> None:
+        """Remove ``queue``'s rate and concurrency limits."""
+        check_queue(queue)
+        await self._ok(functools.partial(_message, SetLimits, queue=queue,
+                                         limits=QueueLimits()))
 
     async def retry_failed(self, queue: str | None = None, *, job_id: int | None = None) -> int:
         """Put failed jobs (every retained one of ``queue``, or one job) back in line, with

@@ -143,6 +143,16 @@ class SyncClient:
         """Restart deliveries from a paused queue."""
         self._runner.call(self._client.resume(queue))
 
+    def set_limits(self, queue: str, *, rate: int | None = None, per: float = 1.0,
+                   concurrency: int | None = None) -> None:
+        """Limit how fast ``queue``'s jobs start (see ``Client.set_limits``)."""
+        self._runner.call(self._client.set_limits(queue, rate=rate, per=per,
+                                                  concurrency=concurrency))
+
+    def clear_limits(self, queue: str) -> None:
+        """Remove ``queue``'s rate and concurrency limits."""
+        self._runner.call(self._client.clear_limits(queue))
+
     def retry_failed(self, queue: str | None = None, *, job_id: int | None = None) -> int:
         """Put failed jobs (every retained one of ``queue``, or one job) back in line, with
         their attempts renewed; return how many."""

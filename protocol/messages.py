@@ -17,6 +17,8 @@ import msgspec
 __all__ = [
     "AUTH_MECHANISM",
     "MAX_JOB_NAME",
+    "MAX_LIMIT",
+    "MAX_LIMIT_PERIOD",
     "MAX_OFFSET",
     "MAX_PAGE",
     "MAX_PRIORITY",
@@ -65,6 +67,9 @@ __all__ = [
     "QueueSummary",
     "QueueList",
     "QueueStats",
+    "QueueLimits",
+    "SetLimits",
+    "Throttle",
     "RECENT",
     "Rates",
     "Release",
@@ -130,6 +135,14 @@ MAX_OFFSET: Final = (1 << 63) - 1
 """The largest ``get_jobs`` offset (an ``int64``)."""
 MAX_PAGE: Final = 10_000
 """The most jobs one ``get_jobs`` asks for."""
+MAX_LIMIT: Final = 1_000_000_000
+"""The largest rate (starts per period) and concurrency a queue's limits may name."""
+MAX_LIMIT_PERIOD: Final = 1e9
+"""The longest period of a rate limit, in seconds (about 31 years)."""
+LimitCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]
+"""A rate's starts per period, or a concurrency: 1 to ``MAX_LIMIT``."""
+LimitPeriod = Annotated[float, msgspec.Meta(gt=0, le=MAX_LIMIT_PERIOD)]
+"""A rate limit's period in seconds: above 0, at most ``MAX_LIMIT_PERIOD``."""
 
 
 class Backoff(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -396,6 +409,16 @@ class Pause(_Message, tag="pause", frozen=True):
     paused: bool = True
 
 
+class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How fast a queue's jobs may start: at most ``rate`` starts in any ``per`` seconds (evenly
+    spaced, one every ``per / rate`` seconds), and at most ``concurrency`` of its jobs active at
+    once across all workers. None: no such limit."""
+
+    rate: LimitCount | None = None
+    per: LimitPeriod = 1.0
+    concurrency: LimitCount | None = None
+
+
 class RetryFailed(_Message, tag="retry_failed", frozen=True):
     """Put failed jobs back in line (one job, or every retained one of a queue); ``count``."""
 
@@ -450,6 +473,23 @@ class GetStats(_Message, tag="get_stats", frozen=True):
     req: RequestId
     queue: str | None = None
     after: str = ""
+
+
+class SetLimits(_Message, tag="set_limits", frozen=True):
+    """Replace a queue's limits (``QueueLimits()`` clears them); replied to with ``ok``."""
+
+    req: RequestId
+    queue: str
+    limits: QueueLimits = QueueLimits()
+
+
+class Throttle(_Message, tag="throttle", frozen=True):
+    """Hand the job back unrun, its try given back, and start no job of its queue for
+    ``seconds`` (the service it calls is rate limiting); no reply."""
+
+    job: int
+    lease: int
+    seconds: LimitPeriod
 
 
 # Broker to client.
@@ -645,6 +685,8 @@ class QueueStats(msgspec.Struct, frozen=True):
     """Seconds from waiting to started, per try."""
     run_time: Histogram | None = None
     """Seconds from started to completed or failed, per try."""
+    limits: QueueLimits | None = None
+    """The queue's limits (``set_limits``); nil when it has none."""
 
 
 class Subscription(msgspec.Struct, frozen=True):
@@ -725,7 +767,7 @@ class Closing(_Message, tag="closing", frozen=True):
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues | Unwait | Authenticate | FindJob | GetStats
+    | GetQueues | Unwait | Authenticate | FindJob | GetStats | SetLimits | Throttle
 )
 """Everything a client or worker may send."""
 

@@ -1,7 +1,14 @@
 """The Conveyor worker: run the jobs of a queue with a handler, or of a registry's queues with
 its tasks."""
 
-from .errors import InvalidArguments, ResultTooLarge, Retry, UnknownTask, Unrecoverable
+from .errors import (
+    InvalidArguments,
+    RateLimited,
+    ResultTooLarge,
+    Retry,
+    UnknownTask,
+    Unrecoverable,
+)
 from .job import Job, current_job
 from .tasks import Task, Tasks
 from .worker import DEFAULT_GRACE, DEFAULT_LEASE, Handler, Worker, WorkerStatus
@@ -12,6 +19,7 @@ __all__ = [
     "Handler",
     "InvalidArguments",
     "Job",
+    "RateLimited",
     "ResultTooLarge",
     "Retry",
     "Task",

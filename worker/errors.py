@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["InvalidArguments", "ResultTooLarge", "Retry", "UnknownTask", "Unrecoverable"]
+__all__ = ["InvalidArguments", "RateLimited", "ResultTooLarge", "Retry", "UnknownTask",
+           "Unrecoverable"]
 
 
 class Unrecoverable(Exception):
@@ -18,6 +19,19 @@ class Retry(Exception):
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class RateLimited(Exception):
+    """The service the job calls is rate limiting: hand the job back without using an attempt,
+    and have the broker start no job of its queue for ``seconds`` (on any worker).
+
+    The job goes back to the head of its queue and runs again once the pause is over; nothing
+    is recorded as a failure.
+    """
+
+    def __init__(self, seconds: float, message: str = "rate limited") -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class UnknownTask(Unrecoverable):

@@ -37,6 +37,7 @@ from conveyor.client import (
     encode_value,
 )
 from conveyor.protocol import (
+    MAX_LIMIT_PERIOD,
     Ack,
     Deliver,
     Extend,
@@ -45,10 +46,11 @@ from conveyor.protocol import (
     Release,
     SetWindow,
     Subscribe,
+    Throttle,
     check_queue_name,
 )
 
-from .errors import Retry, UnknownTask, Unrecoverable
+from .errors import RateLimited, Retry, UnknownTask, Unrecoverable
 from .job import Job, _current
 from .limits import VALUE_SLACK, fit_failure, result_too_large
 from .tasks import Task, Tasks
@@ -505,7 +507,7 @@ class Worker:
                 # None (the most common result) is encoded once for all jobs.
                 raw = _NONE if result is None else encode_value(result, "job result")
                 ack = Ack(job=job.id, lease=job.lease, result=raw)
-                outcome: Ack | Fail = ack
+                outcome: Ack | Fail | Throttle = ack
                 if len(raw) + VALUE_SLACK > connection.max_frame:
                     # Only a value near the limit is measured in its message (most fit at a glance).
                     too_large = result_too_large(job.id, ack, connection.max_frame)
@@ -526,6 +528,8 @@ class Worker:
                                                          f"{job.timeout:g} s and was cancelled")
                 else:
                     outcome = _failure(job, exc)
+            except RateLimited as exc:
+                outcome = Throttle(job=job.id, lease=job.lease, seconds=_hold(exc.seconds))
             except Exception as exc:
                 outcome = _failure(job, exc)
             job._finished = finished = _clock()
@@ -639,11 +643,18 @@ def _log_blocked(blocked: float, lease: float, jobs: list[Job]) -> None:
                                   "job_ids": [job.id for job in jobs]}})
 
 
+_SHORTEST_HOLD: Final = 0.001
+"""Seconds a ``RateLimited`` holds its queue at least."""
 _BLOCKED_JOBS_NAMED: Final = 10
 """Most jobs a blocked-loop warning names."""
 
 
-def _log_outcome(job: Job, seconds: float, outcome: Ack | Fail | None) -> None:
+def _hold(seconds: float) -> float:
+    """``RateLimited.seconds`` within what ``throttle`` takes: 1 ms (also for NaN) to 1e9 s."""
+    return min(seconds, MAX_LIMIT_PERIOD) if seconds >= _SHORTEST_HOLD else _SHORTEST_HOLD
+
+
+def _log_outcome(job: Job, seconds: float, outcome: Ack | Fail | Throttle | None) -> None:
     """Log a job's completion, failure or (``outcome`` None) release, ``seconds`` after it
     started."""
     duration = seconds * 1000
@@ -658,6 +669,11 @@ def _log_outcome(job: Job, seconds: float, outcome: Ack | Fail | None) -> None:
                  error.message, "" if retry else " (no retry)",
                  extra={"fields": {**fields, "outcome": "failed", "error_type": error.type,
                                    "error": error.message, "retry": retry}})
+    elif isinstance(outcome, Throttle):
+        log.info("%s rate limited after %.1f ms: handed back, its queue held for %g s",
+                 _describe(job), duration, outcome.seconds,
+                 extra={"fields": {**fields, "outcome": "rate_limited",
+                                   "hold_s": outcome.seconds}})
     else:
         log.info("%s cancelled after %.1f ms and handed back", _describe(job), duration,
                  extra={"fields": {**fields, "outcome": "released"}})

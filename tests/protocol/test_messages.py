@@ -69,6 +69,8 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.FindJob: "find_job",
     protocol.GetStats: "get_stats",
     protocol.Stats: "stats",
+    protocol.SetLimits: "set_limits",
+    protocol.Throttle: "throttle",
 }
 
 EXPECTED_ERROR_CODES = {

@@ -55,11 +55,14 @@ from conveyor.protocol import (
     Pause,
     Progress,
     Promote,
+    QueueLimits,
     Release,
     Remove,
     RetryFailed,
+    SetLimits,
     SetWindow,
     Subscribe,
+    Throttle,
     Unwait,
     Wait,
     Watch,
@@ -156,6 +159,8 @@ def client_messages(queue: str, job: int, req: int) -> dict[str, ClientMessage]:
         "retry_failed_job": RetryFailed(req=req, job=job),
         "drain": Drain(req=req, queue=queue),
         "clean": Clean(req=req, queue=queue, state=JobState.COMPLETED),
+        "set_limits": SetLimits(req=req, queue=queue, limits=QueueLimits(concurrency=1)),
+        "throttle": Throttle(job=job, lease=1, seconds=60.0),
     }
 
 

@@ -63,6 +63,8 @@ NEEDS: dict[str, str | None] = {
     "get_stats_all": None,
     "find_job": None,
     "unwait": None,
+    "set_limits": "admin",
+    "throttle": "consume",
 }
 """The permission each message needs on ``q1`` (or on the queue of a job in ``q1``)."""
 TESTED_USERS = ("producer", "consumer", "reader", "admin", "nobody", "outsider")
@@ -108,11 +110,12 @@ ALLOWED: dict[str, str | ErrorCode | None] = {
     "get_stats": "stats",
     "get_stats_all": "stats",
     "find_job": "job",
+    "set_limits": "ok",
 }
 """The reply to each request on ``q1`` (holding one waiting job) when it is allowed: a tag, or
 the code of an ``error`` that is not ``FORBIDDEN``."""
 LEASED = {"ack": JobState.COMPLETED, "fail": JobState.FAILED, "release": JobState.ACTIVE,
-          "progress": JobState.ACTIVE}
+          "progress": JobState.ACTIVE, "throttle": JobState.WAITING}
 """The state the job is in after each notification about its lease, when allowed (a released
 job is pushed again, at once, to the subscriber that let it go)."""
 

@@ -1,0 +1,34 @@
+"""``conveyor limit``: show, set and clear a queue's limits."""
+
+from __future__ import annotations
+
+from cli_support import conveyor
+
+from conveyor.client import Client
+from conveyor.protocol import QueueLimits
+
+
+async def test_limit_sets_shows_and_clears_a_queues_limits(url: str) -> None:
+    shown = await conveyor("limit", "mail", url=url)
+    assert shown.ok().stdout == "mail: no limits\n"
+    set_ = await conveyor("limit", "mail", "--rate", "100", "--per", "60", "--concurrency", "5",
+                          url=url)
+    assert set_.ok().stdout == ("mail: at most 100 starts per 60 s (one every 0.6 s); "
+                                "at most 5 active at once\n")
+    async with Client(url) as client:
+        (stats,) = (await client.stats("mail")).queues
+        assert stats.limits == QueueLimits(rate=100, per=60.0, concurrency=5)
+    shown = await conveyor("limit", "mail", "--json", url=url)
+    assert shown.ok().json() == {"queue": "mail", "rate": 100, "per": 60.0, "concurrency": 5}
+    cleared = await conveyor("limit", "mail", "--clear", "--json", url=url)
+    assert cleared.ok().json() == {"queue": "mail", "rate": None, "per": None,
+                                   "concurrency": None}
+
+
+async def test_limit_refuses_bad_usage_with_exit_2(url: str) -> None:
+    both = await conveyor("limit", "mail", "--clear", "--rate", "5", url=url)
+    assert both.returncode == 2 and "--clear alone" in both.error_line()
+    per_alone = await conveyor("limit", "mail", "--per", "2", url=url)
+    assert per_alone.returncode == 2 and "--rate" in per_alone.error_line()
+    zero = await conveyor("limit", "mail", "--concurrency", "0", url=url)
+    assert zero.returncode == 2 and "from 1 to" in zero.error_line()
