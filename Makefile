@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/restart_memory.py
 	$(BIN)/python bench/stats.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/rate_limit.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

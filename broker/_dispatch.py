@@ -310,10 +310,11 @@ class Dispatcher:
         waiting = len(queue.waiting)
         count = min(limiter.room(queue.active, at), waiting, free)
         limiter.took(count, at)
-        if count < waiting and limiter.interval is not None and limiter.next > at:
+        due = limiter.due()
+        if count < waiting and limiter.interval is not None and due > at:
             limiter.timed = True
-            if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.next:
-                self._deadlines.set(Kind.LIMIT, queue.name, limiter.next)
+            if self._deadlines.when(Kind.LIMIT, queue.name) != due:
+                self._deadlines.set(Kind.LIMIT, queue.name, due)
         else:
             limiter.timed = False
         if count <= 0:
