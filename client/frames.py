@@ -152,12 +152,17 @@ def frames(jobs: BulkJobs, max_frame: int) -> Iterator[list[JobDef]]:
         for index, spec in jobs.own.items():
             sizes[index] = job_size(spec)
         largest = max(sizes, default=0)
-    # Past either bound some job cannot be sent (the most deliverable payload is that of a job
-    # with no options): the first such job is named before any frame is built.
-    if largest > room or max(map(len, raws), default=0) > deliverable_payload(jobs.queue,
-                                                                            max_frame):
+    # Past either bound some job may not be sendable (its options - attempts, a timeout, a
+    # name - go into its delivery too): the first such job is named before any frame is built.
+    common = jobs.template if jobs.template is not None else JobDef(NIL)
+    deliverable = deliverable_payload(jobs.queue, max_frame, attempts=common.attempts,
+                                      timeout=common.timeout, name=common.name)
+    if largest > room or max(map(len, raws), default=0) > deliverable:
         for index in range(len(raws)):
             check_fits(jobs.queue, jobs.job(index), max_frame, index=index)
+    else:
+        for index in sorted(jobs.own):  # the rest share the options just checked
+            check_fits(jobs.queue, jobs.own[index], max_frame, index=index)
     for start, stop in chunks(len(raws), sizes, target):
         yield [jobs.job(index) for index in range(start, stop)]
 

@@ -93,6 +93,9 @@ def sendable(queue: str, job: object, call: JobOptions) -> bool:
 @given(queue=queues.filter(lambda queue: len(queue.encode()) <= 255), given_jobs=bulks(),
        call=options)
 @example(queue="q", given_jobs=[bytes(120)] * 300, call={})  # 64 of them over 4,096 bytes
+# A payload deliverable without options but not with the call's attempts (a 2-byte int).
+@example(queue="\xa0" * 6 + "\U00010000", given_jobs=[bytes(3999), b"", b"", b""],
+         call={"attempts": 128})
 def test_every_frame_of_a_bulk_add_is_within_the_brokers_limit(
         queue: str, given_jobs: list[object], call: dict[str, Any]) -> None:
     call_options: JobOptions = call  # type: ignore[assignment]
@@ -176,3 +179,21 @@ async def test_options_at_their_defaults_are_not_sent(
         [{"data": 6, "backoff": {"type": "fixed", "delay": 2.0}, "delay": 1.5}],
     ]
 
+
+
+async def test_a_bulk_add_checks_each_payload_against_its_own_options(make_broker: Any) -> None:
+    broker = await make_broker(max_frame=MAX_FRAME)
+    async with Client(f"127.0.0.1:{broker.port}", reconnect=False) as client:
+        most = deliverable_payload("q", MAX_FRAME)  # for a job without options
+        payload = bytes(most - 3)  # encoded with its 3-byte header: exactly that
+        assert len(msgspec.msgpack.encode(payload)) == most
+        cases: list[tuple[dict[str, Any], list[object], int]] = [
+            ({"attempts": 1000}, [payload, b""], 0),
+            ({}, [b"", JobSpec(payload, name="resize")], 1),
+        ]
+        for call, jobs, index in cases:
+            with pytest.raises(ValueError, match=f"payload {index} is"):
+                await client.add_bulk("q", jobs, **call)
+        assert (await client.counts("q"))["waiting"] == 0  # nothing was sent
+        assert client.connection.failure is None
+        assert len(await client.add_bulk("q", [payload, b""])) == 2  # without options it fits
