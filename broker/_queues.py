@@ -71,6 +71,10 @@ __all__ = [
     "Queues",
 ]
 
+_EARLY: Final = 1e-3
+"""Seconds by which a schedule's due time may seem ahead of the timer that woke for it (a wall
+time turned into monotonic time and back is not always exactly the same)."""
+
 _UNUSED_QUEUES: Final = 1024
 """Unused queues tolerated beyond the queues in use before ``sweep`` forgets them."""
 
@@ -438,6 +442,9 @@ class Queues(Store):
     def _fire(self, state: ScheduleState, now: float) -> None:
         """Make the job of the latest due time by ``now``, unless it had one already."""
         due = due_by(state, now)
+        if state.next <= now + _EARLY and (due is None or due < state.next):
+            # The timer woke for ``next``: rounding between the clocks must not make it miss.
+            due = state.next
         if due is not None and (state.last is None or due > state.last):
             schedule = state.schedule
             job = JobDef(data=schedule.data, id=job_key(schedule.id, due),

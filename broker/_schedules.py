@@ -53,10 +53,15 @@ def due_after(state: ScheduleState, after: float) -> float:
     """The first due time strictly after ``after`` (Unix seconds)."""
     schedule = state.schedule
     if schedule.every is not None:
-        every = schedule.every
-        steps = max(0, math.floor((after - state.anchor) / every) + 1)
-        due = state.anchor + steps * every
-        return due if due > after else due + every  # rounding may land on ``after``
+        # Due times are always ``anchor + k * every`` for a whole k, computed the same way
+        # (they name the jobs' keys); the division may round either way, hence the steps.
+        anchor, every = state.anchor, schedule.every
+        steps = max(1, math.floor((after - anchor) / every))
+        while anchor + steps * every > after and steps > 1:
+            steps -= 1
+        while anchor + steps * every <= after:
+            steps += 1
+        return anchor + steps * every
     assert schedule.cron is not None
     start = datetime.fromtimestamp(after, ZoneInfo(schedule.tz))
     return float(croniter(schedule.cron, start).get_next(float))
@@ -66,7 +71,8 @@ def due_by(state: ScheduleState, now: float) -> float | None:
     """The latest due time at or before ``now`` that comes after the anchor, or None."""
     schedule = state.schedule
     if schedule.every is not None:
-        steps = math.floor((now - state.anchor) / schedule.every)
+        after = due_after(state, now)
+        steps = round((after - state.anchor) / schedule.every) - 1
         return state.anchor + steps * schedule.every if steps >= 1 else None
     assert schedule.cron is not None
     # Just after ``now``, so that a due time of exactly ``now`` counts.

@@ -154,3 +154,12 @@ def test_a_job_logged_without_its_schedules_record_is_not_made_twice() -> None:
     assert restarted.take_fired() == []
     assert due_times(restarted) == [start + 10]
     assert restarted.schedules["s"].next == start + 20
+
+
+def test_a_due_time_that_rounding_puts_off_by_a_hair_still_gets_its_job() -> None:
+    clock = ManualClock(wall=1_700_000_000.0)
+    queues = make_queues(clock)
+    queues.set_schedule(schedule(every=0.1), clock.wall())
+    # (1_700_000_000.1 - 1_700_000_000.0) / 0.1 is a hair under 1 in floating point.
+    run_until(queues, clock, clock.wall() + 0.35)
+    assert len(due_times(queues)) == 3
