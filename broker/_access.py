@@ -28,6 +28,7 @@ from conveyor.protocol import (
     GetJob,
     GetJobs,
     GetQueues,
+    GetSchedules,
     GetStats,
     Hello,
     Pause,
@@ -36,8 +37,10 @@ from conveyor.protocol import (
     ProtocolError,
     Release,
     Remove,
+    RemoveSchedule,
     RetryFailed,
     SetLimits,
+    SetSchedule,
     SetWindow,
     Subscribe,
     Throttle,
@@ -47,6 +50,7 @@ from conveyor.protocol import (
 )
 
 from ._jobs import Job
+from ._schedules import ScheduleState
 from ._users import Permission, User
 
 __all__ = ["refusal"]
@@ -69,11 +73,12 @@ _BY_JOB: Final[dict[type, Permission]] = {
     Promote: ADMIN, Remove: ADMIN,
 }
 """Messages judged on the queue of their ``job``, and the permission each needs there."""
-_FREE: Final = frozenset({GetQueues, Unwait, Hello, Authenticate, FindJob})
-"""Messages that need no permission."""
+_FREE: Final = frozenset({GetQueues, Unwait, Hello, Authenticate, FindJob, GetSchedules})
+"""Messages that need no permission (``get_schedules`` lists only the readable queues')."""
 
 
-def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job]) -> ProtocolError | None:
+def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job],
+            schedules: Mapping[str, ScheduleState] | None = None) -> ProtocolError | None:
     """The ``FORBIDDEN`` error ``message`` gets from ``user``, or None when it may be sent.
 
     Looked up by the message's type, as it runs for every message of a logged-in connection; a
@@ -94,6 +99,11 @@ def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job]) -> Prot
         if message.queue is not None:
             return _on_queue(user, ADMIN, message.queue, req)
         return None if message.job is None else _on_job(user, ADMIN, jobs, message.job, req)
+    if isinstance(message, SetSchedule):
+        return _on_queue(user, ADMIN, message.schedule.queue, req)
+    if isinstance(message, RemoveSchedule):
+        state = (schedules or {}).get(message.id)
+        return None if state is None else _on_queue(user, ADMIN, state.schedule.queue, req)
     if kind in _FREE:
         return None
     tag = message.__struct_config__.tag

@@ -143,8 +143,17 @@ class _Limited(_Record, tag=13, frozen=True):
     pass
 
 
+class _ScheduleSet(_Record, tag=15, frozen=True):
+    pass
+
+
+class _ScheduleRemoved(_Record, tag=16, frozen=True):
+    pass
+
+
 _Any = (_Added | _Finished | _Requeued | _AddedWithOptions | _Retrying | _Promoted | _Removed
-        | _Paused | _Retried | _QueueSnapshot | _JobSnapshot | _LastId | _Limited)
+        | _Paused | _Retried | _QueueSnapshot | _JobSnapshot | _LastId | _Limited
+        | _ScheduleSet | _ScheduleRemoved)
 _decoder: Final[msgspec.msgpack.Decoder[_Any]] = msgspec.msgpack.Decoder(_Any)
 
 

@@ -19,8 +19,9 @@ from ._watchers import DEFAULT_MAX_WAITS, Waiters, Watchers
 
 __all__ = ["Accepted", "Core"]
 
-Accepted = tuple[Peer, int, list[Job]]
-"""An ``add`` whose jobs wait for their record to be durable: (producer, request id, jobs)."""
+Accepted = tuple[Peer | None, int, list[Job]]
+"""An ``add`` whose jobs wait for their record to be durable: (producer, request id, jobs);
+jobs made by schedules have no producer."""
 
 
 class Core:

@@ -50,6 +50,10 @@ def flush(core: Core, now: float, wake: Callable[[], None] = _nothing) -> None:
     """Run the flush at time ``now``. ``wake`` asks for another flush soon (an fsync covered
     adds). Raises ``LogError`` when the log fails: the broker must stop."""
     queues = core.queues
+    fired = queues.take_fired()
+    if fired:
+        # Jobs made by schedules go in line like an add's, once durable; nobody is told.
+        core.accepted.append((None, 0, fired))
     outbox = queues.take_outbox()
     accepted, core.accepted = core.accepted, []
     # 1. The log write.
@@ -61,7 +65,8 @@ def flush(core: Core, now: float, wake: Callable[[], None] = _nothing) -> None:
         core.durable = []
     for peer, req, jobs in accepted:
         queues.enqueue(jobs)
-        peer.send(Added(req=req, ids=[job.id for job in jobs]))
+        if peer is not None:
+            peer.send(Added(req=req, ids=[job.id for job in jobs]))
     # 3. Dispatch.
     if core.dispatching:
         for consumer, leased in queues.dispatch(now):
@@ -161,7 +166,8 @@ def _refuse_adds(core: Core, records: list[Record], accepted: list[Accepted],
         for job in new:
             # A job appears twice when a bulk add repeats its idempotency key.
             doomed[job.id] = job
-        peer.refuse(ProtocolError(ErrorCode.DISK_FULL, str(error), req=req))
+        if peer is not None:
+            peer.refuse(ProtocolError(ErrorCode.DISK_FULL, str(error), req=req))
     core.queues.discard(list(doomed.values()))
     return kept
 

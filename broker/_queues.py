@@ -20,7 +20,7 @@ from typing import Final, cast
 
 import msgspec
 
-from conveyor.protocol import JobDef, JobError, JobState, QueueLimits, QueueSummary
+from conveyor.protocol import JobDef, JobError, JobState, QueueLimits, QueueSummary, Schedule
 
 from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
@@ -57,8 +57,11 @@ from ._records import (
     JobsRetried,
     QueueLimited,
     QueuePaused,
+    ScheduleRemoved,
+    ScheduleSet,
 )
 from ._retention import Retention
+from ._schedules import ScheduleState, due_after, due_by, job_key
 from ._store import Store
 
 __all__ = [
@@ -67,6 +70,10 @@ __all__ = [
     "DEFAULT_MAX_REDELIVERIES",
     "Queues",
 ]
+
+_EARLY: Final = 1e-3
+"""Seconds by which a schedule's due time may seem ahead of the timer that woke for it (a wall
+time turned into monotonic time and back is not always exactly the same)."""
 
 _UNUSED_QUEUES: Final = 1024
 """Unused queues tolerated beyond the queues in use before ``sweep`` forgets them."""
@@ -109,6 +116,10 @@ class Queues(Store):
                                      stats=stats)
         self._kept_queues = 0
         """Queues left by the last ``forget_unused``."""
+        self.schedules: dict[str, ScheduleState] = {}
+        """Every schedule, by id."""
+        self._fired: list[Job] = []
+        """Jobs schedules made since the last ``take_fired``, waiting for their records."""
 
     def now(self) -> float:
         """The wall time now, from the state's clock: what ``now`` arguments take."""
@@ -382,10 +393,75 @@ class Queues(Store):
                 queue = self.queues.get(cast(str, key))
                 if queue is not None:
                     self.retention.age_out(queue, now)
-            else:
+            elif kind is Kind.LIMIT:
                 queue = self.queues.get(cast(str, key))
                 if queue is not None:
                     self.dispatcher.limit_due(queue, monotonic)
+            else:
+                state = self.schedules.get(cast(str, key))
+                if state is not None:
+                    self._fire(state, now)
+
+    # Schedules.
+
+    def set_schedule(self, schedule: Schedule, now: float) -> None:
+        """Create or replace the schedule of ``schedule.id`` (checked by ``check``): its due
+        times count from ``now``; a due time that already had its job gets no other."""
+        old = self.schedules.get(schedule.id)
+        state = ScheduleState(schedule, anchor=now, last=None if old is None else old.last)
+        self.schedules[schedule.id] = state
+        if self.output.logged:
+            self.output.records.append(ScheduleSet(schedule=schedule, anchor=now,
+                                                   last=state.last))
+        self._arm(state, due_after(state, now if state.last is None else max(now, state.last)))
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        """Remove a schedule; False when there is none of that id."""
+        if self.schedules.pop(schedule_id, None) is None:
+            return False
+        self.deadlines.cancel(Kind.SCHEDULE, schedule_id)
+        if self.output.logged:
+            self.output.records.append(ScheduleRemoved(id=schedule_id))
+        return True
+
+    def arm_schedules(self, now: float) -> None:
+        """Arm the schedules restored at start: a due time missed while the broker was down
+        gets one job at once (``missed="once"``) or none (``"skip"``)."""
+        for state in self.schedules.values():
+            first = due_after(state, state.anchor if state.last is None else state.last)
+            if first <= now and state.schedule.missed == "skip":
+                first = due_after(state, now)
+            self._arm(state, first)
+
+    def take_fired(self) -> list[Job]:
+        """The jobs schedules made since the last take (the flush puts them in line once
+        their records are durable, as an add's)."""
+        fired, self._fired = self._fired, []
+        return fired
+
+    def _fire(self, state: ScheduleState, now: float) -> None:
+        """Make the job of the latest due time by ``now``, unless it had one already."""
+        due = due_by(state, now)
+        if state.next <= now + _EARLY and (due is None or due < state.next):
+            # The timer woke for ``next``: rounding between the clocks must not make it miss.
+            due = state.next
+        if due is not None and (state.last is None or due > state.last):
+            schedule = state.schedule
+            job = JobDef(data=schedule.data, id=job_key(schedule.id, due),
+                         priority=schedule.priority, attempts=schedule.attempts,
+                         backoff=schedule.backoff, timeout=schedule.timeout, name=schedule.name)
+            # Its record goes before the schedule's: the key covers a crash between the two.
+            self._fired += [made for made in self.create(schedule.queue, [job], now)
+                            if made.pending]
+            state.last = due
+            if self.output.logged:
+                self.output.records.append(ScheduleSet(schedule=schedule, anchor=state.anchor,
+                                                       last=due))
+        self._arm(state, due_after(state, now if state.last is None else max(now, state.last)))
+
+    def _arm(self, state: ScheduleState, due: float) -> None:
+        state.next = due
+        self.deadlines.set(Kind.SCHEDULE, state.schedule.id, self.timeline.monotonic(due))
 
     # Queue control.
 

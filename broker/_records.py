@@ -11,7 +11,7 @@ from typing import Final
 
 import msgspec
 
-from conveyor.protocol import NIL, JobError, QueueLimits
+from conveyor.protocol import NIL, JobError, QueueLimits, Schedule
 
 from ._jobs import DEFAULT_OPTIONS, JobOptions
 
@@ -30,6 +30,8 @@ __all__ = [
     "QueuePaused",
     "QueueSnapshot",
     "Record",
+    "ScheduleRemoved",
+    "ScheduleSet",
     "decode_record",
     "encode_record",
 ]
@@ -153,10 +155,24 @@ class QueueLimited(_Record, tag=13, frozen=True):
     limits: QueueLimits
 
 
+class ScheduleSet(_Record, tag=15, frozen=True):
+    """A schedule was set (created or replaced), or made the job of its due time ``last``."""
+
+    schedule: Schedule
+    anchor: float
+    last: float | None = None
+
+
+class ScheduleRemoved(_Record, tag=16, frozen=True):
+    """A schedule was removed."""
+
+    id: str
+
+
 Record = (
     JobsAdded | JobFinished | JobRequeued | JobsAddedWithOptions | JobRetrying | JobPromoted
     | JobsRemoved | QueuePaused | JobsRetried | QueueSnapshot | JobSnapshot | LastId
-    | QueueLimited
+    | QueueLimited | ScheduleSet | ScheduleRemoved
 )
 
 _encoder: Final = msgspec.msgpack.Encoder()

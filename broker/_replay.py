@@ -36,7 +36,10 @@ from ._records import (
     QueuePaused,
     QueueSnapshot,
     Record,
+    ScheduleRemoved,
+    ScheduleSet,
 )
+from ._schedules import ScheduleState
 
 __all__ = ["Replayer", "snapshot"]
 
@@ -153,6 +156,10 @@ class Replayer:
             case QueueLimited(queue=name, limits=limits):
                 queue = queues.queue(name)
                 queue.limiter = limiter(limits, queue.limiter)
+            case ScheduleSet(schedule=schedule, anchor=anchor, last=last):
+                queues.schedules[schedule.id] = ScheduleState(schedule, anchor=anchor, last=last)
+            case ScheduleRemoved(id=schedule_id):
+                queues.schedules.pop(schedule_id, None)
 
     def finish(self) -> None:
         """Build every queue's waiting line from what was applied; arm the delayed jobs."""
@@ -187,6 +194,8 @@ class Replayer:
         self._heads.clear()
         self._tails.clear()
         self._claims.clear()
+        if timeline.clock is not None:
+            queues.arm_schedules(timeline.now())
 
     def _add(self, name: str, first_id: int, created_at: float, payloads: list[msgspec.Raw],
              options: list[JobOptions]) -> None:
@@ -314,6 +323,8 @@ def snapshot(queues: Queues) -> Iterator[Record]:
         for state in (JobState.COMPLETED, JobState.FAILED):
             for job in queues.finished_jobs(queue, state):
                 yield _job_snapshot(job, state)
+    for kept in queues.schedules.values():
+        yield ScheduleSet(schedule=kept.schedule, anchor=kept.anchor, last=kept.last)
     yield LastId(id=queues.last_id)
 
 

@@ -38,6 +38,7 @@ from conveyor.protocol import (
     GetJob,
     GetJobs,
     GetQueues,
+    GetSchedules,
     GetStats,
     Hello,
     JobDef,
@@ -51,8 +52,12 @@ from conveyor.protocol import (
     QueueList,
     Release,
     Remove,
+    RemoveSchedule,
     RetryFailed,
+    ScheduleInfo,
+    Schedules,
     SetLimits,
+    SetSchedule,
     SetWindow,
     Subscribe,
     Throttle,
@@ -70,6 +75,7 @@ from ._errors import StateError
 from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
+from ._schedules import check
 from ._stats import collect, fitting
 from ._users import Permission
 
@@ -87,7 +93,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
     queues = core.queues
     user = peer.user
     if user is not None:
-        forbidden = refusal(user, message, queues.jobs)
+        forbidden = refusal(user, message, queues.jobs, queues.schedules)
         if forbidden is not None:
             peer.refuse(forbidden)
             return
@@ -200,6 +206,25 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 if _queue_ok(peer, req, name):
                     queues.set_limits(name, limits)
                     peer.send(Ok(req=req))
+            case SetSchedule(req=req, schedule=schedule):
+                if _queue_ok(peer, req, schedule.queue):
+                    problem = check(schedule)
+                    if problem is not None:
+                        peer.refuse(ProtocolError(ErrorCode.INVALID_ARGUMENT, problem, req=req))
+                    else:
+                        queues.set_schedule(schedule, now)
+                        peer.send(Ok(req=req))
+            case RemoveSchedule(req=req, id=schedule_id):
+                if queues.remove_schedule(schedule_id):
+                    peer.send(Ok(req=req))
+                else:
+                    peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB,
+                                              f"no schedule {schedule_id!r}", req=req))
+            case GetSchedules(req=req):
+                peer.send(Schedules(req=req, schedules=[
+                    ScheduleInfo(schedule=state.schedule, next_run=state.next)
+                    for _, state in sorted(queues.schedules.items())
+                    if user is None or user.may(Permission.READ, state.schedule.queue)]))
             case Hello() | Authenticate():
                 peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
             case _:

@@ -261,11 +261,57 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--older-than", type=seconds, default=0.0, metavar="SECONDS",
                      help="only jobs finished at least this long ago (default: all)")
 
+    _schedule_parser(commands.add_parser(
+        "schedule", help="add, remove or list repeatable jobs (schedules kept by the broker)",
+        description="Add, remove or list repeatable jobs: the broker adds a job at each due "
+                    "time of a schedule."), common)
+
     _user_parser(commands.add_parser(
         "user", help="edit the users file: add, passwd, remove, grant, revoke, list",
         description="Edit the users file that the broker reads with --users. A change applies "
                     "once the broker reloads the file (SIGHUP) or restarts."))
     return parser
+
+
+def _schedule_parser(schedule: argparse.ArgumentParser,
+                     common: Sequence[argparse.ArgumentParser]) -> None:
+    actions = schedule.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    def action(name: str, run: str, help: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                 parents=common)
+        sub.set_defaults(run=f"schedule:{run}")
+        return sub
+
+    sub = action("add", "add", "create or replace a schedule (by ID)")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("data", metavar="DATA_JSON", help="each job's payload, as JSON")
+    when = sub.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=positive_seconds, metavar="SECONDS",
+                      help="a job every SECONDS, the first SECONDS from now")
+    when.add_argument("--cron", metavar="EXPR",
+                      help="a job at each time the cron expression matches (minute hour day "
+                           "month weekday)")
+    sub.add_argument("--tz", metavar="TZ", help="the IANA time zone of --cron (default: UTC)")
+    sub.add_argument("--missed", choices=("once", "skip"), default="once",
+                     help="due times passed while the broker was down: one job at start "
+                          "(once, the default) or none (skip)")
+    sub.add_argument("--name", help="what kind of job it is (a task registry's key)")
+    sub.add_argument("--priority", type=priority, default=0, help="higher runs first")
+    sub.add_argument("--attempts", type=attempts, default=1, help="tries in all (default: 1)")
+    backoff = sub.add_mutually_exclusive_group()
+    backoff.add_argument("--backoff", type=seconds, metavar="SECONDS",
+                         help="fixed wait between tries")
+    backoff.add_argument("--backoff-exponential", type=seconds, metavar="BASE",
+                         help="exponential wait between tries: BASE * 2^(attempt-1) seconds")
+    sub.add_argument("--backoff-cap", type=seconds, metavar="SECONDS",
+                     help="longest exponential wait (with --backoff-exponential)")
+    sub.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                     help="seconds one try may run")
+    sub = action("remove", "remove", "remove a schedule (its jobs already added stay)")
+    sub.add_argument("id", metavar="ID")
+    action("list", "list_schedules", "list the schedules with their next due times")
 
 
 def _user_parser(user: argparse.ArgumentParser) -> None:

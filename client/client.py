@@ -8,7 +8,7 @@ import functools
 import ssl as _ssl
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Final, Unpack, cast
+from typing import Any, Final, Literal, Unpack, cast
 
 import msgspec
 
@@ -26,6 +26,7 @@ from conveyor.protocol import (
     GetJob,
     GetJobs,
     GetQueues,
+    GetSchedules,
     GetStats,
     JobDef,
     JobReply,
@@ -38,8 +39,13 @@ from conveyor.protocol import (
     QueueList,
     QueueSummary,
     Remove,
+    RemoveSchedule,
     RetryFailed,
+    Schedule,
+    ScheduleInfo,
+    Schedules,
     SetLimits,
+    SetSchedule,
     Stats,
     Unwait,
     Wait,
@@ -51,7 +57,7 @@ from .errors import BulkAddFailed, ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
 from .frames import bulk_jobs, check_fits, check_queue, frames
 from .jobs import JobInfo, decode_job, decode_value, encode_value
-from .options import JobOptions, job_def
+from .options import Backoff, JobOptions, job_def
 
 __all__ = ["Client", "connect"]
 
@@ -321,6 +327,52 @@ class Client:
         except msgspec.ValidationError as exc:
             raise ValueError(f"invalid limits: {exc}") from None
         await self._ok(functools.partial(_message, SetLimits, queue=queue, limits=limits))
+
+    async def set_schedule(self, id: str, queue: str, data: object, *,
+                           every: float | None = None, cron: str | None = None,
+                           tz: str = "UTC", missed: Literal["once", "skip"] = "once",
+                           name: str | None = None, priority: int = 0, attempts: int = 1,
+                           backoff: float | Backoff | None = None,
+                           timeout: float | None = None) -> None:
+        """Create or replace (by ``id``) a schedule that adds a job with ``data`` and the job
+        options to ``queue`` every ``every`` seconds (from now), or at the times the cron
+        expression ``cron`` matches in the IANA time zone ``tz``. Due times that pass while the
+        broker is down give one job when it starts (``missed="once"``) or none (``"skip"``).
+        Exactly one job is made per due time, across restarts.
+
+        Raises:
+            ValueError: not exactly one of ``every`` and ``cron``, or an option out of range.
+            TypeError: ``data`` cannot be serialized.
+            ProtocolViolation: the broker refused the cron expression or the time zone.
+        """
+        check_queue(queue)
+        if (every is None) == (cron is None):
+            raise ValueError("give exactly one of every and cron")
+        job = job_def(encode_value(data, "job payload"), name=name, priority=priority,
+                      attempts=attempts, backoff=backoff, timeout=timeout)
+        schedule = Schedule(id=id, queue=queue, data=job.data, name=job.name,
+                            priority=job.priority, attempts=job.attempts, backoff=job.backoff,
+                            timeout=job.timeout, every=every, cron=cron, tz=tz, missed=missed)
+        try:
+            # Checked as the broker decodes it, so that a bad value is this caller's error.
+            msgspec.msgpack.decode(msgspec.msgpack.encode(schedule), type=Schedule)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid schedule: {exc}") from None
+        await self._ok(functools.partial(_message, SetSchedule, schedule=schedule))
+
+    async def remove_schedule(self, id: str) -> None:
+        """Remove the schedule ``id``; its jobs already made stay.
+
+        Raises:
+            UnknownJob: there is no schedule ``id``.
+        """
+        await self._ok(functools.partial(_message, RemoveSchedule, id=id))
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of the queues the user may read, by id, with its next due time."""
+        reply = await (await self._open()).request(lambda req: GetSchedules(req=req))
+        assert isinstance(reply, Schedules)
+        return reply.schedules
 
     async def clear_limits(self, queue: str) -> None:
         """Remove ``queue``'s rate and concurrency limits."""

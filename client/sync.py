@@ -16,9 +16,9 @@ import threading
 import weakref
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Final, TypeVar, Unpack
+from typing import Any, Final, Literal, TypeVar, Unpack
 
-from conveyor.protocol import JobState, QueueSummary, Stats
+from conveyor.protocol import Backoff, JobState, QueueSummary, ScheduleInfo, Stats
 
 from .client import Client
 from .errors import ConveyorError
@@ -148,6 +148,25 @@ class SyncClient:
         """Limit how fast ``queue``'s jobs start (see ``Client.set_limits``)."""
         self._runner.call(self._client.set_limits(queue, rate=rate, per=per,
                                                   concurrency=concurrency))
+
+    def set_schedule(self, id: str, queue: str, data: object, *,
+                     every: float | None = None, cron: str | None = None, tz: str = "UTC",
+                     missed: Literal["once", "skip"] = "once", name: str | None = None,
+                     priority: int = 0, attempts: int = 1,
+                     backoff: float | Backoff | None = None,
+                     timeout: float | None = None) -> None:
+        """Create or replace a schedule of repeatable jobs (see ``Client.set_schedule``)."""
+        self._runner.call(self._client.set_schedule(
+            id, queue, data, every=every, cron=cron, tz=tz, missed=missed, name=name,
+            priority=priority, attempts=attempts, backoff=backoff, timeout=timeout))
+
+    def remove_schedule(self, id: str) -> None:
+        """Remove the schedule ``id`` (see ``Client.remove_schedule``)."""
+        self._runner.call(self._client.remove_schedule(id))
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule of the queues the user may read, with its next due time."""
+        return self._runner.call(self._client.schedules())
 
     def clear_limits(self, queue: str) -> None:
         """Remove ``queue``'s rate and concurrency limits."""

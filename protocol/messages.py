@@ -69,6 +69,12 @@ __all__ = [
     "QueueStats",
     "QueueLimits",
     "SetLimits",
+    "GetSchedules",
+    "RemoveSchedule",
+    "Schedule",
+    "ScheduleInfo",
+    "Schedules",
+    "SetSchedule",
     "Throttle",
     "RECENT",
     "Rates",
@@ -764,15 +770,77 @@ class Closing(_Message, tag="closing", frozen=True):
     reason: str
 
 
+ScheduleId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+"""A schedule's id: the key ``set_schedule`` upserts by."""
+
+
+class Schedule(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A repeatable job: the broker adds a job made from the template to ``queue`` at every due
+    time, ``every`` seconds or on the ``cron`` expression (in the IANA time zone ``tz``); exactly
+    one of the two is given."""
+
+    id: ScheduleId
+    queue: str
+    data: msgspec.Raw
+    name: JobName | None = None
+    priority: Priority = 0
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    backoff: Backoff | None = None
+    timeout: Positive | None = None
+    every: Annotated[float, msgspec.Meta(ge=0.001, le=_FLOAT_MAX)] | None = None
+    """Seconds between due times, the first one ``every`` seconds after the schedule is set."""
+    cron: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    """A five-field cron expression (minute hour day month weekday)."""
+    tz: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"
+    """The time zone ``cron`` is read in."""
+    missed: Literal["once", "skip"] = "once"
+    """Due times that passed while the broker was down: one job at start (``once``) or none."""
+
+
+class ScheduleInfo(msgspec.Struct, frozen=True):
+    """One schedule in a ``schedules`` reply, with its next due time (Unix seconds)."""
+
+    schedule: Schedule
+    next_run: float
+
+
+class SetSchedule(_Message, tag="set_schedule", frozen=True):
+    """Create or replace the schedule of the same id; replied to with ``ok``."""
+
+    req: RequestId
+    schedule: Schedule
+
+
+class RemoveSchedule(_Message, tag="remove_schedule", frozen=True):
+    """Remove a schedule (``UNKNOWN_JOB`` if there is none of that id); replied to with ``ok``."""
+
+    req: RequestId
+    id: str
+
+
+class GetSchedules(_Message, tag="get_schedules", frozen=True):
+    """List the schedules of the queues the user may read; replied to with ``schedules``."""
+
+    req: RequestId
+
+
+class Schedules(_Message, tag="schedules", frozen=True):
+    """Reply to ``get_schedules``, by id."""
+
+    req: RequestId
+    schedules: list[ScheduleInfo]
+
+
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
-    | GetQueues | Unwait | Authenticate | FindJob | GetStats | SetLimits | Throttle
+    | GetQueues | Unwait | Authenticate | FindJob | GetStats | SetLimits | Throttle | SetSchedule
+    | RemoveSchedule | GetSchedules
 )
 """Everything a client or worker may send."""
 
 BrokerMessage = (
     Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing | Jobs | Count
-    | Events | QueueList | Challenge | Stats
+    | Events | QueueList | Challenge | Stats | Schedules
 )
 """Everything the broker may send."""

@@ -71,6 +71,10 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.Stats: "stats",
     protocol.SetLimits: "set_limits",
     protocol.Throttle: "throttle",
+    protocol.SetSchedule: "set_schedule",
+    protocol.RemoveSchedule: "remove_schedule",
+    protocol.GetSchedules: "get_schedules",
+    protocol.Schedules: "schedules",
 }
 
 EXPECTED_ERROR_CODES = {

@@ -47,6 +47,7 @@ from conveyor.protocol import (
     GetJob,
     GetJobs,
     GetQueues,
+    GetSchedules,
     GetStats,
     Hello,
     JobDef,
@@ -58,8 +59,11 @@ from conveyor.protocol import (
     QueueLimits,
     Release,
     Remove,
+    RemoveSchedule,
     RetryFailed,
+    Schedule,
     SetLimits,
+    SetSchedule,
     SetWindow,
     Subscribe,
     Throttle,
@@ -161,6 +165,11 @@ def client_messages(queue: str, job: int, req: int) -> dict[str, ClientMessage]:
         "clean": Clean(req=req, queue=queue, state=JobState.COMPLETED),
         "set_limits": SetLimits(req=req, queue=queue, limits=QueueLimits(concurrency=1)),
         "throttle": Throttle(job=job, lease=1, seconds=60.0),
+        "set_schedule": SetSchedule(req=req, schedule=Schedule(id="s1", queue=queue, data=data,
+                                                               every=3600.0)),
+        # No schedule "s1": judged by a schedule's queue, removing none needs no permission.
+        "remove_schedule": RemoveSchedule(req=req, id="s1"),
+        "get_schedules": GetSchedules(req=req),
     }
 
 

@@ -65,6 +65,9 @@ NEEDS: dict[str, str | None] = {
     "unwait": None,
     "set_limits": "admin",
     "throttle": "consume",
+    "set_schedule": "admin",
+    "remove_schedule": None,
+    "get_schedules": None,
 }
 """The permission each message needs on ``q1`` (or on the queue of a job in ``q1``)."""
 TESTED_USERS = ("producer", "consumer", "reader", "admin", "nobody", "outsider")
@@ -111,6 +114,9 @@ ALLOWED: dict[str, str | ErrorCode | None] = {
     "get_stats_all": "stats",
     "find_job": "job",
     "set_limits": "ok",
+    "set_schedule": "ok",
+    "remove_schedule": ErrorCode.UNKNOWN_JOB,
+    "get_schedules": "schedules",
 }
 """The reply to each request on ``q1`` (holding one waiting job) when it is allowed: a tag, or
 the code of an ``error`` that is not ``FORBIDDEN``."""
@@ -308,3 +314,24 @@ async def test_get_queues_lists_only_queues_the_user_has_a_right_on(
     for user, visible in expected.items():
         async with Client(_url(broker, user)) as client:
             assert sorted(queue.name for queue in await client.queues()) == visible, user
+
+
+async def test_a_schedule_is_removed_only_by_an_admin_of_its_queue_and_listed_to_its_readers(
+        secure_broker: SecureBroker) -> None:
+    broker = await secure_broker(USERS)
+    async with Client(_url(broker, "root")) as root:
+        await root.set_schedule("in-q", "q1", {"n": 1}, every=3600)
+        await root.set_schedule("in-other", "other1", {"n": 2}, every=3600)
+        for user in ("producer", "consumer", "reader", "outsider"):
+            async with Client(_url(broker, user)) as client:
+                with pytest.raises(Forbidden):
+                    await client.remove_schedule("in-q")
+        async with Client(_url(broker, "reader")) as reader:
+            assert [info.schedule.id for info in await reader.schedules()] == ["in-q"]
+        async with Client(_url(broker, "outsider")) as outsider:
+            assert [info.schedule.id for info in await outsider.schedules()] == ["in-other"]
+        async with Client(_url(broker, "nobody")) as nobody:
+            assert await nobody.schedules() == []
+        async with Client(_url(broker, "admin")) as admin:
+            await admin.remove_schedule("in-q")
+        assert [info.schedule.id for info in await root.schedules()] == ["in-other"]
