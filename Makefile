@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/stats.py
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/rate_limit.py
+	$(BIN)/python bench/schedule.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis
