@@ -427,9 +427,13 @@ class Queues(Store):
         old = queue.limiter
         if (old.limits if old is not None else QueueLimits()) == limits:
             return
-        queue.limiter = limiter(limits, old)
-        if queue.limiter is None or queue.limiter.interval is None:
+        queue.limiter = new = limiter(limits, old)
+        if new is None:
             self.deadlines.cancel(Kind.LIMIT, queue_name)
+        elif not new.limited:
+            # Only a hold is left: the timer drops it at its end (at once if it ended already),
+            # so that the queue may be forgotten again.
+            self.deadlines.set(Kind.LIMIT, queue_name, new.until)
         if self.output.logged:
             self.output.records.append(QueueLimited(queue=queue_name, limits=limits))
         self.dispatcher.wake(queue)
