@@ -90,12 +90,10 @@ class Queues(Store):
         """``stats=False`` leaves out the statistics counted per try (``started``,
         ``retried``, the wait and run times): only the counts and the rates of jobs added,
         completed and failed are kept."""
-        super().__init__()
+        super().__init__(Timeline(clock))
         self.stats = stats
         self.rng = rng or random.Random()
         """Jitters retry backoffs."""
-        self.timeline = Timeline(clock)
-        """The clock, and how wall times turn into times on the deadlines (monotonic)."""
         self.output = Output(logged=logged)
         self.watched = self.output.watched
         """Queues whose events are collected (the watchers keep it up to date)."""
@@ -170,7 +168,7 @@ class Queues(Store):
                 # for the disk (``enqueue`` finds out if it came due meanwhile).
                 self.deadlines.set(Kind.DUE, job_id, self.timeline.monotonic(option.run_at))
             if option.key is not None:
-                self.keys[option.key] = job_id
+                self.claim(option.key, job_id, option.dedup_until)
             out.append(job)
             created.append(job)
             options.append(option)
