@@ -208,11 +208,15 @@ class Queues(Store):
         heads = []
         due = []
         for job in fresh:
-            if job.state is DELAYED:
+            options = job.options
+            if options is DEFAULT_OPTIONS:
+                # Most adds: due now, at the tail; no more checks than before LIFO existed.
+                waiting.append(job)
+            elif job.state is DELAYED:
                 queue.delayed[job.id] = job
                 if job.id not in self._due:
                     due.append(job)
-            elif job.options.lifo:
+            elif options.lifo:
                 heads.append(job)
             else:
                 waiting.append(job)
