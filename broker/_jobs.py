@@ -209,7 +209,7 @@ class Queue:
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False
         self.limiter: Limiter | None = None
-        """The queue's limits (None: it has none)."""
+        """The queue's limits, or its ``throttle`` hold (None: it has neither)."""
         self.active = 0
         self.pending = 0
         """Jobs created and not yet in line (their record is not durable yet)."""

@@ -97,12 +97,10 @@ class Queues(Store):
         """``stats=False`` leaves out the statistics counted per try (``started``,
         ``retried``, the wait and run times): only the counts and the rates of jobs added,
         completed and failed are kept."""
-        super().__init__()
+        super().__init__(Timeline(clock))
         self.stats = stats
         self.rng = rng or random.Random()
         """Jitters retry backoffs."""
-        self.timeline = Timeline(clock)
-        """The clock, and how wall times turn into times on the deadlines (monotonic)."""
         self.output = Output(logged=logged)
         self.watched = self.output.watched
         """Queues whose events are collected (the watchers keep it up to date)."""
@@ -181,7 +179,7 @@ class Queues(Store):
                 # for the disk (``enqueue`` finds out if it came due meanwhile).
                 self.deadlines.set(Kind.DUE, job_id, self.timeline.monotonic(option.run_at))
             if option.key is not None:
-                self.keys[option.key] = job_id
+                self.claim(option.key, job_id, option.dedup_until)
             out.append(job)
             created.append(job)
             options.append(option)
@@ -221,11 +219,15 @@ class Queues(Store):
         heads = []
         due = []
         for job in fresh:
-            if job.state is DELAYED:
+            options = job.options
+            if options is DEFAULT_OPTIONS:
+                # Most adds: due now, at the tail; no more checks than before LIFO existed.
+                waiting.append(job)
+            elif job.state is DELAYED:
                 queue.delayed[job.id] = job
                 if job.id not in self._due:
                     due.append(job)
-            elif job.options.lifo:
+            elif options.lifo:
                 heads.append(job)
             else:
                 waiting.append(job)
@@ -503,9 +505,13 @@ class Queues(Store):
         old = queue.limiter
         if (old.limits if old is not None else QueueLimits()) == limits:
             return
-        queue.limiter = limiter(limits, old)
-        if queue.limiter is None or queue.limiter.interval is None:
+        queue.limiter = new = limiter(limits, old)
+        if new is None:
             self.deadlines.cancel(Kind.LIMIT, queue_name)
+        elif not new.limited:
+            # Only a hold is left: the timer drops it at its end (at once if it ended already),
+            # so that the queue may be forgotten again.
+            self.deadlines.set(Kind.LIMIT, queue_name, new.until)
         if self.output.logged:
             self.output.records.append(QueueLimited(queue=queue_name, limits=limits))
         self.dispatcher.wake(queue)

@@ -212,12 +212,12 @@ class Replayer:
             job_id += 1
             if gone is not None and gone(job_id):
                 if option.key is not None:
-                    self._claim(option.key, job_id, alive=False)
+                    self._claim(option.key, job_id, option.dedup_until, alive=False)
                 continue
             job = Job(job_id, name, data, created_at, option)
             jobs[job_id] = job
             if option.key is not None:
-                self._claim(option.key, job_id)
+                self._claim(option.key, job_id, option.dedup_until)
             if job.state is DELAYED:
                 delayed[job_id] = job
             elif option.lifo:
@@ -228,15 +228,16 @@ class Replayer:
         queues.live_bytes += size
         queues.last_id = max(queues.last_id, job_id)
 
-    def _claim(self, key: str, job_id: int, *, alive: bool = True) -> None:
-        """Job ``job_id`` took ``key`` when it was added (unless a later job has it now)."""
+    def _claim(self, key: str, job_id: int, until: float | None, *, alive: bool = True) -> None:
+        """Job ``job_id`` took ``key`` when it was added, its ``dedup`` TTL ending at wall time
+        ``until`` (unless a later job has the key now)."""
         if self._claims.get(key, 0) > job_id:
             return
         self._claims[key] = job_id
         if alive:
-            self.queues.keys[key] = job_id
+            self.queues.claim(key, job_id, until)
         else:
-            self.queues.keys.pop(key, None)
+            self.queues.unclaim(key)
 
     def _join(self, job: Job) -> None:
         """The job became waiting (added, due, retried): at the head of its line if LIFO."""
@@ -271,14 +272,15 @@ class Replayer:
             queues.queue(record.queue)
             queues.last_id = max(queues.last_id, record.id)
             if record.options.key is not None:
-                self._claim(record.options.key, record.id, alive=False)
+                self._claim(record.options.key, record.id, record.options.dedup_until,
+                            alive=False)
             return
         job = Job(record.id, record.queue, record.data, record.created_at, record.options)
         job.attempt = record.attempt
         job.drops = record.drops
         queues.jobs[job.id] = job
         if record.options.key is not None:
-            self._claim(record.options.key, job.id)
+            self._claim(record.options.key, job.id, record.options.dedup_until)
         queues.last_id = max(queues.last_id, job.id)
         queues.live_bytes += len(record.data) + JOB_OVERHEAD
         queue = queues.queue(record.queue)

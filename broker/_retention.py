@@ -138,7 +138,7 @@ class Retention:
                 self._deadlines.cancel(Kind.EXPIRE, job.id)
         key = options.key
         if key is not None and store.keys.get(key) == job.id:
-            del store.keys[key]
+            store.unclaim(key)
         store.live_bytes -= len(job.data) + JOB_OVERHEAD + (
             len(job.result) if job.finished_at is not None else 0)
 

@@ -12,6 +12,7 @@ from itertools import islice
 
 from conveyor.protocol import JobState, QueueSummary
 
+from ._clock import Timeline
 from ._jobs import ACTIVE, COMPLETED, DELAYED, WAITING, Consumer, Job, Queue
 
 __all__ = ["Store"]
@@ -20,12 +21,18 @@ __all__ = ["Store"]
 class Store:
     """Queues by name, jobs by id and by idempotency key, and the counters they share."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        """The clock, and how wall times turn into times on the deadlines (monotonic)."""
         self.queues: dict[str, Queue] = {}
         self.jobs: dict[int, Job] = {}
         self.keys: dict[str, int] = {}
         """Idempotency keys of retained jobs (a key whose TTL ran out stays until its job is
         forgotten or a new job takes it: see ``keyed``)."""
+        self.dedup_ends: dict[str, float] = {}
+        """When (monotonic seconds) each key of ``keys`` with a ``dedup`` TTL stops
+        deduplicating: measured once, when its job took it, so that no step of the wall clock
+        ends a TTL early or stretches it."""
         self.last_id = 0
         """The highest job id given out (ids are never reused)."""
         self.live_bytes = 0
@@ -38,14 +45,28 @@ class Store:
             queue = self.queues[name] = Queue(name)
         return queue
 
+    def claim(self, key: str, job_id: int, until: float | None) -> None:
+        """Job ``job_id`` takes the idempotency key ``key``; ``until``: the wall time its
+        ``dedup`` TTL ends (None: it has none)."""
+        self.keys[key] = job_id
+        if until is None:
+            self.dedup_ends.pop(key, None)
+        else:
+            self.dedup_ends[key] = self.timeline.monotonic(until)
+
+    def unclaim(self, key: str) -> None:
+        """No job holds the idempotency key ``key`` any more."""
+        self.keys.pop(key, None)
+        self.dedup_ends.pop(key, None)
+
     def keyed(self, key: str, now: float) -> Job | None:
         """The retained job whose idempotency key is ``key`` and still deduplicates at wall time
         ``now`` (its ``dedup`` TTL, if any, has not run out), or None: the key is free."""
         job = self.jobs.get(self.keys.get(key, 0))
         if job is None:
             return None
-        until = job.options.dedup_until
-        return job if until is None or now < until else None
+        end = self.dedup_ends.get(key)
+        return job if end is None or self.timeline.monotonic(now) < end else None
 
     def consumer(self, owner: Hashable, queue_name: str) -> Consumer | None:
         """``owner``'s subscription to a queue, if it has one."""

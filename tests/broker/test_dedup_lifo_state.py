@@ -182,3 +182,18 @@ def test_a_delayed_or_retried_lifo_job_joins_the_head_again() -> None:
     queues.tick(clock.wall())
     assert waiting(queues) == [late.id, retried.id, plain.id]
     check_state(queues)
+
+
+def test_a_step_of_the_wall_clock_neither_ends_nor_stretches_a_time_to_live() -> None:
+    # The time to live was measured on the wall clock: setting it an hour on freed every key at
+    # once (duplicate jobs), setting it back kept them an hour longer.
+    clock = ManualClock()
+    queues = make_queues(clock)
+    (first,) = add(queues, job(1, id="k", dedup=10.0))
+    clock.step(3600.0)
+    assert add(queues, job(2, id="k", dedup=10.0)) == [first]
+    clock.step(-7200.0)
+    clock.advance(10.0)
+    assert queues.keyed("k", queues.now()) is None
+    (second,) = add(queues, job(3, id="k", dedup=10.0))
+    assert second is not first

@@ -322,3 +322,27 @@ def test_limits_hold_and_dispatch_is_work_conserving_within_them(
             assert later - earlier > spacing - 1e-5
         for index, first in enumerate(starts):
             assert len([t for t in starts[index:] if t < first + per - 1e-5]) <= rate
+
+
+@pytest.mark.parametrize("cleared_during_hold", [True, False])
+def test_limits_cleared_around_a_hold_leave_no_limiter_once_it_ends(
+        cleared_during_hold: bool) -> None:
+    # Clearing limits during a hold once dropped the timer that ends it, and clearing them
+    # after a hold the timer saw end kept an empty limiter: either way the queue, though
+    # unused, was never forgotten.
+    queues, clock = make()
+    queues.subscribe("w", "q", 1)
+    queues.set_limits("q", QueueLimits(concurrency=3))
+    add(queues, 1)
+    (job,) = dispatch(queues)["w"]
+    queues.throttle("w", job.id, job.lease, 1.0, queues.now())
+    if not cleared_during_hold:
+        clock.advance(1.0)
+        queues.tick(queues.now())
+    queues.set_limits("q", QueueLimits())
+    queues.remove(job.id)
+    queues.drop("w", queues.now())
+    clock.advance(1.0)
+    queues.tick(queues.now())
+    assert queues.queues["q"].limiter is None
+    assert queues.forget_unused() == 1

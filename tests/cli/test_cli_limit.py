@@ -5,7 +5,7 @@ from __future__ import annotations
 from cli_support import conveyor
 
 from conveyor.client import Client
-from conveyor.protocol import QueueLimits
+from conveyor.protocol import MAX_LIMIT, MAX_LIMIT_PERIOD, QueueLimits
 
 
 async def test_limit_sets_shows_and_clears_a_queues_limits(url: str) -> None:
@@ -32,3 +32,15 @@ async def test_limit_refuses_bad_usage_with_exit_2(url: str) -> None:
     assert per_alone.returncode == 2 and "--rate" in per_alone.error_line()
     zero = await conveyor("limit", "mail", "--concurrency", "0", url=url)
     assert zero.returncode == 2 and "from 1 to" in zero.error_line()
+
+
+async def test_limit_takes_the_protocols_bounds_and_refuses_beyond_them(url: str) -> None:
+    # The command writes out MAX_LIMIT and MAX_LIMIT_PERIOD: they must stay the protocol's.
+    top = await conveyor("limit", "mail", "--rate", str(MAX_LIMIT), "--per",
+                         f"{MAX_LIMIT_PERIOD:g}", "--concurrency", str(MAX_LIMIT), url=url)
+    top.ok()
+    for option, value in (("--rate", str(MAX_LIMIT + 1)), ("--concurrency", str(MAX_LIMIT + 1)),
+                          ("--per", f"{MAX_LIMIT_PERIOD * 2:g}")):
+        extra = ["--rate", "1"] if option == "--per" else []
+        beyond = await conveyor("limit", "mail", *extra, option, value, url=url)
+        assert beyond.returncode == 2 and option in beyond.error_line()
