@@ -17,6 +17,7 @@ from conveyor.client import (
     QueueStats,
     WorkerInfo,
 )
+from conveyor.protocol import QueueLimits
 
 __all__ = [
     "COUNTS",
@@ -115,6 +116,19 @@ def _preview(value: Any) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
 
 
+def limits_text(limits: QueueLimits | None) -> str:
+    """A queue's limits in words: ``at most 1,000 starts per 1 s; at most 5 active``, or
+    ``none``."""
+    if limits is None:
+        return "none"
+    parts = []
+    if limits.rate is not None:
+        parts.append(f"at most {limits.rate:,} starts per {limits.per:g} s")
+    if limits.concurrency is not None:
+        parts.append(f"at most {limits.concurrency:,} active")
+    return "; ".join(parts) or "none"
+
+
 def queue_view(queue: QueueStats) -> dict[str, Any]:
     """One queue: counts, rates (1/5/15 min) and duration quantiles."""
     rates = {kind: getattr(queue, f"{kind}_rate") for kind in RATE_KINDS}
@@ -126,6 +140,7 @@ def queue_view(queue: QueueStats) -> dict[str, Any]:
                          for window in ("m1", "m5", "m15")}
                   for kind, rate in rates.items()},
         "rates_text": {kind: rate_text(rate.m1) for kind, rate in rates.items()},
+        "limits": limits_text(queue.limits),
         "latency": {
             "wait_p50": quantile_text(queue.wait_time, 0.5),
             "wait_p95": quantile_text(queue.wait_time, 0.95),

@@ -185,3 +185,14 @@ async def test_a_huge_payload_is_shown_cut_with_a_note(url: str, dashboard: Serv
     data = parse(response.text).find(id="job-data").text
     assert data.startswith('{ "blob": "xxx')
     assert data.endswith("more characters not shown")
+
+
+async def test_the_queue_page_shows_the_queues_limits(url: str, dashboard: Served) -> None:
+    async with Client(url) as client:
+        await client.add("calls", 1)
+        assert (await dashboard.page("/queues/calls")).find(id="limits").text == "none"
+        await client.set_limits("calls", rate=1000, per=1.0, concurrency=5)
+        page = await dashboard.page("/queues/calls")
+        assert page.find(id="limits").text == "at most 1,000 starts per 1 s; at most 5 active"
+        await client.clear_limits("calls")
+        assert (await dashboard.page("/queues/calls")).find(id="limits").text == "none"
