@@ -12,12 +12,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from conveyor.broker import Broker
 from conveyor.client import Client
+from conveyor.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: child processes run there so ``broker``, ``worker`` and ``examples``
@@ -216,3 +217,15 @@ async def wait_for_workers(source: Broker | Client, queue: str, count: int,
 
     await eventually(subscribed, f"{count} workers subscribed to {queue!r}", timeout=timeout,
                      workers=workers)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run an in-process ``worker`` for the duration of the block, then close it."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        async with asyncio.timeout(15):
+            await task

@@ -12,7 +12,6 @@ directory on ``sys.path``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -29,7 +28,6 @@ from conveyor.client import Client
 from conveyor.dashboard import create_app
 from conveyor.dashboard.security import CSRF_HEADER, allowed_hosts
 from conveyor.dashboard.server import DashboardServer, bind
-from conveyor.worker import Worker
 
 TOKEN = "test-csrf-token"
 """The CSRF token of the dashboards served by ``serve``."""
@@ -181,14 +179,3 @@ def users_file(path: Path, users: dict[str, dict[str, Any]]) -> Path:
     path.chmod(0o600)
     return path
 
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    """Run an in-process ``worker`` for the duration of the block, then close it."""
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        await worker.close()
-        async with asyncio.timeout(15):
-            await task

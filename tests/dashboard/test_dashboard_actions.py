@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from dashboard_support import Served, running
-from processes import eventually
+from dashboard_support import Served
+from processes import eventually, running
 
 from conveyor.client import Client, JobState
 from conveyor.worker import Job, Worker

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from dashboard_support import Served, running, serve, sse
-from processes import eventually
+from dashboard_support import Served, serve, sse
+from processes import eventually, running
 
 from conveyor.broker import Broker
 from conveyor.client import Client, EventStream, Stats

@@ -8,8 +8,8 @@ import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
-from dashboard_support import Served, running, serve
-from processes import eventually
+from dashboard_support import Served, serve
+from processes import eventually, running
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.broker import Broker

@@ -7,8 +7,8 @@ import os
 import socket
 
 import pytest
-from dashboard_support import TOKEN, Served, parse, running
-from processes import eventually
+from dashboard_support import TOKEN, Served, parse
+from processes import eventually, running
 
 from conveyor.client import Client, JobFailed
 from conveyor.worker import Job, Worker

@@ -9,7 +9,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from dashboard_support import Served, running, serve, users_file
+from dashboard_support import Served, serve, users_file
+from processes import running
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.broker import Broker

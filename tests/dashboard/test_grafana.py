@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from dashboard_support import running, serve
+from dashboard_support import serve
+from processes import running
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.broker import Broker

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import handlers
 import pytest
-from processes import WorkerProcess, eventually
+from processes import WorkerProcess, eventually, running
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState
@@ -198,17 +197,6 @@ async def test_sigterm_with_a_short_grace_hands_a_long_job_back(
         info = await client.get_job(job)
         assert info is not None and info.state is JobState.WAITING
 
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    """Run an in-process ``worker`` for the duration of the block."""
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        await worker.close()
-        async with asyncio.timeout(10):
-            await task
 
 
 async def test_many_concurrent_waits_each_get_their_own_result(url: str) -> None:

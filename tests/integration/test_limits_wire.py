@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from processes import eventually, wait_for_workers
+from processes import eventually, running, wait_for_workers
 
 from conveyor.broker import Broker, Permission, User, Users, make_secret
 from conveyor.client import Client, Forbidden
@@ -20,15 +19,6 @@ from conveyor.worker import Job, RateLimited, Worker
 
 MakeBroker = Callable[..., Awaitable[Broker]]
 
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.ensure_future(worker.run())
-    try:
-        yield worker
-    finally:
-        await worker.close()
-        await task
 
 
 async def limits_of(client: Client, queue: str) -> QueueLimits | None:

@@ -7,12 +7,11 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-from processes import eventually, wait_for_workers
+from processes import eventually, running, wait_for_workers
 from rawwire import Raw
 
 from conveyor.broker import Broker, Permission, User, Users, make_secret
@@ -25,15 +24,6 @@ MakeBroker = Callable[..., Awaitable[Broker]]
 async def noop(job: Job) -> str:
     return "ok"
 
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.ensure_future(worker.run())
-    try:
-        yield worker
-    finally:
-        await worker.close()
-        await task
 
 
 def worker_on(stats: Stats, queue: str) -> WorkerInfo:

@@ -8,8 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from processes import eventually
-from worker_support import running, subscribers
+from processes import eventually, running
+from worker_support import subscribers
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, SyncClient

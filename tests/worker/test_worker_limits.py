@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from processes import eventually
-from worker_support import running
+from processes import eventually, running
 
 from conveyor.broker import Broker
 from conveyor.client import Client, JobFailed, JobState

@@ -8,8 +8,7 @@ import logging
 import time
 
 import pytest
-from processes import eventually
-from worker_support import running
+from processes import eventually, running
 
 from conveyor.client import Client
 from conveyor.worker import Job, Worker

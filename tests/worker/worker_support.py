@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from processes import WorkerProcess
 
 from conveyor.broker import Broker
-from conveyor.worker import Worker
 
 HERE = Path(__file__).resolve().parent
 """This directory: child processes get it on ``PYTHONPATH`` to import ``registry_tasks``."""
@@ -42,14 +39,3 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         records.append(record)
     return records
 
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    """Run an in-process ``worker`` for the duration of the block, then close it."""
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        await worker.close()
-        async with asyncio.timeout(15):
-            await task
