@@ -4,15 +4,26 @@ one job per line of a JSONL file (see ``jsonl.py``)."""
 from __future__ import annotations
 
 import argparse
+from typing import cast
 
 import msgspec
 
-from conveyor.client import Client, JobOptions, exponential
+from conveyor.client import Backoff, Client, JobOptions, exponential
 
 from .output import print_json
 from .runner import OK, USAGE, connected, fail, run
 
-__all__ = ["add", "job_options"]
+__all__ = ["add", "backoff", "job_options"]
+
+
+def backoff(args: argparse.Namespace) -> float | Backoff | None:
+    """The job's backoff that ``--backoff`` or ``--backoff-exponential [--backoff-cap]`` ask
+    for (None: none). Raises ``ValueError`` for ``--backoff-cap`` alone."""
+    if args.backoff_cap is not None and args.backoff_exponential is None:
+        raise ValueError("--backoff-cap applies to --backoff-exponential only")
+    if args.backoff_exponential is not None:
+        return exponential(args.backoff_exponential, cap=args.backoff_cap)
+    return cast("float | None", args.backoff)
 
 
 def job_options(args: argparse.Namespace) -> JobOptions:
@@ -20,9 +31,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
 
     Raises ``ValueError`` for a combination that cannot be used.
     """
-    if args.backoff_cap is not None and args.backoff_exponential is None:
-        raise ValueError("--backoff-cap applies to --backoff-exponential only")
     options: JobOptions = {}
+    wait = backoff(args)
     if args.name is not None:
         options["name"] = args.name
     if args.key is not None:
@@ -31,10 +41,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         options["priority"] = args.priority
     if args.attempts != 1:
         options["attempts"] = args.attempts
-    if args.backoff is not None:
-        options["backoff"] = args.backoff
-    elif args.backoff_exponential is not None:
-        options["backoff"] = exponential(args.backoff_exponential, cap=args.backoff_cap)
+    if wait is not None:
+        options["backoff"] = wait
     if args.timeout is not None:
         options["timeout"] = args.timeout
     if args.delay:

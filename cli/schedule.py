@@ -8,8 +8,9 @@ from typing import Any
 
 import msgspec
 
-from conveyor.client import Client, Schedule, exponential
+from conveyor.client import Client, Schedule
 
+from .add import backoff
 from .output import print_json
 from .runner import OK, USAGE, connected, fail, run
 
@@ -18,22 +19,22 @@ __all__ = ["add", "list_schedules", "remove"]
 
 def add(args: argparse.Namespace) -> int:
     """``conveyor schedule add ID QUEUE DATA_JSON (--every S | --cron EXPR [--tz TZ])``."""
-    if args.backoff_cap is not None and args.backoff_exponential is None:
-        return fail("--backoff-cap applies to --backoff-exponential only", USAGE)
+    try:
+        wait = backoff(args)
+    except ValueError as exc:
+        return fail(str(exc), USAGE)
     if args.tz is not None and args.cron is None:
         return fail("--tz is the time zone of --cron: give --cron too", USAGE)
     try:
         data = msgspec.json.decode(args.data)
     except msgspec.DecodeError as exc:
         return fail(f"DATA_JSON is not valid JSON: {exc}", USAGE)
-    backoff = (args.backoff if args.backoff_exponential is None
-               else exponential(args.backoff_exponential, cap=args.backoff_cap))
 
     async def body(client: Client) -> int:
         await client.set_schedule(
             args.id, args.queue, data, every=args.every, cron=args.cron, tz=args.tz or "UTC",
             missed=args.missed, name=args.name, priority=args.priority, attempts=args.attempts,
-            backoff=backoff, timeout=args.timeout)
+            backoff=wait, timeout=args.timeout)
         if args.json:
             print_json({"id": args.id, "set": True})
         else:
