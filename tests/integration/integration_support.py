@@ -9,11 +9,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from processes import STOP_TIMEOUT, WorkerProcess, check_asyncio_leaks, launch_broker
 from processes import subprocess_env as child_env
+
+from conveyor.broker import Broker
+from conveyor.client import Client
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,3 +76,15 @@ def start_broker_process(directory: Path, *args: str) -> BrokerProcess:
 
 StartWorker = Callable[..., WorkerProcess]
 """The ``start_worker`` fixture: starts ``python -m conveyor.worker ARGS`` as a child process."""
+
+
+async def compacted(client: Client, broker: Broker) -> None:
+    """Write history the log can throw away (jobs added to a queue of their own and drained)
+    until ``broker``'s log has compacted at least once."""
+    log = broker.log
+    assert log is not None, "the broker has no log"
+    deadline = time.monotonic() + 30
+    while not log.compactions:
+        assert time.monotonic() < deadline, "no compaction within 30 s"
+        await client.add_bulk("filler", ["x" * 200] * 20)
+        await client.drain("filler")

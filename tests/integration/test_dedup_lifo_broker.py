@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from integration_support import compacted
 from processes import eventually
 
 from conveyor.broker import Broker
@@ -101,15 +102,7 @@ async def test_dedup_and_lifo_survive_a_compaction(make_broker: MakeBroker,
         await client.add("held", "lifo", lifo=True)
         order = await waiting_order(client, "held")
         assert order == ["lifo", "old", "new", "fifo"]
-        assert broker.log is not None
-        log = broker.log
-        # History that compaction throws away: jobs added and drained.
-        for _ in range(100):
-            if log.compactions:
-                break
-            await client.add_bulk("filler", ["x" * 200] * 20)
-            await client.drain("filler")
-        await eventually(lambda: log.compactions > 0, what="a compaction")
+        await compacted(client, broker)
     await broker.close()
     restarted = await make_broker(**options)
     async with Client(address(restarted)) as client:

@@ -5,11 +5,11 @@ may set them; and a handler that reports its service rate limiting (``RateLimite
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from integration_support import compacted
 from processes import eventually, running, wait_for_workers
 
 from conveyor.broker import Broker, Permission, User, Users, make_secret
@@ -84,11 +84,7 @@ async def test_limits_survive_a_restart_and_a_compaction(tmp_path: Path) -> None
             await client.set_limits("capped", concurrency=2)
             await client.set_limits("cleared", concurrency=2)
             await client.clear_limits("cleared")
-            deadline = time.monotonic() + 20
-            while broker.log.compactions == 0:
-                assert time.monotonic() < deadline, "no compaction within 20 s"
-                await client.add_bulk("other", ["x" * 500] * 10)
-                await client.drain("other")
+            await compacted(client, broker)
             await client.add_bulk("rated", [1, 2, 3])
     finally:
         await broker.close()
