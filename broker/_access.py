@@ -16,6 +16,7 @@ from typing import Any, Final
 from conveyor.protocol import (
     Ack,
     Add,
+    AddFlow,
     Authenticate,
     Clean,
     ClientMessage,
@@ -24,6 +25,7 @@ from conveyor.protocol import (
     Extend,
     Fail,
     FindJob,
+    GetChildren,
     GetCounts,
     GetJob,
     GetJobs,
@@ -69,7 +71,7 @@ _BY_QUEUE: Final[dict[type, Permission]] = {
 """Messages judged on their ``queue``, and the permission each needs there."""
 _BY_JOB: Final[dict[type, Permission]] = {
     Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME, Throttle: CONSUME,
-    GetJob: READ, Wait: READ,
+    GetJob: READ, Wait: READ, GetChildren: READ,
     Promote: ADMIN, Remove: ADMIN,
 }
 """Messages judged on the queue of their ``job``, and the permission each needs there."""
@@ -99,6 +101,12 @@ def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job],
         if message.queue is not None:
             return _on_queue(user, ADMIN, message.queue, req)
         return None if message.job is None else _on_job(user, ADMIN, jobs, message.job, req)
+    if isinstance(message, AddFlow):
+        for entry in message.jobs:
+            refused = _on_queue(user, PRODUCE, entry.queue, req)
+            if refused is not None:
+                return refused
+        return None
     if isinstance(message, SetSchedule):
         return _on_queue(user, ADMIN, message.schedule.queue, req)
     if isinstance(message, RemoveSchedule):

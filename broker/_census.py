@@ -151,9 +151,25 @@ class _ScheduleRemoved(_Record, tag=16, frozen=True):
     pass
 
 
+class _FlowJob(msgspec.Struct, frozen=True, array_like=True):
+    queue: str
+    data: msgspec.Raw
+    options: _Options
+
+
+class _FlowAdded(_Record, tag=17, frozen=True):
+    first_id: int
+    created_at: msgspec.Raw
+    jobs: list[_FlowJob]
+
+
+class _ChildDone(_Record, tag=18, frozen=True):
+    pass
+
+
 _Any = (_Added | _Finished | _Requeued | _AddedWithOptions | _Retrying | _Promoted | _Removed
         | _Paused | _Retried | _QueueSnapshot | _JobSnapshot | _LastId | _Limited
-        | _ScheduleSet | _ScheduleRemoved)
+        | _ScheduleSet | _ScheduleRemoved | _FlowAdded | _ChildDone)
 _decoder: Final[msgspec.msgpack.Decoder[_Any]] = msgspec.msgpack.Decoder(_Any)
 
 
@@ -203,6 +219,11 @@ class Census:
                 for offset, option in enumerate(options):
                     if option.keep_result is not None:
                         self._keep_own(first_id + offset, option.keep_result)
+            case _FlowAdded(first_id=first_id, jobs=flow):
+                for offset, node in enumerate(flow):
+                    self._add(first_id + offset, 1, self._queue(node.queue))
+                    if node.options.keep_result is not None:
+                        self._keep_own(first_id + offset, node.options.keep_result)
             case _Removed(ids=ids):
                 for job_id in ids:
                     self._remove(job_id)

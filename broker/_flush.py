@@ -37,9 +37,13 @@ from ._errors import DiskFull
 from ._jobs import DEFAULT_OPTIONS, Job, JobOptions
 from ._log import FsyncPolicy, Log
 from ._peer import Peer
-from ._records import JobsAdded, JobsAddedWithOptions, Record
+from ._records import FlowAdded, JobsAdded, JobsAddedWithOptions, Record
 
 __all__ = ["flush"]
+
+
+_ADDS: Final = (JobsAdded, JobsAddedWithOptions, FlowAdded)
+"""The records that add jobs (refused when the disk is full)."""
 
 
 def _nothing() -> None:
@@ -128,7 +132,7 @@ def _write(core: Core, log: Log, records: list[Record], accepted: list[Accepted]
 
 
 def _not_adds(records: list[Record]) -> list[Record]:
-    return [r for r in records if not isinstance(r, JobsAdded | JobsAddedWithOptions)]
+    return [r for r in records if not isinstance(r, _ADDS)]
 
 
 def _write_into_reserve(log: Log, records: list[Record]) -> list[Record]:
@@ -153,7 +157,7 @@ def _refuse_adds(core: Core, records: list[Record], accepted: list[Accepted],
     pass matched its idempotency key). Return the adds that created nothing."""
     # Ids only grow: every job created in this pass has an id from its first add record on.
     first_new = min((r.first_id for r in records
-                     if isinstance(r, JobsAdded | JobsAddedWithOptions)),
+                     if isinstance(r, _ADDS)),
                     default=core.queues.last_id + 1)
     kept: list[Accepted] = []
     doomed: dict[int, Job] = {}

@@ -6,12 +6,21 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Final
 
 import msgspec
 
-from conveyor.protocol import NIL, Backoff, JobDef, JobError, JobInfo, JobState
+from conveyor.protocol import (
+    NIL,
+    Backoff,
+    ChildPolicy,
+    ChildResult,
+    JobDef,
+    JobError,
+    JobInfo,
+    JobState,
+)
 
 from ._durations import Durations
 from ._limits import Limiter
@@ -30,7 +39,9 @@ __all__ = [
     "JOB_OVERHEAD",
     "MAX_DELAY",
     "WAITING",
+    "WAITING_CHILDREN",
     "Consumer",
+    "Flow",
     "Job",
     "JobOptions",
     "Queue",
@@ -54,6 +65,7 @@ MAX_DELAY: Final = 1e9
 later ``run_at`` is cut to it, so every time it computes is a finite float."""
 
 WAITING: Final = JobState.WAITING
+WAITING_CHILDREN: Final = JobState.WAITING_CHILDREN
 DELAYED: Final = JobState.DELAYED
 ACTIVE: Final = JobState.ACTIVE
 COMPLETED: Final = JobState.COMPLETED
@@ -81,6 +93,12 @@ class JobOptions(msgspec.Struct, frozen=True, array_like=True):
     """Wall time from which ``key`` no longer deduplicates (none: never)."""
     lifo: bool = False
     """The job joins the head of its priority's waiting line, not the tail."""
+    parent: int | None = None
+    """The job's parent, for a child of a flow."""
+    children: int = 0
+    """How many children the job has (the parent of a flow): it waits for them."""
+    on_failure: ChildPolicy = "fail"
+    """What the job failing for good (or removed unfinished) does to its parent."""
 
 
 DEFAULT_OPTIONS: Final = JobOptions()
@@ -96,6 +114,7 @@ class Job:
         "drops",
         "error",
         "finished_at",
+        "flow",
         "holder",
         "id",
         "lease",
@@ -138,6 +157,8 @@ class Job:
         there (statistics)."""
         self.started = 0.0
         """When (monotonic seconds) the current try was delivered (statistics)."""
+        self.flow: Flow | None = None
+        """For the parent of a flow: where its children stand."""
 
     @property
     def run_at(self) -> float | None:
@@ -163,7 +184,26 @@ class Job:
             attempts=options.attempts,
             run_at=self.run_at,
             name=options.name,
+            parent=options.parent,
+            children=options.children,
+            children_left=0 if self.flow is None else self.flow.left,
         )
+
+
+class Flow:
+    """Where the children of a flow's parent stand."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, children: int, done: Iterable[ChildResult] = ()) -> None:
+        self.left = children
+        """Children not finished yet."""
+        self.done: dict[int, ChildResult] = {child.id: child for child in done}
+        """The outcomes of the children that finished, by child id."""
+
+    def size(self) -> int:
+        """The bytes of results and errors it holds (live-size estimate)."""
+        return sum(len(child.result) for child in self.done.values())
 
 
 class Consumer:
@@ -199,13 +239,15 @@ class Queue:
 
     __slots__ = ("active", "added", "added_rate", "completed", "completed_rate", "consumers",
                  "delayed", "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own",
-                 "limiter", "name", "paused", "pending", "retried", "retried_rate", "run_time",
-                 "started", "started_rate", "wait_time", "waiting")
+                 "limiter", "name", "parents", "paused", "pending", "retried", "retried_rate",
+                 "run_time", "started", "started_rate", "wait_time", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.waiting: WaitingLine[Job] = WaitingLine()
         self.delayed: dict[int, Job] = {}
+        self.parents: dict[int, Job] = {}
+        """Parents of flows waiting for their children (``WAITING_CHILDREN``)."""
         self.consumers: dict[Hashable, Consumer] = {}
         self.paused = False
         self.limiter: Limiter | None = None
@@ -245,7 +287,8 @@ class Queue:
         """Whether nothing would be lost if the queue were forgotten: it holds no job in any
         state, nobody is subscribed, it is not paused, it has no limits and it never finished a
         job (its totals are 0). Whether it is watched is the caller's to check."""
-        return (not self.waiting and not self.delayed and not self.consumers and not self.pending
+        return (not self.waiting and not self.delayed and not self.parents and not self.consumers
+                and not self.pending
                 and not self.active and not self.paused and self.limiter is None
                 and not self.completed
                 and not self.failed and not self.kept_completed and not self.kept_failed

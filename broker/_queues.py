@@ -20,12 +20,21 @@ from typing import Final, cast
 
 import msgspec
 
-from conveyor.protocol import JobDef, JobError, JobState, QueueLimits, QueueSummary, Schedule
+from conveyor.protocol import (
+    FlowJob,
+    JobDef,
+    JobError,
+    JobState,
+    QueueLimits,
+    QueueSummary,
+    Schedule,
+)
 
 from ._clock import Clock, Timeline
 from ._deadlines import Deadlines, Kind
 from ._dispatch import Dispatcher
 from ._errors import StateError
+from ._flows import Flows
 from ._jobs import (
     ACTIVE,
     COMPLETED,
@@ -37,6 +46,7 @@ from ._jobs import (
     FAILED,
     JOB_OVERHEAD,
     WAITING,
+    WAITING_CHILDREN,
     Consumer,
     Job,
     JobOptions,
@@ -118,6 +128,8 @@ class Queues(Store):
         """Every schedule, by id."""
         self._fired: list[Job] = []
         """Jobs schedules made since the last ``take_fired``, waiting for their records."""
+        self.flows = Flows(self)
+        self.retention.child_ended = self.flows.finished
 
     def now(self) -> float:
         """The wall time now, from the state's clock: what ``now`` arguments take."""
@@ -200,9 +212,25 @@ class Queues(Store):
                                      jobs=datas, options=options))
         return out
 
+    def create_flow(self, entries: Sequence[FlowJob], now: float) -> list[Job]:
+        """Create the jobs of a flow (checked by ``flow_error``), as ``create`` does: the flush
+        puts them in line once their record is durable (``enqueue``)."""
+        return self.flows.create(entries, now)
+
     def enqueue(self, jobs: Sequence[Job]) -> None:
-        """Put jobs made by ``create`` in line (the delayed ones with the delayed jobs, or in
-        line when they came due while their record waited for the disk)."""
+        """Put jobs made by ``create`` (or ``create_flow``) in line (the delayed ones with the
+        delayed jobs, or in line when they came due while their record waited for the disk)."""
+        if len(jobs) > 1 and jobs[0].options.children:
+            # A flow: its jobs may be on several queues.
+            by_queue: dict[str, list[Job]] = {}
+            for job in jobs:
+                by_queue.setdefault(job.queue, []).append(job)
+            for part in by_queue.values():
+                self._enqueue(part)
+            return
+        self._enqueue(jobs)
+
+    def _enqueue(self, jobs: Sequence[Job]) -> None:
         fresh = []
         for job in jobs:
             # A job appears more than once when one bulk add repeats its idempotency key.
@@ -223,6 +251,8 @@ class Queues(Store):
             if options is DEFAULT_OPTIONS:
                 # Most adds: due now, at the tail; no more checks than before LIFO existed.
                 waiting.append(job)
+            elif job.state is WAITING_CHILDREN:
+                queue.parents[job.id] = job
             elif job.state is DELAYED:
                 queue.delayed[job.id] = job
                 if job.id not in self._due:
@@ -477,14 +507,14 @@ class Queues(Store):
         self._promote(job, self.timeline.monotonic(now))
         return job
 
-    def remove(self, job_id: int) -> Job | None:
+    def remove(self, job_id: int, now: float = 0.0) -> Job | None:
         """Remove a job that is not active; None when there is no such job."""
         job = self.jobs.get(job_id)
         if job is None:
             return None
         if job.state is ACTIVE or job.pending:
             raise StateError(f"job {job_id} is active and cannot be removed")
-        self.retention.remove([job])
+        self.retention.remove([job], now=now)
         return job
 
     def pause(self, queue_name: str, paused: bool) -> None:
@@ -546,15 +576,16 @@ class Queues(Store):
                 self.output.records.append(JobsRetried(ids=[job.id for job in jobs]))
         return len(jobs)
 
-    def drain(self, queue_name: str) -> int:
-        """Remove every waiting and delayed job of a queue; return how many."""
+    def drain(self, queue_name: str, now: float = 0.0) -> int:
+        """Remove every waiting and delayed job of a queue; return how many (parents waiting
+        for their children stay)."""
         queue = self.queues.get(queue_name)
         if queue is None:
             return 0
         jobs = queue.waiting.clear()
         jobs += queue.delayed.values()
         queue.delayed.clear()
-        self.retention.remove(jobs, unlined=True)
+        self.retention.remove(jobs, unlined=True, now=now)
         return len(jobs)
 
     def clean(self, queue_name: str, state: JobState, older_than: float, now: float) -> int:

@@ -11,11 +11,14 @@ from typing import Final
 
 import msgspec
 
-from conveyor.protocol import NIL, JobError, QueueLimits, Schedule
+from conveyor.protocol import NIL, ChildResult, JobError, QueueLimits, Schedule
 
 from ._jobs import DEFAULT_OPTIONS, JobOptions
 
 __all__ = [
+    "ChildDone",
+    "FlowAdded",
+    "FlowJobRecord",
     "JobFinished",
     "JobPromoted",
     "JobRequeued",
@@ -140,6 +143,10 @@ class JobSnapshot(_Record, tag=11, frozen=True):
     result: msgspec.Raw = NIL
     error: JobError | None = None
     options: JobOptions = DEFAULT_OPTIONS
+    children_left: int = 0
+    """For the parent of a flow: its children not finished yet."""
+    children_done: list[ChildResult] = []
+    """For the parent of a flow: the outcomes of its children that finished."""
 
 
 class LastId(_Record, tag=12, frozen=True):
@@ -169,10 +176,39 @@ class ScheduleRemoved(_Record, tag=16, frozen=True):
     id: str
 
 
+class FlowJobRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One job of a ``FlowAdded`` record (its parent and children are in its options)."""
+
+    queue: str
+    data: msgspec.Raw
+    options: JobOptions
+
+
+class FlowAdded(_Record, tag=17, frozen=True):
+    """The jobs of one flow, added at once; their ids run from ``first_id`` upward, in order."""
+
+    first_id: int
+    created_at: float
+    jobs: list[FlowJobRecord]
+
+
+class ChildDone(_Record, tag=18, frozen=True):
+    """A child of a flow finished (``error``: it failed for good, or was removed unfinished);
+    its parent took note at ``at``. ``release``: that was the parent's last child, and the
+    parent became waiting (or delayed, until its ``run_at``)."""
+
+    parent: int
+    child: int
+    at: float
+    result: msgspec.Raw = NIL
+    error: JobError | None = None
+    release: bool = False
+
+
 Record = (
     JobsAdded | JobFinished | JobRequeued | JobsAddedWithOptions | JobRetrying | JobPromoted
     | JobsRemoved | QueuePaused | JobsRetried | QueueSnapshot | JobSnapshot | LastId
-    | QueueLimited | ScheduleSet | ScheduleRemoved
+    | QueueLimited | ScheduleSet | ScheduleRemoved | FlowAdded | ChildDone
 )
 
 _encoder: Final = msgspec.msgpack.Encoder()

@@ -15,13 +15,23 @@ from collections.abc import Iterator
 
 import msgspec
 
-from conveyor.protocol import JobState
+from conveyor.protocol import ChildResult, JobError, JobState
 
 from ._census import Census
-from ._jobs import DEFAULT_OPTIONS, DELAYED, JOB_OVERHEAD, Job, JobOptions
+from ._jobs import (
+    DEFAULT_OPTIONS,
+    DELAYED,
+    JOB_OVERHEAD,
+    WAITING_CHILDREN,
+    Flow,
+    Job,
+    JobOptions,
+)
 from ._limits import limiter
 from ._queues import Queues
 from ._records import (
+    ChildDone,
+    FlowAdded,
     JobFinished,
     JobPromoted,
     JobRequeued,
@@ -79,6 +89,13 @@ class Replayer:
             case JobsAddedWithOptions(queue=name, first_id=first_id, created_at=created_at,
                                       jobs=payloads, options=options):
                 self._add(name, first_id, created_at, payloads, options)
+            case FlowAdded(first_id=first_id, created_at=created_at, jobs=flow):
+                for offset, node in enumerate(flow):
+                    self._add(node.queue, first_id + offset, created_at, [node.data],
+                              [node.options])
+            case ChildDone(parent=parent_id, child=child_id, at=at, result=result, error=error,
+                           release=release):
+                self._child_done(parent_id, child_id, at, result, error, release)
             case JobFinished(id=job_id, attempt=attempt, at=at, result=result, error=error):
                 finished = jobs.get(job_id)
                 if finished is None or finished.finished_at is not None:
@@ -161,6 +178,33 @@ class Replayer:
             case ScheduleRemoved(id=schedule_id):
                 queues.schedules.pop(schedule_id, None)
 
+    def _child_done(self, parent_id: int, child_id: int, at: float, result: msgspec.Raw,
+                    error: JobError | None, release: bool) -> None:
+        """A parent took note of a child that finished; ``release``: it was its last, and the
+        parent became waiting (or delayed)."""
+        queues = self.queues
+        parent = queues.jobs.get(parent_id)
+        flow = None if parent is None else parent.flow
+        if parent is None or flow is None:
+            self._skip(parent_id)
+            return
+        if child_id not in flow.done:
+            outcome = ChildResult(id=child_id, result=result.copy(), error=error)
+            flow.done[child_id] = outcome
+            flow.left -= 1
+            queues.live_bytes += len(outcome.result)
+        if release and parent.state is WAITING_CHILDREN:
+            queue = queues.queues[parent.queue]
+            del queue.parents[parent_id]
+            run_at = parent.options.run_at
+            if run_at is not None and run_at > at:
+                parent.state = JobState.DELAYED
+                queue.delayed[parent_id] = parent
+            else:
+                parent.options = msgspec.structs.replace(parent.options, run_at=None)
+                parent.state = JobState.WAITING
+                self._join(parent)
+
     def finish(self) -> None:
         """Build every queue's waiting line from what was applied; arm the delayed jobs."""
         queues = self.queues
@@ -218,7 +262,11 @@ class Replayer:
             jobs[job_id] = job
             if option.key is not None:
                 self._claim(option.key, job_id, option.dedup_until)
-            if job.state is DELAYED:
+            if option.children:
+                job.state = WAITING_CHILDREN
+                job.flow = Flow(option.children)
+                queue.parents[job_id] = job
+            elif job.state is DELAYED:
                 delayed[job_id] = job
             elif option.lifo:
                 self._head(job)
@@ -259,6 +307,8 @@ class Replayer:
     def _unline(self, job: Job) -> None:
         self._heads.pop(job.id, None)
         self._tails.pop(job.id, None)
+        if job.state is WAITING_CHILDREN:
+            self.queues.queues[job.queue].parents.pop(job.id, None)
 
     def _skip(self, job_id: int) -> None:
         """A record about a job that is not there: gone by the end (the census knew), or lost
@@ -286,6 +336,9 @@ class Replayer:
         queue = queues.queue(record.queue)
         state = _STATES[record.state]
         job.state = state
+        if record.options.children:
+            job.flow = Flow(record.children_left, record.children_done)
+            queues.live_bytes += job.flow.size()
         if state in (JobState.COMPLETED, JobState.FAILED):
             queues.live_bytes += len(record.result)  # as ``Retention.finish`` counts it
             job.finished_at = record.finished_at
@@ -302,6 +355,9 @@ class Replayer:
         elif state is JobState.DELAYED:
             job.error = record.error
             queue.delayed[job.id] = job
+        elif state is WAITING_CHILDREN:
+            job.error = record.error
+            queue.parents[job.id] = job
         else:
             job.error = record.error
             self._tails[job.id] = job
@@ -322,6 +378,8 @@ def snapshot(queues: Queues) -> Iterator[Record]:
             yield _job_snapshot(job, JobState.WAITING)
         for job in queue.delayed.values():
             yield _job_snapshot(job, JobState.DELAYED)
+        for job in queue.parents.values():
+            yield _job_snapshot(job, WAITING_CHILDREN)
         for state in (JobState.COMPLETED, JobState.FAILED):
             for job in queues.finished_jobs(queue, state):
                 yield _job_snapshot(job, state)
@@ -332,8 +390,16 @@ def snapshot(queues: Queues) -> Iterator[Record]:
 
 def _job_snapshot(job: Job, state: JobState) -> JobSnapshot:
     attempt = job.attempt - (1 if job.state is JobState.ACTIVE else 0)
+    flow = job.flow
+    if flow is None:
+        return JobSnapshot(
+            id=job.id, queue=job.queue, data=job.data, created_at=job.created_at,
+            state=state.value, attempt=attempt, drops=job.drops, finished_at=job.finished_at,
+            result=job.result, error=job.error, options=job.options,
+        )
     return JobSnapshot(
         id=job.id, queue=job.queue, data=job.data, created_at=job.created_at, state=state.value,
         attempt=attempt, drops=job.drops, finished_at=job.finished_at, result=job.result,
-        error=job.error, options=job.options,
+        error=job.error, options=job.options, children_left=flow.left,
+        children_done=list(flow.done.values()),
     )

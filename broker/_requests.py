@@ -23,7 +23,9 @@ from conveyor.protocol import (
     MAX_OFFSET,
     Ack,
     Add,
+    AddFlow,
     Authenticate,
+    Children,
     Clean,
     ClientMessage,
     Count,
@@ -34,6 +36,8 @@ from conveyor.protocol import (
     Fail,
     FindJob,
     Finished,
+    FlowJob,
+    GetChildren,
     GetCounts,
     GetJob,
     GetJobs,
@@ -72,6 +76,7 @@ from conveyor.protocol import (
 from ._access import refusal
 from ._core import Core
 from ._errors import StateError
+from ._flows import flow_error
 from ._jobs import Job
 from ._peer import Peer
 from ._queues import Queues
@@ -120,6 +125,12 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 elif _queue_ok(peer, req, name) and _deliverable(peer, req, name, jobs,
                                                                  core.max_frame):
                     core.accepted.append((peer, req, queues.create(name, jobs, now)))
+            case AddFlow(req=req, jobs=flow):
+                if not core.accepting:
+                    peer.refuse(ProtocolError(ErrorCode.SHUTTING_DOWN, "broker is shutting down",
+                                              req=req))
+                elif _flow_ok(peer, req, flow, core.max_frame):
+                    core.accepted.append((peer, req, queues.create_flow(flow, now)))
             # Subscriptions.
             case Subscribe(req=req, queue=name, window=window, lease=lease):
                 if not lease >= MIN_LEASE:
@@ -185,10 +196,19 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     page, total = queues.list_jobs(name, state, offset, limit)
                     peer.send(_page(req, page, total, core.max_frame))
             # Steering queues.
+            case GetChildren(req=req, job=job_id, after=after):
+                job = queues.jobs.get(job_id)
+                if job is None:
+                    peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
+                else:
+                    room = core.max_frame - len(_encoder.encode(
+                        Children(req=req, children=[], more=True)))
+                    children, more = queues.flows.page(job, after, room)
+                    peer.send(Children(req=req, children=children, more=more))
             case Promote(req=req, job=job_id):
                 _job_ok(peer, req, job_id, queues.promote(job_id, now))
             case Remove(req=req, job=job_id):
-                _job_ok(peer, req, job_id, queues.remove(job_id))
+                _job_ok(peer, req, job_id, queues.remove(job_id, now))
             case Pause(req=req, queue=name, paused=paused):
                 if _queue_ok(peer, req, name):
                     queues.pause(name, paused)
@@ -198,7 +218,7 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     _retry_failed(queues, peer, req, name, job_id, now)
             case Drain(req=req, queue=name):
                 if _queue_ok(peer, req, name):
-                    peer.send(Count(req=req, count=queues.drain(name)))
+                    peer.send(Count(req=req, count=queues.drain(name, now)))
             case Clean(req=req, queue=name, state=state, older_than=older_than):
                 if _queue_ok(peer, req, name):
                     peer.send(Count(req=req, count=queues.clean(name, state, older_than, now)))
@@ -280,6 +300,33 @@ def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame
                 f"within the frame limit of {max_frame} bytes (this job's payload may take "
                 f"{most} bytes at most)", req=req))
             return False
+    return True
+
+
+def _flow_ok(peer: Peer, req: int, flow: list[FlowJob], max_frame: int) -> bool:
+    """Whether ``flow`` is a flow whose queue names are valid and whose every job can be
+    delivered (as ``_deliverable``); if not, ``peer`` is told why."""
+    problem = flow_error(flow)
+    if problem is not None:
+        peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, problem, req=req))
+        return False
+    for index, entry in enumerate(flow):
+        problem = check_queue_name(entry.queue)
+        if problem is not None:
+            peer.refuse(ProtocolError(ErrorCode.INVALID_QUEUE, f"{problem} - at "
+                                      f"`$.jobs[{index}].queue`", req=req))
+            return False
+        job = entry.job
+        if len(job.data) > max_frame - deliver_size(entry.queue, 1, DELIVERY_MAX_OVERHEAD):
+            most = deliverable_payload(entry.queue, max_frame, attempts=job.attempts,
+                                       timeout=job.timeout, name=job.name)
+            if len(job.data) > most:
+                peer.refuse(ProtocolError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"`$.jobs[{index}].job.data`: a payload of {len(job.data)} bytes cannot be "
+                    f"delivered within the frame limit of {max_frame} bytes (this job's payload "
+                    f"may take {most} bytes at most)", req=req))
+                return False
     return True
 
 

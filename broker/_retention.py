@@ -11,7 +11,7 @@ its deadlines and its share of the live-size estimate.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from conveyor.protocol import NIL, JobState
 
@@ -24,6 +24,7 @@ from ._jobs import (
     DELAYED,
     JOB_OVERHEAD,
     WAITING,
+    WAITING_CHILDREN,
     Job,
     Queue,
 )
@@ -37,8 +38,8 @@ __all__ = ["Retention"]
 class Retention:
     """Finished jobs of one broker: their counters, retention lists and forgetting."""
 
-    __slots__ = ("_deadlines", "_output", "_store", "_timeline", "keep_age", "keep_completed",
-                 "keep_failed")
+    __slots__ = ("_deadlines", "_output", "_store", "_timeline", "child_ended", "keep_age",
+                 "keep_completed", "keep_failed")
 
     def __init__(self, store: Store, output: Output, deadlines: Deadlines, timeline: Timeline, *,
                  keep_completed: int = DEFAULT_KEEP, keep_failed: int = DEFAULT_KEEP,
@@ -51,6 +52,9 @@ class Retention:
         self.keep_failed = keep_failed
         self.keep_age = keep_age
         """Seconds finished jobs are retained (None: no age limit)."""
+        self.child_ended: Callable[[Job, float], None] | None = None
+        """Told when a child of a flow completes, fails for good or is removed unfinished
+        (``Flows.finished``); not while replaying."""
 
     def finish(self, job: Job, state: JobState, now: float, *, record: bool = True) -> None:
         """Move ``job`` to completed or failed (its result or error already set).
@@ -69,6 +73,8 @@ class Retention:
                 output.records.append(JobFinished(id=job.id, attempt=job.attempt, at=now,
                                                   result=job.result, error=job.error))
             output.finished.append(job)
+            if job.options.parent is not None and self.child_ended is not None:
+                self.child_ended(job, now)
         if queue.name in output.watched:
             if state is COMPLETED:
                 output.event(queue.name, "completed", job, now, value=job.result)
@@ -108,6 +114,8 @@ class Retention:
         if job.state is DELAYED:
             queue.delayed.pop(job.id, None)
             self._deadlines.cancel(Kind.DUE, job.id)
+        elif job.state is WAITING_CHILDREN:
+            queue.parents.pop(job.id, None)
         elif job.finished_at is not None and queue.kept_own.pop(job.id, None) is not None:
             self._deadlines.cancel(Kind.EXPIRE, job.id)
         elif job.finished_at is not None:
@@ -141,16 +149,22 @@ class Retention:
             store.unclaim(key)
         store.live_bytes -= len(job.data) + JOB_OVERHEAD + (
             len(job.result) if job.finished_at is not None else 0)
+        if job.flow is not None:
+            store.live_bytes -= job.flow.size()
 
-    def remove(self, jobs: Sequence[Job], *, unlined: bool = False) -> None:
-        """Remove jobs that are not active (``unlined``: already out of their lines)."""
+    def remove(self, jobs: Sequence[Job], *, unlined: bool = False, now: float = 0.0) -> None:
+        """Remove jobs that are not active (``unlined``: already out of their lines). The
+        parent of a child of a flow removed before it finished takes note at ``now``."""
         if not jobs:
             return
         output = self._output
         queues = self._store.queues
+        orphaned = []
         for job in jobs:
             if job.finished_at is None:
                 output.removed.append(job.id)
+                if job.options.parent is not None:
+                    orphaned.append(job)
             if job.state is WAITING and not unlined:
                 queues[job.queue].waiting.remove(job)
             else:
@@ -158,6 +172,9 @@ class Retention:
             self.forget(job)
         if output.logged:
             output.records.append(JobsRemoved(ids=[job.id for job in jobs]))
+        if orphaned and self.child_ended is not None:
+            for job in orphaned:
+                self.child_ended(job, now)
 
     def clean(self, queue: Queue, state: JobState, cutoff: float) -> int:
         """Remove the queue's retained jobs in ``state`` that finished by ``cutoff``; return how

@@ -160,7 +160,7 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
         failed_rate=_rates(queue.failed_rate, at), retried_rate=_rates(queue.retried_rate, at),
         wait_time=wait_time, run_time=run_time,
         limits=queue.limiter.limits if queue.limiter is not None and queue.limiter.limited
-        else None)
+        else None, waiting_children=len(queue.parents))
 
 
 _IDLE: Final = Rates()

@@ -13,7 +13,7 @@ from itertools import islice
 from conveyor.protocol import JobState, QueueSummary
 
 from ._clock import Timeline
-from ._jobs import ACTIVE, COMPLETED, DELAYED, WAITING, Consumer, Job, Queue
+from ._jobs import ACTIVE, COMPLETED, DELAYED, WAITING, WAITING_CHILDREN, Consumer, Job, Queue
 
 __all__ = ["Store"]
 
@@ -87,7 +87,7 @@ class Store:
         queue = self.queues.get(queue_name)
         if queue is None:
             return dict.fromkeys(("waiting", "active", "delayed", "completed", "failed",
-                                  "workers"), 0)
+                                  "workers", "waiting_children"), 0)
         return {
             "waiting": len(queue.waiting),
             "active": queue.active,
@@ -95,6 +95,7 @@ class Store:
             "completed": queue.completed,
             "failed": queue.failed,
             "workers": len(queue.consumers),
+            "waiting_children": len(queue.parents),
         }
 
     def summaries(self, now: float) -> list[QueueSummary]:
@@ -107,7 +108,8 @@ class Store:
                 workers=len(queue.consumers), paused=queue.paused,
                 added_rate=queue.added_rate.per_second(now),
                 completed_rate=queue.completed_rate.per_second(now),
-                failed_rate=queue.failed_rate.per_second(now))
+                failed_rate=queue.failed_rate.per_second(now),
+                waiting_children=len(queue.parents))
             for queue in sorted(self.queues.values(), key=lambda queue: queue.name)
         ]
 
@@ -126,6 +128,8 @@ class Store:
             # delayed jobs costs one pass over them, not a sort of them all.
             end = min(offset + limit, total)
             jobs = heapq.nsmallest(end, queue.delayed.values(), key=_due)
+        elif state is WAITING_CHILDREN:
+            jobs, total = queue.parents.values(), len(queue.parents)
         elif state is ACTIVE:
             jobs = [job for c in queue.consumers.values() for job in c.held.values()]
             total = queue.active

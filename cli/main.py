@@ -17,7 +17,7 @@ from typing import Any, Final, NoReturn
 
 __all__ = ["main"]
 
-STATES: Final = ("waiting", "delayed", "active", "completed", "failed")
+STATES: Final = ("waiting", "delayed", "active", "completed", "failed", "waiting-children")
 MAX_LIST: Final = 10_000
 """Most jobs one ``jobs`` listing may ask for (the broker's limit)."""
 MAX_JOB_ID: Final = (1 << 63) - 1

@@ -229,6 +229,11 @@ def _job_table(info: JobInfo) -> Table:
         ("key", Text(info.key or "-")),
         ("created", f"{timestamp(info.created_at)} ({ago(info.created_at, now)})"),
     ]
+    if info.parent is not None:
+        rows.append(("parent", str(info.parent)))
+    if info.children:
+        rows.append(("children", f"{info.children - info.children_left} of {info.children} "
+                                 f"finished"))
     if info.run_at is not None:
         rows.append(("runs at", f"{timestamp(info.run_at)} ({ago(info.run_at, now)})"))
     if info.finished_at is not None:

@@ -36,6 +36,7 @@ from .errors import (
     VersionMismatch,
 )
 from .events import EventsLost, EventStream, JobEvent
+from .flows import AddedFlow, Flow, children_errors, children_results
 from .jobs import JobInfo, decode_value, encode_value
 from .options import JobOptions, JobSpec, exponential, fixed
 from .sync import SyncClient
@@ -45,6 +46,7 @@ from .urls import DEFAULT_URL, URL_ENV, BrokerAddress, parse_url
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
+    "AddedFlow",
     "AuthenticationFailed",
     "Backoff",
     "BrokerAddress",
@@ -58,6 +60,7 @@ __all__ = [
     "DiskFull",
     "EventStream",
     "EventsLost",
+    "Flow",
     "Forbidden",
     "Histogram",
     "InvalidQueue",
@@ -75,9 +78,9 @@ __all__ = [
     "QueueStats",
     "QueueSummary",
     "Rates",
+    "RequestRefused",
     "Schedule",
     "ScheduleInfo",
-    "RequestRefused",
     "ShuttingDown",
     "Stats",
     "Subscription",
@@ -85,6 +88,8 @@ __all__ = [
     "UnknownJob",
     "VersionMismatch",
     "WorkerInfo",
+    "children_errors",
+    "children_results",
     "connect",
     "decode_value",
     "encode_value",

@@ -13,8 +13,10 @@ from typing import Any, Final, Literal, Unpack, cast
 import msgspec
 
 from conveyor.protocol import (
+    HEADER_SIZE,
     Add,
     Added,
+    AddFlow,
     Clean,
     Count,
     Counts,
@@ -29,6 +31,7 @@ from conveyor.protocol import (
     GetSchedules,
     GetStats,
     JobDef,
+    JobError,
     JobReply,
     Jobs,
     JobState,
@@ -55,11 +58,16 @@ from conveyor.protocol import (
 from .connection import Connection, Push, Reply
 from .errors import BulkAddFailed, ConnectionLost, ConveyorError, JobFailed
 from .events import EventStream
+from .flows import AddedFlow, Flow, added_flow, children_errors, children_results, flow_jobs
 from .frames import bulk_jobs, check_fits, check_queue, frames
 from .jobs import JobInfo, decode_job, decode_value, encode_value
 from .options import Backoff, JobOptions, job_def
 
 __all__ = ["Client", "connect"]
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_FRAME_SLACK: Final = HEADER_SIZE + 8
+"""Bytes a frame takes beyond its message encoded with request id 1 (a larger id is longer)."""
 
 RECONNECT_BACKOFF: Final = 0.05
 """Seconds before trying again to reconnect, doubling after each failed try..."""
@@ -290,6 +298,42 @@ class Client:
         return asyncio.ensure_future(_added_ids(sent, len(jobs.raws)))
 
     # Queue control.
+
+    async def add_flow(self, flow: Flow) -> AddedFlow:
+        """Add a flow: a parent job and its children (nested to any depth, on any queues), all
+        at once or none; return the ids they were given, in the flow's shape.
+
+        A job with children waits (``waiting-children``) until every one of them finished, then
+        runs and may read their results (``children_results``). A child that fails for good
+        fails its parent, is ignored by it, or removes it, by the child's ``on_failure``.
+
+        Raises:
+            TypeError: a payload cannot be serialized (nothing was sent).
+            ValueError: an option is out of range, or the flow does not fit in one frame of the
+                broker's (nothing was sent).
+            RequestRefused, ConnectionLost: nothing was added.
+        """
+        connection = await self._open()
+        jobs, parents = flow_jobs(flow, connection.max_frame)
+        size = len(_encoder.encode(AddFlow(req=1, jobs=jobs)))
+        if size + _FRAME_SLACK > connection.max_frame:
+            raise ValueError(f"the flow's {len(jobs):,} jobs are {size:,} bytes encoded; the "
+                             f"broker's frame limit is {connection.max_frame:,} bytes (a flow is "
+                             f"added in one frame)")
+        reply = await connection.request(lambda req: AddFlow(req=req, jobs=jobs))
+        assert isinstance(reply, Added)
+        return added_flow(reply.ids, parents)
+
+    async def children_results(self, job_id: int) -> dict[int, Any]:
+        """The results of the children of job ``job_id`` that completed, by child id (empty
+        for a job that is not the parent of a flow)."""
+        return await children_results(await self._open(), job_id)
+
+    async def children_errors(self, job_id: int) -> dict[int, JobError]:
+        """The errors of the children of job ``job_id`` that failed for good or were removed
+        before they finished (those its parent ignored, or that failed or removed it), by child
+        id."""
+        return await children_errors(await self._open(), job_id)
 
     async def promote(self, job_id: int) -> None:
         """Make a delayed job waiting now (``InvalidState`` when it is not delayed)."""
@@ -571,7 +615,8 @@ class Client:
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting, active and delayed now, completed and failed since the queue was created,
-        and the workers subscribed now."""
+        the workers subscribed now, and the parents of flows waiting for their children
+        (``waiting-children``)."""
         check_queue(queue)
         reply = await (await self._open()).request(
             lambda req: GetCounts(req=req, queue=queue))
@@ -583,6 +628,7 @@ class Client:
             "completed": reply.completed,
             "failed": reply.failed,
             "workers": reply.workers,
+            "waiting-children": reply.waiting_children,
         }
 
 

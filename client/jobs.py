@@ -36,6 +36,12 @@ class JobInfo(msgspec.Struct, frozen=True):
     """When a delayed job becomes waiting."""
     name: str | None = None
     """The job's name (what kind of job it is), when it has one."""
+    parent: int | None = None
+    """The job's parent, for a child of a flow."""
+    children: int = 0
+    """How many children the job has (the parent of a flow)."""
+    children_left: int = 0
+    """How many of them have not finished yet."""
 
 
 def encode_value(value: object, what: str) -> msgspec.Raw:
@@ -85,4 +91,7 @@ def decode_job(job: WireJobInfo) -> JobInfo:
         attempts=job.attempts,
         run_at=job.run_at,
         name=job.name,
+        parent=job.parent,
+        children=job.children,
+        children_left=job.children_left,
     )

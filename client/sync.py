@@ -18,10 +18,11 @@ from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar, Unpack
 
-from conveyor.protocol import Backoff, JobState, QueueSummary, ScheduleInfo, Stats
+from conveyor.protocol import Backoff, JobError, JobState, QueueSummary, ScheduleInfo, Stats
 
 from .client import Client
 from .errors import ConveyorError
+from .flows import AddedFlow, Flow
 from .jobs import JobInfo
 from .options import JobOptions
 
@@ -114,6 +115,19 @@ class SyncClient:
         range, ``ConnectionLost``, ``RequestRefused`` (``DiskFull``, ``ShuttingDown``...).
         """
         return self._runner.call(self._client.add(queue, data, **options))
+
+    def add_flow(self, flow: Flow) -> AddedFlow:
+        """Add a flow: a parent and its children, at once; return their ids in the flow's shape
+        (see ``Client.add_flow``)."""
+        return self._runner.call(self._client.add_flow(flow))
+
+    def children_results(self, job_id: int) -> dict[int, Any]:
+        """The results of the job's children that completed, by child id."""
+        return self._runner.call(self._client.children_results(job_id))
+
+    def children_errors(self, job_id: int) -> dict[int, JobError]:
+        """The errors of the job's children that failed for good or were removed, by child id."""
+        return self._runner.call(self._client.children_errors(job_id))
 
     def add_bulk(self, queue: str, payloads: Iterable[Any],
                  **options: Unpack[JobOptions]) -> list[int]:

@@ -120,6 +120,8 @@ class JobState(enum.Enum):
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
+    WAITING_CHILDREN = "waiting-children"
+    """The parent of a flow, waiting for its children to finish."""
 
 
 JobName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_NAME)]
@@ -194,6 +196,23 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
     """Join the head of its priority's waiting line instead of the tail."""
 
 
+ChildPolicy = Literal["fail", "ignore", "remove"]
+"""What a child of a flow that fails for good (or is removed before it finished) does to its
+parent: fail it, be ignored by it (the parent runs when its other children are done), or remove
+it."""
+
+
+class FlowJob(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One job of a flow (``add_flow``): its queue, its definition, and its parent, the index of
+    an earlier job of the same flow (None only for the first job, the flow's root)."""
+
+    queue: str
+    job: JobDef
+    parent: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    on_failure: ChildPolicy = "fail"
+    """What this job failing for good does to its parent."""
+
+
 class JobError(msgspec.Struct, frozen=True):
     """Why a try failed: the exception's type name, its message and the formatted traceback."""
 
@@ -217,7 +236,7 @@ class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
     """The job's name, when it has one."""
 
 
-class JobInfo(msgspec.Struct, frozen=True):
+class JobInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """A job's record as the broker holds it. Times are Unix seconds."""
 
     id: int
@@ -237,6 +256,12 @@ class JobInfo(msgspec.Struct, frozen=True):
     """When a delayed job becomes waiting."""
     name: str | None = None
     """The job's name, when it has one."""
+    parent: int | None = None
+    """The job's parent, for a child of a flow."""
+    children: int = 0
+    """How many children the job has (the parent of a flow)."""
+    children_left: int = 0
+    """How many of them have not finished yet."""
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -398,6 +423,23 @@ class Promote(_Message, tag="promote", frozen=True):
 
     req: RequestId
     job: int
+
+
+class AddFlow(_Message, tag="add_flow", frozen=True):
+    """Add a flow: a parent and its children (nested to any depth, on any queues), in one
+    record; replied to with ``added``, the ids in the order the jobs were given."""
+
+    req: RequestId
+    jobs: Annotated[list[FlowJob], msgspec.Meta(min_length=1)]
+
+
+class GetChildren(_Message, tag="get_children", frozen=True):
+    """The outcomes of a job's children that finished, by child id, from the first after
+    ``after``; replied to with ``children``."""
+
+    req: RequestId
+    job: int
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Remove(_Message, tag="remove", frozen=True):
@@ -573,6 +615,8 @@ class Counts(_Message, tag="counts", frozen=True):
     failed: int
     workers: int = 0
     """Subscriptions to the queue right now (connected workers)."""
+    waiting_children: int = 0
+    """Parents of flows waiting for their children."""
 
 
 class Jobs(_Message, tag="jobs", frozen=True):
@@ -605,6 +649,7 @@ class QueueSummary(msgspec.Struct, frozen=True):
     added_rate: float = 0.0
     completed_rate: float = 0.0
     failed_rate: float = 0.0
+    waiting_children: int = 0
 
 
 class QueueList(_Message, tag="queues", frozen=True):
@@ -693,6 +738,8 @@ class QueueStats(msgspec.Struct, frozen=True):
     """Seconds from started to completed or failed, per try."""
     limits: QueueLimits | None = None
     """The queue's limits (``set_limits``); nil when it has none."""
+    waiting_children: int = 0
+    """Parents of flows waiting for their children (as ``counts``)."""
 
 
 class Subscription(msgspec.Struct, frozen=True):
@@ -831,16 +878,34 @@ class Schedules(_Message, tag="schedules", frozen=True):
     schedules: list[ScheduleInfo]
 
 
+class ChildResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A finished child of a flow: its result, or the error it failed with (or was removed
+    with)."""
+
+    id: int
+    result: msgspec.Raw = NIL
+    error: JobError | None = None
+
+
+class Children(_Message, tag="children", frozen=True):
+    """Reply to ``get_children``: a page of outcomes by child id; ``more`` when the page is not
+    the last."""
+
+    req: RequestId
+    children: list[ChildResult]
+    more: bool = False
+
+
 ClientMessage = (
     Hello | Add | Subscribe | SetWindow | Ack | Fail | Release | Progress | GetJob | Wait
     | GetCounts | Extend | GetJobs | Promote | Remove | Pause | RetryFailed | Drain | Clean | Watch
     | GetQueues | Unwait | Authenticate | FindJob | GetStats | SetLimits | Throttle | SetSchedule
-    | RemoveSchedule | GetSchedules
+    | RemoveSchedule | GetSchedules | AddFlow | GetChildren
 )
 """Everything a client or worker may send."""
 
 BrokerMessage = (
     Welcome | Ok | Error | Added | Deliver | JobReply | Finished | Counts | Closing | Jobs | Count
-    | Events | QueueList | Challenge | Stats | Schedules
+    | Events | QueueList | Challenge | Stats | Schedules | Children
 )
 """Everything the broker may send."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING, Any
 
-from conveyor.client import encode_value
-from conveyor.protocol import Progress
+from conveyor.client import children_errors, children_results, encode_value
+from conveyor.protocol import JobError, Progress
 
 from .limits import check_progress
 
@@ -55,6 +55,16 @@ class Job:
         message = Progress(job=self.id, lease=self.lease, progress=raw)
         check_progress(self.id, message, raw, self._connection.max_frame)
         self._connection.send(message)
+
+    async def children_results(self) -> dict[int, Any]:
+        """The results of this job's children that completed, by child id (the parent of a
+        flow runs once all of them finished)."""
+        return await children_results(self._connection, self.id)
+
+    async def children_errors(self) -> dict[int, JobError]:
+        """The errors of this job's children that failed for good or were removed before they
+        finished and that it ignored (``on_failure="ignore"``), by child id."""
+        return await children_errors(self._connection, self.id)
 
 
 _current: contextvars.ContextVar[Job] = contextvars.ContextVar("conveyor_current_job")

@@ -347,7 +347,8 @@ def test_keep_failed_is_separate_from_keep_completed() -> None:
 
 def test_counts_of_unknown_queue_are_zero() -> None:
     assert Queues().counts("nothing") == {
-        "waiting": 0, "active": 0, "delayed": 0, "completed": 0, "failed": 0, "workers": 0
+        "waiting": 0, "active": 0, "delayed": 0, "completed": 0, "failed": 0, "workers": 0,
+        "waiting_children": 0,
     }
 
 
@@ -742,6 +743,7 @@ class QueuesMachine(RuleBasedStateMachine):
                 "completed": len(finished[COMPLETED]),
                 "failed": len(finished[FAILED]),
                 "workers": workers,
+                "waiting_children": 0,
             }
 
     @invariant()

@@ -9,7 +9,7 @@ import time
 from cli_support import LiveCommand, Pty, conveyor, run_failing_job
 
 from conveyor.broker import Broker
-from conveyor.client import Client
+from conveyor.client import Client, Flow
 
 
 async def test_status_lists_every_queue_as_a_table_and_as_json(url: str) -> None:
@@ -119,6 +119,21 @@ async def test_job_shows_data_error_traceback_and_times(url: str) -> None:
     assert record["error"]["type"] == "ValueError" and "fail_always" in record["error"]["traceback"]
     assert record["data"] == {"to": "nobody@example.com"} and record["name"] == "send"
     assert "order-17" in other.ok().stdout and "waiting" in other.stdout
+
+
+async def test_a_flow_shows_its_parent_waiting_for_children_and_each_child_its_parent(
+        url: str) -> None:
+    async with Client(url) as client:
+        added = await client.add_flow(Flow("reports", {"month": 11}, children=[
+            Flow("pages", {"page": 1}), Flow("pages", {"page": 2})]))
+    listed, parent, child = await asyncio.gather(
+        conveyor("jobs", "reports", "--state", "waiting-children", "--json", url=url),
+        conveyor("job", str(added.id), url=url),
+        conveyor("job", str(added.children[1].id), url=url))
+    assert [job["id"] for job in listed.ok().json()] == [added.id]
+    assert "waiting-children" in parent.ok().stdout
+    assert "0 of 2 finished" in parent.stdout
+    assert f"parent    {added.id}" in child.ok().stdout
 
 
 async def test_an_unknown_job_is_exit_1_with_one_line(url: str) -> None:

@@ -324,7 +324,8 @@ async def test_a_client_side_timeout_or_cancellation_withdraws_the_wait(
             finally:
                 await raw.close()
             assert await worker_side.counts("q") == {"waiting": 0, "active": 0, "delayed": 0,
-                                                     "completed": 1, "failed": 0, "workers": 0}
+                                                     "completed": 1, "failed": 0, "workers": 0,
+                                                     "waiting-children": 0}
 
 
 async def test_the_pending_waits_of_a_connection_are_capped(make_broker: Any) -> None:

@@ -90,7 +90,8 @@ async def test_100k_queues_used_once_are_forgotten(broker: Broker, url: str) -> 
         assert {"kept", "paused"} <= names and len(names) <= 1024 + 2
         # A forgotten queue reads as one that never existed, and comes back when used.
         assert await client.counts("q7") == {"waiting": 0, "active": 0, "delayed": 0,
-                                              "completed": 0, "failed": 0, "workers": 0}
+                                              "completed": 0, "failed": 0, "workers": 0,
+                                              "waiting-children": 0}
         await client.add("q7", "again")
         assert (await client.counts("q7"))["waiting"] == 1
         assert (await client.counts("kept"))["waiting"] == 1

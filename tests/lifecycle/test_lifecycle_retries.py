@@ -96,7 +96,7 @@ def test_fixed_backoff_waits_the_same_before_every_retry() -> None:
     fail(queues, job, 201.0)
     assert job.state is FAILED and job.error == ERROR and job.finished_at == 201.0
     assert queues.counts("q") == {"waiting": 0, "active": 0, "delayed": 0, "completed": 0,
-                                  "failed": 1, "workers": 1}
+                                  "failed": 1, "workers": 1, "waiting_children": 0}
 
 
 def test_exponential_backoff_doubles_up_to_its_cap() -> None:

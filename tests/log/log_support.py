@@ -312,6 +312,10 @@ def assert_same_state(live: Queues, replayed: Queues, *,
     assert sorted(replayed.jobs) == sorted(live.jobs)
     for job_id, job in live.jobs.items():
         assert not job.pending, job_id
+        flow, again = job.flow, replayed.jobs[job_id].flow
+        assert (flow is None) == (again is None), job_id
+        if flow is not None and again is not None:
+            assert (again.left, again.done) == (flow.left, flow.done), job_id
         drops = job_id not in drops_may_differ
         assert _job_after_replay(replayed.jobs[job_id], drops=drops) == \
             _job_after_replay(job, drops=drops), job_id
@@ -335,6 +339,7 @@ def assert_same_state(live: Queues, replayed: Queues, *,
         assert list(new.kept_failed) == list(old.kept_failed), name
         assert set(new.kept_own) == set(old.kept_own), name
         assert set(new.delayed) == set(old.delayed), name
+        assert set(new.parents) == set(old.parents), name
         for state in (JobState.COMPLETED, JobState.FAILED):
             assert [j.id for j in replayed.finished_jobs(new, state)] == \
                 [j.id for j in live.finished_jobs(old, state)], (name, state)

@@ -75,6 +75,9 @@ EXPECTED_TAGS: dict[type[msgspec.Struct], str] = {
     protocol.RemoveSchedule: "remove_schedule",
     protocol.GetSchedules: "get_schedules",
     protocol.Schedules: "schedules",
+    protocol.AddFlow: "add_flow",
+    protocol.GetChildren: "get_children",
+    protocol.Children: "children",
 }
 
 EXPECTED_ERROR_CODES = {
@@ -106,6 +109,7 @@ EXPECTED_JOB_STATES = {
     "ACTIVE": "active",
     "COMPLETED": "completed",
     "FAILED": "failed",
+    "WAITING_CHILDREN": "waiting-children",
 }
 
 # MessagePack integers span int64 and uint64.

@@ -35,6 +35,7 @@ from conveyor.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Add,
+    AddFlow,
     Authenticate,
     Clean,
     ClientMessage,
@@ -43,6 +44,8 @@ from conveyor.protocol import (
     Extend,
     Fail,
     FindJob,
+    FlowJob,
+    GetChildren,
     GetCounts,
     GetJob,
     GetJobs,
@@ -170,6 +173,8 @@ def client_messages(queue: str, job: int, req: int) -> dict[str, ClientMessage]:
         # No schedule "s1": judged by a schedule's queue, removing none needs no permission.
         "remove_schedule": RemoveSchedule(req=req, id="s1"),
         "get_schedules": GetSchedules(req=req),
+        "add_flow": AddFlow(req=req, jobs=[FlowJob(queue=queue, job=JobDef(data=data))]),
+        "get_children": GetChildren(req=req, job=job),
     }
 
 

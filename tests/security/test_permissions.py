@@ -68,6 +68,8 @@ NEEDS: dict[str, str | None] = {
     "set_schedule": "admin",
     "remove_schedule": None,
     "get_schedules": None,
+    "add_flow": "produce",
+    "get_children": "read",
 }
 """The permission each message needs on ``q1`` (or on the queue of a job in ``q1``)."""
 TESTED_USERS = ("producer", "consumer", "reader", "admin", "nobody", "outsider")
@@ -117,6 +119,8 @@ ALLOWED: dict[str, str | ErrorCode | None] = {
     "set_schedule": "ok",
     "remove_schedule": ErrorCode.UNKNOWN_JOB,
     "get_schedules": "schedules",
+    "add_flow": "added",
+    "get_children": "children",
 }
 """The reply to each request on ``q1`` (holding one waiting job) when it is allowed: a tag, or
 the code of an ``error`` that is not ``FORBIDDEN``."""

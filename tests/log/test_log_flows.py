@@ -1,0 +1,175 @@
+"""Replay of flows: a restart (from the log, or from a snapshot) rebuilds every parent waiting
+for its children with the outcomes it took note of, whatever the children did (completed,
+failed under each policy, removed), and a parent released by its last child comes back in line;
+a flow is one record, and a full disk refuses all of it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from log_support import assert_same_state, reopen
+from queue_state import raw
+
+from conveyor.broker import DiskFull, FsyncPolicy
+from conveyor.broker.testing import (
+    Core,
+    Log,
+    Queues,
+    Record,
+    RecordingPeer,
+    Replayer,
+    flush,
+    handle,
+)
+from conveyor.broker.testing import snapshot as snapshot_of
+from conveyor.protocol import Added, AddFlow, Error, ErrorCode, FlowJob, JobDef, JobError, JobState
+
+
+class Broker:
+    """A core with a real log, driven as the server drives it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.queues = Queues(logged=True)
+        self.log = Log(directory, fsync=FsyncPolicy.NO)
+        self.log.open(self.queues)
+        self.core = Core(self.queues, self.log)
+        self.producer = RecordingPeer("producer")
+        self.worker = RecordingPeer("worker")
+        self.now = 1_000_000.0
+        self.req = 0
+
+    def add_flow(self, *jobs: FlowJob) -> list[int]:
+        self.req += 1
+        handle(self.core, self.producer, AddFlow(req=self.req, jobs=list(jobs)), self.now)
+        flush(self.core, self.now)
+        (reply,) = self.producer.take()
+        assert isinstance(reply, Added), reply
+        return list(reply.ids)
+
+    def run(self, queue: str, *, fail: bool = False) -> int:
+        """Take the first waiting job of ``queue`` and complete (or fail) it; return its id."""
+        self.queues.subscribe(self.worker, queue, 1)
+        ((_, (job,)),) = self.queues.dispatch(self.now)
+        if fail:
+            self.queues.fail(self.worker, job.id, job.lease, JobError("E", "bad"), self.now)
+        else:
+            self.queues.ack(self.worker, job.id, job.lease, raw(f"r{job.id}"), self.now)
+        self.queues.subscribe(self.worker, queue, 0)
+        flush(self.core, self.now)
+        self.worker.take()
+        return job.id
+
+    def close(self) -> None:
+        asyncio.run(self.log.close())
+
+
+def node(queue: str, data: str, parent: int | None = None, policy: str = "fail",
+         **options: object) -> FlowJob:
+    return FlowJob(queue=queue, job=JobDef(data=raw(data), **options),  # type: ignore[arg-type]
+                   parent=parent, on_failure=policy)  # type: ignore[arg-type]
+
+
+def replayed_from_snapshot(queues: Queues) -> Queues:
+    again = Queues(logged=True)
+    replayer = Replayer(again)
+    for record in snapshot_of(queues):
+        replayer.apply(record)
+    replayer.finish()
+    return again
+
+
+def test_parents_and_their_childrens_outcomes_come_back(tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    # 0: root on "p", 1: a child parent on "m" with 2 and 3 on "c", 4 on "c" (ignored).
+    ids = broker.add_flow(node("p", "root"), node("m", "mid", 0), node("c", "a", 1),
+                          node("c", "b", 1), node("c", "d", 0, "ignore"))
+    # A second flow whose one child is removed (its parent is removed with it), and a third
+    # whose failing child fails it.
+    removing = broker.add_flow(node("p", "removed"), node("x", "gone", 0, "remove"))
+    failing = broker.add_flow(node("p", "failed"), node("y", "bad", 0), node("y", "good", 0))
+    assert broker.run("c") == ids[2]
+    assert broker.run("c") == ids[3]  # mid's last child: mid is waiting now
+    assert broker.run("c", fail=True) == ids[4]  # ignored by the root
+    assert broker.queues.remove(removing[1], broker.now) is not None
+    flush(broker.core, broker.now)
+    assert broker.run("y", fail=True) == failing[1]
+    jobs = broker.queues.jobs
+    assert jobs[ids[1]].state is JobState.WAITING
+    assert jobs[ids[0]].state is JobState.WAITING_CHILDREN
+    flow = jobs[ids[0]].flow
+    assert flow is not None and flow.left == 1
+    assert removing[0] not in jobs
+    assert jobs[failing[0]].state is JobState.FAILED
+    broker.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
+    assert_same_state(broker.queues, replayed_from_snapshot(broker.queues))
+
+
+def test_the_last_child_releases_its_parent_in_line_or_until_its_time(tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    later = broker.add_flow(node("p", "later", run_at=broker.now + 3600.0), node("c", "a", 0))
+    now = broker.add_flow(node("p", "now", delay=1.0), node("c", "b", 0))
+    broker.now += 10.0  # "now"'s delay is over before its child finishes
+    broker.run("c")
+    broker.run("c")
+    jobs = broker.queues.jobs
+    assert jobs[later[0]].state is JobState.DELAYED
+    assert jobs[now[0]].state is JobState.WAITING
+    assert [job.id for job in broker.queues.queue("p").waiting] == [now[0]]
+    broker.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
+    assert replayed.jobs[later[0]].state is JobState.DELAYED
+    # The parent runs and reads its child's result after the restart too.
+    parent = replayed.jobs[now[0]]
+    assert parent.flow is not None
+    assert [bytes(child.result) for child in parent.flow.done.values()] == [
+        bytes(raw(f"r{now[1]}"))]
+
+
+def test_a_flow_is_one_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(tmp_path)
+    written: list[Record] = []
+    append = broker.log.append
+
+    def recording(records: list[Record]) -> None:
+        written.extend(records)
+        append(records)
+
+    monkeypatch.setattr(broker.log, "append", recording)
+    ids = broker.add_flow(node("p", "root"),
+                          *(node(f"c{i % 3}", str(i), 0) for i in range(30)))
+    assert [type(record).__name__ for record in written] == ["FlowAdded"]
+    assert ids == list(range(ids[0], ids[0] + 31))
+    broker.close()
+
+
+def test_a_full_disk_refuses_the_whole_flow(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(tmp_path)
+    append = broker.log.append
+
+    def full(records: list[Record]) -> None:
+        monkeypatch.setattr(broker.log, "append", append)  # once
+        raise DiskFull("no room")
+
+    monkeypatch.setattr(broker.log, "append", full)
+    monkeypatch.setattr(broker.log, "make_room", lambda: 0)
+    broker.req += 1
+    handle(broker.core, broker.producer, AddFlow(req=broker.req, jobs=[
+        node("p", "root"), node("c", "a", 0), node("d", "b", 1)]), broker.now)
+    flush(broker.core, broker.now)
+    (reply,) = broker.producer.take()
+    assert isinstance(reply, Error) and reply.code == ErrorCode.DISK_FULL
+    assert broker.queues.jobs == {}
+    assert [broker.queues.counts(name)["waiting"] + broker.queues.counts(name)[
+        "waiting_children"] for name in ("p", "c", "d")] == [0, 0, 0]
+    # The next flow is taken whole.
+    ids = broker.add_flow(node("p", "root"), node("c", "a", 0))
+    assert broker.queues.jobs[ids[0]].state is JobState.WAITING_CHILDREN
+    broker.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
