@@ -102,12 +102,19 @@ class Flows:
         ready = now + queues.timeline.offset
         options: list[JobOptions] = []
         out: list[Job] = []
+        # Siblings mostly share their options: one object for all of them.
+        shared: dict[tuple[int, int | None, int, str], JobOptions] = {}
+        added: dict[str, int] = {}
         for index, (entry, option) in enumerate(zip(entries, given, strict=True)):
             parent = None if entry.parent is None else first_id + entry.parent
             if parent is not None or children[index]:
-                option = msgspec.structs.replace(
-                    option, parent=parent, children=children[index],
-                    on_failure=entry.on_failure if parent is not None else "fail")
+                policy = entry.on_failure if parent is not None else "fail"
+                sharing = (id(option), parent, children[index], policy)
+                made = shared.get(sharing)
+                if made is None:
+                    made = shared[sharing] = msgspec.structs.replace(
+                        option, parent=parent, children=children[index], on_failure=policy)
+                option = made
             job = Job(first_id + index, entry.queue, entry.job.data, now, option)
             job.pending = True
             job.ready = ready
@@ -117,13 +124,15 @@ class Flows:
             elif option.run_at is not None:
                 queues.deadlines.set(Kind.DUE, job.id, queues.timeline.monotonic(option.run_at))
             queues.jobs[job.id] = job
-            queue = queues.queue(entry.queue)
-            queue.pending += 1
-            queue.added += 1
-            queue.added_rate.mark(1, ready)
+            added[entry.queue] = added.get(entry.queue, 0) + 1
             queues.live_bytes += len(job.data) + JOB_OVERHEAD
             options.append(option)
             out.append(job)
+        for name, count in added.items():
+            queue = queues.queue(name)
+            queue.pending += count
+            queue.added += count
+            queue.added_rate.mark(count, ready)
         if key is not None:
             queues.claim(key, first_id, given[0].dedup_until)
         queues.last_id = first_id + len(out) - 1

@@ -310,14 +310,20 @@ def _flow_ok(peer: Peer, req: int, flow: list[FlowJob], max_frame: int) -> bool:
     if problem is not None:
         peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, problem, req=req))
         return False
+    rooms: dict[str, int] = {}
+    """The payload that fits any delivery of each queue of the flow (its name checked)."""
     for index, entry in enumerate(flow):
-        problem = check_queue_name(entry.queue)
-        if problem is not None:
-            peer.refuse(ProtocolError(ErrorCode.INVALID_QUEUE, f"{problem} - at "
-                                      f"`$.jobs[{index}].queue`", req=req))
-            return False
+        room = rooms.get(entry.queue)
+        if room is None:
+            problem = check_queue_name(entry.queue)
+            if problem is not None:
+                peer.refuse(ProtocolError(ErrorCode.INVALID_QUEUE, f"{problem} - at "
+                                          f"`$.jobs[{index}].queue`", req=req))
+                return False
+            room = rooms[entry.queue] = max_frame - deliver_size(entry.queue, 1,
+                                                                 DELIVERY_MAX_OVERHEAD)
         job = entry.job
-        if len(job.data) > max_frame - deliver_size(entry.queue, 1, DELIVERY_MAX_OVERHEAD):
+        if len(job.data) > room:
             most = deliverable_payload(entry.queue, max_frame, attempts=job.attempts,
                                        timeout=job.timeout, name=job.name)
             if len(job.data) > most:

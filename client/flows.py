@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Unpack, get_args
 
-from conveyor.protocol import ChildPolicy, Children, ChildResult, FlowJob, GetChildren, JobError
+from conveyor.protocol import (
+    ChildPolicy,
+    Children,
+    ChildResult,
+    FlowJob,
+    GetChildren,
+    JobDef,
+    JobError,
+)
 
 from .frames import check_fits, check_queue
 from .jobs import decode_value, encode_value
@@ -63,32 +71,43 @@ def flow_jobs(root: Flow, max_frame: int) -> tuple[list[FlowJob], list[int]]:
     (naming the job by its place), before anything is sent."""
     jobs: list[FlowJob] = []
     parents: list[int] = []
+    checked: set[str] = set()
     stack: list[tuple[Flow, int]] = [(root, -1)]  # a flow may be deeper than Python's stack
     while stack:
         node, parent = stack.pop()
         index = len(jobs)
-        where = f"job {index} of the flow"
         if not isinstance(node, Flow):
-            raise TypeError(f"{where} is a {type(node).__name__}, not a Flow")
-        check_queue(node.queue)
-        if node.on_failure not in _POLICIES:
-            raise ValueError(f"{where}: on_failure must be one of {', '.join(_POLICIES)}, "
-                             f"got {node.on_failure!r}")
-        if parent >= 0 and node.options.get("id") is not None:
-            raise ValueError(f"{where}: only the root of a flow may have an id")
+            raise TypeError(f"{_where(index)} is a {type(node).__name__}, not a Flow")
+        queue = node.queue
+        if queue not in checked:
+            check_queue(queue)
+            checked.add(queue)
+        options = node.options
         try:
-            job = job_def(encode_value(node.data, f"payload of {where}"), **node.options)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        check_fits(node.queue, job, max_frame, index=index)
+            payload = encode_value(node.data, "payload")
+            job = job_def(payload, **options) if options else JobDef(data=payload)
+            if parent >= 0 and options.get("id") is not None:
+                raise ValueError("only the root of a flow may have an id")
+            if node.on_failure not in _POLICIES:
+                raise ValueError(f"on_failure must be one of {', '.join(_POLICIES)}, "
+                                 f"got {node.on_failure!r}")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{_where(index)}: {exc}") from None
+        check_fits(queue, job, max_frame, index=index)
         if parent < 0:
-            jobs.append(FlowJob(queue=node.queue, job=job))
+            jobs.append(FlowJob(queue=queue, job=job))
+        elif node.on_failure == "fail":
+            jobs.append(FlowJob(queue=queue, job=job, parent=parent))
         else:
-            jobs.append(FlowJob(queue=node.queue, job=job, parent=parent,
+            jobs.append(FlowJob(queue=queue, job=job, parent=parent,
                                 on_failure=node.on_failure))
         parents.append(parent)
-        stack.extend((child, index) for child in reversed(node.children))
+        stack += [(child, index) for child in reversed(node.children)]
     return jobs, parents
+
+
+def _where(index: int) -> str:
+    return f"job {index} of the flow"
 
 
 def added_flow(ids: list[int], parents: list[int]) -> AddedFlow:
