@@ -71,7 +71,7 @@ _BY_QUEUE: Final[dict[type, Permission]] = {
 """Messages judged on their ``queue``, and the permission each needs there."""
 _BY_JOB: Final[dict[type, Permission]] = {
     Ack: CONSUME, Fail: CONSUME, Release: CONSUME, Progress: CONSUME, Throttle: CONSUME,
-    GetJob: READ, Wait: READ, GetChildren: READ,
+    GetJob: READ, Wait: READ,
     Promote: ADMIN, Remove: ADMIN,
 }
 """Messages judged on the queue of their ``job``, and the permission each needs there."""
@@ -101,6 +101,12 @@ def refusal(user: User, message: ClientMessage, jobs: Mapping[int, Job],
         if message.queue is not None:
             return _on_queue(user, ADMIN, message.queue, req)
         return None if message.job is None else _on_job(user, ADMIN, jobs, message.job, req)
+    if isinstance(message, GetChildren):
+        # The parent's worker reads them too: ``consume`` on its queue will do.
+        parent = jobs.get(message.job)
+        if parent is not None and user.may(CONSUME, parent.queue):
+            return None
+        return _on_job(user, READ, jobs, message.job, req)
     if isinstance(message, AddFlow):
         for entry in message.jobs:
             refused = _on_queue(user, PRODUCE, entry.queue, req)

@@ -20,6 +20,7 @@ parent failed is kept all the same.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -213,17 +214,16 @@ class Flows:
         join(queue.waiting, parent)
         queues.dispatcher.wake(queue)
 
-    def page(self, parent: Job, after: int, room: int) -> tuple[list[ChildResult], bool]:
-        """The outcomes of ``parent``'s finished children with ids after ``after``, by id, as
-        many as fit in about ``room`` bytes; and whether more are left."""
+    def page(self, parent: Job, offset: int, room: int) -> tuple[list[ChildResult], bool]:
+        """The outcomes of ``parent``'s finished children in the order they finished, from the
+        ``offset``-th on, as many as fit in about ``room`` bytes; and whether more are left.
+        (Outcomes are only ever added at the end: offsets stay put while children finish.)"""
         flow = parent.flow
-        if flow is None:
+        if flow is None or offset >= len(flow.done):
             return [], False
-        ids = sorted(child for child in flow.done if child > after)
         out: list[ChildResult] = []
         size = 0
-        for child_id in ids:
-            outcome = flow.done[child_id]
+        for outcome in itertools.islice(flow.done.values(), offset, None):
             size += _OUTCOME_OVERHEAD + len(outcome.result) + _error_size(outcome.error)
             if out and size > room:
                 return out, True

@@ -196,14 +196,14 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                     page, total = queues.list_jobs(name, state, offset, limit)
                     peer.send(_page(req, page, total, core.max_frame))
             # Steering queues.
-            case GetChildren(req=req, job=job_id, after=after):
+            case GetChildren(req=req, job=job_id, offset=offset):
                 job = queues.jobs.get(job_id)
                 if job is None:
                     peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job {job_id}", req=req))
                 else:
                     room = core.max_frame - len(_encoder.encode(
                         Children(req=req, children=[], more=True)))
-                    children, more = queues.flows.page(job, after, room)
+                    children, more = queues.flows.page(job, offset, room)
                     peer.send(Children(req=req, children=children, more=more))
             case Promote(req=req, job=job_id):
                 _job_ok(peer, req, job_id, queues.promote(job_id, now))

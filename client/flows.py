@@ -122,19 +122,16 @@ def added_flow(ids: list[int], parents: list[int]) -> AddedFlow:
 async def _children(connection: Connection, job_id: int) -> list[ChildResult]:
     """The outcomes of job ``job_id``'s finished children, every page of them."""
     out: list[ChildResult] = []
-    after = 0
     while True:
-        reply = await connection.request(
-            functools.partial(_get_children, job_id, after))
+        reply = await connection.request(functools.partial(_get_children, job_id, len(out)))
         assert isinstance(reply, Children)
         out += reply.children
         if not reply.more or not reply.children:
             return out
-        after = reply.children[-1].id
 
 
-def _get_children(job_id: int, after: int, req: int) -> GetChildren:
-    return GetChildren(req=req, job=job_id, after=after)
+def _get_children(job_id: int, offset: int, req: int) -> GetChildren:
+    return GetChildren(req=req, job=job_id, offset=offset)
 
 
 async def children_results(connection: Connection, job_id: int) -> dict[int, Any]:

@@ -434,12 +434,12 @@ class AddFlow(_Message, tag="add_flow", frozen=True):
 
 
 class GetChildren(_Message, tag="get_children", frozen=True):
-    """The outcomes of a job's children that finished, by child id, from the first after
-    ``after``; replied to with ``children``."""
+    """The outcomes of a job's children that finished, in the order they finished, skipping the
+    first ``offset``; replied to with ``children``."""
 
     req: RequestId
     job: int
-    after: Annotated[int, msgspec.Meta(ge=0)] = 0
+    offset: Annotated[int, msgspec.Meta(ge=0, le=MAX_OFFSET)] = 0
 
 
 class Remove(_Message, tag="remove", frozen=True):
@@ -888,8 +888,8 @@ class ChildResult(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Children(_Message, tag="children", frozen=True):
-    """Reply to ``get_children``: a page of outcomes by child id; ``more`` when the page is not
-    the last."""
+    """Reply to ``get_children``: a page of outcomes; ``more`` when the page is not the
+    last."""
 
     req: RequestId
     children: list[ChildResult]

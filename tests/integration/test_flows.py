@@ -270,3 +270,33 @@ async def test_every_queue_of_a_flow_needs_the_produce_permission(
         assert await client.children_results(added.id) == {}
         with pytest.raises(UnknownJob):
             await client.children_results(10**6)
+
+
+async def test_a_parents_worker_with_only_consume_reads_its_childrens_results_in_pages(
+        make_broker: MakeBroker) -> None:
+    secret = make_secret("pw-Quokka-1")
+    users = Users({
+        "app": User(name="app", secret=secret, rules={Permission.PRODUCE: ("*",),
+                                                      Permission.READ: ("*",)}),
+        "worker": User(name="worker", secret=secret, rules={Permission.CONSUME: ("*",)}),
+    })
+    broker = await make_broker(users=users)
+    app = f"conveyor://app:pw-Quokka-1@127.0.0.1:{broker.port}"
+    worker = f"conveyor://worker:pw-Quokka-1@127.0.0.1:{broker.port}"
+    sizes: list[int] = []
+
+    async def handle(job: Job) -> str | int:
+        if job.queue == "parts":
+            return "x" * 200_000  # twelve of them take several frames of 1 MiB
+        results = await job.children_results()
+        sizes.extend(len(value) for value in results.values())
+        return len(results)
+
+    async with Client(app) as client:
+        added = await client.add_flow(Flow("whole", None, children=[
+            Flow("parts", n) for n in range(12)]))
+        async with running(Worker("parts", handle, url=worker)), \
+                running(Worker("whole", handle, url=worker)):
+            assert await client.wait(added.id, timeout=30) == 12
+        assert sizes == [200_000] * 12
+        assert len(await client.children_results(added.id)) == 12
