@@ -57,11 +57,17 @@ class Retention:
         (``Flows.finished``); not while replaying."""
 
     def finish(self, job: Job, state: JobState, now: float, *, record: bool = True) -> None:
-        """Move ``job`` to completed or failed (its result or error already set).
+        """Move ``job`` to completed or failed (its result or error already set); the parent
+        of a child of a flow takes note (after the child's own retention, as replay does).
 
-        ``record=False`` when replaying the log: nothing is logged, and there is no waiter to
-        tell.
+        ``record=False`` when replaying the log: nothing is logged, there is no waiter to tell,
+        and the parent's note has a record of its own.
         """
+        self._finish(job, state, now, record=record)
+        if record and job.options.parent is not None and self.child_ended is not None:
+            self.child_ended(job, now)
+
+    def _finish(self, job: Job, state: JobState, now: float, *, record: bool) -> None:
         job.state = state
         job.finished_at = now
         store = self._store
@@ -73,8 +79,6 @@ class Retention:
                 output.records.append(JobFinished(id=job.id, attempt=job.attempt, at=now,
                                                   result=job.result, error=job.error))
             output.finished.append(job)
-            if job.options.parent is not None and self.child_ended is not None:
-                self.child_ended(job, now)
         if queue.name in output.watched:
             if state is COMPLETED:
                 output.event(queue.name, "completed", job, now, value=job.result)

@@ -79,7 +79,10 @@ class Store:
         jobs = [self.jobs[i] for i in kept]
         own = [job for job in queue.kept_own.values() if job.state is state]
         if own:
-            jobs = sorted(jobs + own, key=lambda job: (job.finished_at, job.id))
+            # Merged by finish time, the retained ones staying in their order (a parent failed
+            # by its child finished at the child's time, after it, with a lower id).
+            own.sort(key=_finished)
+            jobs = list(heapq.merge(jobs, own, key=_finished))
         return jobs
 
     def counts(self, queue_name: str) -> dict[str, int]:
@@ -138,6 +141,10 @@ class Store:
             total = len(jobs)
         # Past the end is empty (islice takes no index past sys.maxsize; offsets may be 2**64).
         return list(islice(jobs, min(offset, total), min(offset + limit, total))), total
+
+
+def _finished(job: Job) -> float:
+    return job.finished_at or 0.0
 
 
 def _due(job: Job) -> tuple[float | None, int]:

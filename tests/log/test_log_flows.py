@@ -30,8 +30,8 @@ from conveyor.protocol import Added, AddFlow, Error, ErrorCode, FlowJob, JobDef,
 class Broker:
     """A core with a real log, driven as the server drives it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.queues = Queues(logged=True)
+    def __init__(self, directory: Path, *, keep_failed: int = 10_000) -> None:
+        self.queues = Queues(logged=True, keep_failed=keep_failed)
         self.log = Log(directory, fsync=FsyncPolicy.NO)
         self.log.open(self.queues)
         self.core = Core(self.queues, self.log)
@@ -71,8 +71,8 @@ def node(queue: str, data: str, parent: int | None = None, policy: str = "fail",
                    parent=parent, on_failure=policy)  # type: ignore[arg-type]
 
 
-def replayed_from_snapshot(queues: Queues) -> Queues:
-    again = Queues(logged=True)
+def replayed_from_snapshot(queues: Queues, *, keep_failed: int = 10_000) -> Queues:
+    again = Queues(logged=True, keep_failed=keep_failed)
     replayer = Replayer(again)
     for record in snapshot_of(queues):
         replayer.apply(record)
@@ -173,3 +173,33 @@ def test_a_full_disk_refuses_the_whole_flow(tmp_path: Path,
     broker.close()
     replayed, _ = reopen(tmp_path)
     assert_same_state(broker.queues, replayed)
+
+
+def test_a_parent_failed_by_its_child_is_retained_after_it_as_replay_has_it(
+        tmp_path: Path) -> None:
+    # The child's own retention comes first, then the parent's failure: with room for one
+    # failed job, the parent is the one kept, live and after a restart.
+    broker = Broker(tmp_path, keep_failed=1)
+    parent, child = broker.add_flow(node("q", "parent"), node("q", "child", 0))
+    assert broker.run("q", fail=True) == child
+    jobs = broker.queues.jobs
+    assert child not in jobs and jobs[parent].state is JobState.FAILED
+    broker.close()
+    replayed, _ = reopen(tmp_path, keep_failed=1)
+    assert_same_state(broker.queues, replayed)
+
+
+def test_a_snapshot_keeps_a_child_failed_before_its_parent_in_that_order(
+        tmp_path: Path) -> None:
+    # Both finish at one time, the parent (the lower id) second; a job with a retention of its
+    # own in the same queue must not reorder them.
+    broker = Broker(tmp_path)
+    own = broker.add_flow(node("q", "own", keep_result=3600.0))
+    parent, child = broker.add_flow(node("q", "parent"), node("q", "child", 0))
+    assert broker.run("q", fail=True) == own[0]
+    assert broker.run("q", fail=True) == child
+    assert list(broker.queues.queue("q").kept_failed) == [child, parent]
+    again = replayed_from_snapshot(broker.queues)
+    assert list(again.queue("q").kept_failed) == [child, parent]
+    assert_same_state(broker.queues, again)
+    broker.close()

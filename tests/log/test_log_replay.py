@@ -47,7 +47,7 @@ from conveyor.broker.testing import (
     snapshot,
     write_base,
 )
-from conveyor.protocol import Add, Backoff, JobDef, JobError, JobState
+from conveyor.protocol import Add, AddFlow, Backoff, FlowJob, JobDef, JobError, JobState
 
 QUEUES = ("a", "b")
 OWNERS = ("w1", "w2", "w3")
@@ -156,6 +156,24 @@ class Driver:
         assert len(created) == len(jobs)
         self.highest_id = max([self.highest_id, *(job.id for job in created)])
 
+    def add_flow(self, nodes: list[tuple[str, Spec | None, int, str]]) -> None:
+        """Add a flow: each node's queue, options (a key only at the root), parent index (each
+        names an earlier node; the root's is ignored) and ``on_failure``."""
+        jobs: list[FlowJob] = []
+        for index, (queue, spec, parent, policy) in enumerate(nodes):
+            self.serial += 1
+            data = raw({"n": self.serial})
+            job = JobDef(data=data) if spec is None else JobDef(
+                data=data, id=spec.key if index == 0 else None, priority=spec.priority,
+                attempts=spec.attempts, backoff=spec.backoff, delay=spec.delay,
+                keep_result=spec.keep_result, dedup=spec.dedup, lifo=spec.lifo)
+            jobs.append(FlowJob(queue=queue, job=job, parent=None if index == 0 else
+                                parent % index, on_failure=policy))  # type: ignore[arg-type]
+        self.serial += 1
+        handle(self.core, self.producer, AddFlow(req=self.serial, jobs=jobs), self.clock())
+        _, _, created = self.core.accepted[-1]
+        self.highest_id = max([self.highest_id, *(job.id for job in created)])
+
     def subscribe(self, owner: str, queue: str, window: int) -> None:
         self.queues.subscribe(self.peer(owner), queue, window)
 
@@ -175,6 +193,8 @@ class Driver:
 
     def ack(self, pick: int) -> None:
         owner, job = self.pick(pick)
+        if job.options.parent is not None:
+            self.settle_adds()  # its parent may join the tail of its line
         self.serial += 1
         assert self.queues.ack(owner, job.id, job.lease, raw(["done", self.serial]),
                                self.clock()) is job
@@ -231,9 +251,10 @@ class Driver:
         assert self.queues.promote(job.id) is job
 
     def remove(self, pick: int) -> None:
+        self.settle_adds()  # a removed child may release its parent to the tail of its line
         job = _choose(self.jobs_in(JobState.WAITING, JobState.DELAYED, JobState.COMPLETED,
-                                   JobState.FAILED), pick)
-        assert self.queues.remove(job.id) is job
+                                   JobState.FAILED, JobState.WAITING_CHILDREN), pick)
+        assert self.queues.remove(job.id, self.clock()) is job
 
     def retry_failed(self, queue: str, pick: int | None) -> None:
         self.settle_adds()
@@ -253,7 +274,8 @@ class Driver:
         self.queues.pause(queue, paused)
 
     def drain(self, queue: str) -> None:
-        self.queues.drain(queue)
+        self.settle_adds()  # as ``remove``
+        self.queues.drain(queue, self.clock())
 
     def clean(self, queue: str, state: JobState, older_than: float) -> None:
         self.queues.clean(queue, state, older_than, self.clock())
@@ -402,6 +424,14 @@ class LogReplayMachine(RuleBasedStateMachine):
         if flush:
             self.driver.flush()
 
+    @rule(nodes=st.lists(st.tuples(st.sampled_from(QUEUES), specs, st.integers(0, 5),
+                                   st.sampled_from(["fail", "ignore", "remove"])),
+                         min_size=1, max_size=6), flush=st.booleans())
+    def add_flow(self, nodes: list[tuple[str, Spec | None, int, str]], flush: bool) -> None:
+        self.driver.add_flow(nodes)
+        if flush:
+            self.driver.flush()
+
     @rule(owner=st.sampled_from(OWNERS), queue=st.sampled_from(QUEUES),
           window=st.integers(0, 3))
     def subscribe(self, owner: str, queue: str, window: int) -> None:
@@ -451,7 +481,8 @@ class LogReplayMachine(RuleBasedStateMachine):
         self.driver.promote(pick)
 
     @precondition(lambda self: self.driver.jobs_in(
-        JobState.WAITING, JobState.DELAYED, JobState.COMPLETED, JobState.FAILED))
+        JobState.WAITING, JobState.DELAYED, JobState.COMPLETED, JobState.FAILED,
+        JobState.WAITING_CHILDREN))
     @rule(pick=st.integers(0, 99))
     def remove(self, pick: int) -> None:
         self.driver.remove(pick)
