@@ -25,7 +25,7 @@ from conveyor.client import Histogram, Stats
 __all__ = ["CONTENT_TYPE", "StatsCollector", "render"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-LIVE_STATES: Final = ("waiting", "active", "delayed")
+LIVE_STATES: Final = ("waiting", "active", "delayed", "waiting-children")
 
 
 class StatsCollector(Collector):
@@ -82,7 +82,7 @@ def _queue_metrics(stats: Stats) -> Iterator[Metric]:
     for q in stats.queues:
         name = [q.name]
         for state in LIVE_STATES:
-            jobs.add_metric([q.name, state], getattr(q, state))
+            jobs.add_metric([q.name, state], getattr(q, state.replace("-", "_")))
         paused.add_metric(name, 1 if q.paused else 0)
         workers.add_metric(name, q.workers)
         capacity.add_metric(name, windows.get(q.name, 0))

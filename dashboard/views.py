@@ -36,7 +36,7 @@ __all__ = [
     "worker_view",
 ]
 
-STATES: Final = ("waiting", "active", "delayed", "completed", "failed")
+STATES: Final = ("waiting", "active", "delayed", "completed", "failed", "waiting-children")
 """A queue's job states, in the order the pages show them."""
 COUNTS: Final = (*STATES, "workers")
 RATE_KINDS: Final = ("added", "started", "completed", "failed", "retried")
@@ -134,7 +134,7 @@ def queue_view(queue: QueueStats) -> dict[str, Any]:
     rates = {kind: getattr(queue, f"{kind}_rate") for kind in RATE_KINDS}
     return {
         "name": queue.name,
-        "counts": {name: getattr(queue, name) for name in COUNTS},
+        "counts": {name: getattr(queue, name.replace("-", "_")) for name in COUNTS},
         "paused": queue.paused,
         "rates": {kind: {window: rate_text(getattr(rate, window))
                          for window in ("m1", "m5", "m15")}

@@ -10,7 +10,7 @@ import pytest
 from dashboard_support import TOKEN, Served, parse
 from processes import eventually, running
 
-from conveyor.client import Client, JobFailed
+from conveyor.client import Client, Flow, JobFailed
 from conveyor.worker import Job, Worker
 
 
@@ -196,3 +196,17 @@ async def test_the_queue_page_shows_the_queues_limits(url: str, dashboard: Serve
         assert page.find(id="limits").text == "at most 1,000 starts per 1 s; at most 5 active"
         await client.clear_limits("calls")
         assert (await dashboard.page("/queues/calls")).find(id="limits").text == "none"
+
+
+async def test_the_queue_page_counts_and_lists_parents_waiting_for_their_children(
+        url: str, dashboard: Served) -> None:
+    async with Client(url) as client:
+        added = await client.add_flow(Flow("reports", "monthly", children=[
+            Flow("pages", n) for n in range(3)]))
+    page = await dashboard.page("/queues/reports?state=waiting-children")
+    assert page.find(data_count="waiting-children").text == "1"
+    listed = [int(row.attrs["data-job"]) for row in page.find("table", id="jobs").find_all("tr")
+              if "data-job" in row.attrs]
+    assert listed == [added.id]
+    metrics = (await dashboard.http.get("/metrics")).text
+    assert 'conveyor_queue_jobs{queue="reports",state="waiting-children"} 1.0' in metrics
