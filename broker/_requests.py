@@ -291,15 +291,24 @@ def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame
     if not jobs or max(map(len, map(_data, jobs))) <= room:
         return True  # every job fits, whatever its options
     for index, job in enumerate(jobs):
-        most = deliverable_payload(queue, max_frame, attempts=job.attempts,
-                                   timeout=job.timeout, name=job.name)
-        if len(job.data) > most:
-            peer.refuse(ProtocolError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"`$.jobs[{index}].data`: a payload of {len(job.data)} bytes cannot be delivered "
-                f"within the frame limit of {max_frame} bytes (this job's payload may take "
-                f"{most} bytes at most)", req=req))
+        if _undeliverable(peer, req, queue, job, max_frame, f"$.jobs[{index}].data"):
             return False
+    return True
+
+
+def _undeliverable(peer: Peer, req: int, queue: str, job: JobDef, max_frame: int,
+                   where: str) -> bool:
+    """Whether ``job``'s delivery cannot fit in a frame of ``max_frame`` bytes whatever its
+    id, lease and attempt; if so, ``peer`` is told, naming the payload at ``where``."""
+    most = deliverable_payload(queue, max_frame, attempts=job.attempts, timeout=job.timeout,
+                               name=job.name)
+    if len(job.data) <= most:
+        return False
+    peer.refuse(ProtocolError(
+        ErrorCode.INVALID_ARGUMENT,
+        f"`{where}`: a payload of {len(job.data)} bytes cannot be delivered within the frame "
+        f"limit of {max_frame} bytes (this job's payload may take {most} bytes at most)",
+        req=req))
     return True
 
 
@@ -322,17 +331,9 @@ def _flow_ok(peer: Peer, req: int, flow: list[FlowJob], max_frame: int) -> bool:
                 return False
             room = rooms[entry.queue] = max_frame - deliver_size(entry.queue, 1,
                                                                  DELIVERY_MAX_OVERHEAD)
-        job = entry.job
-        if len(job.data) > room:
-            most = deliverable_payload(entry.queue, max_frame, attempts=job.attempts,
-                                       timeout=job.timeout, name=job.name)
-            if len(job.data) > most:
-                peer.refuse(ProtocolError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"`$.jobs[{index}].job.data`: a payload of {len(job.data)} bytes cannot be "
-                    f"delivered within the frame limit of {max_frame} bytes (this job's payload "
-                    f"may take {most} bytes at most)", req=req))
-                return False
+        if len(entry.job.data) > room and _undeliverable(
+                peer, req, entry.queue, entry.job, max_frame, f"$.jobs[{index}].job.data"):
+            return False
     return True
 
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from integration_support import compacted
 from processes import eventually, running
+from rawwire import Raw
 
 from conveyor.broker import Broker, Permission, User, Users, make_secret
 from conveyor.client import Client, Flow, Forbidden, UnknownJob
-from conveyor.protocol import JobState
+from conveyor.protocol import ErrorCode, JobState
 from conveyor.worker import Job, RateLimited, Worker
 
 MakeBroker = Callable[..., Awaitable[Broker]]
@@ -300,3 +301,29 @@ async def test_a_parents_worker_with_only_consume_reads_its_childrens_results_in
             assert await client.wait(added.id, timeout=30) == 12
         assert sizes == [200_000] * 12
         assert len(await client.children_results(added.id)) == 12
+
+
+async def test_a_malformed_flow_is_refused_whole_naming_the_job(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    raw = await Raw.open(broker.port)
+    try:
+        cases = [
+            ([{"queue": "p", "job": {"data": 1}, "parent": 0}], ErrorCode.INVALID_FIELD,
+             "$.jobs[0]"),
+            ([{"queue": "p", "job": {"data": 1}}, {"queue": "c", "job": {"data": 2},
+                                                    "parent": 1}],
+             ErrorCode.INVALID_FIELD, "$.jobs[1].parent"),
+            ([{"queue": "p", "job": {"data": 1}}, {"queue": "c", "job": {"data": 2, "id": "k"},
+                                                    "parent": 0}],
+             ErrorCode.INVALID_FIELD, "$.jobs[1].job.id"),
+            ([{"queue": "p", "job": {"data": 1}}, {"queue": "", "job": {"data": 2},
+                                                    "parent": 0}],
+             ErrorCode.INVALID_QUEUE, "$.jobs[1].queue"),
+        ]
+        for req, (jobs, code, where) in enumerate(cases, start=1):
+            raw.send({"t": "add_flow", "req": req, "jobs": jobs})
+            assert where in await raw.receive_error(code, req)
+        assert (await raw.counts("p"))["waiting_children"] == 0
+        assert (await raw.counts("c"))["waiting"] == 0
+    finally:
+        await raw.close()
