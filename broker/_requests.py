@@ -82,7 +82,7 @@ from ._peer import Peer
 from ._queues import Queues
 from ._schedules import check
 from ._stats import collect, fitting
-from ._users import Permission
+from ._users import Permission, User
 
 __all__ = ["MIN_LEASE", "handle"]
 
@@ -240,11 +240,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 else:
                     peer.refuse(ProtocolError(ErrorCode.UNKNOWN_JOB,
                                               f"no schedule {schedule_id!r}", req=req))
-            case GetSchedules(req=req):
-                peer.send(Schedules(req=req, schedules=[
-                    ScheduleInfo(schedule=state.schedule, next_run=state.next)
-                    for _, state in sorted(queues.schedules.items())
-                    if user is None or user.may(Permission.READ, state.schedule.queue)]))
+            case GetSchedules(req=req, after=after):
+                peer.send(_schedules_page(queues, user, req, after, core.max_frame))
             case Hello() | Authenticate():
                 peer.refuse(ProtocolError(ErrorCode.INVALID_FIELD, "already greeted"))
             case _:
@@ -310,6 +307,19 @@ def _undeliverable(peer: Peer, req: int, queue: str, job: JobDef, max_frame: int
         f"limit of {max_frame} bytes (this job's payload may take {most} bytes at most)",
         req=req))
     return True
+
+
+def _schedules_page(queues: Queues, user: User | None, req: int, after: str,
+                    max_frame: int) -> Schedules:
+    """The ``schedules`` reply: the schedules ``user`` may read with ids after ``after``, by id,
+    as many as fit in a frame of ``max_frame`` bytes."""
+    states = queues.schedules
+    ids = sorted(key for key, state in states.items() if key > after and (
+        user is None or user.may(Permission.READ, state.schedule.queue)))
+    room = max_frame - len(_encoder.encode(Schedules(req=req, schedules=[], more=True)))
+    page = fitting((ScheduleInfo(schedule=states[key].schedule, next_run=states[key].next)
+                    for key in ids), room)
+    return Schedules(req=req, schedules=page, more=len(page) < len(ids))
 
 
 def _flow_ok(peer: Peer, req: int, flow: list[FlowJob], max_frame: int) -> bool:

@@ -414,9 +414,16 @@ class Client:
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every schedule of the queues the user may read, by id, with its next due time."""
-        reply = await (await self._open()).request(lambda req: GetSchedules(req=req))
-        assert isinstance(reply, Schedules)
-        return reply.schedules
+        connection = await self._open()
+        found: list[ScheduleInfo] = []
+        while True:
+            after = found[-1].schedule.id if found else ""
+            reply = await connection.request(
+                functools.partial(_message, GetSchedules, after=after))
+            assert isinstance(reply, Schedules)
+            found += reply.schedules
+            if not reply.more or not reply.schedules:
+                return found
 
     async def clear_limits(self, queue: str) -> None:
         """Remove ``queue``'s rate and concurrency limits."""

@@ -866,16 +866,20 @@ class RemoveSchedule(_Message, tag="remove_schedule", frozen=True):
 
 
 class GetSchedules(_Message, tag="get_schedules", frozen=True):
-    """List the schedules of the queues the user may read; replied to with ``schedules``."""
+    """List the schedules of the queues the user may read, by id, from the first id after
+    ``after``; replied to with ``schedules``."""
 
     req: RequestId
+    after: str = ""
 
 
 class Schedules(_Message, tag="schedules", frozen=True):
-    """Reply to ``get_schedules``, by id."""
+    """Reply to ``get_schedules``, by id, as many as fit in a frame; ``more`` when the page is not
+    the last."""
 
     req: RequestId
     schedules: list[ScheduleInfo]
+    more: bool = False
 
 
 class ChildResult(msgspec.Struct, frozen=True, omit_defaults=True):

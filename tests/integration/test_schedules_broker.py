@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from integration_support import compacted, start_broker_process
 from processes import eventually
+from rawwire import Raw
 
 from conveyor.broker import Broker
 from conveyor.broker.testing import SteppedClock
@@ -142,3 +144,24 @@ async def _wait_jobs(client: Client, count: int) -> None:
     while len(await _all_jobs(client)) < count:
         assert time.monotonic() < deadline, "the schedule made too few jobs"
         await asyncio.sleep(0.02)
+
+
+async def test_schedules_are_listed_in_pages_that_fit_the_frame(make_broker: MakeBroker) -> None:
+    # 300 schedules of 1 KB each: more than one frame of 64 KiB holds.
+    broker = await make_broker(max_frame=64 * 1024)
+    async with Client(f"conveyor://{address(broker)}") as client:
+        for n in range(300):
+            await client.set_schedule(f"s{n:03}", "q", "x" * 1000, every=3600)
+        listed = await client.schedules()
+        assert [info.schedule.id for info in listed] == [f"s{n:03}" for n in range(300)]
+        await client.remove_schedule("s150")
+        assert len(await client.schedules()) == 299
+    raw = await Raw.open(broker.port)
+    try:
+        raw.send({"t": "get_schedules", "req": 1})
+        frame = await raw.receive_frame()  # the body: the 4-byte length is read already
+        assert len(frame) + 4 <= 64 * 1024
+        page = msgspec.msgpack.decode(frame)
+        assert page["more"] and 0 < len(page["schedules"]) < 299
+    finally:
+        await raw.close()
