@@ -11,6 +11,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Final, Protocol, TypeVar
 
@@ -124,7 +125,9 @@ def collect(queues: Queues, observed: Observed, user: User | None, queue: str | 
     reply = Stats(req=req, broker=figures, queues=[], workers=workers, more=True)
     room = max_frame - (len(_encoder.encode(reply)) - 1)  # less the empty list's header
     at = queues.timeline.monotonic(now)
-    summaries = fitting((_queue_stats(queues.queues[name], at, timed=queues.stats)
+    scheduled = Counter(state.schedule.queue for state in queues.schedules.values())
+    summaries = fitting((_queue_stats(queues.queues[name], at, timed=queues.stats,
+                                      schedules=scheduled[name])
                          for name in names[:STATS_PAGE]), room)
     return msgspec.structs.replace(reply, queues=summaries, more=len(summaries) < len(names))
 
@@ -142,7 +145,7 @@ def fitting(items: Iterable[T], room: int) -> list[T]:
     return taken
 
 
-def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
+def _queue_stats(queue: Queue, at: float, *, timed: bool, schedules: int = 0) -> QueueStats:
     """One queue's figures at monotonic time ``at``; ``timed``: the statistics per try are
     kept (else its histograms are nil)."""
     wait_time: Histogram | None = None
@@ -160,7 +163,7 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool) -> QueueStats:
         failed_rate=_rates(queue.failed_rate, at), retried_rate=_rates(queue.retried_rate, at),
         wait_time=wait_time, run_time=run_time,
         limits=queue.limiter.limits if queue.limiter is not None and queue.limiter.limited
-        else None, waiting_children=len(queue.parents))
+        else None, waiting_children=len(queue.parents), schedules=schedules)
 
 
 _IDLE: Final = Rates()

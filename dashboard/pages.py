@@ -132,10 +132,13 @@ async def queue(request: Request) -> Response:
     offset = (number - 1) * PAGE_SIZE
     jobs, total = await _jobs_page(client, name, state, offset)
     found = next((q for q in stats.queues if q.name == name), None)
+    schedules = [views.schedule_view(info) for info in await client.schedules()
+                 if info.schedule.queue == name] if found is not None and found.schedules else []
     return _render(request, "queue.html", {
         "page": "queue", "broker": views.broker_view(stats.broker), "name": name,
         "queue": None if found is None else views.queue_view(found),
         "state": state, "jobs": [views.job_view(job) for job in jobs], "total": total,
+        "schedules": schedules,
         "number": number, "first": offset + 1, "last": offset + len(jobs),
         "prev": _page_link(name, state, number - 1) if number > 1 else None,
         "next": _page_link(name, state, number + 1) if offset + len(jobs) < total else None,

@@ -15,6 +15,7 @@ from conveyor.client import (
     JobEvent,
     JobInfo,
     QueueStats,
+    ScheduleInfo,
     WorkerInfo,
 )
 from conveyor.protocol import QueueLimits
@@ -31,6 +32,7 @@ __all__ = [
     "quantile_text",
     "queue_view",
     "rate_text",
+    "schedule_view",
     "shown",
     "time_text",
     "worker_view",
@@ -148,6 +150,17 @@ def queue_view(queue: QueueStats) -> dict[str, Any]:
             "run_p95": quantile_text(queue.run_time, 0.95),
         },
     }
+
+
+def schedule_view(info: ScheduleInfo) -> dict[str, str]:
+    """A schedule as the queue page lists it: its id, when it runs, and its next due time."""
+    schedule = info.schedule
+    if schedule.cron is not None:
+        when = f"cron {schedule.cron} ({schedule.tz})"
+    else:
+        when = f"every {duration_text(schedule.every)}"
+    return {"id": schedule.id, "when": when, "name": schedule.name or "-",
+            "next": time_text(info.next_run), "missed": schedule.missed}
 
 
 def broker_view(broker: BrokerStats) -> dict[str, str]:

@@ -740,6 +740,8 @@ class QueueStats(msgspec.Struct, frozen=True):
     """The queue's limits (``set_limits``); nil when it has none."""
     waiting_children: int = 0
     """Parents of flows waiting for their children (as ``counts``)."""
+    schedules: int = 0
+    """Schedules that add jobs to the queue (``set_schedule``)."""
 
 
 class Subscription(msgspec.Struct, frozen=True):

@@ -210,3 +210,22 @@ async def test_the_queue_page_counts_and_lists_parents_waiting_for_their_childre
     assert listed == [added.id]
     metrics = (await dashboard.http.get("/metrics")).text
     assert 'conveyor_queue_jobs{queue="reports",state="waiting-children"} 1.0' in metrics
+
+
+async def test_the_queue_page_lists_the_queues_schedules(url: str, dashboard: Served) -> None:
+    async with Client(url) as client:
+        await client.add("reports", 0)
+        await client.set_schedule("nightly", "reports", {}, cron="0 2 * * *",
+                                  tz="Europe/Paris", name="<b>rollup</b>")
+        await client.set_schedule("often", "reports", {}, every=90)
+        await client.set_schedule("elsewhere", "emails", {}, every=60)
+    page = await dashboard.page("/queues/reports")
+    rows = page.find("table", id="schedules").find_all("tr", data_schedule="nightly")
+    assert len(rows) == 1
+    assert "cron 0 2 * * * (Europe/Paris)" in rows[0].text
+    assert "<b>rollup</b>" in rows[0].text  # shown as text, not markup
+    often = page.find("tr", data_schedule="often")
+    assert "every 1 min 30 s" in often.text
+    assert not page.find_all("tr", data_schedule="elsewhere")
+    empty = await dashboard.page("/queues/emails")
+    assert not empty.find_all("table", id="schedules")  # a queue the broker does not know yet

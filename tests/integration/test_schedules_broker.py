@@ -165,3 +165,16 @@ async def test_schedules_are_listed_in_pages_that_fit_the_frame(make_broker: Mak
         assert page["more"] and 0 < len(page["schedules"]) < 299
     finally:
         await raw.close()
+
+
+async def test_the_statistics_count_each_queues_schedules(url: str) -> None:
+    async with Client(url) as client:
+        await client.add("reports", 0)  # the queue exists
+        for n in range(3):
+            await client.set_schedule(f"r{n}", "reports", n, every=3600)
+        await client.set_schedule("e", "emails", 0, cron="0 9 * * *")
+        (reports,) = (await client.stats("reports")).queues
+        assert reports.schedules == 3
+        await client.remove_schedule("r1")
+        (reports,) = (await client.stats("reports")).queues
+        assert reports.schedules == 2
