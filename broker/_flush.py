@@ -193,7 +193,8 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
             + array_header_size(count) <= budget):
         peer.send(Deliver(queue=queue, jobs=[
             Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
-                     timeout=options.timeout, attempts=options.attempts, name=options.name)
+                     timeout=options.timeout, attempts=options.attempts, name=options.name,
+                     group=options.group)
             for job in jobs for options in (job.options,)]))
         return
     batch: list[Delivery] = []
@@ -203,7 +204,7 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
         options = job.options
         delivery = Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
                             timeout=options.timeout, attempts=options.attempts,
-                            name=options.name)
+                            name=options.name, group=options.group)
         if exact:
             job_size = _size(delivery)
         elif options is DEFAULT_OPTIONS:
@@ -234,10 +235,10 @@ _BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
 def _options_bound(options: JobOptions) -> int:
     """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take, when set."""
     return delivery_options_bound(timeout=options.timeout, attempts=options.attempts,
-                                  name=options.name)
+                                  name=options.name, group=options.group)
 
 
 def _size(delivery: Delivery) -> int:
     return delivery_size(delivery.job, delivery.lease, delivery.attempt, len(delivery.data),
                          timeout=delivery.timeout, attempts=delivery.attempts,
-                         name=delivery.name)
+                         name=delivery.name, group=delivery.group)

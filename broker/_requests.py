@@ -272,7 +272,7 @@ def _deliverable(peer: Peer, req: int, queue: str, jobs: list[JobDef], max_frame
         return True  # every job fits, whatever its options
     for index, job in enumerate(jobs):
         most = deliverable_payload(queue, max_frame, attempts=job.attempts,
-                                   timeout=job.timeout, name=job.name)
+                                   timeout=job.timeout, name=job.name, group=job.group)
         if len(job.data) > most:
             peer.refuse(ProtocolError(
                 ErrorCode.INVALID_ARGUMENT,
