@@ -36,6 +36,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     """When a delayed job becomes waiting."""
     name: str | None = None
     """The job's name (what kind of job it is), when it has one."""
+    group: str | None = None
+    """The group (tenant) the job belongs to, when it has one."""
 
 
 def encode_value(value: object, what: str) -> msgspec.Raw:
@@ -85,4 +87,5 @@ def decode_job(job: WireJobInfo) -> JobInfo:
         attempts=job.attempts,
         run_at=job.run_at,
         name=job.name,
+        group=job.group,
     )

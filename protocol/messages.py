@@ -104,9 +104,9 @@ NIL: Final = msgspec.Raw(b"\xc0")
 
 
 MAX_JOB_NAME: Final = 128
+"""Longest job name, in characters."""
 MAX_GROUP: Final = 255
 """Longest group name (``JobDef.group``), in characters."""
-"""Longest job name, in characters."""
 RequestId = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
 """Chosen by the client, echoed in the reply; 0 is reserved for "no request"."""
 ErrorRequestId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
