@@ -10,7 +10,6 @@ over by at most one start of each other lane before it gets one).
 
 from __future__ import annotations
 
-
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
