@@ -100,10 +100,18 @@ class GroupedLine:
 
     def append(self, job: Job) -> None:
         """Add ``job`` behind every waiting job of its group and priority."""
-        lane = self._lane(job.group)
+        group = job.group
+        if group is None:
+            lane = self.plain
+        else:
+            lane = self.lanes.get(group)  # type: ignore[assignment]
+            if lane is None:
+                lane = self.lanes[group] = Lane(group, self.queue.group_limits)
         lane.line.append(job)
         self._size += 1
-        self._queue(lane)
+        if not lane.queued:
+            lane.queued = True
+            self.ring.append(lane)
 
     def appendleft(self, job: Job) -> None:
         """Add ``job`` ahead of every waiting job of its group and priority."""
@@ -158,9 +166,7 @@ class GroupedLine:
                     self._wait_slot(lane, rules)
                 # else: one of its jobs stopping (``done``) brings it back.
                 continue
-            first = line.first()
-            out.append(first.popleft())
-            line.taken(first, 1)
+            out.append(line.popleft())
             count -= 1
             if lane is not plain:
                 lane.active += 1
@@ -184,7 +190,10 @@ class GroupedLine:
             self._queue(lane)
             return True
         if not lane.active:
-            self._idle(lane)
+            if lane.limiter is None:
+                self._forget(lane)
+            else:
+                self._idle(lane)
         return False
 
     def due(self, group: str) -> bool:
@@ -227,10 +236,12 @@ class GroupedLine:
             self._forget(lane)
 
     def _forget(self, lane: Lane) -> None:
-        if self.lanes.get(lane.name) is lane:  # type: ignore[arg-type]
-            del self.lanes[lane.name]  # type: ignore[arg-type]
-            self._deadlines.cancel(Kind.GROUP, (self.queue.name, lane.name))
-        if not self.lanes and self.queue.waiting is self:
+        lanes = self.lanes
+        if lanes.get(lane.name) is lane:  # type: ignore[arg-type]
+            del lanes[lane.name]  # type: ignore[arg-type]
+            if lane.limiter is not None:
+                self._deadlines.cancel(Kind.GROUP, (self.queue.name, lane.name))
+        if not lanes and self.queue.waiting is self:
             # No group left: the plain line again (the jobs of no group are all in it).
             self.queue.waiting = self.plain.line
 

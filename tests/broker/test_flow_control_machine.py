@@ -139,6 +139,18 @@ class FlowControlMachine(RuleBasedStateMachine):
             assert self.queues.release(owner, job.id, job.lease, self.queues.now())
         self._dispatch()
 
+    @rule(owner=st.sampled_from(OWNERS), seconds=st.floats(0.01, 1.0))
+    def throttle(self, owner: str, seconds: float) -> None:
+        job = self._job(owner)
+        if job is not None:
+            assert self.queues.throttle(owner, job.id, job.lease, seconds, self.queues.now())
+        self._dispatch()
+
+    @rule(paused=st.booleans())
+    def pause(self, paused: bool) -> None:
+        self.queues.pause("q", paused)
+        self._dispatch()
+
     @rule(owner=st.sampled_from(OWNERS))
     def drop(self, owner: str) -> None:
         self.queues.drop(owner, self.queues.now())
@@ -205,6 +217,11 @@ class FlowControlMachine(RuleBasedStateMachine):
             return
         limiter = queue.limiter
         at = self.clock.monotonic()
+        if limiter is not None and at < limiter.until:
+            # Held back by a throttle: the timer is armed for the end of the hold.
+            if queue.waiting:
+                assert self.queues.deadlines.when(Kind.LIMIT, "q") == limiter.until
+            return
         rated = limiter is not None and limiter.interval is not None and limiter.due() > at
         cap = self.limits.group_concurrency
         for lane in () if rated else GROUPS[:-1]:
@@ -244,6 +261,6 @@ class FlowControlMachine(RuleBasedStateMachine):
             assert not self._held() or all(job.group is None for job in self._held())
 
 
-FlowControlMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
+FlowControlMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
                                                 deadline=None)
 TestFlowControl = FlowControlMachine.TestCase

@@ -251,3 +251,19 @@ def test_replay_and_snapshot_keep_groups_and_group_limits() -> None:
         restarted = dispatch(fresh)
         # One of each lane: the groups' rate allows one start each now.
         assert sorted(str(job.group) for job in restarted) == ["None", "a", "b"]
+
+
+def test_lifo_jobs_and_a_throttle_keep_their_group_and_give_the_cap_back() -> None:
+    queues, clock = make()
+    queues.set_limits("q", QueueLimits(group_concurrency=1))
+    add(queues, "a", 2)
+    jobs = queues.create("q", [JobDef(raw("last"), group="a", lifo=True)], queues.now())
+    queues.enqueue(jobs)
+    queues.subscribe("w", "q", 5)
+    (first,) = dispatch(queues)
+    assert first is jobs[0]  # LIFO: the head of its group's line
+    assert queues.throttle("w", first.id, first.lease, 1.0, queues.now()) is first
+    assert dispatch(queues) == []  # the queue is held
+    serve_timer(queues, clock)
+    (again,) = dispatch(queues)  # the hold is over, and the cap was given back
+    assert again is first and again.group == "a"
