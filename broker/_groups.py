@@ -77,8 +77,20 @@ class GroupedLine:
         return self._size > 0
 
     def __iter__(self) -> Iterator[Job]:
-        """The waiting jobs, lane after lane (in each lane, in the order it takes them)."""
-        return chain(self.plain.line, *[lane.line for lane in list(self.lanes.values())])
+        """The waiting jobs in the order of the turns: one of each lane in turn (in ring order,
+        then the lanes held back by their limits), as they would start if no limit held a group
+        back. Each lane's jobs keep their order."""
+        lanes = [lane for lane in self.ring if lane.line]
+        seen = {id(lane) for lane in lanes}
+        lanes += [lane for lane in chain((self.plain,), self.lanes.values())
+                  if lane.line and id(lane) not in seen]
+        turns = deque(iter(lane.line) for lane in lanes)
+        while turns:
+            jobs = turns.popleft()
+            job = next(jobs, None)
+            if job is not None:
+                yield job
+                turns.append(jobs)
 
     @property
     def groups(self) -> int:

@@ -68,6 +68,8 @@ def test_groups_take_turns_and_ungrouped_jobs_are_one_more_lane() -> None:
     add(queues, None, 3)
     add(queues, "a", 3)
     add(queues, "b", 3)
+    # Listed in the order of the turns, as they will start.
+    assert [job.group for job in queues.queues["q"].waiting] == [None, "a", "b"] * 3
     queues.subscribe("w", "q", 6)
     first = [job.group for job in dispatch(queues)]
     assert first == [None, "a", "b", None, "a", "b"]
