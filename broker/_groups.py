@@ -253,6 +253,11 @@ class GroupedLine:
             del lanes[lane.name]  # type: ignore[arg-type]
             if lane.limiter is not None:
                 self._deadlines.cancel(Kind.GROUP, (self.queue.name, lane.name))
+            if lane.queued:
+                # Emptied by ``remove`` before its turn came: out of the ring now, so that
+                # adding and removing jobs of new groups cannot grow the ring without end.
+                lane.queued = False
+                self.ring.remove(lane)
         if not lanes and self.queue.waiting is self:
             # No group left: the plain line again (the jobs of no group are all in it).
             self.queue.waiting = self.plain.line

@@ -269,3 +269,17 @@ def test_lifo_jobs_and_a_throttle_keep_their_group_and_give_the_cap_back() -> No
     serve_timer(queues, clock)
     (again,) = dispatch(queues)  # the hold is over, and the cap was given back
     assert again is first and again.group == "a"
+
+
+def test_adding_and_removing_jobs_of_ever_new_groups_leaves_nothing_behind() -> None:
+    queues, _ = make()
+    add(queues, None, 1)
+    add(queues, "kept", 1)
+    for n in range(1000):
+        (job_id,) = add(queues, f"g{n}")
+        queues.remove(job_id)
+    line = queues.queues["q"].waiting
+    assert isinstance(line, GroupedLine)
+    assert set(line.lanes) == {"kept"} and len(line.ring) == 2 and len(line) == 2
+    queues.subscribe("w", "q", 5)
+    assert [job.group for job in dispatch(queues)] == [None, "kept"]
