@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rate_limit.py
 	$(BIN)/python bench/schedule.py
 	$(BIN)/python bench/flows.py
+	$(BIN)/python bench/groups.py
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .hypothesis

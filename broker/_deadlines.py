@@ -1,13 +1,15 @@
 """Deadlines: what falls due when, by kind and id, served in time order by one timer.
 
-Six kinds, each keyed by an id, never by the object it is about (so nothing outlives it here):
+Seven kinds, each keyed by an id, never by the object it is about (so nothing outlives it here):
 
 - ``DUE``: a delayed job becomes waiting (job id);
 - ``LEASE``: a subscriber's lease runs out unless it was heard from (consumer id);
 - ``EXPIRE``: a finished job's own ``keep_result`` ends (job id);
 - ``AGE``: a queue's oldest retained jobs pass ``--keep-age`` (queue name);
 - ``LIMIT``: the next slot of a rate-limited queue whose jobs wait for it (queue name);
-- ``SCHEDULE``: a schedule's next due time, when it makes a job (schedule id).
+- ``SCHEDULE``: a schedule's next due time, when it makes a job (schedule id);
+- ``GROUP``: the next rate slot of a group whose jobs wait for it, or when an idle group's last
+  slot has passed and it may be forgotten ((queue name, group)).
 
 An id has at most one live deadline of each kind. Setting it again, or cancelling it, leaves its
 old heap entry behind; a stale entry is skipped when it comes up, and the heap is rebuilt from the
@@ -40,6 +42,7 @@ class Kind(enum.IntEnum):
     AGE = 3
     LIMIT = 4
     SCHEDULE = 5
+    GROUP = 6
 
 
 _Entry = tuple[float, Kind, int, Hashable]

@@ -27,6 +27,7 @@ from conveyor.protocol import JobError, QueueLimits
 
 from ._clock import Timeline
 from ._deadlines import Deadlines, Kind
+from ._groups import GroupedLine, grouped
 from ._jobs import (
     ACTIVE,
     DEFAULT_LEASE,
@@ -152,6 +153,8 @@ class Dispatcher:
         job.lease = 0
         queue = consumer.queue
         queue.active -= 1
+        if job.group is not None:
+            self._done(queue, job)
         if ran and self.stats:
             # The acks of one pass share its time, and mostly their delivery's: runs of one
             # length at one time, counted without a call but for the first.
@@ -190,10 +193,19 @@ class Dispatcher:
         for job in reversed(jobs):
             job.state = WAITING
             job.ready = ready
-            queue.waiting.appendleft(job)
+            if job.group is None:
+                queue.waiting.appendleft(job)
+            else:
+                grouped(queue, self._deadlines).appendleft(job)
             if output.logged:
                 output.records.append(JobRequeued(id=job.id, drops=job.drops))
         self.wake(queue)
+
+    def _done(self, queue: Queue, job: Job) -> None:
+        """A job of a group stopped being active: its group may start another."""
+        line = queue.waiting
+        if isinstance(line, GroupedLine):
+            line.done(job)
 
     def _take_back(self, consumer: Consumer, now: float, why: str) -> list[Job]:
         """The consumer's worker is lost (``why`` says how): its jobs go back, or fail after
@@ -206,6 +218,8 @@ class Dispatcher:
             job.holder = None
             job.lease = 0
             job.drops += 1
+            if job.group is not None:
+                self._done(consumer.queue, job)
             if job.drops > self.max_redeliveries:
                 job.error = JobError(
                     type="WorkerLost",
@@ -236,46 +250,51 @@ class Dispatcher:
             if not heap:
                 continue
             heapq.heapify(heap)
-            limiter = queue.limiter
-            if limiter is not None:
-                heap = self._limited(queue, limiter, heap, now)
-                if not heap:
+            if isinstance(waiting, GroupedLine):
+                given = self._grouped(queue, waiting, heap, now)
+                if not given:
                     continue
-            given: dict[Consumer, list[Job]] = {}
-            served = self._served
-            lease = self._last_lease
-            line = waiting.first()
-            taken = 0
-            while heap:
-                if not line:
+            else:
+                limiter = queue.limiter
+                if limiter is not None:
+                    heap = self._limited(queue, limiter, heap, now)
+                    if not heap:
+                        continue
+                given = {}
+                served = self._served
+                lease = self._last_lease
+                line = waiting.first()
+                taken = 0
+                while heap:
+                    if not line:
+                        waiting.taken(line, taken)
+                        taken = 0
+                        if not waiting:
+                            break
+                        line = waiting.first()
+                    negative_free, _, consumer = heap[0]
+                    job = line.popleft()
+                    taken += 1
+                    lease += 1
+                    served += 1
+                    job.state = ACTIVE
+                    job.attempt += 1
+                    job.lease = lease
+                    job.holder = consumer
+                    consumer.held[job.id] = job
+                    consumer.served = served
+                    batch = given.get(consumer)
+                    if batch is None:
+                        batch = given[consumer] = []
+                    batch.append(job)
+                    if negative_free < -1:
+                        heapq.heapreplace(heap, (negative_free + 1, served, consumer))
+                    else:
+                        heapq.heappop(heap)
+                if taken:
                     waiting.taken(line, taken)
-                    taken = 0
-                    if not waiting:
-                        break
-                    line = waiting.first()
-                negative_free, _, consumer = heap[0]
-                job = line.popleft()
-                taken += 1
-                lease += 1
-                served += 1
-                job.state = ACTIVE
-                job.attempt += 1
-                job.lease = lease
-                job.holder = consumer
-                consumer.held[job.id] = job
-                consumer.served = served
-                batch = given.get(consumer)
-                if batch is None:
-                    batch = given[consumer] = []
-                batch.append(job)
-                if negative_free < -1:
-                    heapq.heapreplace(heap, (negative_free + 1, served, consumer))
-                else:
-                    heapq.heappop(heap)
-            if taken:
-                waiting.taken(line, taken)
-            self._served = served
-            self._last_lease = lease
+                self._served = served
+                self._last_lease = lease
             delivered = sum(len(jobs) for jobs in given.values())
             queue.active += delivered
             if self.stats:
@@ -290,6 +309,67 @@ class Dispatcher:
                         output.event(queue.name, "active", job, now)
             out += given.items()
         return out
+
+    def _grouped(self, queue: Queue, line: GroupedLine, heap: list[tuple[int, int, Consumer]],
+                 now: float) -> dict[Consumer, list[Job]]:
+        """Lease the jobs of a grouped line that may start now: one per group in turn (see
+        ``_groups``), as many as the subscribers' free slots and the queue's limits allow."""
+        at = now + self._timeline.offset
+        free = -sum(entry[0] for entry in heap)
+        count = free
+        limiter = queue.limiter
+        if limiter is not None:
+            if at < limiter.until:
+                limiter.timed = False
+                if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.until:
+                    self._deadlines.set(Kind.LIMIT, queue.name, limiter.until)
+                return {}
+            if not limiter.limited:
+                queue.limiter = limiter = None
+            else:
+                count = min(limiter.room(queue.active, at), free)
+        jobs = line.take(count, at) if count > 0 else []
+        if limiter is not None:
+            limiter.took(len(jobs), at)
+            due = limiter.due()
+            # Lanes left in the ring may wait for the queue's next slot.
+            if line.ring and limiter.interval is not None and due > at:
+                limiter.timed = True
+                if self._deadlines.when(Kind.LIMIT, queue.name) != due:
+                    self._deadlines.set(Kind.LIMIT, queue.name, due)
+            else:
+                limiter.timed = False
+        given: dict[Consumer, list[Job]] = {}
+        served = self._served
+        lease = self._last_lease
+        for job in jobs:
+            negative_free, _, consumer = heap[0]
+            lease += 1
+            served += 1
+            job.state = ACTIVE
+            job.attempt += 1
+            job.lease = lease
+            job.holder = consumer
+            consumer.held[job.id] = job
+            consumer.served = served
+            batch = given.get(consumer)
+            if batch is None:
+                batch = given[consumer] = []
+            batch.append(job)
+            if negative_free < -1:
+                heapq.heapreplace(heap, (negative_free + 1, served, consumer))
+            else:
+                heapq.heappop(heap)
+        self._served = served
+        self._last_lease = lease
+        return given
+
+    def group_due(self, queue: Queue, group: str) -> None:
+        """The ``GROUP`` deadline of a group of ``queue`` came due: its next rate slot, or the
+        end of its last one (then it is forgotten, if idle)."""
+        line = queue.waiting
+        if isinstance(line, GroupedLine) and line.due(group):
+            self.wake(queue)
 
     def _limited(self, queue: Queue, limiter: Limiter, heap: list[tuple[int, int, Consumer]],
                  now: float) -> list[tuple[int, int, Consumer]]:

@@ -211,7 +211,7 @@ class Flows:
         parent.options = with_run_at(parent.options, run_at=None)
         parent.state = WAITING
         parent.ready = queues.timeline.monotonic(now)
-        join(queue.waiting, parent)
+        join(queues.line(queue, parent), parent)
         queues.dispatcher.wake(queue)
 
     def page(self, parent: Job, offset: int, room: int) -> tuple[list[ChildResult], bool]:

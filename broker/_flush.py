@@ -21,6 +21,7 @@ from typing import Final, cast
 
 from conveyor.protocol import (
     DELIVERY_MAX_OVERHEAD,
+    MAX_GROUP,
     Added,
     Deliver,
     Delivery,
@@ -193,11 +194,15 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
     """
     budget = max_frame - deliver_size(queue, 0, 0) + 1  # room for the array: header and items
     count = len(jobs)
-    if (sum(map(len, map(_DATA, jobs))) + count * DELIVERY_MAX_OVERHEAD
+    # Jobs without a group (most) have no group to bound: a tighter bound, so that a large
+    # window of small jobs still takes this path.
+    overhead = DELIVERY_MAX_OVERHEAD if any(map(_GROUP, jobs)) else _UNGROUPED_OVERHEAD
+    if (sum(map(len, map(_DATA, jobs))) + count * overhead
             + array_header_size(count) <= budget):
         peer.send(Deliver(queue=queue, jobs=[
             Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
-                     timeout=options.timeout, attempts=options.attempts, name=options.name)
+                     timeout=options.timeout, attempts=options.attempts, name=options.name,
+                     group=options.group)
             for job in jobs for options in (job.options,)]))
         return
     batch: list[Delivery] = []
@@ -207,7 +212,7 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
         options = job.options
         delivery = Delivery(job=job.id, lease=job.lease, attempt=job.attempt, data=job.data,
                             timeout=options.timeout, attempts=options.attempts,
-                            name=options.name)
+                            name=options.name, group=options.group)
         if exact:
             job_size = _size(delivery)
         elif options is DEFAULT_OPTIONS:
@@ -230,6 +235,11 @@ def _deliver(peer: Peer, queue: str, jobs: list[Job], max_frame: int) -> None:
 
 
 _DATA: Final = operator.attrgetter("data")
+_GROUP: Final = operator.attrgetter("group")
+_UNGROUPED_OVERHEAD: Final = DELIVERY_MAX_OVERHEAD - delivery_options_bound(
+    group=chr(0x10FFFF) * MAX_GROUP)
+"""``DELIVERY_MAX_OVERHEAD`` less the largest group: the most a delivery of a job of no group
+adds beyond its payload."""
 
 _BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
 """The most bytes a delivery takes besides its payload and options (with the widest ints)."""
@@ -238,10 +248,10 @@ _BOUND: Final = delivery_size(1 << 62, 1 << 62, 1_000_000, 0)
 def _options_bound(options: JobOptions) -> int:
     """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take, when set."""
     return delivery_options_bound(timeout=options.timeout, attempts=options.attempts,
-                                  name=options.name)
+                                  name=options.name, group=options.group)
 
 
 def _size(delivery: Delivery) -> int:
     return delivery_size(delivery.job, delivery.lease, delivery.attempt, len(delivery.data),
                          timeout=delivery.timeout, attempts=delivery.attempts,
-                         name=delivery.name)
+                         name=delivery.name, group=delivery.group)

@@ -7,7 +7,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Hashable, Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -20,12 +20,16 @@ from conveyor.protocol import (
     JobError,
     JobInfo,
     JobState,
+    QueueLimits,
 )
 
 from ._durations import Durations
 from ._limits import Limiter
 from ._rates import Rate
 from ._waiting import WaitingLine
+
+if TYPE_CHECKING:
+    from ._groups import GroupedLine
 
 __all__ = [
     "ACTIVE",
@@ -38,6 +42,7 @@ __all__ = [
     "FAILED",
     "JOB_OVERHEAD",
     "MAX_DELAY",
+    "NO_LIMITS",
     "WAITING",
     "WAITING_CHILDREN",
     "Consumer",
@@ -99,9 +104,12 @@ class JobOptions(msgspec.Struct, frozen=True, array_like=True):
     """How many children the job has (the parent of a flow): it waits for them."""
     on_failure: ChildPolicy = "fail"
     """What the job failing for good (or removed unfinished) does to its parent."""
+    group: str | None = None
+    """The group the job belongs to (``_groups``)."""
 
 
 DEFAULT_OPTIONS: Final = JobOptions()
+NO_LIMITS: Final = QueueLimits()
 
 
 class Job:
@@ -115,6 +123,7 @@ class Job:
         "error",
         "finished_at",
         "flow",
+        "group",
         "holder",
         "id",
         "lease",
@@ -139,6 +148,7 @@ class Job:
         self.created_at = created_at
         self.options = options
         self.priority = options.priority
+        self.group = options.group
         self.state = DELAYED if options.run_at is not None else WAITING
         self.pending = False
         """Created but not yet in line (its record is not durable yet)."""
@@ -187,6 +197,7 @@ class Job:
             parent=options.parent,
             children=options.children,
             children_left=0 if self.flow is None else self.flow.left,
+            group=options.group,
         )
 
 
@@ -238,13 +249,15 @@ class Queue:
     """One named queue: its waiting line, delayed jobs, subscribers and counters."""
 
     __slots__ = ("active", "added", "added_rate", "completed", "completed_rate", "consumers",
-                 "delayed", "failed", "failed_rate", "kept_completed", "kept_failed", "kept_own",
-                 "limiter", "name", "parents", "paused", "pending", "retried", "retried_rate",
-                 "run_time", "started", "started_rate", "wait_time", "waiting")
+                 "delayed", "failed", "failed_rate", "group_limits", "kept_completed",
+                 "kept_failed", "kept_own", "limiter", "limits", "name", "parents", "paused",
+                 "pending", "retried", "retried_rate", "run_time", "started", "started_rate",
+                 "wait_time", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.waiting: WaitingLine[Job] = WaitingLine()
+        self.waiting: WaitingLine[Job] | GroupedLine = WaitingLine()
+        """Its waiting jobs: a ``GroupedLine`` while jobs of groups wait or run."""
         self.delayed: dict[int, Job] = {}
         self.parents: dict[int, Job] = {}
         """Parents of flows waiting for their children (``WAITING_CHILDREN``)."""
@@ -252,6 +265,11 @@ class Queue:
         self.paused = False
         self.limiter: Limiter | None = None
         """The queue's limits, or its ``throttle`` hold (None: it has neither)."""
+        self.limits = NO_LIMITS
+        """The limits as set (``set_limits``), the per-group ones included."""
+        self.group_limits: QueueLimits | None = None
+        """The limits of each group, as a queue's (``rate``, ``per``, ``concurrency``); None:
+        the groups have none."""
         self.active = 0
         self.pending = 0
         """Jobs created and not yet in line (their record is not durable yet)."""
@@ -290,6 +308,7 @@ class Queue:
         return (not self.waiting and not self.delayed and not self.parents and not self.consumers
                 and not self.pending
                 and not self.active and not self.paused and self.limiter is None
+                and self.group_limits is None
                 and not self.completed
                 and not self.failed and not self.kept_completed and not self.kept_failed
                 and not self.kept_own)
@@ -304,17 +323,17 @@ def job_options(job: JobDef, now: float) -> JobOptions:
     due = run_at if run_at > now else None
     if (job.id is None and job.priority == 0 and job.attempts == 1 and job.backoff is None
             and job.timeout is None and due is None and job.keep_result is None
-            and job.name is None and not job.lifo):
+            and job.name is None and not job.lifo and job.group is None):
         return DEFAULT_OPTIONS
     # A TTL only matters with a key; kept absolute, so that it holds across restarts.
     until = now + clamp_delay(job.dedup) if job.dedup is not None and job.id is not None else None
     return JobOptions(key=job.id, priority=job.priority, attempts=job.attempts,
                       backoff=job.backoff, timeout=job.timeout, run_at=due,
                       keep_result=job.keep_result, name=job.name, dedup_until=until,
-                      lifo=job.lifo)
+                      lifo=job.lifo, group=job.group)
 
 
-def join(line: WaitingLine[Job], job: Job) -> None:
+def join(line: WaitingLine[Job] | GroupedLine, job: Job) -> None:
     """Put a job that becomes waiting (added, due, retried) in line: at the tail of its
     priority, or at the head when it is LIFO."""
     if job.options.lifo:

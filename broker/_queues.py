@@ -35,6 +35,7 @@ from ._deadlines import Deadlines, Kind
 from ._dispatch import Dispatcher
 from ._errors import StateError
 from ._flows import Flows
+from ._groups import GroupedLine, apply_limits, grouped, normalized
 from ._jobs import (
     ACTIVE,
     COMPLETED,
@@ -57,7 +58,6 @@ from ._jobs import (
     join,
     with_run_at,
 )
-from ._limits import limiter
 from ._outbox import Outbox, Output
 from ._records import (
     JobPromoted,
@@ -73,6 +73,7 @@ from ._records import (
 from ._retention import Retention
 from ._schedules import ScheduleState, due_after, due_by, job_key
 from ._store import Store
+from ._waiting import WaitingLine
 
 __all__ = [
     # Queues' option defaults come with it.
@@ -246,6 +247,7 @@ class Queues(Store):
         waiting = []
         heads = []
         due = []
+        groups = False
         for job in fresh:
             options = job.options
             if options is DEFAULT_OPTIONS:
@@ -259,16 +261,19 @@ class Queues(Store):
                     due.append(job)
             elif options.lifo:
                 heads.append(job)
+                groups = groups or job.group is not None
             else:
                 waiting.append(job)
+                groups = groups or job.group is not None
             if watched:
                 event(queue.name, "added", job, job.created_at)
                 if job.state is DELAYED:
                     event(queue.name, "delayed", job, job.created_at, run_at=job.run_at)
         if waiting or heads:
-            queue.waiting.extend(waiting)
+            line = grouped(queue, self.deadlines) if groups else queue.waiting
+            line.extend(waiting)
             for job in heads:
-                queue.waiting.appendleft(job)  # the last added goes first
+                line.appendleft(job)  # the last added goes first
             self.dispatcher.wake(queue)
         for job in due:
             # It came due while its record waited for the disk: it waits from its due time.
@@ -429,6 +434,11 @@ class Queues(Store):
                 queue = self.queues.get(cast(str, key))
                 if queue is not None:
                     self.dispatcher.limit_due(queue, monotonic)
+            elif kind is Kind.GROUP:
+                name, group = cast(tuple[str, str], key)
+                queue = self.queues.get(name)
+                if queue is not None:
+                    self.dispatcher.group_due(queue, group)
             else:
                 state = self.schedules.get(cast(str, key))
                 if state is not None:
@@ -527,15 +537,14 @@ class Queues(Store):
             self.dispatcher.wake(queue)
 
     def set_limits(self, queue_name: str, limits: QueueLimits) -> None:
-        """Replace a queue's limits (``QueueLimits()`` clears them). Lowering them takes back
-        nothing that runs; they hold for the starts from now on."""
-        if limits.rate is None and limits.concurrency is None:
-            limits = QueueLimits()
+        """Replace a queue's limits (``QueueLimits()`` clears them), its groups' included.
+        Lowering them takes back nothing that runs; they hold for the starts from now on."""
+        limits = normalized(limits)
         queue = self.queue(queue_name)
-        old = queue.limiter
-        if (old.limits if old is not None else QueueLimits()) == limits:
+        if queue.limits == limits:
             return
-        queue.limiter = new = limiter(limits, old)
+        apply_limits(queue, limits)
+        new = queue.limiter
         if new is None:
             self.deadlines.cancel(Kind.LIMIT, queue_name)
         elif not new.limited:
@@ -570,7 +579,7 @@ class Queues(Store):
                 queue = self.queues[job.queue]
                 self.retention.renew(job)
                 job.ready = ready
-                join(queue.waiting, job)
+                join(self.line(queue, job), job)
                 self.dispatcher.wake(queue)
             if self.output.logged:
                 self.output.records.append(JobsRetried(ids=[job.id for job in jobs]))
@@ -606,6 +615,10 @@ class Queues(Store):
         queue.delayed[job.id] = job
         self.deadlines.set(Kind.DUE, job.id, self.timeline.monotonic(run_at))
 
+    def line(self, queue: Queue, job: Job) -> WaitingLine[Job] | GroupedLine:
+        """The line ``job`` joins in ``queue`` (a grouped one when it has a group)."""
+        return queue.waiting if job.group is None else grouped(queue, self.deadlines)
+
     def _retry(self, job: Job, error: JobError, now: float, run_at: float | None) -> None:
         queue = self.queues[job.queue]
         output = self.output
@@ -625,7 +638,7 @@ class Queues(Store):
         if run_at is None:
             job.state = WAITING
             job.ready = self.timeline.monotonic(now)
-            join(queue.waiting, job)
+            join(self.line(queue, job), job)
             self.dispatcher.wake(queue)
         else:
             job.options = with_run_at(job.options, run_at=run_at)
@@ -642,7 +655,7 @@ class Queues(Store):
         self.deadlines.cancel(Kind.DUE, job.id)
         job.options = with_run_at(job.options, run_at=None)
         job.state = WAITING
-        join(queue.waiting, job)
+        join(self.line(queue, job), job)
         if self.output.logged:
             self.output.records.append(JobPromoted(id=job.id))
         self.dispatcher.wake(queue)

@@ -15,19 +15,20 @@ from collections.abc import Iterator
 
 import msgspec
 
-from conveyor.protocol import ChildResult, JobError, JobState
+from conveyor.protocol import ChildResult, JobError, JobState, QueueLimits
 
 from ._census import Census
+from ._groups import GroupedLine, apply_limits, grouped, normalized
 from ._jobs import (
     DEFAULT_OPTIONS,
     DELAYED,
     JOB_OVERHEAD,
+    NO_LIMITS,
     WAITING_CHILDREN,
     Flow,
     Job,
     JobOptions,
 )
-from ._limits import limiter
 from ._queues import Queues
 from ._records import (
     ChildDone,
@@ -50,6 +51,7 @@ from ._records import (
     ScheduleSet,
 )
 from ._schedules import ScheduleState
+from ._waiting import WaitingLine
 
 __all__ = ["Replayer", "snapshot"]
 
@@ -165,14 +167,14 @@ class Replayer:
                 queue.completed = completed
                 queue.failed = failed
                 queue.paused = paused
-                queue.limiter = None if limits is None else limiter(limits, None)
+                queue.limiter = None
+                apply_limits(queue, QueueLimits() if limits is None else limits)
             case JobSnapshot():
                 self._restore(record)
             case LastId(id=last_id):
                 queues.last_id = max(queues.last_id, last_id)
             case QueueLimited(queue=name, limits=limits):
-                queue = queues.queue(name)
-                queue.limiter = limiter(limits, queue.limiter)
+                apply_limits(queues.queue(name), normalized(limits))
             case ScheduleSet(schedule=schedule, anchor=anchor, last=last):
                 queues.schedules[schedule.id] = ScheduleState(schedule, anchor=anchor, last=last)
             case ScheduleRemoved(id=schedule_id):
@@ -218,11 +220,11 @@ class Replayer:
             job = jobs.get(job_id)
             if job is not None and job.state is JobState.WAITING:
                 job.ready = ready
-                queues.queues[job.queue].waiting.append(job)
+                self._line(job).append(job)
         for job in self._tails.values():
             if job.state is JobState.WAITING and jobs.get(job.id) is job:
                 job.ready = ready
-                queues.queues[job.queue].waiting.append(job)
+                self._line(job).append(job)
         for queue in queues.queues.values():
             for job in queue.delayed.values():
                 queues.delay_job(queue, job)
@@ -286,6 +288,10 @@ class Replayer:
             self.queues.claim(key, job_id, until)
         else:
             self.queues.unclaim(key)
+
+    def _line(self, job: Job) -> WaitingLine[Job] | GroupedLine:
+        queue = self.queues.queues[job.queue]
+        return queue.waiting if job.group is None else grouped(queue, self.queues.deadlines)
 
     def _join(self, job: Job) -> None:
         """The job became waiting (added, due, retried): at the head of its line if LIFO."""
@@ -368,8 +374,7 @@ def snapshot(queues: Queues) -> Iterator[Record]:
     for queue in queues.queues.values():
         yield QueueSnapshot(name=queue.name, completed=queue.completed, failed=queue.failed,
                             paused=queue.paused,
-                            limits=queue.limiter.limits
-                            if queue.limiter is not None and queue.limiter.limited else None)
+                            limits=None if queue.limits == NO_LIMITS else queue.limits)
         # Leases are not kept: an active job is waiting again, ahead of the line it left.
         for consumer in queue.consumers.values():
             for job in consumer.held.values():

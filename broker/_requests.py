@@ -298,7 +298,7 @@ def _undeliverable(peer: Peer, req: int, queue: str, job: JobDef, max_frame: int
     """Whether ``job``'s delivery cannot fit in a frame of ``max_frame`` bytes whatever its
     id, lease and attempt; if so, ``peer`` is told, naming the payload at ``where``."""
     most = deliverable_payload(queue, max_frame, attempts=job.attempts, timeout=job.timeout,
-                               name=job.name)
+                               name=job.name, group=job.group)
     if len(job.data) <= most:
         return False
     peer.refuse(ProtocolError(

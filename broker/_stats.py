@@ -27,7 +27,8 @@ from conveyor.protocol import (
     array_header_size,
 )
 
-from ._jobs import Queue
+from ._groups import GroupedLine
+from ._jobs import NO_LIMITS, Queue
 from ._queues import Queues
 from ._rates import Rate
 from ._users import Permission, User
@@ -162,8 +163,9 @@ def _queue_stats(queue: Queue, at: float, *, timed: bool, schedules: int = 0) ->
         completed_rate=_rates(queue.completed_rate, at),
         failed_rate=_rates(queue.failed_rate, at), retried_rate=_rates(queue.retried_rate, at),
         wait_time=wait_time, run_time=run_time,
-        limits=queue.limiter.limits if queue.limiter is not None and queue.limiter.limited
-        else None, waiting_children=len(queue.parents), schedules=schedules)
+        limits=None if queue.limits == NO_LIMITS else queue.limits,
+        groups=queue.waiting.groups if isinstance(queue.waiting, GroupedLine) else 0,
+        waiting_children=len(queue.parents), schedules=schedules)
 
 
 _IDLE: Final = Rates()

@@ -71,6 +71,17 @@ class WaitingLine(Generic[Job]):
         """The line of the highest priority waiting (it must not be empty)."""
         return self._lines[-self._levels[0]]
 
+    def popleft(self) -> Job:
+        """Take the first job out (the line must not be empty)."""
+        level = self._levels[0]
+        line = self._lines[-level]
+        job = line.popleft()
+        self._size -= 1
+        if not line:
+            del self._lines[-level]
+            del self._levels[0]
+        return job
+
     def taken(self, line: deque[Job], count: int) -> None:
         """``count`` jobs were popped from the left of ``line`` (got from ``first``)."""
         self._size -= count

@@ -22,6 +22,7 @@ from ._exposure import peer_allowed
 from ._failpoints import FAILPOINTS
 from ._failpoints import install as install_failpoint
 from ._flush import flush
+from ._groups import GroupedLine
 from ._jobs import MAX_DELAY, Consumer, Job, backoff_delay
 from ._log import Log
 from ._logfile import FILE_HEADER_SIZE, RECORD_HEADER_SIZE, RecordReader, append_record
@@ -46,6 +47,7 @@ __all__ = [
     "Core",
     "Deadlines",
     "FailureLimiter",
+    "GroupedLine",
     "Job",
     "Kind",
     "Log",

@@ -55,6 +55,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         options["dedup"] = args.dedup
     if args.lifo:
         options["lifo"] = True
+    if args.group is not None:
+        options["group"] = args.group
     return options
 
 

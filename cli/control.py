@@ -89,13 +89,17 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def limit(args: argparse.Namespace) -> int:
-    """``conveyor limit QUEUE [--rate N [--per S]] [--concurrency N]``, ``--clear``, or
-    without options: show the limits."""
-    setting = args.rate is not None or args.per is not None or args.concurrency is not None
+    """``conveyor limit QUEUE [--rate N [--per S]] [--concurrency N] [--group-concurrency N]
+    [--group-rate N [--group-per S]]``, ``--clear``, or without options: show the limits."""
+    setting = any(value is not None for value in (
+        args.rate, args.per, args.concurrency, args.group_concurrency, args.group_rate,
+        args.group_per))
     if args.clear and setting:
         return fail("give --clear alone, or limits to set", USAGE)
     if args.per is not None and args.rate is None:
         return fail("--per is the period of --rate: give --rate too", USAGE)
+    if args.group_per is not None and args.group_rate is None:
+        return fail("--group-per is the period of --group-rate: give --group-rate too", USAGE)
 
     async def body(client: Client) -> int:
         if args.clear:
@@ -103,7 +107,10 @@ def limit(args: argparse.Namespace) -> int:
         elif setting:
             await client.set_limits(args.queue, rate=args.rate,
                                     per=1.0 if args.per is None else args.per,
-                                    concurrency=args.concurrency)
+                                    concurrency=args.concurrency,
+                                    group_concurrency=args.group_concurrency,
+                                    group_rate=args.group_rate,
+                                    group_per=1.0 if args.group_per is None else args.group_per)
         found = (await client.stats(args.queue)).queues
         limits = found[0].limits if found else None
         rate = None if limits is None else limits.rate
@@ -114,10 +121,23 @@ def limit(args: argparse.Namespace) -> int:
             parts.append(f"at most {rate:,} starts per {per:g} s (one every {per / rate:.3g} s)")
         if concurrency is not None:
             parts.append(f"at most {concurrency:,} active at once")
+        group_rate = None if limits is None else limits.group_rate
+        group_per = 1.0 if limits is None else limits.group_per
+        group_concurrency = None if limits is None else limits.group_concurrency
+        if group_rate is not None:
+            parts.append(f"each group at most {group_rate:,} starts per {group_per:g} s")
+        if group_concurrency is not None:
+            parts.append(f"each group at most {group_concurrency:,} active at once")
         text = f"{args.queue}: " + ("; ".join(parts) if parts else "no limits")
-        return _report(args, {"queue": args.queue, "rate": rate,
-                              "per": per if rate is not None else None,
-                              "concurrency": concurrency}, text)
+        shown: dict[str, object] = {"queue": args.queue, "rate": rate,
+                                    "per": per if rate is not None else None,
+                                    "concurrency": concurrency}
+        if group_rate is not None or group_concurrency is not None:
+            # Only for a queue whose groups have limits: the others' output stays as it was.
+            shown.update(group_rate=group_rate,
+                         group_per=group_per if group_rate is not None else None,
+                         group_concurrency=group_concurrency)
+        return _report(args, shown, text)
 
     return run(connected(args.url, body))
 

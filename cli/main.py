@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("queue", metavar="QUEUE")
 
     sub = command("limit", "control:limit",
-                  "show, set or clear a queue's rate and concurrency limits")
+                  "show, set or clear a queue's rate and concurrency limits (and its groups')")
     sub.add_argument("queue", metavar="QUEUE")
     sub.add_argument("--rate", type=limit_count, metavar="N",
                      help="at most N jobs start in any --per seconds, evenly spaced")
@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the rate's period (default: 1)")
     sub.add_argument("--concurrency", type=limit_count, metavar="N",
                      help="at most N of the queue's jobs active at once, across all workers")
+    sub.add_argument("--group-concurrency", type=limit_count, metavar="N",
+                     help="at most N jobs of each group active at once")
+    sub.add_argument("--group-rate", type=limit_count, metavar="N",
+                     help="at most N jobs of each group start in any --group-per seconds")
+    sub.add_argument("--group-per", type=limit_period, metavar="SECONDS",
+                     help="the group rate's period (default: 1)")
     sub.add_argument("--clear", action="store_true", help="remove the queue's limits")
 
     sub = command("drain", "control:drain", "remove every waiting and delayed job of a queue")
@@ -392,6 +398,8 @@ def _add_parser(sub: argparse.ArgumentParser) -> None:
                           "retained)")
     sub.add_argument("--lifo", action="store_true",
                      help="run before the waiting jobs of its priority (last in, first out)")
+    sub.add_argument("--group", metavar="GROUP",
+                     help="the group (tenant) of the job: dispatch takes turns across groups")
 
 
 def _delegate(name: str, argv: list[str]) -> int:

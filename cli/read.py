@@ -223,6 +223,7 @@ def _job_table(info: JobInfo) -> Table:
         ("job", str(info.id)),
         ("queue", Text(info.queue)),
         ("name", Text(info.name or "-")),
+        ("group", Text(info.group or "-")),
         ("state", info.state.value),
         ("attempt", f"{info.attempt} of {info.attempts}"),
         ("priority", str(info.priority)),

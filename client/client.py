@@ -226,7 +226,9 @@ class Client:
         (a worker serving a task registry runs the task of that name). ``dedup``: seconds after
         the add during which ``id`` deduplicates; after them an add with that key creates a new
         job, which ``find_job`` then finds. ``lifo``: the job joins the head of its priority's
-        waiting line, ahead of the jobs waiting there.
+        waiting line, ahead of the jobs waiting there. ``group``: the group (tenant) the job
+        belongs to: dispatch takes turns across the groups of a queue, and the queue's
+        per-group limits apply to it.
         """
         check_queue(queue)
         raw = encode_value(data, "job payload")
@@ -354,19 +356,25 @@ class Client:
         await self._ok(functools.partial(_message, Pause, queue=queue, paused=False))
 
     async def set_limits(self, queue: str, *, rate: int | None = None, per: float = 1.0,
-                         concurrency: int | None = None) -> None:
+                         concurrency: int | None = None, group_concurrency: int | None = None,
+                         group_rate: int | None = None, group_per: float = 1.0) -> None:
         """Limit how fast ``queue``'s jobs start, replacing its limits: at most ``rate`` starts
         in any ``per`` seconds (evenly spaced, one every ``per / rate`` seconds), and at most
         ``concurrency`` of its jobs active at once across all workers (None: no such limit).
-        Lowering them stops nothing that runs. Survives a broker restart.
+        The ``group_`` limits hold for each group of the queue on its own: at most
+        ``group_concurrency`` of a group's jobs active at once, at most ``group_rate`` of them
+        starting in any ``group_per`` seconds. Lowering them stops nothing that runs. Survives
+        a broker restart.
 
         Raises:
-            ValueError: ``rate`` or ``concurrency`` is not between 1 and ``MAX_LIMIT``, or
-                ``per`` is not a number of seconds above 0 (at most ``MAX_LIMIT_PERIOD``).
+            ValueError: a count is not between 1 and ``MAX_LIMIT``, or a period is not a
+                number of seconds above 0 (at most ``MAX_LIMIT_PERIOD``).
         """
         check_queue(queue)
         try:
-            limits = msgspec.convert({"rate": rate, "per": per, "concurrency": concurrency},
+            limits = msgspec.convert({"rate": rate, "per": per, "concurrency": concurrency,
+                                      "group_concurrency": group_concurrency,
+                                      "group_rate": group_rate, "group_per": group_per},
                                      QueueLimits)
         except msgspec.ValidationError as exc:
             raise ValueError(f"invalid limits: {exc}") from None
@@ -426,7 +434,7 @@ class Client:
                 return found
 
     async def clear_limits(self, queue: str) -> None:
-        """Remove ``queue``'s rate and concurrency limits."""
+        """Remove ``queue``'s limits (its groups' too)."""
         check_queue(queue)
         await self._ok(functools.partial(_message, SetLimits, queue=queue,
                                          limits=QueueLimits()))

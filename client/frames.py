@@ -81,7 +81,7 @@ def check_fits(queue: str, job: JobDef, max_frame: int, *, index: int | None = N
     # A delivery says more around a payload than an add does: the broker refuses a payload whose
     # delivery could not fit in one of its frames, so it is refused here before anything is sent.
     allowed = deliverable_payload(queue, max_frame, attempts=job.attempts, timeout=job.timeout,
-                                  name=job.name)
+                                  name=job.name, group=job.group)
     if payload > allowed:
         raise ValueError(f"payload{which} is {payload:,} bytes encoded; delivered, it would not "
                          f"fit in the broker's frame limit of {max_frame:,} bytes (at most "
@@ -156,7 +156,8 @@ def frames(jobs: BulkJobs, max_frame: int) -> Iterator[list[JobDef]]:
     # name - go into its delivery too): the first such job is named before any frame is built.
     common = jobs.template if jobs.template is not None else JobDef(NIL)
     deliverable = deliverable_payload(jobs.queue, max_frame, attempts=common.attempts,
-                                      timeout=common.timeout, name=common.name)
+                                      timeout=common.timeout, name=common.name,
+                                      group=common.group)
     if largest > room or max(map(len, raws), default=0) > deliverable:
         for index in range(len(raws)):
             check_fits(jobs.queue, jobs.job(index), max_frame, index=index)

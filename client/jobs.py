@@ -42,6 +42,8 @@ class JobInfo(msgspec.Struct, frozen=True):
     """How many children the job has (the parent of a flow)."""
     children_left: int = 0
     """How many of them have not finished yet."""
+    group: str | None = None
+    """The group (tenant) the job belongs to, when it has one."""
 
 
 def encode_value(value: object, what: str) -> msgspec.Raw:
@@ -94,4 +96,5 @@ def decode_job(job: WireJobInfo) -> JobInfo:
         parent=job.parent,
         children=job.children,
         children_left=job.children_left,
+        group=job.group,
     )

@@ -8,7 +8,7 @@ from typing import Any, Final, TypedDict
 
 import msgspec
 
-from conveyor.protocol import MAX_JOB_NAME, MAX_PRIORITY, MIN_PRIORITY, Backoff, JobDef
+from conveyor.protocol import MAX_GROUP, MAX_JOB_NAME, MAX_PRIORITY, MIN_PRIORITY, Backoff, JobDef
 
 __all__ = ["Backoff", "JobOptions", "JobSpec", "exponential", "fixed", "job_def"]
 
@@ -24,7 +24,8 @@ class JobOptions(TypedDict, total=False):
     may run. ``delay`` (seconds) / ``run_at`` (Unix time): not before then. ``keep_result``:
     seconds the finished job is retained. ``name``: what kind of job it is. ``dedup``: seconds
     after the add during which ``id`` deduplicates (then an add with it creates a new job).
-    ``lifo``: the job joins the head of its priority's waiting line.
+    ``lifo``: the job joins the head of its priority's waiting line. ``group``: the group
+    (tenant) the job belongs to: dispatch takes turns across a queue's groups.
     """
 
     id: str | None
@@ -38,6 +39,7 @@ class JobOptions(TypedDict, total=False):
     name: str | None
     dedup: float | None
     lifo: bool
+    group: str | None
 
 
 def fixed(delay: float) -> Backoff:
@@ -72,13 +74,14 @@ class JobSpec:
     name: str | None = None
     dedup: float | None = None
     lifo: bool = False
+    group: str | None = None
 
     def options(self) -> JobOptions:
         """The options, as keyword arguments of ``job_def``."""
         return {"id": self.id, "priority": self.priority, "attempts": self.attempts,
                 "backoff": self.backoff, "timeout": self.timeout, "delay": self.delay,
                 "run_at": self.run_at, "keep_result": self.keep_result, "name": self.name,
-                "dedup": self.dedup, "lifo": self.lifo}
+                "dedup": self.dedup, "lifo": self.lifo, "group": self.group}
 
 
 def job_def(
@@ -95,11 +98,15 @@ def job_def(
     name: str | None = None,
     dedup: float | None = None,
     lifo: bool = False,
+    group: str | None = None,
 ) -> JobDef:
     """The wire form of a job, holding only the options that differ from their defaults (the
     others are not sent); raises ``ValueError`` naming an option that is out of range."""
     if id is not None and not _text(id, _MAX_KEY):
         raise ValueError(f"id must be a string of 1 to {_MAX_KEY} characters, got {id!r}")
+    if group is not None and not _text(group, MAX_GROUP):
+        raise ValueError(f"group must be a string of 1 to {MAX_GROUP} characters, "
+                         f"got {group!r}")
     if name is not None and not _text(name, MAX_JOB_NAME):
         raise ValueError(f"name must be a string of 1 to {MAX_JOB_NAME} characters, "
                          f"got {name!r}")
@@ -150,6 +157,8 @@ def job_def(
         options["dedup"] = float(dedup)
     if lifo:
         options["lifo"] = True
+    if group is not None:
+        options["group"] = group
     return JobDef(data=data, **options)
 
 

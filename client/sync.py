@@ -158,10 +158,12 @@ class SyncClient:
         self._runner.call(self._client.resume(queue))
 
     def set_limits(self, queue: str, *, rate: int | None = None, per: float = 1.0,
-                   concurrency: int | None = None) -> None:
+                   concurrency: int | None = None, group_concurrency: int | None = None,
+                   group_rate: int | None = None, group_per: float = 1.0) -> None:
         """Limit how fast ``queue``'s jobs start (see ``Client.set_limits``)."""
-        self._runner.call(self._client.set_limits(queue, rate=rate, per=per,
-                                                  concurrency=concurrency))
+        self._runner.call(self._client.set_limits(
+            queue, rate=rate, per=per, concurrency=concurrency,
+            group_concurrency=group_concurrency, group_rate=group_rate, group_per=group_per))
 
     def set_schedule(self, id: str, queue: str, data: object, *,
                      every: float | None = None, cron: str | None = None, tz: str = "UTC",
@@ -183,7 +185,7 @@ class SyncClient:
         return self._runner.call(self._client.schedules())
 
     def clear_limits(self, queue: str) -> None:
-        """Remove ``queue``'s rate and concurrency limits."""
+        """Remove ``queue``'s limits (its groups' too)."""
         self._runner.call(self._client.clear_limits(queue))
 
     def retry_failed(self, queue: str | None = None, *, job_id: int | None = None) -> int:

@@ -128,6 +128,11 @@ def limits_text(limits: QueueLimits | None) -> str:
         parts.append(f"at most {limits.rate:,} starts per {limits.per:g} s")
     if limits.concurrency is not None:
         parts.append(f"at most {limits.concurrency:,} active")
+    if limits.group_rate is not None:
+        parts.append(f"each group at most {limits.group_rate:,} starts per "
+                     f"{limits.group_per:g} s")
+    if limits.group_concurrency is not None:
+        parts.append(f"each group at most {limits.group_concurrency:,} active")
     return "; ".join(parts) or "none"
 
 

@@ -13,6 +13,7 @@ from .framing import (
 from .messages import (
     AUTH_MECHANISM,
     HISTOGRAM_BOUNDS,
+    MAX_GROUP,
     MAX_JOB_NAME,
     MAX_LIMIT,
     MAX_LIMIT_PERIOD,
@@ -110,6 +111,7 @@ __all__ = [
     "DELIVERY_MAX_OVERHEAD",
     "HEADER_SIZE",
     "HISTOGRAM_BOUNDS",
+    "MAX_GROUP",
     "MAX_JOB_NAME",
     "MAX_LIMIT",
     "MAX_LIMIT_PERIOD",

@@ -16,6 +16,7 @@ import msgspec
 
 __all__ = [
     "AUTH_MECHANISM",
+    "MAX_GROUP",
     "MAX_JOB_NAME",
     "MAX_LIMIT",
     "MAX_LIMIT_PERIOD",
@@ -104,6 +105,8 @@ NIL: Final = msgspec.Raw(b"\xc0")
 
 MAX_JOB_NAME: Final = 128
 """Longest job name, in characters."""
+MAX_GROUP: Final = 255
+"""Longest group name (``JobDef.group``), in characters."""
 RequestId = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
 """Chosen by the client, echoed in the reply; 0 is reserved for "no request"."""
 ErrorRequestId = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -194,6 +197,9 @@ class JobDef(msgspec.Struct, frozen=True, omit_defaults=True):
     add with it creates a new job (none: for as long as the job is retained)."""
     lifo: bool = False
     """Join the head of its priority's waiting line instead of the tail."""
+    group: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_GROUP)] | None = None
+    """The group (tenant) the job belongs to: dispatch takes turns across a queue's groups, and
+    the queue's per-group limits apply to it (none: the queue's ungrouped jobs)."""
 
 
 ChildPolicy = Literal["fail", "ignore", "remove"]
@@ -234,6 +240,8 @@ class Delivery(msgspec.Struct, frozen=True, omit_defaults=True):
     """Tries the job has in all."""
     name: str | None = None
     """The job's name, when it has one."""
+    group: str | None = None
+    """The job's group, when it has one."""
 
 
 class JobInfo(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -262,6 +270,8 @@ class JobInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """How many children the job has (the parent of a flow)."""
     children_left: int = 0
     """How many of them have not finished yet."""
+    group: str | None = None
+    """The job's group, when it has one."""
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -460,11 +470,16 @@ class Pause(_Message, tag="pause", frozen=True):
 class QueueLimits(msgspec.Struct, frozen=True, omit_defaults=True):
     """How fast a queue's jobs may start: at most ``rate`` starts in any ``per`` seconds (evenly
     spaced, one every ``per / rate`` seconds), and at most ``concurrency`` of its jobs active at
-    once across all workers. None: no such limit."""
+    once across all workers. None: no such limit. The ``group_`` limits apply to each group of
+    the queue on its own (at most ``group_rate`` starts of one group in any ``group_per`` seconds,
+    at most ``group_concurrency`` of one group's jobs active at once), on top of the queue's."""
 
     rate: LimitCount | None = None
     per: LimitPeriod = 1.0
     concurrency: LimitCount | None = None
+    group_concurrency: LimitCount | None = None
+    group_rate: LimitCount | None = None
+    group_per: LimitPeriod = 1.0
 
 
 class RetryFailed(_Message, tag="retry_failed", frozen=True):
@@ -742,6 +757,8 @@ class QueueStats(msgspec.Struct, frozen=True):
     """Parents of flows waiting for their children (as ``counts``)."""
     schedules: int = 0
     """Schedules that add jobs to the queue (``set_schedule``)."""
+    groups: int = 0
+    """Groups with waiting or active jobs."""
 
 
 class Subscription(msgspec.Struct, frozen=True):

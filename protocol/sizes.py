@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .messages import MAX_JOB_NAME
+from .messages import MAX_GROUP, MAX_JOB_NAME
 
 __all__ = [
     "DELIVERY_MAX_OVERHEAD",
@@ -44,18 +44,19 @@ def array_header_size(count: int) -> int:
 
 
 # A Delivery is a map of ``job``, ``lease``, ``attempt``, ``data`` and, when not at their
-# defaults, ``timeout`` (a float 64), ``attempts`` and ``name``. Keys are fixstr.
+# defaults, ``timeout`` (a float 64), ``attempts``, ``name`` and ``group``. Keys are fixstr.
 _DELIVERY_KEYS: Final = sum(str_size(key) for key in ("job", "lease", "attempt", "data"))
 _TIMEOUT: Final = str_size("timeout") + 9
 _ATTEMPTS_KEY: Final = str_size("attempts")
 _NAME_KEY: Final = str_size("name")
+_GROUP_KEY: Final = str_size("group")
 _DELIVER_ENVELOPE: Final = (1 + str_size("t") + str_size("deliver") + str_size("queue")
                             + str_size("jobs"))
 
 def delivery_size(job: int, lease: int, attempt: int, data: int, *, timeout: float | None = None,
-                  attempts: int = 1, name: str | None = None) -> int:
+                  attempts: int = 1, name: str | None = None, group: str | None = None) -> int:
     """Bytes of one ``Delivery`` whose payload is ``data`` bytes long, as the broker encodes it
-    (``timeout``, ``attempts`` and ``name`` left out at their defaults)."""
+    (``timeout``, ``attempts``, ``name`` and ``group`` left out at their defaults)."""
     size = 1 + _DELIVERY_KEYS + int_size(job) + int_size(lease) + int_size(attempt) + data
     if timeout is not None:
         size += _TIMEOUT
@@ -63,6 +64,8 @@ def delivery_size(job: int, lease: int, attempt: int, data: int, *, timeout: flo
         size += _ATTEMPTS_KEY + int_size(attempts)
     if name is not None:
         size += _NAME_KEY + str_size(name)
+    if group is not None:
+        size += _GROUP_KEY + str_size(group)
     return size
 
 
@@ -73,16 +76,17 @@ _MAX_ATTEMPTS: Final = 1_000_000
 
 DELIVERY_MAX_OVERHEAD: Final = delivery_size(
     _LARGEST_ID, _LARGEST_ID, _MAX_ATTEMPTS, 0, timeout=0.0, attempts=_MAX_ATTEMPTS,
-    name=chr(0x10FFFF) * MAX_JOB_NAME)
+    name=chr(0x10FFFF) * MAX_JOB_NAME, group=chr(0x10FFFF) * MAX_GROUP)
 """The most bytes one delivery adds to a ``deliver`` beyond its payload: the largest ids and
-lease, an ``attempt`` and ``attempts`` up to 1,000,000, a ``timeout`` and a name of
-``MAX_JOB_NAME`` 4-byte characters."""
+lease, an ``attempt`` and ``attempts`` up to 1,000,000, a ``timeout``, a name of
+``MAX_JOB_NAME`` 4-byte characters and a group of ``MAX_GROUP``."""
 
 
 def delivery_options_bound(*, timeout: float | None = None, attempts: int = 1,
-                           name: str | None = None) -> int:
-    """The most bytes a delivery's ``timeout``, ``attempts`` and ``name`` take (nothing for those
-    at their defaults), without encoding the name: each character counts 4 bytes, and
+                           name: str | None = None, group: str | None = None) -> int:
+    """The most bytes a delivery's ``timeout``, ``attempts``, ``name`` and ``group`` take
+    (nothing for those at their defaults), without encoding the texts: each character counts 4
+    bytes, and
     ``attempts`` counts as its widest allowed value."""
     size = 0 if timeout is None else _TIMEOUT
     if attempts != 1:
@@ -90,6 +94,8 @@ def delivery_options_bound(*, timeout: float | None = None, attempts: int = 1,
     if name is not None:
         # A name of at most MAX_JOB_NAME characters is under 64 KiB: a header of at most 3 bytes.
         size += _NAME_KEY + 3 + 4 * len(name)
+    if group is not None:
+        size += _GROUP_KEY + 3 + 4 * len(group)
     return size
 
 
@@ -100,9 +106,11 @@ def deliver_size(queue: str, count: int, deliveries: int) -> int:
 
 
 def deliverable_payload(queue: str, max_frame: int, *, attempts: int = 1,
-                        timeout: float | None = None, name: str | None = None) -> int:
+                        timeout: float | None = None, name: str | None = None,
+                        group: str | None = None) -> int:
     """The most bytes a job's payload may take so that its delivery, with the largest id and
     lease it may get, fits in one ``deliver`` frame of ``max_frame`` bytes. The broker refuses at
     ``add`` a payload larger than this (``INVALID_ARGUMENT``); a client checks it first."""
     return max_frame - deliver_size(queue, 1, delivery_size(
-        _LARGEST_ID, _LARGEST_ID, attempts, 0, timeout=timeout, attempts=attempts, name=name))
+        _LARGEST_ID, _LARGEST_ID, attempts, 0, timeout=timeout, attempts=attempts, name=name,
+        group=group))

@@ -19,12 +19,12 @@ __all__ = ["Job", "current_job"]
 class Job:
     """One delivered job: its id, queue, decoded payload and try number."""
 
-    __slots__ = ("_connection", "_finished", "attempt", "attempts", "data", "id", "lease",
-                 "name", "queue", "timeout")
+    __slots__ = ("_connection", "_finished", "attempt", "attempts", "data", "group", "id",
+                 "lease", "name", "queue", "timeout")
 
     def __init__(self, connection: Connection, queue: str, job_id: int, lease: int, attempt: int,
                  data: Any, *, attempts: int = 1, timeout: float | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, group: str | None = None) -> None:
         self._connection = connection
         self.id = job_id
         self.queue = queue
@@ -38,6 +38,8 @@ class Job:
         self.data = data
         self.name = name
         """The job's name (what kind of job it is), or None."""
+        self.group = group
+        """The group (tenant) the job belongs to, or None."""
         self._finished: float | None = None
         """When the worker finished running it (``time.perf_counter()``)."""
 

@@ -442,7 +442,7 @@ class Worker:
                 continue
             job = Job(connection, queue, delivery.job, delivery.lease, delivery.attempt,
                       data, attempts=delivery.attempts, timeout=delivery.timeout,
-                      name=delivery.name)
+                      name=delivery.name, group=delivery.group)
             running[job] = create_task(run_job(connection, subscription, job, logging_jobs))
 
     def _resolve(self, subscription: _Subscription, job: Job) -> tuple[Callable[[], Any], bool]:

@@ -775,7 +775,7 @@ def test_only_queues_with_nothing_to_lose_are_forgotten() -> None:
     queues.subscribe("w", "dropped", 1)
     queues.drop("w", 0.0)  # its only subscriber left
     queues.add("removed", payloads(1), 0.0)
-    queues.remove(queues.queue("removed").waiting.first()[0].id)
+    queues.remove(next(iter(queues.queue("removed").waiting)).id)
     queues.add("waiting", payloads(1), 0.0)
     queues.pause("paused", True)
     queues.subscribe("w", "subscribed", 1)
