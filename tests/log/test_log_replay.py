@@ -64,6 +64,7 @@ class Spec(NamedTuple):
     keep_result: float | None = None
     dedup: float | None = None
     lifo: bool = False
+    group: str | None = None
 
 
 specs = st.one_of(st.none(), st.builds(
@@ -77,6 +78,7 @@ specs = st.one_of(st.none(), st.builds(
     keep_result=st.sampled_from([None, None, 0.0, 2.0]),
     dedup=st.sampled_from([None, None, 0.0, 1.0, 30.0]),
     lifo=st.sampled_from([False, False, True]),
+    group=st.sampled_from([None, None, "g1", "g2"]),
 ))
 
 
@@ -148,7 +150,7 @@ class Driver:
             payloads.append(JobDef(data=data) if spec is None else JobDef(
                 data=data, id=spec.key, priority=spec.priority, attempts=spec.attempts,
                 backoff=spec.backoff, delay=spec.delay, keep_result=spec.keep_result,
-                dedup=spec.dedup, lifo=spec.lifo))
+                dedup=spec.dedup, lifo=spec.lifo, group=spec.group))
         self.serial += 1
         handle(self.core, self.producer, Add(req=self.serial, queue=queue, jobs=payloads),
                self.clock())
@@ -166,7 +168,8 @@ class Driver:
             job = JobDef(data=data) if spec is None else JobDef(
                 data=data, id=spec.key if index == 0 else None, priority=spec.priority,
                 attempts=spec.attempts, backoff=spec.backoff, delay=spec.delay,
-                keep_result=spec.keep_result, dedup=spec.dedup, lifo=spec.lifo)
+                keep_result=spec.keep_result, dedup=spec.dedup, lifo=spec.lifo,
+                group=spec.group)
             jobs.append(FlowJob(queue=queue, job=job, parent=None if index == 0 else
                                 parent % index, on_failure=policy))  # type: ignore[arg-type]
         self.serial += 1
