@@ -327,3 +327,26 @@ async def test_a_malformed_flow_is_refused_whole_naming_the_job(make_broker: Mak
         assert (await raw.counts("c"))["waiting"] == 0
     finally:
         await raw.close()
+
+
+async def test_children_in_groups_take_turns_and_their_parent_runs_after_them(url: str) -> None:
+    started: list[str] = []
+
+    async def handle(job: Job) -> str | None:
+        if job.queue == "parts":
+            started.append(str(job.group))
+            return str(job.data)
+        return None
+
+    async with Client(url) as client:
+        await client.set_limits("parts", group_concurrency=1)
+        added = await client.add_flow(Flow("whole", None, children=[
+            *(Flow("parts", f"a{n}", group="a") for n in range(6)),
+            *(Flow("parts", f"b{n}", group="b") for n in range(2))]))
+        async with running(Worker("parts", handle, url=url, concurrency=1)), \
+                running(Worker("whole", handle, url=url)):
+            await client.wait(added.id, timeout=10)
+        results = await client.children_results(added.id)
+    assert sorted(results.values()) == sorted([*(f"a{n}" for n in range(6)), "b0", "b1"])
+    # Group b's two jobs start within the first four, not after group a's six.
+    assert started[:4].count("b") == 2
