@@ -233,10 +233,13 @@ class Flows:
 
 _OUTCOME_OVERHEAD: Final = 32
 """Bytes a child's outcome takes in a ``children`` reply beyond its result and error."""
+_ERROR_OVERHEAD: Final = 48
+"""Bytes an error takes beyond its strings' UTF-8: its key, its map's keys, the strings' heads."""
 
 
 def _error_size(error: JobError | None) -> int:
     if error is None:
         return 0
-    return 3 * (len(error.type) + len(error.message) + len(error.traceback))  # UTF-8 bound
+    # A code point takes up to 4 bytes in UTF-8.
+    return _ERROR_OVERHEAD + 4 * (len(error.type) + len(error.message) + len(error.traceback))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 from log_support import assert_same_state, reopen
 from queue_state import raw
@@ -24,7 +25,18 @@ from conveyor.broker.testing import (
     handle,
 )
 from conveyor.broker.testing import snapshot as snapshot_of
-from conveyor.protocol import Added, AddFlow, Error, ErrorCode, FlowJob, JobDef, JobError, JobState
+from conveyor.protocol import (
+    Added,
+    AddFlow,
+    Children,
+    Error,
+    ErrorCode,
+    FlowJob,
+    GetChildren,
+    JobDef,
+    JobError,
+    JobState,
+)
 
 
 class Broker:
@@ -202,4 +214,34 @@ def test_a_snapshot_keeps_a_child_failed_before_its_parent_in_that_order(
     again = replayed_from_snapshot(broker.queues)
     assert list(again.queue("q").kept_failed) == [child, parent]
     assert_same_state(broker.queues, again)
+    broker.close()
+
+
+@pytest.mark.parametrize("message", ["", "\N{GRINNING FACE}" * 300])
+def test_a_page_of_children_that_failed_fits_in_a_frame(tmp_path: Path, message: str) -> None:
+    # Errors with short strings (their map costs more than their text), or with characters
+    # that take 4 bytes in UTF-8: every page still fits the frame limit, and none is lost.
+    broker = Broker(tmp_path)
+    ids = broker.add_flow(node("p", "root"), *(node("c", str(i), 0, "ignore")
+                                               for i in range(300)))
+    broker.queues.subscribe(broker.worker, "c", 300)
+    ((_, jobs),) = broker.queues.dispatch(broker.now)
+    for job in jobs:
+        broker.queues.fail(broker.worker, job.id, job.lease, JobError("E", message),
+                           broker.now, retry=False)
+    flush(broker.core, broker.now)
+    broker.core.max_frame = 8192
+    encoder = msgspec.msgpack.Encoder()
+    read: list[int] = []
+    while True:
+        handle(broker.core, broker.producer,
+               GetChildren(req=1, job=ids[0], offset=len(read)), broker.now)
+        flush(broker.core, broker.now)
+        (reply,) = broker.producer.take()
+        assert isinstance(reply, Children)
+        assert len(encoder.encode(reply)) <= broker.core.max_frame
+        read += [child.id for child in reply.children]
+        if not reply.more:
+            break
+    assert read == ids[1:]
     broker.close()
