@@ -245,3 +245,24 @@ def test_a_page_of_children_that_failed_fits_in_a_frame(tmp_path: Path, message:
             break
     assert read == ids[1:]
     broker.close()
+
+
+def test_a_snapshot_of_a_parent_with_many_results_is_no_one_huge_record(tmp_path: Path) -> None:
+    # A base file's record holds at most one child's outcome: the results of a flow's children
+    # add up past any record limit (a record is at most 1 GiB) however many children there are.
+    broker = Broker(tmp_path)
+    ids = broker.add_flow(node("p", "root"), *(node("c", str(i), 0) for i in range(200)))
+    broker.queues.subscribe(broker.worker, "c", 200)
+    ((_, jobs),) = broker.queues.dispatch(broker.now)
+    for job in jobs[:150]:
+        result = raw("x" * 8192)
+        broker.queues.ack(broker.worker, job.id, job.lease, result, broker.now)
+    flush(broker.core, broker.now)
+    parent = broker.queues.jobs[ids[0]]
+    assert parent.flow is not None and parent.flow.left == 50
+    encoder = msgspec.msgpack.Encoder()
+    assert max(len(encoder.encode(record)) for record in snapshot_of(broker.queues)) < 16_384
+    again = replayed_from_snapshot(broker.queues)
+    assert_same_state(broker.queues, again)
+    assert list(again.jobs[ids[0]].flow.done) == ids[1:151]  # type: ignore[union-attr]
+    broker.close()
