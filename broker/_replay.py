@@ -238,6 +238,7 @@ class Replayer:
         self._heads.clear()
         self._tails.clear()
         self._claims.clear()
+        queues.flows.reconcile()
         if timeline.clock is not None:
             queues.arm_schedules(timeline.now())
 

@@ -266,3 +266,66 @@ def test_a_snapshot_of_a_parent_with_many_results_is_no_one_huge_record(tmp_path
     assert_same_state(broker.queues, again)
     assert list(again.jobs[ids[0]].flow.done) == ids[1:151]  # type: ignore[union-attr]
     broker.close()
+
+
+def _torn_at_child_done(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next pass's write loses its records from the first ``ChildDone`` on, as a tail torn
+    there by a power loss would."""
+    append = broker.log.append
+
+    def torn(records: list[Record]) -> None:
+        names = [type(record).__name__ for record in records]
+        if "ChildDone" in names:
+            monkeypatch.setattr(broker.log, "append", append)  # once
+            records = records[:names.index("ChildDone")]
+        append(records)
+
+    monkeypatch.setattr(broker.log, "append", torn)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_tail_torn_between_a_child_and_its_parents_note_is_made_good_on_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    # The child's own record survived, its parent's note did not: on start the parent takes
+    # note (and reacts) as it did live, instead of waiting for a child that is done for good.
+    broker = Broker(tmp_path)
+    root, mid, leaf = broker.add_flow(node("p", "root"), node("m", "mid", 0), node("c", "a", 1))
+    _torn_at_child_done(broker, monkeypatch)
+    assert broker.run("c", fail=fail) == leaf
+    live = broker.queues.jobs
+    assert live[mid].state is (JobState.FAILED if fail else JobState.WAITING)
+    assert live[root].state is (JobState.FAILED if fail else JobState.WAITING_CHILDREN)
+    broker.close()
+    again = Broker(tmp_path)  # a broker started on that log; its first pass writes the notes
+    assert_same_state(broker.queues, again.queues)
+    flush(again.core, again.now)
+    again.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
+
+
+def test_a_tail_torn_before_a_parent_failed_by_its_child_is_made_good_on_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(tmp_path)
+    root, mid, leaf = broker.add_flow(node("p", "root"), node("m", "mid", 0),
+                                      node("c", "a", 1, "remove"))
+    append = broker.log.append
+
+    def torn(records: list[Record]) -> None:
+        names = [type(record).__name__ for record in records]
+        if "JobsRemoved" in names:
+            monkeypatch.setattr(broker.log, "append", append)  # once
+            records = records[:names.index("JobsRemoved")]
+        append(records)
+
+    monkeypatch.setattr(broker.log, "append", torn)
+    assert broker.run("c", fail=True) == leaf
+    assert mid not in broker.queues.jobs
+    assert broker.queues.jobs[root].state is JobState.FAILED
+    broker.close()
+    again = Broker(tmp_path)
+    assert_same_state(broker.queues, again.queues)
+    flush(again.core, again.now)
+    again.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
