@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
 
@@ -187,15 +187,47 @@ class Flows:
                 self.release(parent, now)
             return
         assert outcome.error is not None
-        if policy == "remove":
-            queues.retention.remove([parent])
+        self._react(parent, child, outcome.error, now)
+
+    def _react(self, parent: Job, child: Job, error: JobError, now: float) -> None:
+        """``parent`` (waiting for its children) fails, or is removed, by ``child``'s failure."""
+        queues = self._queues
+        if child.options.on_failure == "remove":
+            queues.retention.remove([parent], now=now)
             return
         del queues.queues[parent.queue].parents[parent.id]
         parent.error = JobError(
             type="ChildFailed",
             message=f"child job {child.id} of queue {child.queue!r} failed: "
-                    f"{outcome.error.type}: {outcome.error.message}")
+                    f"{error.type}: {error.message}")
         queues.retention.finish(parent, FAILED, now)
+
+    def reconcile(self) -> None:
+        """After replay: make good what a log cut between the records of one pass left undone
+        (a torn tail: the pass's last records are lost, its first kept). A parent takes note of
+        a finished child it has no outcome of, and reacts to a failure it took note of but did
+        not react to, at the child's finish time, with records of its own, as it did live."""
+        jobs = self._queues.jobs
+        ended = sorted((job for job in jobs.values()
+                        if job.options.parent is not None and job.finished_at is not None),
+                       key=lambda job: (job.finished_at, job.id))
+        for child in ended:
+            parent = jobs.get(child.options.parent or 0)
+            if parent is None or parent.flow is None or jobs.get(child.id) is not child:
+                continue
+            now = cast(float, child.finished_at)
+            outcome = parent.flow.done.get(child.id)
+            if outcome is None:
+                self.finished(child, now)
+            elif (parent.state is WAITING_CHILDREN and outcome.error is not None
+                  and child.options.on_failure != "ignore"):
+                self._settling = True  # the parent's own end is settled below, at ``now``
+                try:
+                    self._react(parent, child, outcome.error, now)
+                    while self._unsettled:
+                        self._settle(self._unsettled.popleft(), now)
+                finally:
+                    self._settling = False
 
     def release(self, parent: Job, now: float) -> None:
         """Every child of ``parent`` finished: it becomes waiting, or delayed until its
@@ -233,10 +265,13 @@ class Flows:
 
 _OUTCOME_OVERHEAD: Final = 32
 """Bytes a child's outcome takes in a ``children`` reply beyond its result and error."""
+_ERROR_OVERHEAD: Final = 48
+"""Bytes an error takes beyond its strings' UTF-8: its key, its map's keys, the strings' heads."""
 
 
 def _error_size(error: JobError | None) -> int:
     if error is None:
         return 0
-    return 3 * (len(error.type) + len(error.message) + len(error.traceback))  # UTF-8 bound
+    # A code point takes up to 4 bytes in UTF-8.
+    return _ERROR_OVERHEAD + 4 * (len(error.type) + len(error.message) + len(error.traceback))
 

@@ -240,6 +240,7 @@ class Replayer:
         self._heads.clear()
         self._tails.clear()
         self._claims.clear()
+        queues.flows.reconcile()
         if timeline.clock is not None:
             queues.arm_schedules(timeline.now())
 
@@ -378,33 +379,38 @@ def snapshot(queues: Queues) -> Iterator[Record]:
         # Leases are not kept: an active job is waiting again, ahead of the line it left.
         for consumer in queue.consumers.values():
             for job in consumer.held.values():
-                yield _job_snapshot(job, JobState.WAITING)
+                yield from _job_snapshot(job, JobState.WAITING)
         for job in queue.waiting:
-            yield _job_snapshot(job, JobState.WAITING)
+            yield from _job_snapshot(job, JobState.WAITING)
         for job in queue.delayed.values():
-            yield _job_snapshot(job, JobState.DELAYED)
+            yield from _job_snapshot(job, JobState.DELAYED)
         for job in queue.parents.values():
-            yield _job_snapshot(job, WAITING_CHILDREN)
+            yield from _job_snapshot(job, WAITING_CHILDREN)
         for state in (JobState.COMPLETED, JobState.FAILED):
             for job in queues.finished_jobs(queue, state):
-                yield _job_snapshot(job, state)
+                yield from _job_snapshot(job, state)
     for kept in queues.schedules.values():
         yield ScheduleSet(schedule=kept.schedule, anchor=kept.anchor, last=kept.last)
     yield LastId(id=queues.last_id)
 
 
-def _job_snapshot(job: Job, state: JobState) -> JobSnapshot:
+def _job_snapshot(job: Job, state: JobState) -> Iterator[Record]:
+    """The job's snapshot; for the parent of a flow, then one ``ChildDone`` per outcome it took
+    note of (in that order), so that no record grows with the number of children."""
     attempt = job.attempt - (1 if job.state is JobState.ACTIVE else 0)
     flow = job.flow
     if flow is None:
-        return JobSnapshot(
+        yield JobSnapshot(
             id=job.id, queue=job.queue, data=job.data, created_at=job.created_at,
             state=state.value, attempt=attempt, drops=job.drops, finished_at=job.finished_at,
             result=job.result, error=job.error, options=job.options,
         )
-    return JobSnapshot(
+        return
+    yield JobSnapshot(
         id=job.id, queue=job.queue, data=job.data, created_at=job.created_at, state=state.value,
         attempt=attempt, drops=job.drops, finished_at=job.finished_at, result=job.result,
-        error=job.error, options=job.options, children_left=flow.left,
-        children_done=list(flow.done.values()),
+        error=job.error, options=job.options, children_left=flow.left + len(flow.done),
     )
+    for outcome in flow.done.values():
+        yield ChildDone(parent=job.id, child=outcome.id, at=job.created_at,
+                        result=outcome.result, error=outcome.error)

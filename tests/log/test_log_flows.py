@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 from log_support import assert_same_state, reopen
 from queue_state import raw
@@ -24,7 +25,18 @@ from conveyor.broker.testing import (
     handle,
 )
 from conveyor.broker.testing import snapshot as snapshot_of
-from conveyor.protocol import Added, AddFlow, Error, ErrorCode, FlowJob, JobDef, JobError, JobState
+from conveyor.protocol import (
+    Added,
+    AddFlow,
+    Children,
+    Error,
+    ErrorCode,
+    FlowJob,
+    GetChildren,
+    JobDef,
+    JobError,
+    JobState,
+)
 
 
 class Broker:
@@ -203,3 +215,117 @@ def test_a_snapshot_keeps_a_child_failed_before_its_parent_in_that_order(
     assert list(again.queue("q").kept_failed) == [child, parent]
     assert_same_state(broker.queues, again)
     broker.close()
+
+
+@pytest.mark.parametrize("message", ["", "\N{GRINNING FACE}" * 300])
+def test_a_page_of_children_that_failed_fits_in_a_frame(tmp_path: Path, message: str) -> None:
+    # Errors with short strings (their map costs more than their text), or with characters
+    # that take 4 bytes in UTF-8: every page still fits the frame limit, and none is lost.
+    broker = Broker(tmp_path)
+    ids = broker.add_flow(node("p", "root"), *(node("c", str(i), 0, "ignore")
+                                               for i in range(300)))
+    broker.queues.subscribe(broker.worker, "c", 300)
+    ((_, jobs),) = broker.queues.dispatch(broker.now)
+    for job in jobs:
+        broker.queues.fail(broker.worker, job.id, job.lease, JobError("E", message),
+                           broker.now, retry=False)
+    flush(broker.core, broker.now)
+    broker.core.max_frame = 8192
+    encoder = msgspec.msgpack.Encoder()
+    read: list[int] = []
+    while True:
+        handle(broker.core, broker.producer,
+               GetChildren(req=1, job=ids[0], offset=len(read)), broker.now)
+        flush(broker.core, broker.now)
+        (reply,) = broker.producer.take()
+        assert isinstance(reply, Children)
+        assert len(encoder.encode(reply)) <= broker.core.max_frame
+        read += [child.id for child in reply.children]
+        if not reply.more:
+            break
+    assert read == ids[1:]
+    broker.close()
+
+
+def test_a_snapshot_of_a_parent_with_many_results_is_no_one_huge_record(tmp_path: Path) -> None:
+    # A base file's record holds at most one child's outcome: the results of a flow's children
+    # add up past any record limit (a record is at most 1 GiB) however many children there are.
+    broker = Broker(tmp_path)
+    ids = broker.add_flow(node("p", "root"), *(node("c", str(i), 0) for i in range(200)))
+    broker.queues.subscribe(broker.worker, "c", 200)
+    ((_, jobs),) = broker.queues.dispatch(broker.now)
+    for job in jobs[:150]:
+        result = raw("x" * 8192)
+        broker.queues.ack(broker.worker, job.id, job.lease, result, broker.now)
+    flush(broker.core, broker.now)
+    parent = broker.queues.jobs[ids[0]]
+    assert parent.flow is not None and parent.flow.left == 50
+    encoder = msgspec.msgpack.Encoder()
+    assert max(len(encoder.encode(record)) for record in snapshot_of(broker.queues)) < 16_384
+    again = replayed_from_snapshot(broker.queues)
+    assert_same_state(broker.queues, again)
+    assert list(again.jobs[ids[0]].flow.done) == ids[1:151]  # type: ignore[union-attr]
+    broker.close()
+
+
+def _torn_at_child_done(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next pass's write loses its records from the first ``ChildDone`` on, as a tail torn
+    there by a power loss would."""
+    append = broker.log.append
+
+    def torn(records: list[Record]) -> None:
+        names = [type(record).__name__ for record in records]
+        if "ChildDone" in names:
+            monkeypatch.setattr(broker.log, "append", append)  # once
+            records = records[:names.index("ChildDone")]
+        append(records)
+
+    monkeypatch.setattr(broker.log, "append", torn)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_tail_torn_between_a_child_and_its_parents_note_is_made_good_on_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    # The child's own record survived, its parent's note did not: on start the parent takes
+    # note (and reacts) as it did live, instead of waiting for a child that is done for good.
+    broker = Broker(tmp_path)
+    root, mid, leaf = broker.add_flow(node("p", "root"), node("m", "mid", 0), node("c", "a", 1))
+    _torn_at_child_done(broker, monkeypatch)
+    assert broker.run("c", fail=fail) == leaf
+    live = broker.queues.jobs
+    assert live[mid].state is (JobState.FAILED if fail else JobState.WAITING)
+    assert live[root].state is (JobState.FAILED if fail else JobState.WAITING_CHILDREN)
+    broker.close()
+    again = Broker(tmp_path)  # a broker started on that log; its first pass writes the notes
+    assert_same_state(broker.queues, again.queues)
+    flush(again.core, again.now)
+    again.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
+
+
+def test_a_tail_torn_before_a_parent_failed_by_its_child_is_made_good_on_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(tmp_path)
+    root, mid, leaf = broker.add_flow(node("p", "root"), node("m", "mid", 0),
+                                      node("c", "a", 1, "remove"))
+    append = broker.log.append
+
+    def torn(records: list[Record]) -> None:
+        names = [type(record).__name__ for record in records]
+        if "JobsRemoved" in names:
+            monkeypatch.setattr(broker.log, "append", append)  # once
+            records = records[:names.index("JobsRemoved")]
+        append(records)
+
+    monkeypatch.setattr(broker.log, "append", torn)
+    assert broker.run("c", fail=True) == leaf
+    assert mid not in broker.queues.jobs
+    assert broker.queues.jobs[root].state is JobState.FAILED
+    broker.close()
+    again = Broker(tmp_path)
+    assert_same_state(broker.queues, again.queues)
+    flush(again.core, again.now)
+    again.close()
+    replayed, _ = reopen(tmp_path)
+    assert_same_state(broker.queues, replayed)
