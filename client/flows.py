@@ -73,9 +73,14 @@ def flow_jobs(root: Flow, max_frame: int) -> tuple[list[FlowJob], list[int]]:
     parents: list[int] = []
     checked: set[str] = set()
     stack: list[tuple[Flow, int]] = [(root, -1)]  # a flow may be deeper than Python's stack
+    most = max_frame // _LEAST_JOB
     while stack:
         node, parent = stack.pop()
         index = len(jobs)
+        if index >= most:
+            # (A Flow made its own descendant would never end.)
+            raise ValueError(f"the flow has over {most:,} jobs: more than fit in the broker's "
+                             f"frame limit of {max_frame:,} bytes (a flow is added in one frame)")
         if not isinstance(node, Flow):
             raise TypeError(f"{_where(index)} is a {type(node).__name__}, not a Flow")
         queue = node.queue
@@ -104,6 +109,11 @@ def flow_jobs(root: Flow, max_frame: int) -> tuple[list[FlowJob], list[int]]:
         parents.append(parent)
         stack += [(child, index) for child in reversed(node.children)]
     return jobs, parents
+
+
+_LEAST_JOB = 16
+"""Bytes the smallest job of a flow takes in an ``add_flow`` frame (its queue, its data and its
+parent, with their keys)."""
 
 
 def _where(index: int) -> str:

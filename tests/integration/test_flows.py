@@ -350,3 +350,13 @@ async def test_children_in_groups_take_turns_and_their_parent_runs_after_them(ur
     assert sorted(results.values()) == sorted([*(f"a{n}" for n in range(6)), "b0", "b1"])
     # Group b's two jobs start within the first four, not after group a's six.
     assert started[:4].count("b") == 2
+
+
+async def test_a_flow_made_its_own_descendant_is_refused_not_looped_over(url: str) -> None:
+    root = Flow("p", 1)
+    child = Flow("c", 2, children=[root])
+    root.children = (child,)  # a cycle: it would never end
+    async with Client(url) as client:
+        with pytest.raises(ValueError, match="frame limit"):
+            await client.add_flow(root)
+        assert await client.queues() == []
