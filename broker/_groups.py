@@ -79,18 +79,33 @@ class GroupedLine:
     def __iter__(self) -> Iterator[Job]:
         """The waiting jobs in the order of the turns: one of each lane in turn (in ring order,
         then the lanes held back by their limits), as they would start if no limit held a group
-        back. Each lane's jobs keep their order."""
-        lanes = [lane for lane in self.ring if lane.line]
-        seen = {id(lane) for lane in lanes}
-        lanes += [lane for lane in chain((self.plain,), self.lanes.values())
-                  if lane.line and id(lane) not in seen]
-        turns = deque(iter(lane.line) for lane in lanes)
+        back. Each lane's jobs keep their order.
+
+        Lazy: the first jobs (a page of ``get_jobs``) cost as many lanes as they come from, not
+        one look at every group."""
+        turns: deque[Iterator[Job]] = deque()
+        for lane in self._in_turn():
+            jobs = iter(lane.line)
+            job = next(jobs, None)
+            if job is not None:
+                yield job
+                turns.append(jobs)
         while turns:
             jobs = turns.popleft()
             job = next(jobs, None)
             if job is not None:
                 yield job
                 turns.append(jobs)
+
+    def _in_turn(self) -> Iterator[Lane]:
+        """The lanes with waiting jobs, in the order of their turns (a lane is in the ring
+        exactly when it is ``queued``)."""
+        for lane in self.ring:
+            if lane.line:
+                yield lane
+        for lane in chain((self.plain,), self.lanes.values()):
+            if lane.line and not lane.queued:
+                yield lane
 
     @property
     def groups(self) -> int:
