@@ -40,7 +40,7 @@ __all__ = ["GroupedLine", "Lane", "apply_limits", "group_part", "grouped", "norm
 class Lane:
     """The jobs of one group (or of no group) in a grouped line, and the group's state."""
 
-    __slots__ = ("active", "limiter", "line", "name", "queued")
+    __slots__ = ("active", "limiter", "line", "name", "queued", "resting")
 
     def __init__(self, name: str | None, limits: QueueLimits | None) -> None:
         self.name = name
@@ -51,12 +51,14 @@ class Lane:
         """The group's limits and where its rate stands (None: it has none)."""
         self.queued = False
         """Whether the lane is in the ring."""
+        self.resting = False
+        """Kept with no waiting or active job, only until its last rate slot passes."""
 
 
 class GroupedLine:
     """The waiting jobs of a queue that has jobs of groups, in lanes taken in turns."""
 
-    __slots__ = ("_deadlines", "_size", "lanes", "plain", "queue", "ring")
+    __slots__ = ("_deadlines", "_resting", "_size", "lanes", "plain", "queue", "ring")
 
     def __init__(self, queue: Queue, deadlines: Deadlines) -> None:
         self.queue = queue
@@ -69,6 +71,8 @@ class GroupedLine:
         """Lanes whose turn comes, in turn order. A lane in it may have become empty or
         blocked since it joined: it leaves when its turn comes."""
         self._size = 0
+        self._resting = 0
+        """Lanes kept only until their last rate slot passes (``Lane.resting``)."""
 
     def __len__(self) -> int:
         return self._size
@@ -109,8 +113,9 @@ class GroupedLine:
 
     @property
     def groups(self) -> int:
-        """Groups with waiting or active jobs."""
-        return sum(1 for lane in self.lanes.values() if lane.line or lane.active)
+        """Groups with waiting or active jobs (counted as lanes come and go, so that a stats
+        call costs the same with a million groups as with one)."""
+        return len(self.lanes) - self._resting
 
     def _lane(self, group: str | None) -> Lane:
         if group is None:
@@ -134,6 +139,8 @@ class GroupedLine:
             lane = self.lanes.get(group)  # type: ignore[assignment]
             if lane is None:
                 lane = self.lanes[group] = Lane(group, self.queue.group_limits)
+            if lane.resting:
+                self._wake(lane)
         lane.line.append(job)
         self._size += 1
         if not lane.queued:
@@ -143,6 +150,8 @@ class GroupedLine:
     def appendleft(self, job: Job) -> None:
         """Add ``job`` ahead of every waiting job of its group and priority."""
         lane = self._lane(job.group)
+        if lane.resting:
+            self._wake(lane)
         lane.line.appendleft(job)
         self._size += 1
         self._queue(lane)
@@ -258,14 +267,25 @@ class GroupedLine:
         to pass (its deadline forgets it then)."""
         rules = lane.limiter
         if rules is not None and rules.interval is not None:
+            if not lane.resting:
+                lane.resting = True
+                self._resting += 1
             self._wait_slot(lane, rules)
         else:
             self._forget(lane)
+
+    def _wake(self, lane: Lane) -> None:
+        """A resting lane gets a job again."""
+        lane.resting = False
+        self._resting -= 1
 
     def _forget(self, lane: Lane) -> None:
         lanes = self.lanes
         if lanes.get(lane.name) is lane:  # type: ignore[arg-type]
             del lanes[lane.name]  # type: ignore[arg-type]
+            if lane.resting:
+                lane.resting = False
+                self._resting -= 1
             if lane.limiter is not None:
                 self._deadlines.cancel(Kind.GROUP, (self.queue.name, lane.name))
             if lane.queued:

@@ -313,3 +313,46 @@ def test_a_page_of_waiting_jobs_looks_only_at_the_groups_it_lists(
     monkeypatch.undo()
     second = [job.group for job in line][2000:2003]
     assert second == ["g0", "g1", "g2"]  # every lane's first job, then their second ones
+
+
+class _Looked(dict[str, object]):
+    """A group table that counts the looks at every group."""
+
+    looks = 0
+
+    def values(self):  # type: ignore[no-untyped-def]
+        _Looked.looks += 1
+        return super().values()
+
+    def items(self):  # type: ignore[no-untyped-def]
+        _Looked.looks += 1
+        return super().items()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _Looked.looks += 1
+        return super().__iter__()
+
+
+def test_the_count_of_groups_in_stats_does_not_look_at_every_group() -> None:
+    queues, clock = make()
+    queues.set_limits("q", QueueLimits(group_rate=1, group_per=10.0))
+    add(queues, "busy", 2)
+    for n in range(3):
+        add(queues, f"g{n}")
+    line = queues.queues["q"].waiting
+    assert isinstance(line, GroupedLine)
+    line.lanes = _Looked(line.lanes)  # type: ignore[assignment]
+    assert line.groups == 4
+    queues.subscribe("w", "q", 10)
+    started = dispatch(queues)
+    assert len(started) == 4 and line.groups == 4
+    for job in started:
+        ack(queues, job)
+    # "busy" still waits (for its next slot); the others rest until theirs passes.
+    assert line.groups == 1 and len(line.lanes) == 4
+    add(queues, "g0")
+    assert line.groups == 2
+    # A stats call with a million groups counted them one by one, holding the broker's loop.
+    assert _Looked.looks == 0
+    serve_timer(queues, clock)
+    assert line.groups == 2 and set(line.lanes) == {"busy", "g0"}
