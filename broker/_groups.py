@@ -34,7 +34,8 @@ from ._waiting import WaitingLine
 if TYPE_CHECKING:
     from ._jobs import Job, Queue
 
-__all__ = ["GroupedLine", "Lane", "apply_limits", "group_part", "grouped", "normalized"]
+__all__ = ["GroupedLine", "Lane", "apply_limits", "group_limiter", "group_part", "grouped",
+           "normalized"]
 
 
 class Lane:
@@ -47,7 +48,7 @@ class Lane:
         self.line: WaitingLine[Job] = WaitingLine()
         self.active = 0
         """The group's jobs active now (not counted for the lane of no group)."""
-        self.limiter = None if limits is None else Limiter(limits)
+        self.limiter = None if limits is None else group_limiter(limits, None)
         """The group's limits and where its rate stands (None: it has none)."""
         self.queued = False
         """Whether the lane is in the ring."""
@@ -250,7 +251,7 @@ class GroupedLine:
         ones, and a group they no longer block gets its turn again."""
         for lane in list(self.lanes.values()):
             old = lane.limiter
-            lane.limiter = None if limits is None else limiter(limits, old)
+            lane.limiter = None if limits is None else group_limiter(limits, old)
             if lane.line:
                 self._queue(lane)
             elif not lane.active:
@@ -310,6 +311,16 @@ def grouped(queue: Queue, deadlines: Deadlines) -> GroupedLine:
         grouped_line._queue(grouped_line.plain)
     queue.waiting = grouped_line
     return grouped_line
+
+
+def group_limiter(limits: QueueLimits, old: Limiter | None) -> Limiter:
+    """A group's limiter for ``limits``, its next slot where ``old`` had it. A group's starts
+    are always one interval apart (no catch-up for a late timer), so it keeps no log of its
+    last starts: that log, up to ``group_rate`` times each for every busy group, is what a
+    queue's own limiter needs to catch up, and would make a group's state grow with its rate."""
+    rules = Limiter(limits) if old is None else Limiter(limits, old.next)
+    rules.starts = None
+    return rules
 
 
 def normalized(limits: QueueLimits) -> QueueLimits:

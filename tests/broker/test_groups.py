@@ -356,3 +356,26 @@ def test_the_count_of_groups_in_stats_does_not_look_at_every_group() -> None:
     assert _Looked.looks == 0
     serve_timer(queues, clock)
     assert line.groups == 2 and set(line.lanes) == {"busy", "g0"}
+
+
+def test_a_busy_group_keeps_its_rate_in_a_state_that_does_not_grow_with_its_starts() -> None:
+    queues, clock = make()
+    queues.set_limits("q", QueueLimits(group_rate=1000, group_per=1.0))
+    add(queues, "busy", 300)
+    queues.subscribe("w", "q", 10)
+    line = queues.queues["q"].waiting
+    assert isinstance(line, GroupedLine)
+    starts: list[float] = []
+    while len(starts) < 300:
+        for job in dispatch(queues):
+            starts.append(clock.monotonic())
+            ack(queues, job)
+        if len(starts) < 300:
+            serve_timer(queues, clock)
+    # Every start one interval after the last: the rate holds in any window.
+    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 0.001 - 1e-6
+    rules = line.lanes["busy"].limiter
+    assert rules is not None
+    # What a group keeps of its rate is one slot, not a log of its last starts (up to
+    # group_rate of them, for every busy group: gigabytes for a thousand tenants at 100,000/s).
+    assert not rules.starts
