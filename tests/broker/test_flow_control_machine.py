@@ -1,6 +1,7 @@
 """Flow control under random traffic: a queue's rate and concurrency limits, groups with caps and
-rates of their own, several subscribers with credit windows, acks, failures, releases, drops and
-time passing on a manual clock (the timer served on time).
+rates of their own, several subscribers with credit windows, acks, failures, releases, drops,
+lost leases, removes, drains, retries of failed jobs, promotions, the groups' limits changed at
+run time and time passing on a manual clock (the timer served on time).
 
 After every step: no limit was ever exceeded, dispatch was work-conserving within the limits (no
 subscriber has a free slot while a waiting job could start, and a job that waits for a rate slot
@@ -39,6 +40,11 @@ class FlowControlMachine(RuleBasedStateMachine):
         self.starts: list[tuple[float, Lane]] = []
         self.passed_over: dict[Lane, int] = dict.fromkeys(GROUPS, 0)
         """Starts of other lanes since each lane last started while it could have."""
+        self.relimited = 0
+        """How many starts there were when the groups' limits last changed: their rate holds
+        for the starts since."""
+        self.over: dict[Lane, int] = {}
+        """Jobs of a group still active above a cap lowered under them (nothing taken back)."""
 
     # Helpers.
 
@@ -163,6 +169,54 @@ class FlowControlMachine(RuleBasedStateMachine):
         self.queues.subscribe(owner, "q", window)
         self._dispatch()
 
+    @rule(group_concurrency=st.none() | st.integers(1, 3),
+          group_rate=st.none() | st.integers(1, 3), group_per=st.sampled_from([0.5, 1.0, 3.0]))
+    def relimit(self, group_concurrency: int | None, group_rate: int | None,
+                group_per: float) -> None:
+        self.limits = QueueLimits(rate=self.limits.rate, per=self.limits.per,
+                                  concurrency=self.limits.concurrency,
+                                  group_concurrency=group_concurrency, group_rate=group_rate,
+                                  group_per=group_per)
+        self.queues.set_limits("q", self.limits)
+        self.relimited = len(self.starts)
+        self.over = {lane: self._active(lane) for lane in GROUPS[:-1]}
+        self._dispatch()
+
+    @rule(index=st.integers(0, 30))
+    def remove(self, index: int) -> None:
+        waiting = list(self.queues.queues["q"].waiting)
+        if waiting:
+            self.queues.remove(waiting[index % len(waiting)].id, self.queues.now())
+        self._dispatch()
+
+    @rule()
+    def drain(self) -> None:
+        self.queues.drain("q", self.queues.now())
+        self._dispatch()
+
+    @rule()
+    def retry_failed(self) -> None:
+        self.queues.retry_failed("q", now=self.queues.now())
+        self._dispatch()
+
+    @rule(lane=st.sampled_from(GROUPS), lifo=st.booleans())
+    def promote(self, lane: Lane, lifo: bool) -> None:
+        (job,) = self.queues.create("q", [JobDef(raw(0), group=lane, delay=5.0, lifo=lifo)],
+                                    self.queues.now())
+        self.queues.enqueue([job])
+        assert self.queues.promote(job.id, self.queues.now()) is job
+        self._dispatch()
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def lose_lease(self, owner: str) -> None:
+        consumer = self.queues.consumer(owner, "q")
+        if consumer is not None and consumer.held:
+            # Silent for a whole lease: its jobs go back; then it is heard from again.
+            consumer.deadline = float("-inf")
+            self.queues.dispatcher.lease_due(consumer.id, self.queues.now())
+            self.queues.extend(owner, "q", self.queues.now())
+        self._dispatch()
+
     @rule(seconds=st.floats(0.001, 2.0))
     def wait(self, seconds: float) -> None:
         # Time passes, but the timer is served on time: never past a deadline.
@@ -190,7 +244,8 @@ class FlowControlMachine(RuleBasedStateMachine):
         for lane in GROUPS[:-1]:
             active = self._active(lane)
             if cap is not None:
-                assert active <= cap
+                assert active <= max(cap, self.over.get(lane, 0))
+            self.over[lane] = min(self.over.get(lane, 0), active)
             if active:
                 assert isinstance(line, GroupedLine) and line.lanes[str(lane)].active == active
 
@@ -204,7 +259,7 @@ class FlowControlMachine(RuleBasedStateMachine):
             within = [t for t, _ in self.starts if t > at - limits.per + SLACK]
             assert len(within) <= limits.rate
         if limits.group_rate is not None and lane is not None:
-            within = [t for t, other in self.starts
+            within = [t for t, other in self.starts[self.relimited:]
                       if other == lane and t > at - limits.group_per + SLACK]
             assert len(within) <= limits.group_rate
 
