@@ -82,6 +82,7 @@ from ._peer import Peer
 from ._queues import Queues
 from ._schedules import check
 from ._stats import collect, fitting
+from ._store import summary
 from ._users import Permission, User
 
 __all__ = ["MIN_LEASE", "handle"]
@@ -181,11 +182,8 @@ def handle(core: Core, peer: Peer, message: ClientMessage, now: float) -> None:
                 if name is None or _queue_ok(peer, req, name):
                     peer.send(collect(queues, core.observed, user, name, now, req, after=after,
                                       max_frame=core.max_frame))
-            case GetQueues(req=req):
-                summaries = queues.summaries(now)
-                if user is not None:
-                    summaries = [summary for summary in summaries if user.may_any(summary.name)]
-                peer.send(QueueList(req=req, queues=summaries))
+            case GetQueues(req=req, after=after):
+                peer.send(_queues_page(queues, user, req, after, now, core.max_frame))
             case GetCounts(req=req, queue=name):
                 if _queue_ok(peer, req, name):
                     peer.send(Counts(req=req, **queues.counts(name)))
@@ -307,6 +305,18 @@ def _undeliverable(peer: Peer, req: int, queue: str, job: JobDef, max_frame: int
         f"limit of {max_frame} bytes (this job's payload may take {most} bytes at most)",
         req=req))
     return True
+
+
+def _queues_page(queues: Queues, user: User | None, req: int, after: str, now: float,
+                 max_frame: int) -> QueueList:
+    """The ``queues`` reply: the queues ``user`` has some right on with names after ``after``,
+    by name, as many as fit in a frame of ``max_frame`` bytes."""
+    names = sorted(name for name in queues.queues
+                   if name > after and (user is None or user.may_any(name)))
+    room = max_frame - len(_encoder.encode(QueueList(req=req, queues=[], more=True)))
+    at = queues.timeline.monotonic(now)
+    page = fitting((summary(queues.queues[name], at) for name in names), room)
+    return QueueList(req=req, queues=page, more=len(page) < len(names))
 
 
 def _schedules_page(queues: Queues, user: User | None, req: int, after: str,

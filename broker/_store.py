@@ -15,7 +15,7 @@ from conveyor.protocol import JobState, QueueSummary
 from ._clock import Timeline
 from ._jobs import ACTIVE, COMPLETED, DELAYED, WAITING, WAITING_CHILDREN, Consumer, Job, Queue
 
-__all__ = ["Store"]
+__all__ = ["Store", "summary"]
 
 
 class Store:
@@ -104,17 +104,8 @@ class Store:
     def summaries(self, now: float) -> list[QueueSummary]:
         """Every queue, by name: its counts and its rates over the last minute (``now`` on the
         clock the rates were marked with)."""
-        return [
-            QueueSummary(
-                name=queue.name, waiting=len(queue.waiting), active=queue.active,
-                delayed=len(queue.delayed), completed=queue.completed, failed=queue.failed,
-                workers=len(queue.consumers), paused=queue.paused,
-                added_rate=queue.added_rate.per_second(now),
-                completed_rate=queue.completed_rate.per_second(now),
-                failed_rate=queue.failed_rate.per_second(now),
-                waiting_children=len(queue.parents))
-            for queue in sorted(self.queues.values(), key=lambda queue: queue.name)
-        ]
+        return [summary(queue, now)
+                for queue in sorted(self.queues.values(), key=lambda queue: queue.name)]
 
     def list_jobs(self, queue_name: str, state: JobState, offset: int,
                   limit: int) -> tuple[list[Job], int]:
@@ -141,6 +132,19 @@ class Store:
             total = len(jobs)
         # Past the end is empty (islice takes no index past sys.maxsize; offsets may be 2**64).
         return list(islice(jobs, min(offset, total), min(offset + limit, total))), total
+
+
+def summary(queue: Queue, now: float) -> QueueSummary:
+    """A queue's counts and its rates over the last minute (``now`` on the clock the rates were
+    marked with)."""
+    return QueueSummary(
+        name=queue.name, waiting=len(queue.waiting), active=queue.active,
+        delayed=len(queue.delayed), completed=queue.completed, failed=queue.failed,
+        workers=len(queue.consumers), paused=queue.paused,
+        added_rate=queue.added_rate.per_second(now),
+        completed_rate=queue.completed_rate.per_second(now),
+        failed_rate=queue.failed_rate.per_second(now),
+        waiting_children=len(queue.parents))
 
 
 def _finished(job: Job) -> float:

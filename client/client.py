@@ -602,9 +602,15 @@ class Client:
     async def queues(self) -> list[QueueSummary]:
         """Every queue the broker knows, by name, with its counts, whether it is paused, and
         its rates (jobs a second added, completed and failed over the last minute)."""
-        reply = await (await self._open()).request(lambda req: GetQueues(req=req))
-        assert isinstance(reply, QueueList)
-        return reply.queues
+        connection = await self._open()
+        found: list[QueueSummary] = []
+        while True:
+            after = found[-1].name if found else ""
+            reply = await connection.request(functools.partial(_message, GetQueues, after=after))
+            assert isinstance(reply, QueueList)
+            found += reply.queues
+            if not reply.more or not reply.queues:
+                return found
 
     async def stats(self, queue: str | None = None) -> Stats:
         """The broker's statistics: every queue's counts, rates and duration histograms, the

@@ -507,9 +507,11 @@ class Clean(_Message, tag="clean", frozen=True):
 
 
 class GetQueues(_Message, tag="get_queues", frozen=True):
-    """List every queue the broker knows, with its counts; replied to with ``queues``."""
+    """List the queues the broker knows, with their counts, by name from the first after
+    ``after``; replied to with ``queues``."""
 
     req: RequestId
+    after: str = ""
 
 
 class Watch(_Message, tag="watch", frozen=True):
@@ -668,10 +670,12 @@ class QueueSummary(msgspec.Struct, frozen=True):
 
 
 class QueueList(_Message, tag="queues", frozen=True):
-    """Reply to ``get_queues``: every queue, by name."""
+    """Reply to ``get_queues``: queues by name, as many as fit in a frame; ``more`` when the page
+    is not the last."""
 
     req: RequestId
     queues: list[QueueSummary]
+    more: bool = False
 
 
 HISTOGRAM_BOUNDS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

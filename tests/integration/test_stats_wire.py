@@ -225,3 +225,29 @@ async def test_a_user_sees_the_queues_and_subscriptions_it_may_read(
             assert worker.user == "root"
             b_only = await client.find_job("nothing")
             assert b_only is None
+
+
+async def test_the_list_of_queues_comes_in_pages_that_fit_the_frame(
+        make_broker: MakeBroker) -> None:
+    broker = await make_broker(max_frame=16 * 1024)
+    names = [f"queue-{n:04}-{'x' * 40}" for n in range(600)]  # about 60 KB of summaries
+    async with Client(f"conveyor://127.0.0.1:{broker.port}") as client:
+        for chunk in range(0, len(names), 100):
+            await asyncio.gather(*(client.add(name, n)
+                                   for n, name in enumerate(names[chunk:chunk + 100])))
+        listed = await client.queues()
+    assert [summary.name for summary in listed] == names
+    assert all(summary.waiting == 1 for summary in listed)
+    raw = await Raw.open(broker.port)
+    try:
+        raw.send({"t": "get_queues", "req": 1})
+        frame = await raw.receive_frame()  # the body: the 4-byte length is read already
+        assert len(frame) + 4 <= 16 * 1024
+        page = msgspec.msgpack.decode(frame)
+        assert page["more"] and 0 < len(page["queues"]) < len(names)
+        raw.send({"t": "get_queues", "req": 2, "after": names[-2]})
+        last = await raw.receive()
+        assert [queue["name"] for queue in last["queues"]] == names[-1:]
+        assert not last.get("more", False)
+    finally:
+        await raw.close()
