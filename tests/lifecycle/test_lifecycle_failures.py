@@ -22,7 +22,6 @@ from conveyor.client import (
     JobError,
     JobFailed,
     JobState,
-    QueueSummary,
     RequestRefused,
     exponential,
 )
@@ -63,16 +62,16 @@ async def test_an_unexpected_error_answers_internal_and_the_connection_goes_on(
                                       backoff=exponential(5.0, jitter=0.5))
             delivery = await worker.delivery()
 
-            def broken(now: float) -> list[QueueSummary]:
+            def broken(queue: str, state: JobState, offset: int, limit: int) -> object:
                 raise ZeroDivisionError("a bug")
 
             # A request (its reply carries its ``req``) and a notification (a jittered backoff
             # draws a random number), each failing in the middle.
-            monkeypatch.setattr(broker.queues, "summaries", broken)
+            monkeypatch.setattr(broker.queues, "list_jobs", broken)
             monkeypatch.setattr(broker.queues, "rng", BrokenRandom())
             with caplog.at_level(logging.ERROR, logger="broker"):
                 with pytest.raises(RequestRefused) as refused:
-                    await client.queues()
+                    await client.get_jobs("bug", "active")
                 worker.connection.send(Fail(job=job_id, lease=delivery.lease,
                                  error=JobError(type="E", message="m")))
                 await eventually(lambda: len(caplog.records) >= 2, what="both failures logged")
