@@ -251,68 +251,32 @@ class Dispatcher:
                 continue
             heapq.heapify(heap)
             if isinstance(waiting, GroupedLine):
-                given = self._grouped(queue, waiting, heap, now)
-                if not given:
-                    continue
+                jobs = self._grouped(queue, waiting, heap, now)
             else:
                 limiter = queue.limiter
                 if limiter is not None:
                     heap = self._limited(queue, limiter, heap, now)
-                    if not heap:
-                        continue
-                given = {}
-                served = self._served
-                lease = self._last_lease
-                line = waiting.first()
-                taken = 0
-                while heap:
-                    if not line:
-                        waiting.taken(line, taken)
-                        taken = 0
-                        if not waiting:
-                            break
-                        line = waiting.first()
-                    negative_free, _, consumer = heap[0]
-                    job = line.popleft()
-                    taken += 1
-                    lease += 1
-                    served += 1
-                    job.state = ACTIVE
-                    job.attempt += 1
-                    job.lease = lease
-                    job.holder = consumer
-                    consumer.held[job.id] = job
-                    consumer.served = served
-                    batch = given.get(consumer)
-                    if batch is None:
-                        batch = given[consumer] = []
-                    batch.append(job)
-                    if negative_free < -1:
-                        heapq.heapreplace(heap, (negative_free + 1, served, consumer))
-                    else:
-                        heapq.heappop(heap)
-                if taken:
-                    waiting.taken(line, taken)
-                self._served = served
-                self._last_lease = lease
-            delivered = sum(len(jobs) for jobs in given.values())
-            queue.active += delivered
+                jobs = waiting.take(-sum(entry[0] for entry in heap))
+            if not jobs:
+                continue
+            given = self._lease(jobs, heap)
+            queue.active += len(jobs)
             if self.stats:
-                self._started(queue, given.values(), delivered, now)
+                self._started(queue, given.values(), len(jobs), now)
             watched = queue.name in output.watched
-            for consumer, jobs in given.items():
-                if len(consumer.held) == len(jobs):
+            for consumer, batch in given.items():
+                if len(consumer.held) == len(batch):
                     # It held nothing: its lease starts now.
                     self.heard(consumer, now)
                 if watched:
-                    for job in jobs:
+                    for job in batch:
                         output.event(queue.name, "active", job, now)
             out += given.items()
         return out
 
     def _grouped(self, queue: Queue, line: GroupedLine, heap: list[tuple[int, int, Consumer]],
-                 now: float) -> dict[Consumer, list[Job]]:
-        """Lease the jobs of a grouped line that may start now: one per group in turn (see
+                 now: float) -> list[Job]:
+        """The jobs of a grouped line that may start now: one per group in turn (see
         ``_groups``), as many as the subscribers' free slots and the queue's limits allow."""
         at = now + self._timeline.offset
         free = -sum(entry[0] for entry in heap)
@@ -323,7 +287,7 @@ class Dispatcher:
                 limiter.timed = False
                 if self._deadlines.when(Kind.LIMIT, queue.name) != limiter.until:
                     self._deadlines.set(Kind.LIMIT, queue.name, limiter.until)
-                return {}
+                return []
             if not limiter.limited:
                 queue.limiter = limiter = None
             else:
@@ -339,6 +303,12 @@ class Dispatcher:
                     self._deadlines.set(Kind.LIMIT, queue.name, due)
             else:
                 limiter.timed = False
+        return jobs
+
+    def _lease(self, jobs: list[Job], heap: list[tuple[int, int, Consumer]]
+               ) -> dict[Consumer, list[Job]]:
+        """Lease ``jobs``, in order, each to the subscriber of ``heap`` with the most free slots
+        (ties to the one served least recently); return who gets which."""
         given: dict[Consumer, list[Job]] = {}
         served = self._served
         lease = self._last_lease

@@ -67,10 +67,6 @@ class WaitingLine(Generic[Job]):
             self._line(job.priority).append(job)
         self._size += len(jobs)
 
-    def first(self) -> deque[Job]:
-        """The line of the highest priority waiting (it must not be empty)."""
-        return self._lines[-self._levels[0]]
-
     def popleft(self) -> Job:
         """Take the first job out (the line must not be empty)."""
         level = self._levels[0]
@@ -82,12 +78,23 @@ class WaitingLine(Generic[Job]):
             del self._levels[0]
         return job
 
-    def taken(self, line: deque[Job], count: int) -> None:
-        """``count`` jobs were popped from the left of ``line`` (got from ``first``)."""
-        self._size -= count
-        if not line:
-            priority = -self._levels.pop(0)
-            del self._lines[priority]
+    def take(self, count: int) -> list[Job]:
+        """Take up to ``count`` jobs from the front, in line order."""
+        taken: list[Job] = []
+        while count > 0 and self._size:
+            level = self._levels[0]
+            line = self._lines[-level]
+            if count >= len(line):
+                moved = len(line)
+                taken += line
+                del self._lines[-level]
+                del self._levels[0]
+            else:
+                moved = count
+                taken += [line.popleft() for _ in range(count)]
+            self._size -= moved
+            count -= moved
+        return taken
 
     def remove(self, job: Job) -> None:
         """Take ``job`` out of the line (it must be in it)."""
