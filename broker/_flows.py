@@ -172,7 +172,6 @@ class Flows:
                 JobError(type=REMOVED, message=f"job {child.id} was removed before it finished")
             outcome = ChildResult(id=child.id, error=error)
         flow.done[child.id] = outcome
-        flow.left -= 1
         queues.live_bytes += len(outcome.result)
         waiting = parent.state is WAITING_CHILDREN
         policy = child.options.on_failure

@@ -204,13 +204,17 @@ class Job:
 class Flow:
     """Where the children of a flow's parent stand."""
 
-    __slots__ = ("done", "left")
+    __slots__ = ("children", "done")
 
     def __init__(self, children: int, done: Iterable[ChildResult] = ()) -> None:
-        self.left = children
-        """Children not finished yet."""
+        self.children = children
         self.done: dict[int, ChildResult] = {child.id: child for child in done}
         """The outcomes of the children that finished, by child id."""
+
+    @property
+    def left(self) -> int:
+        """Children not finished yet."""
+        return self.children - len(self.done)
 
     def size(self) -> int:
         """The bytes of results and errors it holds (live-size estimate)."""

@@ -193,7 +193,6 @@ class Replayer:
         if child_id not in flow.done:
             outcome = ChildResult(id=child_id, result=result.copy(), error=error)
             flow.done[child_id] = outcome
-            flow.left -= 1
             queues.live_bytes += len(outcome.result)
         if release and parent.state is WAITING_CHILDREN:
             queue = queues.queues[parent.queue]
@@ -344,7 +343,7 @@ class Replayer:
         state = _STATES[record.state]
         job.state = state
         if record.options.children:
-            job.flow = Flow(record.children_left, record.children_done)
+            job.flow = Flow(record.options.children, record.children_done)
             queues.live_bytes += job.flow.size()
         if state in (JobState.COMPLETED, JobState.FAILED):
             queues.live_bytes += len(record.result)  # as ``Retention.finish`` counts it
@@ -409,7 +408,7 @@ def _job_snapshot(job: Job, state: JobState) -> Iterator[Record]:
     yield JobSnapshot(
         id=job.id, queue=job.queue, data=job.data, created_at=job.created_at, state=state.value,
         attempt=attempt, drops=job.drops, finished_at=job.finished_at, result=job.result,
-        error=job.error, options=job.options, children_left=flow.left + len(flow.done),
+        error=job.error, options=job.options, children_left=flow.children,
     )
     for outcome in flow.done.values():
         yield ChildDone(parent=job.id, child=outcome.id, at=job.created_at,
