@@ -304,17 +304,7 @@ def _schedule_parser(schedule: argparse.ArgumentParser,
                      help="due times passed while the broker was down: one job at start "
                           "(once, the default) or none (skip)")
     sub.add_argument("--name", help="what kind of job it is (a task registry's key)")
-    sub.add_argument("--priority", type=priority, default=0, help="higher runs first")
-    sub.add_argument("--attempts", type=attempts, default=1, help="tries in all (default: 1)")
-    backoff = sub.add_mutually_exclusive_group()
-    backoff.add_argument("--backoff", type=seconds, metavar="SECONDS",
-                         help="fixed wait between tries")
-    backoff.add_argument("--backoff-exponential", type=seconds, metavar="BASE",
-                         help="exponential wait between tries: BASE * 2^(attempt-1) seconds")
-    sub.add_argument("--backoff-cap", type=seconds, metavar="SECONDS",
-                     help="longest exponential wait (with --backoff-exponential)")
-    sub.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
-                     help="seconds one try may run")
+    _try_options(sub)
     sub = action("remove", "remove", "remove a schedule (its jobs already added stay)")
     sub.add_argument("id", metavar="ID")
     action("list", "list_schedules", "list the schedules with their next due times")
@@ -368,16 +358,8 @@ def _user_parser(user: argparse.ArgumentParser) -> None:
            named=False)
 
 
-def _add_parser(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("queue", metavar="QUEUE")
-    sub.add_argument("data", metavar="DATA_JSON", nargs="?",
-                     help="the job's payload, as JSON (or give --file)")
-    sub.add_argument("--file", metavar="PATH",
-                     help="add one job per line of this JSONL file ('-': standard input); the "
-                          "options apply to every job")
-    sub.add_argument("--name", help="what kind of job it is (a task registry's key)")
-    sub.add_argument("--id", dest="key", metavar="KEY",
-                     help="idempotency key: adding a key a retained job has adds nothing")
+def _try_options(sub: argparse.ArgumentParser) -> None:
+    """The options of a job's tries, shared by ``add`` and ``schedule add``."""
     sub.add_argument("--priority", type=priority, default=0, help="higher runs first")
     sub.add_argument("--attempts", type=attempts, default=1, help="tries in all (default: 1)")
     backoff = sub.add_mutually_exclusive_group()
@@ -389,6 +371,19 @@ def _add_parser(sub: argparse.ArgumentParser) -> None:
                      help="longest exponential wait (with --backoff-exponential)")
     sub.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                      help="seconds one try may run")
+
+
+def _add_parser(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument("data", metavar="DATA_JSON", nargs="?",
+                     help="the job's payload, as JSON (or give --file)")
+    sub.add_argument("--file", metavar="PATH",
+                     help="add one job per line of this JSONL file ('-': standard input); the "
+                          "options apply to every job")
+    sub.add_argument("--name", help="what kind of job it is (a task registry's key)")
+    sub.add_argument("--id", dest="key", metavar="KEY",
+                     help="idempotency key: adding a key a retained job has adds nothing")
+    _try_options(sub)
     sub.add_argument("--delay", type=seconds, default=0.0, metavar="SECONDS",
                      help="seconds before the job may run")
     sub.add_argument("--keep-result", type=seconds, metavar="SECONDS",
