@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import check, rounded, wait_finished  # noqa: E402
+from measure import check, print_checks, rounded, wait_finished  # noqa: E402
 
 from conveyor.client import Client, Flow  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
@@ -109,9 +109,7 @@ async def main() -> None:
           f"{figures['flow_jobs_per_s']:,.0f} jobs/s   share {figures['share']:.1%}")
     print(f"  reading the {args.children:,} children's results: "
           f"{figures['children_results_read_ms']:.1f} ms")
-    for name, result in figures["checks"].items():
-        print(f"target {name}: {result['value']:g} {result['op']} {result['target']:g} "
-              f"{'met' if result['met'] else 'MISSED'}")
+    print_checks(figures["checks"])
     print(json.dumps(rounded(figures)))
 
 

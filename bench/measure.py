@@ -174,6 +174,13 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
+def print_checks(checks: dict[str, dict[str, Any]]) -> None:
+    """One line per target: ``target NAME: VALUE OP TARGET met`` (or ``MISSED``)."""
+    for name, result in checks.items():
+        print(f"target {name}: {result['value']:g} {result['op']} {result['target']:g} "
+              f"{'met' if result['met'] else 'MISSED'}")
+
+
 def check(value: float, op: str, target: float) -> dict[str, Any]:
     """A target's check, as the benchmarks print it and put in their JSON line: ``value``,
     ``op``, ``target`` and ``met`` (whether ``value op target`` holds)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import check, percentile, rounded, wait_finished  # noqa: E402
+from measure import check, percentile, print_checks, rounded, wait_finished  # noqa: E402
 
 from conveyor.client import Client  # noqa: E402
 from examples.processes import BrokerProcess, WorkerProcesses, wait_for_workers  # noqa: E402
@@ -107,9 +107,7 @@ async def main() -> None:
           f"{figures['gap_p99_ms']:.3f}  largest {figures['largest_gap_ms']:.3f}")
     print(f"  largest burst: {figures['most_at_one_instant']} at one instant, "
           f"{figures['most_in_10ms']} in 10 ms (the limit allows {figures['limit_in_10ms']:g})")
-    for name, result in figures["checks"].items():
-        print(f"target {name}: {result['value']:g} {result['op']} {result['target']:g} "
-              f"{'met' if result['met'] else 'MISSED'}")
+    print_checks(figures["checks"])
     print(json.dumps(rounded(figures)))
 
 
