@@ -21,10 +21,21 @@ from typing import TypedDict
 
 from processes import ROOT, STOP_TIMEOUT, launch_broker
 from processes import subprocess_env as child_env
+from queue_state import raw
 
 from conveyor.broker import FsyncPolicy
-from conveyor.broker.testing import Job, Log, Queues, Recovery, install_failpoint
-from conveyor.protocol import JobState
+from conveyor.broker.testing import (
+    Core,
+    Job,
+    Log,
+    Queues,
+    RecordingPeer,
+    Recovery,
+    flush,
+    handle,
+    install_failpoint,
+)
+from conveyor.protocol import Add, Added, AddFlow, FlowJob, JobDef, JobError, JobState
 
 HERE = Path(__file__).resolve().parent
 
@@ -244,6 +255,59 @@ class Limits(TypedDict):
     keep_failed: int
     keep_age: float | None
     max_redeliveries: int
+
+
+class LoggedCore:
+    """A core with a real log, driven as the server drives it, on a clock the test moves."""
+
+    def __init__(self, directory: Path, *, keep_completed: int = 10_000,
+                 keep_failed: int = 10_000) -> None:
+        self.queues = Queues(logged=True, keep_completed=keep_completed, keep_failed=keep_failed)
+        self.log = Log(directory, fsync=FsyncPolicy.NO)
+        self.log.open(self.queues)
+        self.core = Core(self.queues, self.log)
+        self.producer = RecordingPeer("producer")
+        self.worker = RecordingPeer("worker")
+        self.now = 1_000_000.0
+        self.req = 0
+
+    def add(self, queue: str, *jobs: JobDef) -> None:
+        self.req += 1
+        handle(self.core, self.producer, Add(req=self.req, queue=queue, jobs=list(jobs)),
+               self.now)
+        self.flush()
+
+    def add_flow(self, *jobs: FlowJob) -> list[int]:
+        """Add a flow; return its ids."""
+        self.req += 1
+        handle(self.core, self.producer, AddFlow(req=self.req, jobs=list(jobs)), self.now)
+        flush(self.core, self.now)
+        (reply,) = self.producer.take()
+        assert isinstance(reply, Added), reply
+        return list(reply.ids)
+
+    def flush(self) -> None:
+        flush(self.core, self.now)
+        self.producer.take()
+        self.worker.take()
+
+    def run(self, queue: str, *, fail: bool = False) -> int:
+        """Take the first waiting job of ``queue`` and complete it (result ``"r<id>"``) or fail
+        it for good; return its id."""
+        self.queues.subscribe(self.worker, queue, 1)
+        ((_, (job,)),) = self.queues.dispatch(self.now)
+        if fail:
+            done = self.queues.fail(self.worker, job.id, job.lease, JobError("E", "bad"),
+                                    self.now)
+        else:
+            done = self.queues.ack(self.worker, job.id, job.lease, raw(f"r{job.id}"), self.now)
+        assert done is job
+        self.queues.subscribe(self.worker, queue, 0)
+        self.flush()
+        return job.id
+
+    def close(self) -> None:
+        asyncio.run(self.log.close())
 
 
 def reopen(directory: Path, *, salvage: bool = False, keep_completed: int = 10_000,

@@ -4,52 +4,12 @@ order the live broker had."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from log_support import assert_same_state, reopen
+from log_support import LoggedCore, assert_same_state, reopen
 from queue_state import raw
 
-from conveyor.broker import FsyncPolicy
-from conveyor.broker.testing import Core, Log, Queues, RecordingPeer, flush, handle
-from conveyor.protocol import Add, JobDef
-
-
-class Broker:
-    """A core with a real log, driven as the server drives it, on a clock the test moves."""
-
-    def __init__(self, directory: Path, *, keep_completed: int = 10_000) -> None:
-        self.queues = Queues(logged=True, keep_completed=keep_completed)
-        self.log = Log(directory, fsync=FsyncPolicy.NO)
-        self.log.open(self.queues)
-        self.core = Core(self.queues, self.log)
-        self.producer = RecordingPeer("producer")
-        self.worker = RecordingPeer("worker")
-        self.now = 1_000_000.0
-        self.req = 0
-
-    def add(self, queue: str, *jobs: JobDef) -> None:
-        self.req += 1
-        handle(self.core, self.producer, Add(req=self.req, queue=queue, jobs=list(jobs)),
-               self.now)
-        self.flush()
-
-    def flush(self) -> None:
-        flush(self.core, self.now)
-        self.producer.take()
-        self.worker.take()
-
-    def run_one(self, queue: str) -> int:
-        """Take the first waiting job of ``queue`` and complete it; return its id."""
-        self.queues.subscribe(self.worker, queue, 1)
-        ((_, (job,)),) = self.queues.dispatch(self.now)
-        assert self.queues.ack(self.worker, job.id, job.lease, raw("done"), self.now) is job
-        self.queues.subscribe(self.worker, queue, 0)
-        self.flush()
-        return job.id
-
-    def close(self) -> None:
-        asyncio.run(self.log.close())
+from conveyor.protocol import JobDef
 
 
 def job(data: str, **options: object) -> JobDef:
@@ -58,16 +18,16 @@ def job(data: str, **options: object) -> JobDef:
 
 def test_a_key_that_passed_to_a_job_now_forgotten_is_free_after_a_restart(
         tmp_path: Path) -> None:
-    broker = Broker(tmp_path, keep_completed=1)
+    broker = LoggedCore(tmp_path, keep_completed=1)
     broker.add("a", job("old", id="k", dedup=1.0))
     old = broker.queues.keys["k"]
     broker.now += 2.0
     broker.add("b", job("new", id="k", dedup=3600.0))
     new = broker.queues.keys["k"]
     assert new != old
-    assert broker.run_one("b") == new
+    assert broker.run("b") == new
     broker.add("b", job("other"))
-    broker.run_one("b")  # the new job is no longer retained: its key goes with it
+    broker.run("b")  # the new job is no longer retained: its key goes with it
     assert new not in broker.queues.jobs and "k" not in broker.queues.keys
     broker.close()
     replayed, _ = reopen(tmp_path, keep_completed=1)
@@ -77,7 +37,7 @@ def test_a_key_that_passed_to_a_job_now_forgotten_is_free_after_a_restart(
 
 
 def test_a_key_within_its_time_to_live_survives_a_restart(tmp_path: Path) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     broker.add("a", job("first", id="k", dedup=60.0))
     first = broker.queues.keys["k"]
     broker.close()
@@ -90,7 +50,7 @@ def test_a_key_within_its_time_to_live_survives_a_restart(tmp_path: Path) -> Non
 
 
 def test_lifo_jobs_come_back_in_their_place(tmp_path: Path) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     broker.add("q", job("f1"), job("l1", lifo=True))
     broker.add("q", job("l2", lifo=True, priority=1), job("f2", priority=1))
     broker.add("q", job("l3", lifo=True), job("f3"))

@@ -5,28 +5,23 @@ a flow is one record, and a full disk refuses all of it."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import msgspec
 import pytest
-from log_support import assert_same_state, reopen
+from log_support import LoggedCore, assert_same_state, reopen
 from queue_state import raw
 
-from conveyor.broker import DiskFull, FsyncPolicy
+from conveyor.broker import DiskFull
 from conveyor.broker.testing import (
-    Core,
-    Log,
     Queues,
     Record,
-    RecordingPeer,
     Replayer,
     flush,
     handle,
 )
 from conveyor.broker.testing import snapshot as snapshot_of
 from conveyor.protocol import (
-    Added,
     AddFlow,
     Children,
     Error,
@@ -37,44 +32,6 @@ from conveyor.protocol import (
     JobError,
     JobState,
 )
-
-
-class Broker:
-    """A core with a real log, driven as the server drives it."""
-
-    def __init__(self, directory: Path, *, keep_failed: int = 10_000) -> None:
-        self.queues = Queues(logged=True, keep_failed=keep_failed)
-        self.log = Log(directory, fsync=FsyncPolicy.NO)
-        self.log.open(self.queues)
-        self.core = Core(self.queues, self.log)
-        self.producer = RecordingPeer("producer")
-        self.worker = RecordingPeer("worker")
-        self.now = 1_000_000.0
-        self.req = 0
-
-    def add_flow(self, *jobs: FlowJob) -> list[int]:
-        self.req += 1
-        handle(self.core, self.producer, AddFlow(req=self.req, jobs=list(jobs)), self.now)
-        flush(self.core, self.now)
-        (reply,) = self.producer.take()
-        assert isinstance(reply, Added), reply
-        return list(reply.ids)
-
-    def run(self, queue: str, *, fail: bool = False) -> int:
-        """Take the first waiting job of ``queue`` and complete (or fail) it; return its id."""
-        self.queues.subscribe(self.worker, queue, 1)
-        ((_, (job,)),) = self.queues.dispatch(self.now)
-        if fail:
-            self.queues.fail(self.worker, job.id, job.lease, JobError("E", "bad"), self.now)
-        else:
-            self.queues.ack(self.worker, job.id, job.lease, raw(f"r{job.id}"), self.now)
-        self.queues.subscribe(self.worker, queue, 0)
-        flush(self.core, self.now)
-        self.worker.take()
-        return job.id
-
-    def close(self) -> None:
-        asyncio.run(self.log.close())
 
 
 def node(queue: str, data: str, parent: int | None = None, policy: str = "fail",
@@ -93,7 +50,7 @@ def replayed_from_snapshot(queues: Queues, *, keep_failed: int = 10_000) -> Queu
 
 
 def test_parents_and_their_childrens_outcomes_come_back(tmp_path: Path) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     # 0: root on "p", 1: a child parent on "m" with 2 and 3 on "c", 4 on "c" (ignored).
     ids = broker.add_flow(node("p", "root"), node("m", "mid", 0), node("c", "a", 1),
                           node("c", "b", 1), node("c", "d", 0, "ignore"))
@@ -121,7 +78,7 @@ def test_parents_and_their_childrens_outcomes_come_back(tmp_path: Path) -> None:
 
 
 def test_the_last_child_releases_its_parent_in_line_or_until_its_time(tmp_path: Path) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     later = broker.add_flow(node("p", "later", run_at=broker.now + 3600.0), node("c", "a", 0))
     now = broker.add_flow(node("p", "now", delay=1.0), node("c", "b", 0))
     broker.now += 10.0  # "now"'s delay is over before its child finishes
@@ -143,7 +100,7 @@ def test_the_last_child_releases_its_parent_in_line_or_until_its_time(tmp_path: 
 
 
 def test_a_flow_is_one_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     written: list[Record] = []
     append = broker.log.append
 
@@ -161,7 +118,7 @@ def test_a_flow_is_one_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_full_disk_refuses_the_whole_flow(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     append = broker.log.append
 
     def full(records: list[Record]) -> None:
@@ -191,7 +148,7 @@ def test_a_parent_failed_by_its_child_is_retained_after_it_as_replay_has_it(
         tmp_path: Path) -> None:
     # The child's own retention comes first, then the parent's failure: with room for one
     # failed job, the parent is the one kept, live and after a restart.
-    broker = Broker(tmp_path, keep_failed=1)
+    broker = LoggedCore(tmp_path, keep_failed=1)
     parent, child = broker.add_flow(node("q", "parent"), node("q", "child", 0))
     assert broker.run("q", fail=True) == child
     jobs = broker.queues.jobs
@@ -205,7 +162,7 @@ def test_a_snapshot_keeps_a_child_failed_before_its_parent_in_that_order(
         tmp_path: Path) -> None:
     # Both finish at one time, the parent (the lower id) second; a job with a retention of its
     # own in the same queue must not reorder them.
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     own = broker.add_flow(node("q", "own", keep_result=3600.0))
     parent, child = broker.add_flow(node("q", "parent"), node("q", "child", 0))
     assert broker.run("q", fail=True) == own[0]
@@ -221,7 +178,7 @@ def test_a_snapshot_keeps_a_child_failed_before_its_parent_in_that_order(
 def test_a_page_of_children_that_failed_fits_in_a_frame(tmp_path: Path, message: str) -> None:
     # Errors with short strings (their map costs more than their text), or with characters
     # that take 4 bytes in UTF-8: every page still fits the frame limit, and none is lost.
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     ids = broker.add_flow(node("p", "root"), *(node("c", str(i), 0, "ignore")
                                                for i in range(300)))
     broker.queues.subscribe(broker.worker, "c", 300)
@@ -250,7 +207,7 @@ def test_a_page_of_children_that_failed_fits_in_a_frame(tmp_path: Path, message:
 def test_a_snapshot_of_a_parent_with_many_results_is_no_one_huge_record(tmp_path: Path) -> None:
     # A base file's record holds at most one child's outcome: the results of a flow's children
     # add up past any record limit (a record is at most 1 GiB) however many children there are.
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     ids = broker.add_flow(node("p", "root"), *(node("c", str(i), 0) for i in range(200)))
     broker.queues.subscribe(broker.worker, "c", 200)
     ((_, jobs),) = broker.queues.dispatch(broker.now)
@@ -268,7 +225,7 @@ def test_a_snapshot_of_a_parent_with_many_results_is_no_one_huge_record(tmp_path
     broker.close()
 
 
-def _torn_at_child_done(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+def _torn_at_child_done(broker: LoggedCore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The next pass's write loses its records from the first ``ChildDone`` on, as a tail torn
     there by a power loss would."""
     append = broker.log.append
@@ -288,7 +245,7 @@ def test_a_tail_torn_between_a_child_and_its_parents_note_is_made_good_on_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
     # The child's own record survived, its parent's note did not: on start the parent takes
     # note (and reacts) as it did live, instead of waiting for a child that is done for good.
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     root, mid, leaf = broker.add_flow(node("p", "root"), node("m", "mid", 0), node("c", "a", 1))
     _torn_at_child_done(broker, monkeypatch)
     assert broker.run("c", fail=fail) == leaf
@@ -296,7 +253,7 @@ def test_a_tail_torn_between_a_child_and_its_parents_note_is_made_good_on_start(
     assert live[mid].state is (JobState.FAILED if fail else JobState.WAITING)
     assert live[root].state is (JobState.FAILED if fail else JobState.WAITING_CHILDREN)
     broker.close()
-    again = Broker(tmp_path)  # a broker started on that log; its first pass writes the notes
+    again = LoggedCore(tmp_path)  # a broker started on that log; its first pass writes the notes
     assert_same_state(broker.queues, again.queues)
     flush(again.core, again.now)
     again.close()
@@ -306,7 +263,7 @@ def test_a_tail_torn_between_a_child_and_its_parents_note_is_made_good_on_start(
 
 def test_a_tail_torn_before_a_parent_failed_by_its_child_is_made_good_on_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    broker = Broker(tmp_path)
+    broker = LoggedCore(tmp_path)
     root, mid, leaf = broker.add_flow(node("p", "root"), node("m", "mid", 0),
                                       node("c", "a", 1, "remove"))
     append = broker.log.append
@@ -323,7 +280,7 @@ def test_a_tail_torn_before_a_parent_failed_by_its_child_is_made_good_on_start(
     assert mid not in broker.queues.jobs
     assert broker.queues.jobs[root].state is JobState.FAILED
     broker.close()
-    again = Broker(tmp_path)
+    again = LoggedCore(tmp_path)
     assert_same_state(broker.queues, again.queues)
     flush(again.core, again.now)
     again.close()
